@@ -1,0 +1,40 @@
+# bootcert — the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+GO    ?= go
+export PATH := /usr/local/go/bin:$(PATH)
+
+BIN   := bin
+GOTEST_FLAGS ?= -count=1 -timeout 12m
+
+.PHONY: all deps build test test-go vet bench demo lambdas packages clean
+
+all: build
+
+## deps: install the Debian packages tests and demo need (only missing ones)
+deps:
+	@./scripts/deps.sh
+
+## build: the three binaries into bin/
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/bootcertd ./cmd/bootcertctl ./cmd/bootcert-lab 2>/dev/null || $(GO) build -o $(BIN)/ ./cmd/...
+
+## test: install what is missing, then run every test
+test: deps vet
+	CGO_ENABLED=0 $(GO) build ./cmd/bootcertctl
+	@rm -f bootcertctl
+	$(GO) test $(GOTEST_FLAGS) ./...
+
+vet:
+	$(GO) vet ./...
+
+## bench: benchmark tables (figures, not assertions)
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./keystore/...
+
+## demo: the main job, end to end on this machine
+demo: deps
+	@./scripts/demo.sh
+
+clean:
+	rm -rf $(BIN) dist

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages bootcert's tests, demo and packaging need,
+# only those that are missing. Safe to run again.
+set -euo pipefail
+pkgs=(swtpm swtpm-tools tpm2-tools tpm2-openssl softhsm2 opensc libtpm2-pkcs11-1 libtpm2-pkcs11-tools
+      mosquitto mosquitto-clients openssl curl libssl-dev gcc rpm debootstrap systemd-container)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+echo "deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
