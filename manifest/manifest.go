@@ -1,0 +1,183 @@
+// Package manifest reads and appends the factory manifest, which is also the
+// cloud's allow list: a CSV file with the header
+//
+//	device_id,bootstrap_sha256,final_csr
+//
+// bootstrap_sha256 (optional) is the lower-hex SHA-256 of the bootstrap
+// certificate's DER, which is also its AWS IoT certificateId. final_csr
+// (optional) is the base64 standard-encoded DER of the operational key's CSR,
+// present for devices provisioned in pre-provisioned mode.
+package manifest
+
+import (
+	"encoding/base64"
+	"encoding/csv"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+)
+
+// Header is the manifest's first line.
+var Header = []string{"device_id", "bootstrap_sha256", "final_csr"}
+
+// Entry is one device.
+type Entry struct {
+	DeviceID        string
+	BootstrapSHA256 string // lower hex, may be empty
+	FinalCSR        []byte // DER, nil when absent
+}
+
+// List is a parsed manifest.
+type List struct {
+	byID  map[string]Entry
+	order []string
+}
+
+// ErrDuplicate is returned when a device ID appears twice.
+var ErrDuplicate = errors.New("device listed twice")
+
+// ParseError names the line and column of a bad manifest entry.
+type ParseError struct {
+	Line   int
+	Column string
+	Err    error
+}
+
+func (e *ParseError) Error() string {
+	if e.Column == "" {
+		return fmt.Sprintf("manifest line %d: %v", e.Line, e.Err)
+	}
+	return fmt.Sprintf("manifest line %d, column %s: %v", e.Line, e.Column, e.Err)
+}
+
+func (e *ParseError) Unwrap() error { return e.Err }
+
+// MaxSize bounds what Parse reads (64 MiB: some millions of devices).
+const MaxSize = 64 << 20
+
+// Parse reads a manifest. Every error names the line (and column) at fault.
+func Parse(r io.Reader) (*List, error) {
+	cr := csv.NewReader(io.LimitReader(r, MaxSize))
+	cr.FieldsPerRecord = -1
+	cr.ReuseRecord = true
+	l := &List{byID: map[string]Entry{}}
+	first := true
+	for {
+		rec, err := cr.Read()
+		if err == io.EOF {
+			break
+		}
+		line, _ := cr.FieldPos(0)
+		if err != nil {
+			return nil, &ParseError{Line: line, Err: err}
+		}
+		if first {
+			first = false
+			if err := checkHeader(rec); err != nil {
+				return nil, &ParseError{Line: line, Err: err}
+			}
+			continue
+		}
+		if len(rec) == 1 && strings.TrimSpace(rec[0]) == "" {
+			continue
+		}
+		if len(rec) > len(Header) {
+			return nil, &ParseError{Line: line, Err: fmt.Errorf("%d fields, at most %d expected", len(rec), len(Header))}
+		}
+		e, perr := parseRecord(rec)
+		if perr != nil {
+			perr.Line = line
+			return nil, perr
+		}
+		if _, dup := l.byID[e.DeviceID]; dup {
+			return nil, &ParseError{Line: line, Column: "device_id", Err: fmt.Errorf("%w: %s", ErrDuplicate, e.DeviceID)}
+		}
+		l.byID[e.DeviceID] = e
+		l.order = append(l.order, e.DeviceID)
+	}
+	if first {
+		return nil, &ParseError{Line: 1, Err: errors.New("empty manifest: the header line " + strings.Join(Header, ",") + " is missing")}
+	}
+	return l, nil
+}
+
+func checkHeader(rec []string) error {
+	if len(rec) == 0 || len(rec) > len(Header) {
+		return fmt.Errorf("header must be %q", strings.Join(Header, ","))
+	}
+	for i, f := range rec {
+		if strings.TrimSpace(strings.TrimPrefix(f, "\ufeff")) != Header[i] {
+			return fmt.Errorf("header must be %q, column %d is %q", strings.Join(Header, ","), i+1, f)
+		}
+	}
+	return nil
+}
+
+func parseRecord(rec []string) (Entry, *ParseError) {
+	var e Entry
+	e.DeviceID = strings.TrimSpace(rec[0])
+	if err := ValidDeviceID(e.DeviceID); err != nil {
+		return e, &ParseError{Column: "device_id", Err: err}
+	}
+	if len(rec) > 1 {
+		fp := strings.ToLower(strings.TrimSpace(rec[1]))
+		if fp != "" {
+			if b, err := hex.DecodeString(fp); err != nil || len(b) != 32 {
+				return e, &ParseError{Column: "bootstrap_sha256", Err: errors.New("not 64 hex digits (SHA-256 of the certificate DER)")}
+			}
+			e.BootstrapSHA256 = fp
+		}
+	}
+	if len(rec) > 2 {
+		c := strings.TrimSpace(rec[2])
+		if c != "" {
+			der, err := base64.StdEncoding.DecodeString(c)
+			if err != nil {
+				return e, &ParseError{Column: "final_csr", Err: errors.New("not base64 (standard encoding) DER")}
+			}
+			e.FinalCSR = der
+		}
+	}
+	return e, nil
+}
+
+// Lookup finds a device.
+func (l *List) Lookup(deviceID string) (Entry, bool) {
+	e, ok := l.byID[deviceID]
+	return e, ok
+}
+
+// Len is the number of devices.
+func (l *List) Len() int { return len(l.order) }
+
+// Entries returns the devices in file order.
+func (l *List) Entries() []Entry {
+	out := make([]Entry, 0, len(l.order))
+	for _, id := range l.order {
+		out = append(out, l.byID[id])
+	}
+	return out
+}
+
+// Record is the CSV record of an entry.
+func (e Entry) Record() []string {
+	csr := ""
+	if len(e.FinalCSR) > 0 {
+		csr = base64.StdEncoding.EncodeToString(e.FinalCSR)
+	}
+	return []string{e.DeviceID, e.BootstrapSHA256, csr}
+}
+
+var thingName = regexp.MustCompile(`^[a-zA-Z0-9:_-]{1,128}$`)
+
+// ValidDeviceID checks that s can be an AWS IoT thing name (and so an MQTT
+// client ID and a certificate CN): 1 to 128 characters of [a-zA-Z0-9:_-].
+func ValidDeviceID(s string) error {
+	if !thingName.MatchString(s) {
+		return fmt.Errorf("device ID %q is not a valid AWS IoT thing name (1-128 characters of a-z A-Z 0-9 : _ -)", s)
+	}
+	return nil
+}
