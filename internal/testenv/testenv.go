@@ -84,7 +84,7 @@ func FreePortPair(t testing.TB) int {
 
 // SWTPM is a running software TPM.
 type SWTPM struct {
-	Port     int    // command port; control port is Port+1
+	Port     int // command port; control port is Port+1
 	StateDir string
 	cmd      *exec.Cmd
 	stderr   *bytes.Buffer
