@@ -70,10 +70,16 @@ func Parse(r io.Reader) (*List, error) {
 		if err == io.EOF {
 			break
 		}
-		line, _ := cr.FieldPos(0)
 		if err != nil {
+			// FieldPos panics after a failed Read; the csv error has the line.
+			line := 0
+			var pe *csv.ParseError
+			if errors.As(err, &pe) {
+				line = pe.Line
+			}
 			return nil, &ParseError{Line: line, Err: err}
 		}
+		line, _ := cr.FieldPos(0)
 		if first {
 			first = false
 			if err := checkHeader(rec); err != nil {
