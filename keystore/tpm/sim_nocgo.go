@@ -1,0 +1,14 @@
+//go:build !cgo
+
+package tpm
+
+import (
+	"errors"
+
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// ErrNoSimulator is returned for device=sim in a CGO_ENABLED=0 build.
+var errNoSimulator = errors.New("built without cgo: the in-process TPM simulator is unavailable")
+
+func openSim() (transport.TPMCloser, error) { return nil, errNoSimulator }
