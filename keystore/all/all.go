@@ -6,4 +6,5 @@ package all
 
 import (
 	_ "github.com/bootcert/bootcert/keystore/file"
+	_ "github.com/bootcert/bootcert/keystore/tpm"
 )
