@@ -1,0 +1,416 @@
+// Package config loads bootcertd's TOML configuration strictly: unknown keys
+// and invalid values are errors naming the file and the key, and an absent
+// key gets its documented default.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/bootcert/bootcert/keystore"
+	"github.com/bootcert/bootcert/manifest"
+)
+
+// DefaultPath is where bootcertd looks for its configuration.
+const DefaultPath = "/etc/bootcert/bootcertd.toml"
+
+// MaxSize bounds the configuration file.
+const MaxSize = 256 << 10
+
+// GenerationPlaceholder is replaced by the credential generation number in
+// Identity.OperationalKey.
+const GenerationPlaceholder = "{generation}"
+
+// ALPN is the protocol name AWS IoT Core needs for MQTT over port 443.
+const ALPN = "x-amzn-mqtt-ca"
+
+// Modes of rotation.
+const (
+	ModeOnDemand       = "on-demand"
+	ModePreProvisioned = "pre-provisioned"
+)
+
+// ErrInvalid is wrapped by every error about a bad configuration.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (write e.g. \"30s\", \"5m\")", string(b))
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Config is bootcertd's configuration.
+type Config struct {
+	Broker   Broker   `toml:"broker" json:"broker"`
+	Identity Identity `toml:"identity" json:"identity"`
+	State    State    `toml:"state" json:"state"`
+	Timeouts Timeouts `toml:"timeouts" json:"timeouts"`
+	Backoff  Backoff  `toml:"backoff" json:"backoff"`
+	Fallback Fallback `toml:"fallback" json:"fallback"`
+	Verify   Verify   `toml:"verify" json:"verify"`
+	Control  Control  `toml:"control" json:"control"`
+	Log      Log      `toml:"log" json:"log"`
+
+	// Path is the file the configuration was read from.
+	Path string `toml:"-" json:"path"`
+}
+
+// Broker says where AWS IoT Core (or the lab) is.
+type Broker struct {
+	Endpoint string `toml:"endpoint" json:"endpoint"`
+	Port     int    `toml:"port" json:"port"`
+	RootCA   string `toml:"root_ca" json:"root_ca"`
+	// ALPN is set automatically to x-amzn-mqtt-ca on port 443.
+	ALPN string `toml:"alpn" json:"alpn,omitempty"`
+}
+
+// Identity names the device's keys and certificates.
+type Identity struct {
+	ThingName      string `toml:"thing_name" json:"thing_name,omitempty"`
+	BootstrapKey   string `toml:"bootstrap_key" json:"bootstrap_key"`
+	BootstrapCert  string `toml:"bootstrap_cert" json:"bootstrap_cert"`
+	OperationalKey string `toml:"operational_key" json:"operational_key"`
+	KeyAlgorithm   string `toml:"key_algorithm" json:"key_algorithm"`
+	Mode           string `toml:"mode" json:"mode"`
+	PreProvisioned string `toml:"preprovisioned_key" json:"preprovisioned_key,omitempty"`
+}
+
+// State is where the journal and credential generations live.
+type State struct {
+	Dir string `toml:"dir" json:"dir"`
+}
+
+// Timeouts bound network waits.
+type Timeouts struct {
+	Connect   Duration `toml:"connect" json:"connect"`
+	Reply     Duration `toml:"reply" json:"reply"`
+	KeepAlive Duration `toml:"keepalive" json:"keepalive"`
+	Shutdown  Duration `toml:"shutdown" json:"shutdown"`
+}
+
+// Backoff is exponential with full jitter, capped.
+type Backoff struct {
+	Initial Duration `toml:"initial" json:"initial"`
+	Max     Duration `toml:"max" json:"max"`
+}
+
+// Fallback is the rollback and recovery policy.
+type Fallback struct {
+	// Refusals within Window of a just-switched credential roll it back.
+	Refusals int      `toml:"refusals" json:"refusals"`
+	Window   Duration `toml:"window" json:"window"`
+	// Bootstrap allows falling back to the bootstrap certificate when the
+	// operational one is expired or keeps being refused.
+	Bootstrap bool `toml:"bootstrap" json:"bootstrap"`
+}
+
+// Verify is how a new certificate is checked.
+type Verify struct {
+	// IssuerSHA256 pins the issuer: lower-hex SHA-256 of the issuing CA
+	// certificate's DER, or of its SubjectPublicKeyInfo. Empty: no pin.
+	IssuerSHA256 []string `toml:"issuer_sha256" json:"issuer_sha256,omitempty"`
+	// LocationHosts are the hosts a certificate may be downloaded from
+	// (HTTPS only). Empty: never download.
+	LocationHosts []string `toml:"location_hosts" json:"location_hosts,omitempty"`
+	// LocationCA optionally adds a CA file for location downloads (the lab).
+	LocationCA string `toml:"location_ca" json:"location_ca,omitempty"`
+}
+
+// Control is the local control socket.
+type Control struct {
+	Socket string `toml:"socket" json:"socket"`
+}
+
+// Log is the logging setup.
+type Log struct {
+	Level string `toml:"level" json:"level"`
+}
+
+// Defaults returns a Config with every default filled in.
+func Defaults() Config {
+	return Config{
+		Broker:   Broker{Port: 8883},
+		Identity: Identity{KeyAlgorithm: string(keystore.DefaultAlgorithm), Mode: ModeOnDemand},
+		State:    State{Dir: "/var/lib/bootcert"},
+		Timeouts: Timeouts{Connect: Duration(30 * time.Second), Reply: Duration(30 * time.Second), KeepAlive: Duration(60 * time.Second), Shutdown: Duration(5 * time.Second)},
+		Backoff:  Backoff{Initial: Duration(time.Second), Max: Duration(5 * time.Minute)},
+		Fallback: Fallback{Refusals: 3, Window: Duration(10 * time.Minute), Bootstrap: true},
+		Control:  Control{Socket: "/run/bootcert/control.sock"},
+		Log:      Log{Level: "info"},
+	}
+}
+
+// Error names the file and the key of a bad value.
+type Error struct {
+	File   string
+	Key    string
+	Reason string
+}
+
+func (e *Error) Error() string {
+	if e.Key == "" {
+		return fmt.Sprintf("config %s: %s", e.File, e.Reason)
+	}
+	return fmt.Sprintf("config %s: %s: %s", e.File, e.Key, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *Error) Unwrap() error { return ErrInvalid }
+
+var lastKey = regexp.MustCompile(`\(last key "([^"]*)"\)`)
+
+// Load reads and validates a configuration file.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config %s: %w (write one from /usr/share/bootcert/bootcertd.toml)", path, err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes and validates configuration text; name is the file name used
+// in errors.
+func Parse(name string, data []byte) (*Config, error) {
+	if len(data) > MaxSize {
+		return nil, &Error{File: name, Reason: fmt.Sprintf("file larger than %d bytes", MaxSize)}
+	}
+	if bytes.IndexByte(data, 0) >= 0 {
+		return nil, &Error{File: name, Reason: "file contains NUL bytes: not a TOML text file"}
+	}
+	c := Defaults()
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			msg := pe.Message
+			if msg == "" {
+				msg = pe.Error()
+			}
+			return nil, &Error{File: name, Key: pe.LastKey, Reason: fmt.Sprintf("line %d: %s", pe.Position.Line, msg)}
+		}
+		key := ""
+		if m := lastKey.FindStringSubmatch(err.Error()); m != nil {
+			key = m[1]
+		}
+		return nil, &Error{File: name, Key: key, Reason: strings.TrimPrefix(err.Error(), "toml: ")}
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		var keys []string
+		for _, k := range und {
+			keys = append(keys, k.String())
+		}
+		return nil, &Error{File: name, Key: keys[0], Reason: fmt.Sprintf("unknown key (unknown keys: %s; check the spelling against /usr/share/bootcert/bootcertd.toml)", strings.Join(keys, ", "))}
+	}
+	c.Path = name
+	if err := c.validate(md); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) validate(md toml.MetaData) error {
+	bad := func(key, format string, args ...any) error {
+		return &Error{File: c.Path, Key: key, Reason: fmt.Sprintf(format, args...)}
+	}
+	missing := func(key, what string) error {
+		return &Error{File: c.Path, Key: key, Reason: "missing: " + what}
+	}
+	b := &c.Broker
+	if b.Endpoint == "" {
+		return missing("broker.endpoint", "the AWS IoT Core device data endpoint (aws iot describe-endpoint --endpoint-type iot:Data-ATS)")
+	}
+	if strings.ContainsAny(b.Endpoint, " /:@?#") || net.ParseIP(b.Endpoint) == nil && !validHost(b.Endpoint) {
+		return bad("broker.endpoint", "%q is not a host name or IP address (no scheme, no port: give the port in broker.port)", b.Endpoint)
+	}
+	if b.Port < 1 || b.Port > 65535 {
+		return bad("broker.port", "%d is not a TCP port (use 8883, or 443 with ALPN)", b.Port)
+	}
+	if b.ALPN == "" && b.Port == 443 {
+		b.ALPN = ALPN
+	}
+	if b.ALPN != "" && b.ALPN != ALPN {
+		return bad("broker.alpn", "%q is not supported (use %q, or leave it out)", b.ALPN, ALPN)
+	}
+	if b.RootCA == "" {
+		return missing("broker.root_ca", "the CA file that signs the broker's server certificate (AmazonRootCA1.pem)")
+	}
+	if err := absPath(b.RootCA); err != nil {
+		return bad("broker.root_ca", "%v", err)
+	}
+	id := &c.Identity
+	if id.ThingName != "" {
+		if err := manifest.ValidDeviceID(id.ThingName); err != nil {
+			return bad("identity.thing_name", "%v; leave it out to use the bootstrap certificate's CN", err)
+		}
+	}
+	if id.BootstrapKey == "" {
+		return missing("identity.bootstrap_key", "the URI of the bootstrap key (tpm:..., pkcs11:...)")
+	}
+	if _, err := keystore.ParseURI(id.BootstrapKey); err != nil {
+		return bad("identity.bootstrap_key", "%v", err)
+	}
+	if strings.Contains(id.BootstrapKey, GenerationPlaceholder) {
+		return bad("identity.bootstrap_key", "must not contain %s", GenerationPlaceholder)
+	}
+	if id.BootstrapCert == "" {
+		return missing("identity.bootstrap_cert", "the bootstrap certificate PEM file")
+	}
+	if err := absPath(id.BootstrapCert); err != nil {
+		return bad("identity.bootstrap_cert", "%v", err)
+	}
+	switch id.Mode {
+	case ModeOnDemand:
+		if id.OperationalKey == "" {
+			return missing("identity.operational_key", "a key URI template with {generation}, e.g. tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/op-{generation}.tpmkey")
+		}
+		u, err := keystore.ParseURI(strings.ReplaceAll(id.OperationalKey, GenerationPlaceholder, "1"))
+		if err != nil {
+			return bad("identity.operational_key", "%v", err)
+		}
+		if !strings.Contains(id.OperationalKey, GenerationPlaceholder) {
+			return bad("identity.operational_key", "%q must contain %s so that every generation has its own key", u.Redacted(), GenerationPlaceholder)
+		}
+		if id.OperationalKey == id.BootstrapKey {
+			return bad("identity.operational_key", "must differ from identity.bootstrap_key")
+		}
+		if id.PreProvisioned != "" {
+			return bad("identity.preprovisioned_key", "only used with mode = %q", ModePreProvisioned)
+		}
+	case ModePreProvisioned:
+		if id.PreProvisioned == "" {
+			return missing("identity.preprovisioned_key", "the URI of the operational key made at the factory")
+		}
+		if _, err := keystore.ParseURI(id.PreProvisioned); err != nil {
+			return bad("identity.preprovisioned_key", "%v", err)
+		}
+		if id.PreProvisioned == id.BootstrapKey {
+			return bad("identity.preprovisioned_key", "must differ from identity.bootstrap_key")
+		}
+		if id.OperationalKey != "" && !strings.Contains(id.OperationalKey, GenerationPlaceholder) {
+			return bad("identity.operational_key", "must contain %s", GenerationPlaceholder)
+		}
+	default:
+		return bad("identity.mode", "%q is not %q or %q", id.Mode, ModeOnDemand, ModePreProvisioned)
+	}
+	if _, err := keystore.ParseAlgorithm(id.KeyAlgorithm); err != nil {
+		return bad("identity.key_algorithm", "%v", err)
+	}
+	if c.State.Dir == "" {
+		return missing("state.dir", "a directory for the journal and credentials")
+	}
+	if err := absPath(c.State.Dir); err != nil {
+		return bad("state.dir", "%v", err)
+	}
+	t := c.Timeouts
+	for _, d := range []struct {
+		key    string
+		v      Duration
+		lo, hi time.Duration
+	}{
+		{"timeouts.connect", t.Connect, time.Second, time.Hour},
+		{"timeouts.reply", t.Reply, 100 * time.Millisecond, time.Hour},
+		{"timeouts.keepalive", t.KeepAlive, 5 * time.Second, 20 * time.Minute},
+		{"timeouts.shutdown", t.Shutdown, 0, time.Minute},
+		{"backoff.initial", c.Backoff.Initial, 10 * time.Millisecond, time.Hour},
+		{"backoff.max", c.Backoff.Max, 10 * time.Millisecond, 24 * time.Hour},
+		{"fallback.window", c.Fallback.Window, time.Second, 7 * 24 * time.Hour},
+	} {
+		if d.v.D() < d.lo || d.v.D() > d.hi {
+			return bad(d.key, "%s is out of range [%s, %s]", d.v.D(), d.lo, d.hi)
+		}
+	}
+	if c.Backoff.Max < c.Backoff.Initial {
+		return bad("backoff.max", "%s is less than backoff.initial %s", c.Backoff.Max.D(), c.Backoff.Initial.D())
+	}
+	if c.Fallback.Refusals < 1 || c.Fallback.Refusals > 100 {
+		return bad("fallback.refusals", "%d is out of range [1, 100]", c.Fallback.Refusals)
+	}
+	for i, h := range c.Verify.IssuerSHA256 {
+		if len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
+			return bad(fmt.Sprintf("verify.issuer_sha256[%d]", i), "%q is not 64 lower-hex characters", h)
+		}
+	}
+	for i, h := range c.Verify.LocationHosts {
+		if !validHost(h) && net.ParseIP(h) == nil {
+			return bad(fmt.Sprintf("verify.location_hosts[%d]", i), "%q is not a host name (no scheme, no path)", h)
+		}
+	}
+	if c.Verify.LocationCA != "" {
+		if err := absPath(c.Verify.LocationCA); err != nil {
+			return bad("verify.location_ca", "%v", err)
+		}
+	}
+	if c.Control.Socket != "" {
+		if err := absPath(c.Control.Socket); err != nil {
+			return bad("control.socket", "%v", err)
+		}
+		if len(c.Control.Socket) > 100 {
+			return bad("control.socket", "path longer than 100 bytes (Unix socket limit)")
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	return nil
+}
+
+func absPath(p string) error {
+	if !filepath.IsAbs(p) {
+		return fmt.Errorf("%q is not an absolute path", p)
+	}
+	if strings.ContainsRune(p, 0) {
+		return fmt.Errorf("path contains NUL")
+	}
+	return nil
+}
+
+func validHost(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// OperationalKeyURI is the key URI of a generation.
+func (c *Config) OperationalKeyURI(gen int) string {
+	return strings.ReplaceAll(c.Identity.OperationalKey, GenerationPlaceholder, fmt.Sprint(gen))
+}
+
+// Address is host:port of the broker.
+func (c *Config) Address() string {
+	return net.JoinHostPort(c.Broker.Endpoint, fmt.Sprint(c.Broker.Port))
+}

@@ -1,0 +1,155 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const base = `
+[broker]
+endpoint = "a1b2c3-ats.iot.us-east-1.amazonaws.com"
+root_ca = "/etc/bootcert/AmazonRootCA1.pem"
+
+[identity]
+bootstrap_key = "tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/bootstrap.tpmkey"
+bootstrap_cert = "/etc/bootcert/bootstrap.pem"
+operational_key = "tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/op-{generation}.tpmkey"
+`
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name  string
+		extra string
+		repl  [2]string
+		key   string // "" = ok
+		check func(t *testing.T, c *Config)
+	}{
+		{name: "ok/defaults", check: func(t *testing.T, c *Config) {
+			if c.Broker.Port != 8883 || c.Broker.ALPN != "" || c.State.Dir != "/var/lib/bootcert" || c.Fallback.Refusals != 3 || c.Timeouts.KeepAlive.D() != time.Minute {
+				t.Errorf("defaults: %+v", c)
+			}
+			if got := c.OperationalKeyURI(7); !strings.HasSuffix(got, "op-7.tpmkey") {
+				t.Errorf("OperationalKeyURI(7) = %s", got)
+			}
+		}},
+		{name: "ok/port-443-alpn", repl: [2]string{"[broker]\n", "[broker]\nport = 443\n"}, check: func(t *testing.T, c *Config) {
+			if c.Broker.ALPN != ALPN {
+				t.Errorf("ALPN = %q", c.Broker.ALPN)
+			}
+		}},
+		{name: "ok/timeouts", extra: "[timeouts]\nreply = \"2s\"\n[backoff]\ninitial=\"100ms\"\nmax=\"1s\"\n", check: func(t *testing.T, c *Config) {
+			if c.Timeouts.Reply.D() != 2*time.Second || c.Backoff.Max.D() != time.Second {
+				t.Errorf("%+v %+v", c.Timeouts, c.Backoff)
+			}
+		}},
+		{name: "ok/preprovisioned", repl: [2]string{`operational_key = "tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/op-{generation}.tpmkey"`, "mode = \"pre-provisioned\"\npreprovisioned_key = \"tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/factory-op.tpmkey\""}},
+		{name: "ok/verify", extra: "[verify]\nlocation_hosts = [\"bucket.s3.amazonaws.com\", \"127.0.0.1\"]\nissuer_sha256 = [\"" + strings.Repeat("ab", 32) + "\"]\n"},
+		{name: "fail/unknown-key", extra: "[control]\nsockets = \"x\"\n", key: "control.sockets"},
+		{name: "fail/unknown-section-key", extra: "[logging]\nlevel = \"info\"\n", key: "logging"},
+		{name: "fail/missing-endpoint", repl: [2]string{`endpoint = "a1b2c3-ats.iot.us-east-1.amazonaws.com"`, ""}, key: "broker.endpoint"},
+		{name: "fail/endpoint-with-scheme", repl: [2]string{`endpoint = "a1b2c3-ats`, `endpoint = "mqtts://a1b2c3-ats`}, key: "broker.endpoint"},
+		{name: "fail/port-range", repl: [2]string{"[broker]\n", "[broker]\nport = 70000\n"}, key: "broker.port"},
+		{name: "fail/port-type", repl: [2]string{"[broker]\n", "[broker]\nport = \"8883\"\n"}, key: "broker.port"},
+		{name: "fail/alpn", repl: [2]string{"[broker]\n", "[broker]\nalpn = \"h2\"\n"}, key: "broker.alpn"},
+		{name: "fail/relative-ca", repl: [2]string{`"/etc/bootcert/AmazonRootCA1.pem"`, `"AmazonRootCA1.pem"`}, key: "broker.root_ca"},
+		{name: "fail/thing-name", repl: [2]string{"[identity]\n", "[identity]\nthing_name = \"a b\"\n"}, key: "identity.thing_name"},
+		{name: "fail/bad-uri", repl: [2]string{`bootstrap_key = "tpm:`, `bootstrap_key = "`}, key: "identity.bootstrap_key"},
+		{name: "fail/no-generation", repl: [2]string{"op-{generation}", "op-1"}, key: "identity.operational_key"},
+		{name: "fail/mode", repl: [2]string{"[identity]\n", "[identity]\nmode = \"sometimes\"\n"}, key: "identity.mode"},
+		{name: "fail/preprovisioned-missing", repl: [2]string{"[identity]\n", "[identity]\nmode = \"pre-provisioned\"\n"}, key: "identity.preprovisioned_key"},
+		{name: "fail/algorithm", repl: [2]string{"[identity]\n", "[identity]\nkey_algorithm = \"dsa\"\n"}, key: "identity.key_algorithm"},
+		{name: "fail/duration", extra: "[timeouts]\nreply = \"soon\"\n", key: "reply"},
+		{name: "fail/duration-range", extra: "[timeouts]\nkeepalive = \"1s\"\n", key: "timeouts.keepalive"},
+		{name: "fail/backoff-order", extra: "[backoff]\ninitial = \"10s\"\nmax = \"1s\"\n", key: "backoff.max"},
+		{name: "fail/refusals", extra: "[fallback]\nrefusals = 0\n", key: "fallback.refusals"},
+		{name: "fail/issuer-pin", extra: "[verify]\nissuer_sha256 = [\"XYZ\"]\n", key: "verify.issuer_sha256[0]"},
+		{name: "fail/location-host", extra: "[verify]\nlocation_hosts = [\"https://evil\"]\n", key: "verify.location_hosts[0]"},
+		{name: "fail/log-level", extra: "[log]\nlevel = \"loud\"\n", key: "log.level"},
+		{name: "fail/syntax", extra: "[broker\n", key: ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			text := base
+			if tt.repl[0] != "" {
+				if !strings.Contains(text, tt.repl[0]) {
+					t.Fatalf("test bug: %q not in base", tt.repl[0])
+				}
+				text = strings.Replace(text, tt.repl[0], tt.repl[1], 1)
+			}
+			text += tt.extra
+			c, err := Parse("/etc/bootcert/bootcertd.toml", []byte(text))
+			if strings.HasPrefix(tt.name, "ok/") {
+				if err != nil {
+					t.Fatalf("Parse: %v", err)
+				}
+				if tt.check != nil {
+					tt.check(t, c)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Parse succeeded, want error on %q", tt.key)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v is not ErrInvalid", err)
+			}
+			var ce *Error
+			if !errors.As(err, &ce) || ce.File != "/etc/bootcert/bootcertd.toml" {
+				t.Fatalf("error %v does not name the file", err)
+			}
+			if tt.key != "" && !strings.Contains(ce.Key, tt.key) {
+				t.Errorf("error %v names key %q, want %q", err, ce.Key, tt.key)
+			}
+		})
+	}
+}
+
+func TestPINNeverInErrors(t *testing.T) {
+	text := strings.Replace(base, "op-{generation}.tpmkey\"", "op-1.tpmkey\"", 1)
+	text = strings.Replace(text, `operational_key = "tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/op-1.tpmkey"`,
+		`operational_key = "pkcs11:token=t;object=op-1?pin-value=s3cret"`, 1)
+	_, err := Parse("x.toml", []byte(text))
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("error %v: want an error without the PIN", err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.toml"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Load: %v, want ErrNotExist", err)
+	}
+}
+
+func TestPackagedDefault(t *testing.T) {
+	p := filepath.Join("..", "..", "packaging", "bootcertd.toml")
+	if _, err := os.Stat(p); err != nil {
+		t.Skip("packaging/bootcertd.toml not written yet")
+	}
+	if _, err := Load(p); err != nil {
+		t.Fatalf("the packaged default config does not load: %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(base))
+	f.Add([]byte(base + "[timeouts]\nreply=\"1s\"\n"))
+	f.Add([]byte("[broker]\nport = 1e9\n"))
+	f.Add([]byte("a = [1, \"x\"]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.toml", data)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v is not ErrInvalid", err)
+			}
+			return
+		}
+		if c.Broker.Endpoint == "" || c.Identity.BootstrapKey == "" || c.Broker.Port < 1 {
+			t.Fatalf("accepted an invalid config: %+v", c)
+		}
+	})
+}
