@@ -104,4 +104,3 @@ func TestDial(t *testing.T) {
 		}
 	})
 }
-
