@@ -148,7 +148,7 @@ func (b *Backend) Generate(ctx context.Context, u *keystore.URI, alg keystore.Al
 			}
 		}
 		parent := tpm2.AuthHandle{Handle: k.srk, Name: srk.name, Auth: tpm2.PasswordAuth(nil)}
-		crsp, err := run(b, d, "create "+string(alg)+" key", tpm2.Create{ParentHandle: parent, InPublic: tpm2.New2B(tmpl)})
+		crsp, err := runRoom(b, d, s, "create "+string(alg)+" key", tpm2.Create{ParentHandle: parent, InPublic: tpm2.New2B(tmpl)})
 		if err != nil {
 			return err
 		}
@@ -181,7 +181,7 @@ func (b *Backend) Generate(ctx context.Context, u *keystore.URI, alg keystore.Al
 			s.kf = kf
 			return s.loadLocked(d)
 		}
-		lrsp, err := run(b, d, "load new key", tpm2.Load{ParentHandle: parent, InPrivate: crsp.OutPrivate, InPublic: crsp.OutPublic})
+		lrsp, err := runRoom(b, d, s, "load new key", tpm2.Load{ParentHandle: parent, InPrivate: crsp.OutPrivate, InPublic: crsp.OutPublic})
 		if err != nil {
 			return err
 		}
@@ -229,15 +229,23 @@ func (b *Backend) Delete(ctx context.Context, u *keystore.URI) error {
 	}
 	s := &Signer{b: b, spec: k}
 	return s.withDevice(func(d *device) error {
-		if err := s.readPersistent(d); err != nil {
+		rsp, err := run(b, d, fmt.Sprintf("read persistent key 0x%08x", uint32(k.handle)), tpm2.ReadPublic{ObjectHandle: k.handle})
+		if isRC(err, tpm2.TPMRCHandle) {
+			return fmt.Errorf("persistent handle 0x%08x on %s: %w", uint32(k.handle), k.device, keystore.ErrNotFound)
+		}
+		if err != nil {
 			return err
 		}
-		if !s.pubArea.ObjectAttributes.SignEncrypt || s.pubArea.ObjectAttributes.Restricted {
+		pub, err := rsp.OutPublic.Contents()
+		if err != nil {
+			return fmt.Errorf("persistent handle 0x%08x: %w", uint32(k.handle), err)
+		}
+		if !pub.ObjectAttributes.SignEncrypt || pub.ObjectAttributes.Restricted {
 			return fmt.Errorf("persistent handle 0x%08x on %s is not an unrestricted signing key (an SRK or EK?): refusing to evict it", uint32(k.handle), k.device)
 		}
-		_, err := run(b, d, fmt.Sprintf("evict persistent key 0x%08x", uint32(k.handle)), tpm2.EvictControl{
+		_, err = run(b, d, fmt.Sprintf("evict persistent key 0x%08x", uint32(k.handle)), tpm2.EvictControl{
 			Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
-			ObjectHandle:     tpm2.NamedHandle{Handle: k.handle, Name: s.name},
+			ObjectHandle:     tpm2.NamedHandle{Handle: k.handle, Name: rsp.Name},
 			PersistentHandle: k.handle,
 		})
 		return err
@@ -359,7 +367,7 @@ func (d *device) srk(b *Backend, handle tpm2.TPMHandle) (*srkState, error) {
 		d.srks[handle] = st
 	}
 	// An existing SRK: is it the H-2 one? Recreate H-2 and compare names.
-	prim, err := run(b, d, "create H-2 SRK to compare", createPrimaryH2())
+	prim, err := runRoom(b, d, nil, "create H-2 SRK to compare", createPrimaryH2())
 	if err != nil {
 		return nil, err
 	}
@@ -372,7 +380,7 @@ func (d *device) srk(b *Backend, handle tpm2.TPMHandle) (*srkState, error) {
 }
 
 func (d *device) createSRK(b *Backend, handle tpm2.TPMHandle) (*srkState, error) {
-	prim, err := run(b, d, "create SRK", createPrimaryH2())
+	prim, err := runRoom(b, d, nil, "create SRK", createPrimaryH2())
 	if err != nil {
 		return nil, err
 	}

@@ -29,7 +29,7 @@ type device struct {
 	closed bool        // guarded by mu
 	broken atomic.Bool // a transport error happened: reopen on next use
 
-	loaded map[tpm2.TPMHandle]struct{}  // transient objects this process loaded; guarded by mu
+	loaded map[tpm2.TPMHandle]*Signer   // transient objects this process loaded, and whose; guarded by mu
 	srks   map[tpm2.TPMHandle]*srkState // guarded by mu
 }
 
@@ -156,7 +156,7 @@ func openDevice(name string, wrap func(transport.TPM) transport.TPM) (*device, e
 		name:   name,
 		tpm:    t,
 		closer: t,
-		loaded: map[tpm2.TPMHandle]struct{}{},
+		loaded: map[tpm2.TPMHandle]*Signer{},
 		srks:   map[tpm2.TPMHandle]*srkState{},
 	}
 	if wrap != nil {
@@ -265,5 +265,36 @@ func run[R any](b *Backend, d *device, op string, cmd tpm2.Command[R, *R], sess 
 			wait = retryCap
 		}
 		b.sleep(rand.N(wait) + time.Millisecond)
+	}
+}
+
+// evictOne flushes one key this process loaded, other than keep's, to make
+// room on a TPM without a resource manager (swtpm has 3 object slots, and a
+// command needs one for the parent). Its signer loads it again on next use.
+// Caller holds d.mu.
+func (d *device) evictOne(b *Backend, keep *Signer) bool {
+	for h, s := range d.loaded {
+		if s == keep {
+			continue
+		}
+		delete(d.loaded, h)
+		if _, err := run(b, d, fmt.Sprintf("flush 0x%08x to make room", uint32(h)), tpm2.FlushContext{FlushHandle: h}); err != nil {
+			slog.Warn("tpm: flushing a key to make room failed", "device", d.name, "err", err)
+		}
+		return true
+	}
+	return false
+}
+
+// runRoom is run for commands that need object slots (Create, Load,
+// CreatePrimary): on TPM_RC_OBJECT_MEMORY it evicts keys this process loaded
+// (except keep's) and tries again.
+func runRoom[R any](b *Backend, d *device, keep *Signer, op string, cmd tpm2.Command[R, *R]) (*R, error) {
+	for {
+		rsp, err := run(b, d, op, cmd)
+		if isRC(err, tpm2.TPMRCObjectMemory) && d.evictOne(b, keep) {
+			continue
+		}
+		return rsp, err
 	}
 }

@@ -10,9 +10,13 @@ import (
 	"crypto/sha512"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/google/go-tpm/tpm2/transport/tcp"
 
 	"github.com/bootcert/bootcert/internal/testenv"
 	"github.com/bootcert/bootcert/keystore"
@@ -120,4 +124,30 @@ func signVerify(t testing.TB, s crypto.Signer) {
 			t.Fatalf("unexpected public key %T", pub)
 		}
 	}
+}
+
+func verify(pub crypto.PublicKey, digest, sig []byte) bool {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return ecdsa.VerifyASN1(k, digest, sig)
+	case *rsa.PublicKey:
+		h := crypto.SHA256
+		if len(digest) == 48 {
+			h = crypto.SHA384
+		}
+		return rsa.VerifyPKCS1v15(k, h, digest, sig) == nil
+	}
+	return false
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+// openDeviceNoFlush is a raw connection to a tcp: device, as another
+// client would make: no stale-object flush.
+func openDeviceNoFlush(device string) (transport.TPMCloser, error) {
+	cmd, plat, err := tcpAddrs(device)
+	if err != nil {
+		return nil, err
+	}
+	return tcp.Open(tcp.Config{CommandAddress: cmd, PlatformAddress: plat})
 }

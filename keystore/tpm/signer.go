@@ -81,7 +81,7 @@ func (s *Signer) withDevice(fn func(d *device) error) error {
 // ensureLoaded loads the key file into d unless it is loaded there already.
 // Caller holds d.mu.
 func (s *Signer) ensureLoaded(d *device) error {
-	if s.kf == nil || s.loadedIn == d {
+	if s.kf == nil || (s.loadedIn == d && d.loaded[s.h] == s) {
 		return nil
 	}
 	return s.loadLocked(d)
@@ -104,7 +104,7 @@ func (s *Signer) loadLocked(d *device) error {
 		if st.h2 {
 			ph = tpm2.AuthHandle{Handle: k.srk, Name: st.name, Auth: tpm2.PasswordAuth(nil)}
 		} else {
-			prim, err := run(b, d, "create H-2 SRK", createPrimaryH2())
+			prim, err := runRoom(b, d, s, "create H-2 SRK", createPrimaryH2())
 			if err != nil {
 				return err
 			}
@@ -126,7 +126,7 @@ func (s *Signer) loadLocked(d *device) error {
 	default:
 		return fmt.Errorf("key file %s: parent handle 0x%08x is not supported (use the owner hierarchy 0x40000001 or a persistent SRK)", k.blob, uint32(parent))
 	}
-	lrsp, err := run(b, d, "load key "+k.blob, tpm2.Load{ParentHandle: ph, InPrivate: s.kf.Privkey, InPublic: s.kf.Pubkey})
+	lrsp, err := runRoom(b, d, s, "load key "+k.blob, tpm2.Load{ParentHandle: ph, InPrivate: s.kf.Privkey, InPublic: s.kf.Pubkey})
 	if flushPrim != 0 {
 		if _, ferr := run(b, d, "flush H-2 SRK", tpm2.FlushContext{FlushHandle: flushPrim}); ferr != nil && err == nil {
 			err = ferr
@@ -136,7 +136,7 @@ func (s *Signer) loadLocked(d *device) error {
 		return err
 	}
 	s.h, s.name, s.loadedIn = lrsp.ObjectHandle, lrsp.Name, d
-	d.loaded[lrsp.ObjectHandle] = struct{}{}
+	d.loaded[lrsp.ObjectHandle] = s
 	return nil
 }
 
@@ -264,7 +264,7 @@ func (s *Signer) Close() error {
 	if d.closed {
 		return nil
 	}
-	if _, ok := d.loaded[s.h]; !ok {
+	if d.loaded[s.h] != s {
 		return nil
 	}
 	delete(d.loaded, s.h)
