@@ -6,5 +6,6 @@ package all
 
 import (
 	_ "github.com/bootcert/bootcert/keystore/file"
+	_ "github.com/bootcert/bootcert/keystore/pkcs11"
 	_ "github.com/bootcert/bootcert/keystore/tpm"
 )
