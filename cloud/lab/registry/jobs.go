@@ -1,0 +1,549 @@
+package registry
+
+import (
+	"encoding/json"
+	"regexp"
+	"sort"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits of the Jobs APIs
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_CancelJobExecution.html:
+// "You can specify at most 10 name/value pairs";
+// https://docs.aws.amazon.com/iot/latest/apireference/API_iot-jobs-data_JobExecutionState.html:
+// keys [a-zA-Z0-9:_-]{1,128}, values 1 to 1024 characters without control
+// characters; job documents at most 32 KB,
+// https://docs.aws.amazon.com/general/latest/gr/iot_device_management.html).
+const (
+	MaxStatusDetails      = 10
+	MaxStatusDetailKey    = 128
+	MaxStatusDetailValue  = 1024
+	MaxJobDocument        = 32 * 1024
+	MaxStepTimeoutMinutes = 10080
+	MaxJobTargets         = 100
+)
+
+var statusKeyRE = regexp.MustCompile(`^[a-zA-Z0-9:_-]{1,128}$`)
+
+// CheckStatusDetails validates a statusDetails map against AWS's limits.
+func CheckStatusDetails(d map[string]string) error {
+	if len(d) > MaxStatusDetails {
+		return invalid("statusDetails", "%d entries: at most %d", len(d), MaxStatusDetails)
+	}
+	for k, v := range d {
+		if !statusKeyRE.MatchString(k) {
+			return invalid("statusDetails", "key %q: 1-128 characters of [a-zA-Z0-9:_-]", k)
+		}
+		n := utf8.RuneCountInString(v)
+		if n < 1 || n > MaxStatusDetailValue {
+			return invalid("statusDetails", "value of %q: 1 to %d characters, got %d", k, MaxStatusDetailValue, n)
+		}
+		for _, c := range v {
+			if unicode.IsControl(c) || c == utf8.RuneError {
+				return invalid("statusDetails", "value of %q contains a control or invalid character", k)
+			}
+		}
+	}
+	return nil
+}
+
+func checkStepTimeout(m *int64) error {
+	if m != nil && (*m < 1 || *m > MaxStepTimeoutMinutes) {
+		return invalid("stepTimeoutInMinutes", "must be 1 to %d, got %d", MaxStepTimeoutMinutes, *m)
+	}
+	return nil
+}
+
+// CreateJobInput is CreateJob's input.
+type CreateJobInput struct {
+	JobID                      string
+	Targets                    []string // thing group or thing ARNs
+	Document                   string
+	TargetSelection            string // CONTINUOUS or SNAPSHOT (default)
+	Description                string
+	InProgressTimeoutInMinutes int64
+}
+
+// CreateJob creates a job and queues an execution for every thing it
+// targets now; a continuous job also queues one for every thing that joins
+// a target group later
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_CreateJob.html).
+func (r *Registry) CreateJob(in CreateJobInput) (Job, error) {
+	if !jobIDRE.MatchString(in.JobID) {
+		return Job{}, invalid("jobId", "%q: 1-64 characters of [a-zA-Z0-9_-]", in.JobID)
+	}
+	sel := in.TargetSelection
+	if sel == "" {
+		sel = TargetSnapshot
+	}
+	if sel != TargetSnapshot && sel != TargetContinuous {
+		return Job{}, invalid("targetSelection", "must be CONTINUOUS or SNAPSHOT, got %q", sel)
+	}
+	if len(in.Targets) == 0 || len(in.Targets) > MaxJobTargets {
+		return Job{}, invalid("targets", "1 to %d thing or thing group ARNs", MaxJobTargets)
+	}
+	if len(in.Document) > MaxJobDocument {
+		return Job{}, invalid("document", "%d bytes: at most %d", len(in.Document), MaxJobDocument)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(in.Document), &doc); err != nil {
+		return Job{}, invalid("document", "not a JSON object: %v", err)
+	}
+	if in.InProgressTimeoutInMinutes < 0 || in.InProgressTimeoutInMinutes > MaxStepTimeoutMinutes {
+		return Job{}, invalid("timeoutConfig.inProgressTimeoutInMinutes", "must be 1 to %d", MaxStepTimeoutMinutes)
+	}
+	var out Job
+	err := r.do(func(now time.Time) error {
+		if _, ok := r.st.Jobs[in.JobID]; ok {
+			return newErr(CodeAlreadyExists, "job "+in.JobID, "job %s already exists", in.JobID)
+		}
+		for _, t := range in.Targets {
+			if !r.jobTargetExistsLocked(t) {
+				return notFound("job target", t)
+			}
+		}
+		j := &Job{ID: in.JobID, ARN: r.arn("job", in.JobID), Description: in.Description, Document: in.Document,
+			Targets: append([]string(nil), in.Targets...), TargetSelection: sel, Status: JobInProgress,
+			InProgressTimeoutInMinutes: in.InProgressTimeoutInMinutes, CreatedAt: now, LastUpdatedAt: now}
+		r.st.Jobs[j.ID] = j
+		r.touch()
+		r.logDecision("CreateJob", j.ID, "created", "targetSelection", sel, "targets", len(j.Targets))
+		for _, thing := range sortedKeys(r.st.Things) {
+			if r.targetsLocked(j, thing) {
+				r.queueLocked(j, thing, now)
+			}
+		}
+		out = copyJob(j)
+		return nil
+	})
+	return out, err
+}
+
+func copyJob(j *Job) Job {
+	c := *j
+	c.Targets = append([]string(nil), j.Targets...)
+	return c
+}
+
+func (r *Registry) jobTargetExistsLocked(arn string) bool {
+	if g, ok := r.st.Groups[nameFromARN("thinggroup", arn)]; ok && g.ARN == arn {
+		return true
+	}
+	t, ok := r.st.Things[nameFromARN("thing", arn)]
+	return ok && t.ARN == arn
+}
+
+// targetsLocked reports whether job j targets thing now (directly, through
+// a group or through a parent of its groups).
+func (r *Registry) targetsLocked(j *Job, thing string) bool {
+	if contains(j.Targets, r.ThingARN(thing)) {
+		return true
+	}
+	for g := range r.groupsOfLocked(thing) {
+		if contains(j.Targets, r.ThingGroupARN(g)) {
+			return true
+		}
+	}
+	return false
+}
+
+// queueLocked queues an execution of j for thing unless one is pending.
+// After a terminal execution, a continuous job queues a new one (the next
+// executionNumber) when the thing joins a target group again: this is how
+// bootcert renews (DESIGN.md "Renewal"); a snapshot job runs once per thing.
+func (r *Registry) queueLocked(j *Job, thing string, now time.Time) {
+	byJob := r.st.Execs[thing]
+	if byJob == nil {
+		byJob = map[string][]*JobExecution{}
+		r.st.Execs[thing] = byJob
+	}
+	execs := byJob[j.ID]
+	var num int64 = 1
+	if n := len(execs); n > 0 {
+		last := execs[n-1]
+		if !Terminal(last.Status) || j.TargetSelection == TargetSnapshot {
+			return
+		}
+		num = last.ExecutionNumber + 1
+	}
+	e := &JobExecution{JobID: j.ID, ThingName: thing, ThingARN: r.ThingARN(thing), Status: ExecQueued,
+		QueuedAt: now, LastUpdatedAt: now, VersionNumber: 1, ExecutionNumber: num}
+	byJob[j.ID] = append(execs, e)
+	r.touch()
+	r.logDecision("QueueJobExecution", j.ID+"/"+thing, "queued", "executionNumber", num)
+	r.emit(JobExecutionChanged{Exec: copyExec(e), Job: copyJob(j), OldStatus: ""})
+}
+
+// setStatusLocked changes an execution's status and bumps its version.
+func (r *Registry) setStatusLocked(j *Job, e *JobExecution, status string, now time.Time) {
+	old := e.Status
+	e.Status = status
+	e.LastUpdatedAt = now
+	e.VersionNumber++
+	if status == ExecInProgress && e.StartedAt.IsZero() {
+		e.StartedAt = now
+		if j.InProgressTimeoutInMinutes > 0 {
+			e.InProgressTimeoutAt = now.Add(time.Duration(j.InProgressTimeoutInMinutes) * time.Minute)
+		}
+	}
+	if Terminal(status) {
+		e.StepTimeoutAt, e.InProgressTimeoutAt = time.Time{}, time.Time{}
+	}
+	r.touch()
+	r.logDecision("JobExecution", j.ID+"/"+e.ThingName, "status "+status, "old", old, "version", e.VersionNumber, "executionNumber", e.ExecutionNumber)
+	r.emit(JobExecutionChanged{Exec: copyExec(e), Job: copyJob(j), OldStatus: old})
+	if Terminal(status) {
+		r.maybeCompleteLocked(j, now)
+	}
+}
+
+// maybeCompleteLocked completes a snapshot job whose executions are all
+// terminal (continuous jobs stay IN_PROGRESS).
+func (r *Registry) maybeCompleteLocked(j *Job, now time.Time) {
+	if j.TargetSelection != TargetSnapshot || j.Status != JobInProgress {
+		return
+	}
+	for _, byJob := range r.st.Execs {
+		for _, e := range byJob[j.ID] {
+			if !Terminal(e.Status) {
+				return
+			}
+		}
+	}
+	j.Status = JobCompleted
+	j.CompletedAt, j.LastUpdatedAt = now, now
+	r.logDecision("Job", j.ID, "completed")
+}
+
+// expireLocked times out IN_PROGRESS executions whose step or in-progress
+// timer has run out
+// (https://docs.aws.amazon.com/iot/latest/developerguide/jobs-configurations-details.html#job-timeouts).
+func (r *Registry) expireLocked(now time.Time) {
+	for _, thing := range sortedKeys(r.st.Execs) {
+		for _, jobID := range sortedKeys(r.st.Execs[thing]) {
+			execs := r.st.Execs[thing][jobID]
+			e := execs[len(execs)-1]
+			if e.Status != ExecInProgress {
+				continue
+			}
+			if at := e.TimeoutAt(); !at.IsZero() && !now.Before(at) {
+				if j := r.st.Jobs[jobID]; j != nil {
+					r.setStatusLocked(j, e, ExecTimedOut, now)
+				}
+			}
+		}
+	}
+}
+
+// ExpireTimeouts applies job execution timeouts now (the assembly calls it
+// on a ticker of its clock; every other call does it too) and returns the
+// next deadline (zero: none).
+func (r *Registry) ExpireTimeouts() time.Time {
+	var next time.Time
+	_ = r.do(func(time.Time) error {
+		for _, byJob := range r.st.Execs {
+			for _, execs := range byJob {
+				e := execs[len(execs)-1]
+				if at := e.TimeoutAt(); e.Status == ExecInProgress && !at.IsZero() && (next.IsZero() || at.Before(next)) {
+					next = at
+				}
+			}
+		}
+		return nil
+	})
+	return next
+}
+
+// DescribeJob returns a job and the number of executions in each status.
+func (r *Registry) DescribeJob(jobID string) (Job, map[string]int, error) {
+	var out Job
+	counts := map[string]int{}
+	err := r.do(func(time.Time) error {
+		j, ok := r.st.Jobs[jobID]
+		if !ok {
+			return notFound("job", jobID)
+		}
+		out = copyJob(j)
+		for _, byJob := range r.st.Execs {
+			for _, e := range byJob[jobID] {
+				counts[e.Status]++
+			}
+		}
+		return nil
+	})
+	return out, counts, err
+}
+
+// GetJobDocument returns a job's document.
+func (r *Registry) GetJobDocument(jobID string) (string, error) {
+	j, _, err := r.DescribeJob(jobID)
+	return j.Document, err
+}
+
+func (r *Registry) execLocked(thing, jobID string, num *int64) (*JobExecution, *Job, error) {
+	j, ok := r.st.Jobs[jobID]
+	if !ok {
+		return nil, nil, notFound("job", jobID)
+	}
+	execs := r.st.Execs[thing][jobID]
+	if len(execs) == 0 {
+		return nil, nil, notFound("job execution", jobID+"/"+thing)
+	}
+	if num == nil {
+		return execs[len(execs)-1], j, nil
+	}
+	for _, e := range execs {
+		if e.ExecutionNumber == *num {
+			return e, j, nil
+		}
+	}
+	return nil, nil, notFound("job execution", jobID+"/"+thing)
+}
+
+// DescribeJobExecution returns an execution (the latest, or executionNumber
+// when given).
+func (r *Registry) DescribeJobExecution(jobID, thing string, executionNumber *int64) (JobExecution, error) {
+	var out JobExecution
+	err := r.do(func(time.Time) error {
+		e, _, err := r.execLocked(thing, jobID, executionNumber)
+		if err != nil {
+			return err
+		}
+		out = copyExec(e)
+		return nil
+	})
+	return out, err
+}
+
+// ListJobExecutionsForThing lists a thing's executions (all of them, newest
+// queued first), optionally only those with status.
+func (r *Registry) ListJobExecutionsForThing(thing, status string) ([]JobExecution, error) {
+	var out []JobExecution
+	err := r.do(func(time.Time) error {
+		if _, ok := r.st.Things[thing]; !ok {
+			return notFound("thing", thing)
+		}
+		for _, execs := range r.st.Execs[thing] {
+			for _, e := range execs {
+				if status == "" || e.Status == status {
+					out = append(out, copyExec(e))
+				}
+			}
+		}
+		sort.Slice(out, func(a, b int) bool {
+			if !out[a].QueuedAt.Equal(out[b].QueuedAt) {
+				return out[a].QueuedAt.After(out[b].QueuedAt)
+			}
+			if out[a].JobID != out[b].JobID {
+				return out[a].JobID < out[b].JobID
+			}
+			return out[a].ExecutionNumber > out[b].ExecutionNumber
+		})
+		return nil
+	})
+	return out, err
+}
+
+// CancelJobExecution cancels a thing's execution: QUEUED becomes CANCELED;
+// IN_PROGRESS only with force; a terminal one is InvalidStateTransition
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_CancelJobExecution.html).
+func (r *Registry) CancelJobExecution(jobID, thing string, force bool, expectedVersion *int64, statusDetails map[string]string) error {
+	if err := CheckStatusDetails(statusDetails); err != nil {
+		return err
+	}
+	return r.do(func(now time.Time) error {
+		e, j, err := r.execLocked(thing, jobID, nil)
+		if err != nil {
+			return err
+		}
+		if expectedVersion != nil && *expectedVersion != e.VersionNumber {
+			return newErr(CodeVersionMismatch, "job execution "+jobID+"/"+thing, "expected version %d, current version is %d", *expectedVersion, e.VersionNumber)
+		}
+		switch {
+		case Terminal(e.Status):
+			return newErr(CodeInvalidStateTransition, "job execution "+jobID+"/"+thing, "execution is %s (terminal)", e.Status)
+		case e.Status == ExecInProgress && !force:
+			return newErr(CodeInvalidStateTransition, "job execution "+jobID+"/"+thing, "execution is IN_PROGRESS: use force to cancel it")
+		}
+		if statusDetails != nil {
+			e.StatusDetails = copyMap(statusDetails)
+		}
+		e.ForceCanceled = e.Status == ExecInProgress
+		r.setStatusLocked(j, e, ExecCanceled, now)
+		return nil
+	})
+}
+
+// pendingLocked returns a thing's non-terminal latest executions of
+// in-progress jobs: IN_PROGRESS first, then QUEUED, each oldest first.
+func (r *Registry) pendingLocked(thing string) (inProgress, queued []*JobExecution) {
+	for jobID, execs := range r.st.Execs[thing] {
+		j := r.st.Jobs[jobID]
+		if j == nil || j.Status != JobInProgress {
+			continue
+		}
+		e := execs[len(execs)-1]
+		switch e.Status {
+		case ExecInProgress:
+			inProgress = append(inProgress, e)
+		case ExecQueued:
+			queued = append(queued, e)
+		}
+	}
+	order := func(l []*JobExecution) {
+		sort.Slice(l, func(a, b int) bool {
+			if !l[a].QueuedAt.Equal(l[b].QueuedAt) {
+				return l[a].QueuedAt.Before(l[b].QueuedAt)
+			}
+			return l[a].JobID < l[b].JobID
+		})
+	}
+	order(inProgress)
+	order(queued)
+	return inProgress, queued
+}
+
+// GetPendingJobExecutions is the Jobs API's get (topic
+// $aws/things/{thing}/jobs/get): the thing's IN_PROGRESS and QUEUED
+// executions
+// (https://docs.aws.amazon.com/iot/latest/developerguide/jobs-mqtt-api.html).
+func (r *Registry) GetPendingJobExecutions(thing string) (inProgress, queued []JobExecutionSummary, err error) {
+	err = r.do(func(time.Time) error {
+		if _, ok := r.st.Things[thing]; !ok {
+			return notFound("thing", thing)
+		}
+		ip, q := r.pendingLocked(thing)
+		for _, e := range ip {
+			inProgress = append(inProgress, e.Summary())
+		}
+		for _, e := range q {
+			queued = append(queued, e.Summary())
+		}
+		return nil
+	})
+	return inProgress, queued, err
+}
+
+// NextPendingJobExecution returns the execution $next names: the oldest
+// IN_PROGRESS one, else the oldest QUEUED one; ok is false when none.
+func (r *Registry) NextPendingJobExecution(thing string) (e JobExecution, j Job, ok bool, err error) {
+	err = r.do(func(time.Time) error {
+		if _, found := r.st.Things[thing]; !found {
+			return notFound("thing", thing)
+		}
+		if n := r.nextLocked(thing); n != nil {
+			e, j, ok = copyExec(n), copyJob(r.st.Jobs[n.JobID]), true
+		}
+		return nil
+	})
+	return e, j, ok, err
+}
+
+func (r *Registry) nextLocked(thing string) *JobExecution {
+	ip, q := r.pendingLocked(thing)
+	if len(ip) > 0 {
+		return ip[0]
+	}
+	if len(q) > 0 {
+		return q[0]
+	}
+	return nil
+}
+
+// StartNextPendingJobExecution is the Jobs API's start-next: the next
+// pending execution; a QUEUED one becomes IN_PROGRESS with statusDetails and
+// the step timeout (an IN_PROGRESS one is returned unchanged). ok is false
+// when nothing is pending
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_iot-jobs-data_StartNextPendingJobExecution.html).
+func (r *Registry) StartNextPendingJobExecution(thing string, statusDetails map[string]string, stepTimeoutMinutes *int64) (e JobExecution, j Job, ok bool, err error) {
+	if err := CheckStatusDetails(statusDetails); err != nil {
+		return e, j, false, err
+	}
+	if err := checkStepTimeout(stepTimeoutMinutes); err != nil {
+		return e, j, false, err
+	}
+	err = r.do(func(now time.Time) error {
+		if _, found := r.st.Things[thing]; !found {
+			return notFound("thing", thing)
+		}
+		n := r.nextLocked(thing)
+		if n == nil {
+			return nil
+		}
+		job := r.st.Jobs[n.JobID]
+		if n.Status == ExecQueued {
+			if statusDetails != nil {
+				n.StatusDetails = copyMap(statusDetails)
+			}
+			if stepTimeoutMinutes != nil {
+				n.StepTimeoutAt = now.Add(time.Duration(*stepTimeoutMinutes) * time.Minute)
+			}
+			r.setStatusLocked(job, n, ExecInProgress, now)
+		}
+		e, j, ok = copyExec(n), copyJob(job), true
+		return nil
+	})
+	return e, j, ok, err
+}
+
+// UpdateJobExecutionInput is UpdateJobExecution's input.
+type UpdateJobExecutionInput struct {
+	ThingName            string
+	JobID                string
+	Status               string // IN_PROGRESS, SUCCEEDED, FAILED or REJECTED
+	StatusDetails        map[string]string
+	ExpectedVersion      *int64
+	ExecutionNumber      *int64
+	StepTimeoutInMinutes *int64
+}
+
+// UpdateJobExecution is the Jobs API's update: a device moves its execution
+// from QUEUED or IN_PROGRESS to IN_PROGRESS, SUCCEEDED, FAILED or REJECTED
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_iot-jobs-data_UpdateJobExecution.html).
+// A terminal execution is InvalidStateTransition; ExpectedVersion different
+// from the current version is VersionMismatch. The returned execution is
+// the current state, also on VersionMismatch and InvalidStateTransition
+// (the MQTT rejection carries it when includeJobExecutionState is set).
+func (r *Registry) UpdateJobExecution(in UpdateJobExecutionInput) (JobExecution, Job, error) {
+	switch in.Status {
+	case ExecInProgress, ExecSucceeded, ExecFailed, ExecRejected:
+	default:
+		return JobExecution{}, Job{}, invalid("status", "a device can set IN_PROGRESS, SUCCEEDED, FAILED or REJECTED, not %q", in.Status)
+	}
+	if err := CheckStatusDetails(in.StatusDetails); err != nil {
+		return JobExecution{}, Job{}, err
+	}
+	if err := checkStepTimeout(in.StepTimeoutInMinutes); err != nil {
+		return JobExecution{}, Job{}, err
+	}
+	var out JobExecution
+	var job Job
+	err := r.do(func(now time.Time) error {
+		e, j, err := r.execLocked(in.ThingName, in.JobID, in.ExecutionNumber)
+		if err != nil {
+			return err
+		}
+		out, job = copyExec(e), copyJob(j)
+		res := "job execution " + in.JobID + "/" + in.ThingName
+		if in.ExpectedVersion != nil && *in.ExpectedVersion != e.VersionNumber {
+			r.logDecision("UpdateJobExecution", res, "rejected: version mismatch", "expected", *in.ExpectedVersion, "current", e.VersionNumber)
+			return newErr(CodeVersionMismatch, res, "expected version %d, current version is %d", *in.ExpectedVersion, e.VersionNumber)
+		}
+		if Terminal(e.Status) {
+			r.logDecision("UpdateJobExecution", res, "rejected: terminal", "status", e.Status)
+			return newErr(CodeInvalidStateTransition, res, "execution is %s (terminal), cannot become %s", e.Status, in.Status)
+		}
+		if in.StatusDetails != nil {
+			e.StatusDetails = copyMap(in.StatusDetails)
+		}
+		if in.StepTimeoutInMinutes != nil && in.Status == ExecInProgress {
+			e.StepTimeoutAt = now.Add(time.Duration(*in.StepTimeoutInMinutes) * time.Minute)
+		}
+		r.setStatusLocked(j, e, in.Status, now)
+		out = copyExec(e)
+		return nil
+	})
+	return out, job, err
+}

@@ -1,0 +1,304 @@
+package registry
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"sync"
+	"testing"
+	"time"
+)
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pem  string
+}
+
+func newCA(t testing.TB, cn string) testCA {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
+		NotBefore: t0.Add(-time.Hour), NotAfter: t0.AddDate(5, 0, 0), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return testCA{c, key, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
+}
+
+func (ca testCA) issue(t testing.TB, cn string) (der []byte, pemStr string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	sn, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: sn, Subject: pkix.Name{CommonName: cn},
+		NotBefore: t0.Add(-time.Hour), NotAfter: t0.AddDate(1, 0, 0)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+func open(t testing.TB, dir string, clk Clock) *Registry {
+	t.Helper()
+	r, err := Open(Config{Dir: dir, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func registerCA(t testing.TB, r *Registry, ca testCA) CACertificate {
+	t.Helper()
+	_, ver := ca.issue(t, r.RegistrationCode())
+	c, err := r.RegisterCACertificate(RegisterCAInput{CACertificatePEM: ca.pem, VerificationCertificatePEM: ver, SetAsActive: true, AllowAutoRegistration: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestRegisterCA(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	r := open(t, t.TempDir(), clk)
+	ca := newCA(t, "factory")
+	other := newCA(t, "other")
+	_, goodVer := ca.issue(t, r.RegistrationCode())
+	_, wrongCN := ca.issue(t, "not-the-code")
+	_, wrongKey := other.issue(t, r.RegistrationCode())
+	for _, tc := range []struct {
+		name string
+		in   RegisterCAInput
+		want error
+	}{
+		{"fail/no-verification", RegisterCAInput{CACertificatePEM: ca.pem}, ErrInvalidRequest},
+		{"fail/wrong-cn", RegisterCAInput{CACertificatePEM: ca.pem, VerificationCertificatePEM: wrongCN}, ErrRegistrationCode},
+		{"fail/wrong-signer", RegisterCAInput{CACertificatePEM: ca.pem, VerificationCertificatePEM: wrongKey}, ErrCertificateValidation},
+		{"fail/garbage", RegisterCAInput{CACertificatePEM: "nope"}, ErrCertificateValidation},
+		{"ok/default", RegisterCAInput{CACertificatePEM: ca.pem, VerificationCertificatePEM: goodVer, SetAsActive: true}, nil},
+		{"fail/again", RegisterCAInput{CACertificatePEM: ca.pem, VerificationCertificatePEM: goodVer}, ErrAlreadyExists},
+		{"ok/sni-only", RegisterCAInput{CACertificatePEM: other.pem, CertificateMode: CertificateModeSNIOnly}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := r.RegisterCACertificate(tc.in)
+			if tc.want != nil {
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("err = %v, want %v", err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.ID != CertificateID(mustPEM(t, tc.in.CACertificatePEM).Raw) {
+				t.Errorf("id %s is not the SHA-256 of the DER", c.ID)
+			}
+		})
+	}
+}
+
+func mustPEM(t testing.TB, s string) *x509.Certificate {
+	c, err := ParseCertificatePEM("x", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestJITRAndPersistence(t *testing.T) {
+	dir := t.TempDir()
+	clk := &fakeClock{t: t0}
+	r := open(t, dir, clk)
+	var events []Event
+	r.AddListener(func(e Event) { events = append(events, e) })
+	ca := newCA(t, "factory")
+	cac := registerCA(t, r, ca)
+	der, _ := ca.issue(t, "gw-1")
+	leaf, _ := x509.ParseCertificate(der)
+	found, err := r.FindCAFor(leaf)
+	if err != nil || found.ID != cac.ID {
+		t.Fatalf("FindCAFor = %v, %v", found.ID, err)
+	}
+	c, isNew, err := r.RegisterPendingCertificate(der, cac.ID)
+	if err != nil || !isNew || c.Status != StatusPendingActivation {
+		t.Fatalf("JITR = %+v %v %v", c, isNew, err)
+	}
+	if _, isNew, _ = r.RegisterPendingCertificate(der, cac.ID); isNew {
+		t.Fatal("second JITR of the same certificate is new")
+	}
+	if len(events) != 1 {
+		t.Fatalf("events = %#v", events)
+	}
+	if ev, ok := events[0].(CertificateRegistered); !ok || ev.CertID != c.ID || ev.CAID != cac.ID || !ev.JITR {
+		t.Fatalf("event = %#v", events[0])
+	}
+	if err := r.UpdateCertificate(c.ID, StatusActive); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := events[1].(CertificateStatusChanged); !ok {
+		t.Fatalf("event = %#v", events[1])
+	}
+	// CA with auto-registration disabled refuses JITR.
+	if err := r.UpdateCACertificate(cac.ID, "", AutoRegistrationDisable); err != nil {
+		t.Fatal(err)
+	}
+	der2, _ := ca.issue(t, "gw-2")
+	if _, _, err := r.RegisterPendingCertificate(der2, cac.ID); !errors.Is(err, ErrCertificateState) {
+		t.Fatalf("JITR with auto-registration off: %v", err)
+	}
+
+	r2 := open(t, dir, clk)
+	got, err := r2.DescribeCertificate(c.ID)
+	if err != nil || got.Status != StatusActive || got.CACertificateID != cac.ID {
+		t.Fatalf("after reopen: %+v %v", got, err)
+	}
+	if r2.RegistrationCode() != r.RegistrationCode() {
+		t.Fatal("registration code changed across restart")
+	}
+}
+
+func setupRotation(t testing.TB, r *Registry) {
+	t.Helper()
+	if _, err := r.CreateThingType("bootcert-gateway", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CreateThingGroup("bootcert-rotation", "", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CreateJob(CreateJobInput{JobID: "bootcert-rotation", TargetSelection: TargetContinuous,
+		Targets: []string{r.ThingGroupARN("bootcert-rotation")}, Document: `{"operation":"bootcert.rotate"}`}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestContinuousJob(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	r := open(t, t.TempDir(), clk)
+	setupRotation(t, r)
+	var changes []JobExecutionChanged
+	r.AddListener(func(e Event) {
+		if c, ok := e.(JobExecutionChanged); ok {
+			changes = append(changes, c)
+		}
+	})
+	if _, err := r.CreateThing("gw-1", "bootcert-gateway", map[string]string{"model": "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok, _ := r.StartNextPendingJobExecution("gw-1", nil, nil); ok {
+		t.Fatal("execution before joining the group")
+	}
+	if err := r.AddThingToThingGroup("bootcert-rotation", "gw-1"); err != nil {
+		t.Fatal(err)
+	}
+	ip, q, err := r.GetPendingJobExecutions("gw-1")
+	if err != nil || len(ip) != 0 || len(q) != 1 || q[0].JobID != "bootcert-rotation" || q[0].VersionNumber != 1 {
+		t.Fatalf("pending = %v %v %v", ip, q, err)
+	}
+	clk.Advance(time.Second)
+	st := int64(5)
+	e, _, ok, err := r.StartNextPendingJobExecution("gw-1", map[string]string{"progress": "started"}, &st)
+	if err != nil || !ok || e.Status != ExecInProgress || e.VersionNumber != 2 || e.StatusDetails["progress"] != "started" {
+		t.Fatalf("start-next = %+v %v %v", e, ok, err)
+	}
+	v1 := int64(1)
+	_, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: ExecSucceeded, ExpectedVersion: &v1})
+	if !errors.Is(err, ErrVersionMismatch) || JobsCode(err) != "VersionMismatch" {
+		t.Fatalf("expectedVersion mismatch: %v", err)
+	}
+	// Step timeout: 5 minutes later it is TIMED_OUT.
+	clk.Advance(5 * time.Minute)
+	got, err := r.DescribeJobExecution("bootcert-rotation", "gw-1", nil)
+	if err != nil || got.Status != ExecTimedOut {
+		t.Fatalf("after step timeout: %+v %v", got, err)
+	}
+	_, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: ExecSucceeded})
+	if !errors.Is(err, ErrInvalidStateTransition) {
+		t.Fatalf("update of a terminal execution: %v", err)
+	}
+	// Rejoining queues execution number 2.
+	if err := r.RemoveThingFromThingGroup("bootcert-rotation", "gw-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddThingToThingGroup("bootcert-rotation", "gw-1"); err != nil {
+		t.Fatal(err)
+	}
+	e, _, ok, _ = r.StartNextPendingJobExecution("gw-1", nil, nil)
+	if !ok || e.ExecutionNumber != 2 {
+		t.Fatalf("rejoin: %+v", e)
+	}
+	e, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: ExecSucceeded, ExpectedVersion: &e.VersionNumber})
+	if err != nil || e.Status != ExecSucceeded {
+		t.Fatalf("succeed: %+v %v", e, err)
+	}
+	want := []string{"/QUEUED", "QUEUED/IN_PROGRESS", "IN_PROGRESS/TIMED_OUT", "/QUEUED", "QUEUED/IN_PROGRESS", "IN_PROGRESS/SUCCEEDED"}
+	if len(changes) != len(want) {
+		t.Fatalf("%d changes, want %d", len(changes), len(want))
+	}
+	for i, c := range changes {
+		if got := c.OldStatus + "/" + c.Exec.Status; got != want[i] {
+			t.Errorf("change %d = %s, want %s", i, got, want[i])
+		}
+	}
+	// Leaving the group removes a QUEUED execution.
+	if _, err := r.CreateThing("gw-2", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.AddThingToThingGroup("bootcert-rotation", "gw-2")
+	_ = r.RemoveThingFromThingGroup("bootcert-rotation", "gw-2")
+	if e, _ := r.DescribeJobExecution("bootcert-rotation", "gw-2", nil); e.Status != ExecRemoved {
+		t.Fatalf("after leaving: %s", e.Status)
+	}
+}
+
+func TestStatusDetailsLimits(t *testing.T) {
+	many := map[string]string{}
+	for i := range 11 {
+		many[string(rune('a'+i))] = "v"
+	}
+	long := make([]byte, 1025)
+	for i := range long {
+		long[i] = 'x'
+	}
+	for _, tc := range []struct {
+		name string
+		d    map[string]string
+		ok   bool
+	}{
+		{"ok/nil", nil, true},
+		{"ok/ten", map[string]string{"progress": "started", "a": "1"}, true},
+		{"fail/eleven", many, false},
+		{"fail/long-value", map[string]string{"k": string(long)}, false},
+		{"fail/empty-value", map[string]string{"k": ""}, false},
+		{"fail/bad-key", map[string]string{"a b": "v"}, false},
+		{"fail/control", map[string]string{"k": "a\nb"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := CheckStatusDetails(tc.d)
+			if (err == nil) != tc.ok {
+				t.Fatalf("err = %v", err)
+			}
+		})
+	}
+}
