@@ -149,6 +149,9 @@ func (b *Backend) Generate(ctx context.Context, u *keystore.URI, alg keystore.Al
 		}
 		parent := tpm2.AuthHandle{Handle: k.srk, Name: srk.name, Auth: tpm2.PasswordAuth(nil)}
 		crsp, err := runRoom(b, d, s, "create "+string(alg)+" key", tpm2.Create{ParentHandle: parent, InPublic: tpm2.New2B(tmpl)})
+		if isRC(err, tpm2.TPMRCValue) || isRC(err, tpm2.TPMRCKeySize) || isRC(err, tpm2.TPMRCCurve) {
+			return fmt.Errorf("%w: the TPM on %s refused to make a %s key (tpm2_getcap ecc-curves / algorithms shows what it supports): %w", keystore.ErrUnsupportedAlgorithm, k.device, alg, err)
+		}
 		if err != nil {
 			return err
 		}

@@ -100,6 +100,13 @@ func TestGenerateSignSWTPM(t *testing.T) {
 			signVerify(t, o)
 		})
 	}
+	t.Run("ok/blob/"+string(keystore.RSA3072), func(t *testing.T) {
+		s := generate(t, b, blobURI(sw.Device(), dir, "rsa3072"), keystore.RSA3072)
+		if got, _ := keystore.AlgorithmOf(s.Public()); got != keystore.RSA3072 {
+			t.Fatalf("public key is %s", got)
+		}
+		signVerify(t, s)
+	})
 	t.Run("ok/handle/"+string(keystore.ECDSAP256), func(t *testing.T) {
 		raw := "tpm:device=" + sw.Device() + ";handle=0x81000101"
 		s := generate(t, b, raw, keystore.ECDSAP256)
