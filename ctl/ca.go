@@ -1,0 +1,305 @@
+package ctl
+
+import (
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bootcert/bootcert/factory"
+	"github.com/bootcert/bootcert/internal/atomicfile"
+	"github.com/bootcert/bootcert/keystore"
+)
+
+func init() { register(newCACmd) }
+
+func newCACmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ca",
+		Short: "Factory CA: create it, revoke device certificates, refresh the CRL",
+		Long: `The factory CA signs the devices' bootstrap certificates. Its key is best
+kept in the station's PKCS#11 HSM (--key pkcs11:...); without --key it is a
+software key written beside the certificate (development).
+
+Register ca.pem with AWS IoT (bootcertctl cloud setup) and upload the CRL
+(ca revoke / ca crl) with the manifest.`,
+	}
+	cmd.AddCommand(newCACreateCmd(), newCARevokeCmd(), newCACRLCmd())
+	return cmd
+}
+
+type caCreateResult struct {
+	Certificate    string    `json:"certificate"`
+	KeyURI         string    `json:"key_uri"`
+	KeyGenerated   bool      `json:"key_generated"`
+	Hardware       bool      `json:"hardware"`
+	Subject        string    `json:"subject"`
+	Serial         string    `json:"serial"`
+	NotAfter       time.Time `json:"not_after"`
+	SHA256         string    `json:"sha256"`
+	KeyAlgorithm   string    `json:"key_algorithm"`
+	KeyFingerprint string    `json:"key_fingerprint"`
+}
+
+func newCACreateCmd() *cobra.Command {
+	var (
+		out, keyURI, cn, alg string
+		days                 int
+	)
+	cmd := &cobra.Command{
+		Use:   "create --out DIR",
+		Short: "Create the factory CA (self-signed, path length 0)",
+		Long: `Create a self-signed factory CA certificate, DIR/ca.pem. With --key the CA key
+is that key (used when it exists, generated with --alg when it does not),
+ideally in an HSM. Without --key a software key is generated as DIR/ca.key
+(mode 0600) and the CA key URI is then file:DIR/ca.key. An existing ca.pem or
+ca.key is never overwritten.`,
+		Example: `  # CA key in the station's HSM (SoftHSM2 shown)
+  bootcertctl ca create --out /etc/bootcert/factory-ca --cn "Acme Factory CA 2026" \
+    --key 'pkcs11:token=factory;object=factory-ca?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/bootcert/hsm-pin'
+
+  # development: software key in DIR/ca.key
+  bootcertctl ca create --out ./ca --days 3650`,
+		Args: cobra.NoArgs,
+	}
+	cmd.Flags().StringVar(&out, "out", "", "directory for ca.pem (and ca.key without --key); created when missing (required)")
+	cmd.Flags().StringVar(&keyURI, "key", "", "CA key URI (pkcs11:, tpm:, file:); default: a new software key file:DIR/ca.key")
+	cmd.Flags().StringVar(&cn, "cn", "bootcert factory CA", "subject common name of the CA")
+	cmd.Flags().IntVar(&days, "days", 7300, "validity in days; device certificates never outlive the CA")
+	cmd.Flags().StringVar(&alg, "alg", string(keystore.DefaultAlgorithm), "algorithm when the key is generated: "+algHelp())
+	cmd.MarkFlagRequired("out")
+	jsonOut := addJSONFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		a, err := keystore.ParseAlgorithm(alg)
+		if err != nil {
+			return fmt.Errorf("--alg: %w", err)
+		}
+		if days <= 0 {
+			return fmt.Errorf("--days %d: must be at least 1", days)
+		}
+		dir, err := filepath.Abs(out)
+		if err != nil {
+			return fmt.Errorf("--out %s: %w", out, err)
+		}
+		certPath := filepath.Join(dir, "ca.pem")
+		if _, err := os.Stat(certPath); err == nil {
+			return fmt.Errorf("--out: %s already exists; a CA is never overwritten: choose another directory", certPath)
+		}
+		if keyURI == "" {
+			keyURI = "file:" + filepath.Join(dir, "ca.key")
+		}
+		if _, err := keystore.ParseURI(keyURI); err != nil {
+			return fmt.Errorf("--key: %w", err)
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("--out: creating %s: %w", dir, err)
+		}
+		signer, err := keystore.Open(ctx, keyURI)
+		generated := false
+		switch {
+		case err == nil:
+		case errors.Is(err, keystore.ErrNotFound):
+			signer, err = keystore.Generate(ctx, keyURI, a)
+			if err != nil {
+				return fmt.Errorf("--key: %w", err)
+			}
+			generated = true
+		default:
+			return fmt.Errorf("--key: %w", err)
+		}
+		undo := func() {
+			if generated {
+				keystore.Delete(ctx, keyURI)
+			}
+		}
+		ca, err := factory.CreateCA(signer, cn, days, factoryNow())
+		keystore.CloseSigner(signer)
+		if err != nil {
+			undo()
+			return err
+		}
+		if err := atomicfile.CreateExclusive(certPath, factory.EncodeCertificate(ca), 0o644); err != nil {
+			undo()
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("--out: %s already exists; a CA is never overwritten", certPath)
+			}
+			return err
+		}
+		info, err := keystore.Describe(ctx, keyURI)
+		if err != nil {
+			return fmt.Errorf("CA created in %s, but describing its key failed: %w", certPath, err)
+		}
+		res := caCreateResult{
+			Certificate: certPath, KeyURI: redactKeyURI(keyURI), KeyGenerated: generated, Hardware: info.Hardware,
+			Subject: ca.Subject.CommonName, Serial: fmt.Sprintf("%x", ca.SerialNumber), NotAfter: ca.NotAfter,
+			SHA256: factory.CertificateID(ca), KeyAlgorithm: string(info.Algorithm), KeyFingerprint: info.Fingerprint,
+		}
+		if *jsonOut {
+			return writeJSON(cmd.OutOrStdout(), res)
+		}
+		hw := "no: software key, development only; keep it offline or use --key pkcs11:..."
+		if info.Hardware {
+			hw = "yes"
+		}
+		return writeFields(cmd.OutOrStdout(),
+			"certificate", res.Certificate,
+			"key", res.KeyURI,
+			"key in hardware", hw,
+			"subject", res.Subject,
+			"serial", res.Serial,
+			"not after", res.NotAfter.Format(time.RFC3339),
+			"sha256", res.SHA256,
+		)
+	}
+	return cmd
+}
+
+// loadCA reads the CA certificate and opens its key, checking they match.
+// The caller closes the signer.
+func loadCA(cmd *cobra.Command, certPath, keyURI string) (*x509.Certificate, crypto.Signer, error) {
+	if certPath == "" {
+		return nil, nil, errors.New("--ca-cert: required (the factory CA certificate, ca.pem)")
+	}
+	if keyURI == "" {
+		return nil, nil, errors.New("--ca-key: required (the factory CA key URI, e.g. file:/path/ca.key or pkcs11:...)")
+	}
+	ca, err := factory.ReadCertificate(certPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--ca-cert: %w", err)
+	}
+	signer, err := keystore.Open(cmd.Context(), keyURI)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--ca-key: %w", err)
+	}
+	if err := factory.CheckCA(ca, signer); err != nil {
+		keystore.CloseSigner(signer)
+		return nil, nil, fmt.Errorf("--ca-cert %s / --ca-key %s: %w", certPath, redactKeyURI(keyURI), err)
+	}
+	return ca, signer, nil
+}
+
+type crlResult struct {
+	CRL        string    `json:"crl"`
+	Number     string    `json:"number"`
+	Revoked    []string  `json:"revoked"`
+	Already    []string  `json:"already_revoked"`
+	Total      int       `json:"total"`
+	NextUpdate time.Time `json:"next_update"`
+}
+
+func hexList(ns []*big.Int) []string {
+	out := []string{}
+	for _, n := range ns {
+		out = append(out, fmt.Sprintf("%x", n))
+	}
+	return out
+}
+
+func runRevoke(cmd *cobra.Command, caCertPath, caKey, crlPath string, certPaths []string, days int, asJSON bool) error {
+	if crlPath == "" {
+		return errors.New("--crl: required (the CRL file to update or create)")
+	}
+	if days <= 0 {
+		return fmt.Errorf("--days %d: must be at least 1", days)
+	}
+	var certs []*x509.Certificate
+	for _, p := range certPaths {
+		c, err := factory.ReadCertificate(p)
+		if err != nil {
+			return fmt.Errorf("--cert: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	ca, signer, err := loadCA(cmd, caCertPath, caKey)
+	if err != nil {
+		return err
+	}
+	defer keystore.CloseSigner(signer)
+	existing, err := os.ReadFile(crlPath)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("--crl: %w", err)
+	}
+	t := factoryNow()
+	validity := time.Duration(days) * 24 * time.Hour
+	res, err := factory.Revoke(existing, ca, signer, certs, t, validity)
+	if err != nil {
+		return fmt.Errorf("--crl %s: %w", crlPath, err)
+	}
+	if err := atomicfile.WriteFile(crlPath, res.CRL, 0o644); err != nil {
+		return fmt.Errorf("--crl: %w", err)
+	}
+	out := crlResult{CRL: crlPath, Number: res.Number.String(), Revoked: hexList(res.Added), Already: hexList(res.Already), Total: res.Total, NextUpdate: t.Add(validity).UTC()}
+	if asJSON {
+		return writeJSON(cmd.OutOrStdout(), out)
+	}
+	w := cmd.OutOrStdout()
+	for _, s := range out.Revoked {
+		fmt.Fprintf(w, "revoked serial %s\n", s)
+	}
+	for _, s := range out.Already {
+		fmt.Fprintf(w, "serial %s was already revoked\n", s)
+	}
+	return writeFields(w, "crl", out.CRL, "crl number", out.Number, "entries", fmt.Sprint(out.Total), "next update", out.NextUpdate.Format(time.RFC3339))
+}
+
+func newCARevokeCmd() *cobra.Command {
+	var (
+		caCert, caKey, crl string
+		certs              []string
+		days               int
+	)
+	cmd := &cobra.Command{
+		Use:   "revoke --ca-cert PEM --ca-key URI --crl FILE --cert DEVICE.pem",
+		Short: "Add device certificates to the CRL (created when missing)",
+		Long: `Add device certificates to the factory CRL, signed by the factory CA, with the
+next CRL number. The CRL file is replaced atomically; it is created when it
+does not exist. A certificate that is already listed is reported and left as
+it was. Upload the CRL where the cloud reads it (see docs/factory.md).`,
+		Example: `  bootcertctl ca revoke --ca-cert ca/ca.pem --ca-key file:$PWD/ca/ca.key \
+    --crl ca/crl.pem --cert certs/gw-0001.pem`,
+		Args: cobra.NoArgs,
+	}
+	cmd.Flags().StringVar(&caCert, "ca-cert", "", "factory CA certificate (PEM)")
+	cmd.Flags().StringVar(&caKey, "ca-key", "", "factory CA key URI")
+	cmd.Flags().StringVar(&crl, "crl", "", "CRL file to update (PEM)")
+	cmd.Flags().StringSliceVar(&certs, "cert", nil, "device certificate to revoke (PEM); repeatable")
+	cmd.Flags().IntVar(&days, "days", 30, "days until the CRL's next update; refresh it before with `bootcertctl ca crl`")
+	cmd.MarkFlagRequired("cert")
+	jsonOut := addJSONFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return runRevoke(cmd, caCert, caKey, crl, certs, days, *jsonOut)
+	}
+	return cmd
+}
+
+func newCACRLCmd() *cobra.Command {
+	var (
+		caCert, caKey, crl string
+		days               int
+	)
+	cmd := &cobra.Command{
+		Use:   "crl --ca-cert PEM --ca-key URI --crl FILE",
+		Short: "Create the CRL, or re-sign it with a new next-update time",
+		Long: `Create an empty factory CRL, or re-sign the existing one (same entries, next
+CRL number, new this/next update times). Run it before the CRL's next update.`,
+		Example: `  bootcertctl ca crl --ca-cert ca/ca.pem --ca-key file:$PWD/ca/ca.key --crl ca/crl.pem --days 30`,
+		Args:    cobra.NoArgs,
+	}
+	cmd.Flags().StringVar(&caCert, "ca-cert", "", "factory CA certificate (PEM)")
+	cmd.Flags().StringVar(&caKey, "ca-key", "", "factory CA key URI")
+	cmd.Flags().StringVar(&crl, "crl", "", "CRL file to create or refresh (PEM)")
+	cmd.Flags().IntVar(&days, "days", 30, "days until the CRL's next update")
+	jsonOut := addJSONFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return runRevoke(cmd, caCert, caKey, crl, nil, days, *jsonOut)
+	}
+	return cmd
+}
