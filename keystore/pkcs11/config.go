@@ -104,6 +104,9 @@ func parseConfig(u *keystore.URI) (*config, error) {
 	c.token = u.Attrs["token"]
 	if s, ok := u.Attrs["slot-id"]; ok {
 		n, err := strconv.ParseUint(s, 10, 32)
+		if err == nil && uint64(int(n)) != n {
+			err = strconv.ErrRange // 32-bit platforms
+		}
 		if err != nil {
 			return nil, u.Error("attribute slot-id", fmt.Sprintf("%q is not a decimal slot number", s))
 		}
