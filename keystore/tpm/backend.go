@@ -98,7 +98,20 @@ func readKeyFile(path string) (*keyfile.TPMKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading key file: %w", err)
 	}
-	kf, err := keyfile.Decode(data)
+	return decodeKeyFile(path, data)
+}
+
+// decodeKeyFile parses a TSS2 PEM key file and checks it is a key bootcert
+// can use: loadable, empty auth, an unrestricted signing key of a supported
+// algorithm.
+func decodeKeyFile(path string, data []byte) (kf *keyfile.TPMKey, err error) {
+	defer func() {
+		// The key file parser is third-party code fed outside input.
+		if r := recover(); r != nil {
+			kf, err = nil, fmt.Errorf("key file %s: malformed TSS2 key: %v", path, r)
+		}
+	}()
+	kf, err = keyfile.Decode(data)
 	if err != nil {
 		return nil, fmt.Errorf("key file %s: not a TSS2 PRIVATE KEY PEM file: %v", path, err)
 	}
@@ -107,6 +120,14 @@ func readKeyFile(path string) (*keyfile.TPMKey, error) {
 	}
 	if !kf.EmptyAuth {
 		return nil, fmt.Errorf("key file %s: the key has an auth value; bootcert uses keys with empty auth only", path)
+	}
+	pub, err := kf.Pubkey.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: public area: %w", path, err)
+	}
+	var probe Signer
+	if err := probe.setPublic(pub); err != nil {
+		return nil, fmt.Errorf("key file %s: %w", path, err)
 	}
 	return kf, nil
 }
