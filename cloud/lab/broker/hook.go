@@ -1,0 +1,262 @@
+package broker
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"strings"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Reasons a connection is closed before CONNACK. AWS IoT Core closes the
+// connection for an unauthorized CONNECT (MQTT 3.1.1), it does not send a
+// refusing CONNACK; the lab does the same.
+// (AWS IoT Core developer guide, "MQTT" > "MQTT specification differences".)
+var (
+	ErrNoClientCertificate = errors.New("no client certificate")
+	ErrUnknownCertificate  = errors.New("certificate not registered and not issued by a registered CA with auto-registration")
+	ErrJITR                = errors.New("certificate registered as PENDING_ACTIVATION (just-in-time registration); connect again once it is ACTIVE")
+	ErrNotActive           = errors.New("certificate is not ACTIVE")
+	ErrExpired             = errors.New("certificate is outside its validity period")
+	ErrConnectDenied       = errors.New("iot:Connect not allowed by the attached policies")
+	ErrThrottled           = errors.New("connect rate exceeded")
+)
+
+// deniedFilter replaces a topic filter the policies refuse: mochi then
+// answers the SUBACK with a failure code, which MQTT 3.1.1 sends as 0x80
+// (AWS: an unauthorized SUBSCRIBE gets a SUBACK failure for that filter).
+const deniedFilter = "#/denied"
+
+type hook struct {
+	mqtt.HookBase
+	s *Server
+}
+
+func (h *hook) ID() string { return "bootcert-lab" }
+
+func (h *hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+		mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnDisconnect,
+	}, []byte{b})
+}
+
+// OnConnect authenticates the client certificate and decides iot:Connect.
+// Returning an error makes mochi close the connection without a CONNACK.
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	s := h.s
+	if cl.Net.Inline {
+		return nil
+	}
+	err := s.connect(cl)
+	if err != nil {
+		s.stats.refused.Add(1)
+		return err
+	}
+	s.stats.connects.Add(1)
+	return nil
+}
+
+func (s *Server) connect(cl *mqtt.Client) error {
+	log := s.log.With("clientId", cl.ID, "remote", cl.Net.Remote)
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		log.Info("connect refused", "reason", "not a TLS connection")
+		return ErrNoClientCertificate
+	}
+	st := tc.ConnectionState()
+	if len(st.PeerCertificates) == 0 {
+		log.Info("connect refused", "reason", ErrNoClientCertificate.Error())
+		return ErrNoClientCertificate
+	}
+	if s.cfg.Limiter != nil && !s.cfg.Limiter.AllowConnect(cl.ID) {
+		log.Info("connect refused", "reason", ErrThrottled.Error())
+		return ErrThrottled
+	}
+	leaf := st.PeerCertificates[0]
+	id := CertificateID(leaf.Raw)
+	log = log.With("certificateId", id)
+	status, known := s.cfg.Registry.CertificateStatus(id)
+	if !known {
+		caID, auto, found := s.cfg.Registry.FindCA(st.PeerCertificates)
+		if !found {
+			log.Info("connect refused", "reason", ErrUnknownCertificate.Error())
+			return ErrUnknownCertificate
+		}
+		if !auto {
+			log.Info("connect refused", "reason", "issuing CA is not ACTIVE or has auto-registration disabled", "caCertificateId", caID)
+			return ErrUnknownCertificate
+		}
+		created, err := s.cfg.Registry.RegisterPendingCertificate(leaf.Raw, caID)
+		if err != nil {
+			log.Error("jitr failed", "caCertificateId", caID, "err", err)
+			return ErrUnknownCertificate
+		}
+		if created {
+			s.stats.jitr.Add(1)
+			s.publishRegistered(id, caID)
+		}
+		log.Info("jitr", "caCertificateId", caID, "registered", created, "decision", "connection closed")
+		return ErrJITR
+	}
+	if status != StatusActive {
+		log.Info("connect refused", "reason", ErrNotActive.Error(), "status", status)
+		return ErrNotActive
+	}
+	now := s.cfg.Clock.Now()
+	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+		log.Info("connect refused", "reason", ErrExpired.Error(), "notBefore", leaf.NotBefore, "notAfter", leaf.NotAfter)
+		return ErrExpired
+	}
+	p := Principal{CertificateID: id, ClientID: cl.ID, CommonName: leaf.Subject.CommonName}
+	d := s.cfg.Authorizer.Authorize(p, ActionConnect, s.arn("client", cl.ID))
+	if !d.Allowed {
+		logDecision(log, "connect refused", ActionConnect, s.arn("client", cl.ID), d)
+		return ErrConnectDenied
+	}
+	s.addSession(cl, &session{principal: p, subOK: map[string]int{}})
+	log.Info("connected", "policy", d.Policy, "statement", d.Statement)
+	return nil
+}
+
+func logDecision(log interface {
+	Info(string, ...any)
+}, msg string, a Action, resource string, d Decision) {
+	log.Info(msg, "action", string(a), "resource", resource, "allowed", d.Allowed, "policy", d.Policy, "statement", d.Statement, "reason", d.Reason)
+}
+
+// OnConnectAuthenticate: OnConnect already decided.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	return cl.Net.Inline || h.s.sessionOf(cl) != nil
+}
+
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if sess := h.s.sessionOf(cl); sess != nil {
+		h.s.log.Info("disconnected", "clientId", cl.ID, "certificateId", sess.principal.CertificateID, "cause", errString(cl.StopCause()))
+	}
+	h.s.removeSession(cl)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// OnSubscribe decides iot:Subscribe per filter. Refused filters are replaced
+// so that mochi answers them with a SUBACK failure (0x80 in MQTT 3.1.1).
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	s := h.s
+	sess := s.sessionOf(cl)
+	if sess == nil {
+		return pk
+	}
+	for i := range pk.Filters {
+		f := pk.Filters[i].Filter
+		res := s.arn("topicfilter", f)
+		d := s.cfg.Authorizer.Authorize(sess.principal, ActionSubscribe, res)
+		if !d.Allowed {
+			logDecision(s.log.With("clientId", cl.ID, "certificateId", sess.principal.CertificateID), "subscribe denied", ActionSubscribe, res, d)
+			pk.Filters[i].Filter = deniedFilter
+			continue
+		}
+		sess.mu.Lock()
+		sess.subOK[f]++
+		sess.mu.Unlock()
+	}
+	return pk
+}
+
+// OnACLCheck runs for publishes (write), for each filter of a SUBSCRIBE that
+// OnSubscribe allowed, and for every delivery (iot:Receive).
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	s := h.s
+	if cl.Net.Inline {
+		return true
+	}
+	sess := s.sessionOf(cl)
+	if sess == nil {
+		return false
+	}
+	if write {
+		res := s.arn("topic", topic)
+		d := s.cfg.Authorizer.Authorize(sess.principal, ActionPublish, res)
+		if d.Allowed {
+			return true
+		}
+		// AWS: an unauthorized PUBLISH disconnects an MQTT 3.1.1 client
+		// (mochi would silently drop a QoS 0 one).
+		logDecision(s.log.With("clientId", cl.ID, "certificateId", sess.principal.CertificateID), "publish denied, client disconnected", ActionPublish, res, d)
+		cl.Stop(packets.ErrNotAuthorized)
+		return false
+	}
+	sess.mu.Lock()
+	if n := sess.subOK[topic]; n > 0 {
+		if n == 1 {
+			delete(sess.subOK, topic)
+		} else {
+			sess.subOK[topic] = n - 1
+		}
+		sess.mu.Unlock()
+		return true
+	}
+	sess.mu.Unlock()
+	if strings.ContainsAny(topic, "+#") {
+		// A wildcard filter is never a topic name: a subscribe check
+		// whose decision OnSubscribe already made.
+		return true
+	}
+	res := s.arn("topic", topic)
+	d := s.cfg.Authorizer.Authorize(sess.principal, ActionReceive, res)
+	if !d.Allowed {
+		logDecision(s.log.With("clientId", cl.ID, "certificateId", sess.principal.CertificateID), "receive denied, message not delivered", ActionReceive, res, d)
+	}
+	return d.Allowed
+}
+
+// OnPublish serves the Jobs MQTT API and hands accepted messages to the rule
+// engine. It runs after the iot:Publish check.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	s := h.s
+	m := Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Timestamp: s.cfg.Clock.Now()}
+	if !cl.Net.Inline {
+		sess := s.sessionOf(cl)
+		if sess == nil {
+			return pk, packets.ErrRejectPacket
+		}
+		m.ClientID = sess.principal.ClientID
+		m.Principal = sess.principal.CertificateID
+		if thing, op, ok := parseJobsTopic(pk.TopicName); ok {
+			s.handleJobs(thing, op, pk.Payload)
+		}
+	}
+	if s.cfg.OnMessage != nil {
+		// The handler must not keep the slice: mochi reuses buffers.
+		m.Payload = bytes.Clone(m.Payload)
+		s.cfg.OnMessage(m)
+	}
+	return pk, nil
+}
+
+// publishRegistered publishes the JITR event AWS IoT Core publishes to
+// $aws/events/certificates/registered/{caCertificateId}.
+// (AWS IoT Core developer guide, "Just-in-time registration".)
+func (s *Server) publishRegistered(certID, caID string) {
+	now := s.cfg.Clock.Now().UnixMilli()
+	ev := map[string]any{
+		"certificateId":                    certID,
+		"caCertificateId":                  caID,
+		"timestamp":                        now,
+		"certificateStatus":                StatusPendingActivation,
+		"awsAccountId":                     s.cfg.AccountID,
+		"certificateRegistrationTimestamp": now,
+	}
+	b, _ := json.Marshal(ev)
+	if err := s.Publish("$aws/events/certificates/registered/"+caID, b, 1); err != nil {
+		s.log.Error("publishing registered event", "certificateId", certID, "err", err)
+	}
+}

@@ -1,0 +1,374 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// The Jobs device MQTT API, as AWS IoT documents it ("Jobs device MQTT
+// API operations" and "Jobs events" in the AWS IoT Core developer guide):
+//
+//	$aws/things/{thing}/jobs/get                 GetPendingJobExecutions
+//	$aws/things/{thing}/jobs/start-next          StartNextPendingJobExecution
+//	$aws/things/{thing}/jobs/{jobId}/get         DescribeJobExecution ($next allowed)
+//	$aws/things/{thing}/jobs/{jobId}/update      UpdateJobExecution
+//
+// each answered on .../accepted or .../rejected, plus the notifications
+// .../jobs/notify and .../jobs/notify-next.
+
+// Jobs is the job execution store the Jobs MQTT API works on. The registry
+// implements the state machine (AWS's status transitions, expectedVersion,
+// statusDetails limits); errors it returns should be *JobError (others are
+// answered as InternalError).
+type Jobs interface {
+	// Pending lists a thing's IN_PROGRESS and QUEUED executions.
+	Pending(thing string) (inProgress, queued []JobExecutionSummary, err error)
+	// StartNext moves the next pending execution to IN_PROGRESS and returns
+	// it (nil, nil when there is none).
+	StartNext(thing string, req StartNextRequest) (*JobExecution, error)
+	// Describe returns an execution; jobID "$next" is the next pending one
+	// (nil, nil when there is none).
+	Describe(thing, jobID string, executionNumber *int64, includeDocument bool) (*JobExecution, error)
+	// Update changes an execution's status; the returned execution carries
+	// the job document when req.IncludeJobDocument is set.
+	Update(thing, jobID string, req UpdateRequest) (*JobExecution, error)
+}
+
+// JobExecutionSummary is an element of inProgressJobs/queuedJobs and of
+// notify's lists. Times are seconds since the epoch, as in the Jobs API.
+type JobExecutionSummary struct {
+	JobID           string `json:"jobId"`
+	QueuedAt        int64  `json:"queuedAt"`
+	StartedAt       int64  `json:"startedAt,omitempty"`
+	LastUpdatedAt   int64  `json:"lastUpdatedAt"`
+	VersionNumber   int64  `json:"versionNumber"`
+	ExecutionNumber int64  `json:"executionNumber"`
+}
+
+// JobExecution is the execution object of the Jobs MQTT API.
+type JobExecution struct {
+	JobID           string            `json:"jobId"`
+	ThingName       string            `json:"thingName"`
+	JobDocument     json.RawMessage   `json:"jobDocument,omitempty"`
+	Status          string            `json:"status"`
+	StatusDetails   map[string]string `json:"statusDetails,omitempty"`
+	QueuedAt        int64             `json:"queuedAt"`
+	StartedAt       int64             `json:"startedAt,omitempty"`
+	LastUpdatedAt   int64             `json:"lastUpdatedAt"`
+	VersionNumber   int64             `json:"versionNumber"`
+	ExecutionNumber int64             `json:"executionNumber"`
+}
+
+// ExecutionState is the short state in update replies and rejections.
+type ExecutionState struct {
+	Status        string            `json:"status"`
+	StatusDetails map[string]string `json:"statusDetails,omitempty"`
+	VersionNumber int64             `json:"versionNumber"`
+}
+
+// StartNextRequest is the start-next request body.
+type StartNextRequest struct {
+	StatusDetails        map[string]string `json:"statusDetails,omitempty"`
+	StepTimeoutInMinutes *int64            `json:"stepTimeoutInMinutes,omitempty"`
+	ClientToken          string            `json:"clientToken,omitempty"`
+}
+
+// UpdateRequest is the {jobId}/update request body.
+type UpdateRequest struct {
+	Status                   string            `json:"status"`
+	StatusDetails            map[string]string `json:"statusDetails,omitempty"`
+	ExpectedVersion          *int64            `json:"expectedVersion,omitempty"`
+	ExecutionNumber          *int64            `json:"executionNumber,omitempty"`
+	IncludeJobExecutionState bool              `json:"includeJobExecutionState,omitempty"`
+	IncludeJobDocument       bool              `json:"includeJobDocument,omitempty"`
+	StepTimeoutInMinutes     *int64            `json:"stepTimeoutInMinutes,omitempty"`
+	ClientToken              string            `json:"clientToken,omitempty"`
+}
+
+type describeRequest struct {
+	ExecutionNumber    *int64 `json:"executionNumber,omitempty"`
+	IncludeJobDocument *bool  `json:"includeJobDocument,omitempty"`
+	ClientToken        string `json:"clientToken,omitempty"`
+}
+
+type tokenRequest struct {
+	ClientToken string `json:"clientToken,omitempty"`
+}
+
+// Jobs MQTT API error codes ("Jobs device MQTT and HTTPS APIs" > error
+// response).
+const (
+	CodeInvalidTopic           = "InvalidTopic"
+	CodeInvalidJSON            = "InvalidJson"
+	CodeInvalidRequest         = "InvalidRequest"
+	CodeInvalidStateTransition = "InvalidStateTransition"
+	CodeResourceNotFound       = "ResourceNotFound"
+	CodeVersionMismatch        = "VersionMismatch"
+	CodeInternalError          = "InternalError"
+	CodeRequestThrottled       = "RequestThrottled"
+	CodeTerminalStateReached   = "TerminalStateReached"
+)
+
+// JobError is an error with a Jobs API code; State is included in the
+// rejection when known (VersionMismatch, InvalidStateTransition).
+type JobError struct {
+	Code    string
+	Message string
+	State   *ExecutionState
+}
+
+func (e *JobError) Error() string { return e.Code + ": " + e.Message }
+
+type rejection struct {
+	Code           string          `json:"code"`
+	Message        string          `json:"message"`
+	ClientToken    string          `json:"clientToken,omitempty"`
+	Timestamp      int64           `json:"timestamp"`
+	ExecutionState *ExecutionState `json:"executionState,omitempty"`
+}
+
+// parseJobsTopic splits $aws/things/{thing}/jobs/{op}; op is "get",
+// "start-next", "{jobId}/get" or "{jobId}/update". Replies and
+// notifications (accepted, rejected, notify) are not requests.
+func parseJobsTopic(topic string) (thing, op string, ok bool) {
+	rest, found := strings.CutPrefix(topic, "$aws/things/")
+	if !found {
+		return "", "", false
+	}
+	thing, op, found = strings.Cut(rest, "/jobs/")
+	if !found || thing == "" || strings.Contains(thing, "/") {
+		return "", "", false
+	}
+	if strings.HasSuffix(op, "/accepted") || strings.HasSuffix(op, "/rejected") || op == "notify" || op == "notify-next" {
+		return "", "", false
+	}
+	return thing, op, true
+}
+
+func (s *Server) jobsTopic(thing, op string) string { return "$aws/things/" + thing + "/jobs/" + op }
+
+// handleJobs answers one Jobs API request.
+func (s *Server) handleJobs(thing, op string, payload []byte) {
+	log := s.log.With("thing", thing, "request", op)
+	reply := func(suffix string, v any) {
+		b, err := json.Marshal(v)
+		if err != nil {
+			log.Error("encoding jobs reply", "err", err)
+			return
+		}
+		if err := s.Publish(s.jobsTopic(thing, op+"/"+suffix), b, 1); err != nil {
+			log.Error("publishing jobs reply", "err", err)
+		}
+	}
+	now := s.cfg.Clock.Now().Unix()
+	reject := func(token string, err error) {
+		var je *JobError
+		if !errors.As(err, &je) {
+			log.Error("jobs store failed", "err", err)
+			je = &JobError{Code: CodeInternalError, Message: "internal error"}
+		}
+		log.Info("jobs request rejected", "code", je.Code, "message", je.Message)
+		reply("rejected", rejection{Code: je.Code, Message: je.Message, ClientToken: token, Timestamp: now, ExecutionState: je.State})
+	}
+	if len(bytes.TrimSpace(payload)) == 0 {
+		payload = []byte("{}")
+	}
+	var tok tokenRequest
+	if err := json.Unmarshal(payload, &tok); err != nil {
+		reject("", &JobError{Code: CodeInvalidJSON, Message: "request payload is not a JSON object: " + err.Error()})
+		return
+	}
+	if s.cfg.Jobs == nil {
+		reject(tok.ClientToken, &JobError{Code: CodeInvalidTopic, Message: "jobs are not available in this lab"})
+		return
+	}
+	jobID, verb, _ := strings.Cut(op, "/")
+	switch {
+	case op == "get":
+		inProgress, queued, err := s.cfg.Jobs.Pending(thing)
+		if err != nil {
+			reject(tok.ClientToken, err)
+			return
+		}
+		if inProgress == nil {
+			inProgress = []JobExecutionSummary{}
+		}
+		if queued == nil {
+			queued = []JobExecutionSummary{}
+		}
+		reply("accepted", map[string]any{"inProgressJobs": inProgress, "queuedJobs": queued, "timestamp": now, "clientToken": tok.ClientToken})
+	case op == "start-next":
+		var req StartNextRequest
+		if err := strictJSON(payload, &req); err != nil {
+			reject(tok.ClientToken, err)
+			return
+		}
+		exec, err := s.cfg.Jobs.StartNext(thing, req)
+		if err != nil {
+			reject(req.ClientToken, err)
+			return
+		}
+		out := map[string]any{"timestamp": now, "clientToken": req.ClientToken}
+		if exec != nil {
+			out["execution"] = exec
+			log.Info("job execution started", "jobId", exec.JobID, "status", exec.Status, "versionNumber", exec.VersionNumber)
+		}
+		reply("accepted", out)
+	case verb == "get" && jobID != "":
+		var req describeRequest
+		if err := strictJSON(payload, &req); err != nil {
+			reject(tok.ClientToken, err)
+			return
+		}
+		include := req.IncludeJobDocument == nil || *req.IncludeJobDocument
+		exec, err := s.cfg.Jobs.Describe(thing, jobID, req.ExecutionNumber, include)
+		if err != nil {
+			reject(req.ClientToken, err)
+			return
+		}
+		if exec == nil {
+			reject(req.ClientToken, &JobError{Code: CodeResourceNotFound, Message: fmt.Sprintf("no job execution %s for thing %s", jobID, thing)})
+			return
+		}
+		reply("accepted", map[string]any{"execution": exec, "timestamp": now, "clientToken": req.ClientToken})
+	case verb == "update" && jobID != "":
+		var req UpdateRequest
+		if err := strictJSON(payload, &req); err != nil {
+			reject(tok.ClientToken, err)
+			return
+		}
+		if req.Status == "" {
+			reject(req.ClientToken, &JobError{Code: CodeInvalidRequest, Message: "status is required"})
+			return
+		}
+		exec, err := s.cfg.Jobs.Update(thing, jobID, req)
+		if err != nil {
+			reject(req.ClientToken, err)
+			return
+		}
+		log.Info("job execution updated", "jobId", jobID, "status", exec.Status, "versionNumber", exec.VersionNumber)
+		out := map[string]any{"timestamp": now, "clientToken": req.ClientToken}
+		if req.IncludeJobExecutionState {
+			out["executionState"] = ExecutionState{Status: exec.Status, StatusDetails: exec.StatusDetails, VersionNumber: exec.VersionNumber}
+		}
+		if req.IncludeJobDocument && len(exec.JobDocument) > 0 {
+			out["jobDocument"] = exec.JobDocument
+		}
+		reply("accepted", out)
+	default:
+		reject(tok.ClientToken, &JobError{Code: CodeInvalidTopic, Message: "unknown jobs topic " + s.jobsTopic(thing, op)})
+	}
+}
+
+// strictJSON decodes a request; wrong types are InvalidJson, unknown fields
+// InvalidRequest (AWS rejects unexpected fields).
+func strictJSON(payload []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if strings.Contains(err.Error(), "unknown field") {
+			return &JobError{Code: CodeInvalidRequest, Message: err.Error()}
+		}
+		return &JobError{Code: CodeInvalidJSON, Message: err.Error()}
+	}
+	if dec.More() {
+		return &JobError{Code: CodeInvalidJSON, Message: "trailing data after the JSON object"}
+	}
+	return nil
+}
+
+// JobExecutionEvent describes a change of a job execution, for
+// JobExecutionChanged.
+type JobExecutionEvent struct {
+	ThingName     string
+	JobID         string
+	Status        string // new status
+	OldStatus     string // "" for a new (QUEUED) execution
+	StatusDetails map[string]string
+	Operation     string // "update", "start", "queue", "cancel", "timeout" ...
+}
+
+// Terminal reports whether a job execution status is terminal.
+func Terminal(status string) bool {
+	switch status {
+	case "SUCCEEDED", "FAILED", "REJECTED", "REMOVED", "CANCELED", "TIMED_OUT":
+		return true
+	}
+	return false
+}
+
+// JobExecutionChanged publishes what AWS publishes when a job execution
+// changes: $aws/events/jobExecution/{jobId}/{status} (in AWS only with job
+// event configurations enabled; the lab always publishes it), and to the
+// device .../jobs/notify with its pending list and, for a new execution and
+// after a terminal one, .../jobs/notify-next with the next pending execution.
+func (s *Server) JobExecutionChanged(ev JobExecutionEvent) {
+	now := s.cfg.Clock.Now()
+	event := map[string]any{
+		"eventType": "JOB_EXECUTION",
+		"eventId":   randomID(),
+		"timestamp": now.Unix(),
+		"operation": ev.Operation,
+		"jobId":     ev.JobID,
+		"thingArn":  s.arn("thing", ev.ThingName),
+		"status":    ev.Status,
+	}
+	if len(ev.StatusDetails) > 0 {
+		event["statusDetails"] = ev.StatusDetails
+	}
+	b, _ := json.Marshal(event)
+	s.log.Info("job execution event", "thing", ev.ThingName, "jobId", ev.JobID, "from", ev.OldStatus, "to", ev.Status, "operation", ev.Operation)
+	if err := s.Publish("$aws/events/jobExecution/"+ev.JobID+"/"+strings.ToLower(ev.Status), b, 1); err != nil {
+		s.log.Error("publishing job execution event", "err", err)
+	}
+	if s.cfg.Jobs == nil {
+		return
+	}
+	inProgress, queued, err := s.cfg.Jobs.Pending(ev.ThingName)
+	if err != nil {
+		s.log.Error("listing pending jobs for notify", "thing", ev.ThingName, "err", err)
+		return
+	}
+	jobs := map[string][]JobExecutionSummary{}
+	if len(inProgress) > 0 {
+		jobs["IN_PROGRESS"] = inProgress
+	}
+	if len(queued) > 0 {
+		jobs["QUEUED"] = queued
+	}
+	b, _ = json.Marshal(map[string]any{"timestamp": now.Unix(), "jobs": jobs})
+	if err := s.Publish(s.jobsTopic(ev.ThingName, "notify"), b, 1); err != nil {
+		s.log.Error("publishing notify", "err", err)
+	}
+	if ev.OldStatus == "" || Terminal(ev.Status) {
+		s.NotifyNext(ev.ThingName)
+	}
+}
+
+// NotifyNext publishes .../jobs/notify-next with the thing's next pending
+// execution (without "execution" when there is none).
+func (s *Server) NotifyNext(thing string) {
+	if s.cfg.Jobs == nil {
+		return
+	}
+	exec, err := s.cfg.Jobs.Describe(thing, "$next", nil, true)
+	if err != nil {
+		var je *JobError
+		if !errors.As(err, &je) || je.Code != CodeResourceNotFound {
+			s.log.Error("describing next job for notify-next", "thing", thing, "err", err)
+			return
+		}
+		exec = nil
+	}
+	out := map[string]any{"timestamp": s.cfg.Clock.Now().Unix()}
+	if exec != nil {
+		out["execution"] = exec
+	}
+	b, _ := json.Marshal(out)
+	if err := s.Publish(s.jobsTopic(thing, "notify-next"), b, 1); err != nil {
+		s.log.Error("publishing notify-next", "err", err)
+	}
+}
