@@ -55,7 +55,9 @@ func ParseURI(raw string) (*URI, error) {
 		return fail("scheme", `missing "scheme:" prefix (e.g. tpm:, pkcs11:, file:)`)
 	}
 	if scheme == "" || !isScheme(scheme) {
-		return fail("scheme", fmt.Sprintf("%q is not a valid scheme", scheme))
+		// not echoed: when there is no real scheme this text may hold a
+		// secret (pin-value=...) cut at a ':' inside it
+		return fail("scheme", "the text before the first ':' is not a scheme (tpm:, pkcs11:, file:)")
 	}
 	u := &URI{Scheme: strings.ToLower(scheme), raw: raw}
 	opaque, query, hasQuery := strings.Cut(rest, "?")
@@ -177,19 +179,37 @@ func (u *URI) String() string { return u.Redacted() }
 // Redacted returns the URI with secret attribute values replaced by "***".
 func (u *URI) Redacted() string { return redactRaw(u.raw) }
 
+// redactRaw hides secret attribute values. It splits raw the way ParseURI
+// does (scheme, path attributes on ";", query attributes on "&" after the
+// first "?"), so that a secret containing ";" or "?" is hidden whole. It
+// accepts any input, including URIs that do not parse.
 func redactRaw(raw string) string {
 	var b strings.Builder
-	start := 0
-	for i := 0; i <= len(raw); i++ {
-		if i == len(raw) || raw[i] == ';' || raw[i] == '&' || raw[i] == '?' {
-			b.WriteString(redactKV(raw[start:i]))
-			if i < len(raw) {
-				b.WriteByte(raw[i])
-			}
-			start = i + 1
-		}
+	rest := raw
+	if scheme, r, ok := strings.Cut(raw, ":"); ok && isScheme(scheme) {
+		b.WriteString(scheme + ":")
+		rest = r
+	}
+	path, query, hasQuery := strings.Cut(rest, "?")
+	if strings.EqualFold(raw[:len(raw)-len(rest)], "file:") {
+		b.WriteString(path) // a file path has no attributes
+	} else {
+		redactList(&b, path, ";")
+	}
+	if hasQuery {
+		b.WriteByte('?')
+		redactList(&b, query, "&")
 	}
 	return b.String()
+}
+
+func redactList(b *strings.Builder, s, sep string) {
+	for i, kv := range strings.Split(s, sep) {
+		if i > 0 {
+			b.WriteString(sep)
+		}
+		b.WriteString(redactKV(kv))
+	}
 }
 
 func redactKV(kv string) string {
