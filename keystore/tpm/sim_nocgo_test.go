@@ -11,6 +11,8 @@ import (
 	"github.com/bootcert/bootcert/keystore"
 )
 
+const haveSim = false
+
 func TestSimulatorUnavailableWithoutCgo(t *testing.T) {
 	b, _ := newBackend()
 	_, err := b.Generate(context.Background(), mustURI(t, "tpm:device=sim;blob="+filepath.Join(t.TempDir(), "k")), keystore.ECDSAP256)
