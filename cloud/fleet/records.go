@@ -1,0 +1,93 @@
+package fleet
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+)
+
+// Thing attributes the functions keep on each bootcert-gateway thing. Every
+// value is a certificate ID, "true", or a Unix time: the registry is the
+// source of truth, never something a device sends.
+const (
+	// AttrBootstrap is the bootstrap certificate's ID, set by the activator.
+	AttrBootstrap = "bootstrapCert"
+	// AttrActivated is "true" once the device was approved (explicit
+	// activation) or activated automatically.
+	AttrActivated = "activated"
+	// AttrOperational is the committed operational certificate's ID (set at
+	// the ack).
+	AttrOperational = "operationalCert"
+	// AttrPrevious is the operational certificate it replaced, which the
+	// reaper retires when the job execution SUCCEEDED.
+	AttrPrevious = "previousCert"
+	// AttrNotBefore and AttrNotAfter are the committed certificate's validity
+	// (Unix seconds), read by the renewal function without describing it.
+	AttrNotBefore = "certNotBefore"
+	AttrNotAfter  = "certNotAfter"
+)
+
+// S3 layout under the bucket.
+const (
+	// PackagePrefix + thing + "/" + certificateId + ".pem": the certificate
+	// package (certificate chain only, never a key), with the certificate ID
+	// in the object metadata MetaCertificateID.
+	PackagePrefix = "packages/"
+	// IssuancePrefix + thing + "/" + jobId + "/" + sha256(CSR DER) + ".json":
+	// the idempotency record of one issuance.
+	IssuancePrefix = "issuance/"
+	// RejectionPrefix + certificateId + ".json": why the activator refused a
+	// bootstrap certificate.
+	RejectionPrefix = "rejections/"
+	// PreProvisionedName is the package name of the final certificate made at
+	// JITR in pre-provisioned mode.
+	PreProvisionedName = "preprovisioned"
+	// MetaCertificateID is the S3 metadata key holding the certificate ID.
+	MetaCertificateID = "certificate-id"
+)
+
+// PackageKey is the S3 key of a certificate package.
+func PackageKey(thing, name string) string { return PackagePrefix + thing + "/" + name + ".pem" }
+
+// IssuanceKey is the S3 key of the issuance record for (thing, job, CSR).
+func IssuanceKey(thing, jobID string, csrDER []byte) string {
+	sum := sha256.Sum256(csrDER)
+	return IssuancePrefix + thing + "/" + jobID + "/" + hex.EncodeToString(sum[:]) + ".json"
+}
+
+// IssuanceJobPrefix lists all issuance records of one job execution.
+func IssuanceJobPrefix(thing, jobID string) string {
+	return IssuancePrefix + thing + "/" + jobID + "/"
+}
+
+// Issuance is the idempotency record of one issued certificate.
+type Issuance struct {
+	Thing         string `json:"thing"`
+	JobID         string `json:"jobId"`
+	CSRSHA256     string `json:"csrSha256"`
+	CertificateID string `json:"certificateId"`
+	IssuedAt      string `json:"issuedAt"`
+}
+
+// CertARNID returns the certificate ID at the end of a certificate ARN
+// (arn:aws:iot:REGION:ACCOUNT:cert/ID), or "" when it is not one.
+func CertARNID(arn string) string {
+	i := strings.LastIndex(arn, ":cert/")
+	if i < 0 {
+		return ""
+	}
+	return arn[i+len(":cert/"):]
+}
+
+// ValidCertificateID reports whether s is 64 lower-hex digits.
+func ValidCertificateID(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,136 @@
+// Package cloud builds bootcert's cloud functions (activator, vendor,
+// reaper, activation, renewal) by their template logical IDs, over the AWS
+// adapters in cloud/aws. The same Build serves the Lambda mains in
+// cmd/lambda/<name> (real AWS) and the lab, which invokes the functions
+// in-process from its rule actions.
+package cloud
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+
+	"github.com/bootcert/bootcert/cloud/activation"
+	"github.com/bootcert/bootcert/cloud/activator"
+	cloudaws "github.com/bootcert/bootcert/cloud/aws"
+	"github.com/bootcert/bootcert/cloud/fleet"
+	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/cloud/reaper"
+	"github.com/bootcert/bootcert/cloud/renewal"
+	"github.com/bootcert/bootcert/cloud/vendor"
+)
+
+// Function is one cloud function: it takes the event (the JSON a rule's
+// SELECT produced, an API Gateway request, a schedule event) and returns its
+// JSON result.
+type Function func(ctx context.Context, event json.RawMessage) (json.RawMessage, error)
+
+// Logical IDs of the functions in cloud/template.yaml.
+const (
+	Activator  = "ActivatorFunction"
+	Vendor     = "VendorFunction"
+	Reaper     = "ReaperFunction"
+	Activation = "ActivationFunction"
+	Renewal    = "RenewalFunction"
+)
+
+// LogicalIDs lists every function Build knows.
+var LogicalIDs = []string{Activator, Vendor, Reaper, Activation, Renewal}
+
+// Endpoints are optional per-service base URLs (the lab). Empty fields use
+// the standard AWS configuration (including AWS_ENDPOINT_URL_IOT and
+// AWS_ENDPOINT_URL_S3).
+type Endpoints struct {
+	IoT     string // control plane, e.g. https://127.0.0.1:8443
+	S3      string // path-style S3, e.g. https://127.0.0.1:9443
+	IoTData string // data plane for Publish; else IOT_DATA_ENDPOINT, else DescribeEndpoint
+}
+
+// Deps are what Build wires the functions to.
+type Deps struct {
+	// AWS is the SDK configuration: region, credentials, HTTP client (for
+	// the lab: one that trusts the lab's CA).
+	AWS       aws.Config
+	Endpoints Endpoints
+	Clock     ports.Clock  // nil: the system clock
+	Logger    *slog.Logger // nil: slog.Default()
+}
+
+// ErrUnknownFunction is returned by Build for a logical ID it does not know.
+var ErrUnknownFunction = errors.New("unknown function logical ID")
+
+// Build makes the function named by its template logical ID. getenv reads
+// its environment (os.Getenv in Lambda, the template's
+// Environment.Variables in the lab).
+func Build(ctx context.Context, logicalID string, getenv func(string) string, deps Deps) (Function, error) {
+	settings, err := fleet.FromEnv(getenv)
+	if err != nil {
+		return nil, fmt.Errorf("building %s: %w", logicalID, err)
+	}
+	clock := deps.Clock
+	if clock == nil {
+		clock = ports.SystemClock{}
+	}
+	log := deps.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("function", logicalID)
+	raw := cloudaws.NewRegistry(deps.AWS, deps.Endpoints.IoT)
+	reg := ports.RetryingRegistry(raw, ports.Backoff{Clock: clock})
+	store := cloudaws.NewStore(deps.AWS, settings.Bucket, deps.Endpoints.S3)
+	dataEP := deps.Endpoints.IoTData
+	if dataEP == "" {
+		dataEP = settings.DataEndpoint
+	}
+	pub := &cloudaws.Publisher{Config: deps.AWS, Endpoint: dataEP, Resolve: raw.DataEndpoint, Now: clock.Now}
+	trust := &fleet.Trust{Store: store, Settings: settings}
+
+	switch logicalID {
+	case Activator:
+		h := &activator.Activator{Registry: reg, Store: store, Trust: trust, Settings: settings, Clock: clock, Log: log}
+		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
+			ev, err := activator.ParseEvent(event)
+			if err != nil {
+				return nil, err
+			}
+			return marshal(h.Handle(ctx, ev))
+		}, nil
+	case Vendor:
+		h := &vendor.Vendor{Registry: reg, Store: store, Publisher: pub, Trust: trust, Settings: settings, Clock: clock, Log: log}
+		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
+			return marshal(h.HandleEvent(ctx, event))
+		}, nil
+	case Reaper:
+		h := &reaper.Reaper{Registry: reg, Store: store, Settings: settings, Log: log}
+		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
+			ev, err := reaper.ParseEvent(event)
+			if err != nil {
+				return nil, err
+			}
+			return marshal(h.Handle(ctx, ev))
+		}, nil
+	case Activation:
+		h := &activation.API{Registry: reg, Trust: trust, Settings: settings, Log: log}
+		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
+			return marshal(h.HandleEvent(ctx, event))
+		}, nil
+	case Renewal:
+		h := &renewal.Renewal{Registry: reg, Trust: trust, Settings: settings, Clock: clock, Log: log}
+		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
+			return marshal(h.Run(ctx))
+		}, nil
+	}
+	return nil, fmt.Errorf("%w: %q (known: %v)", ErrUnknownFunction, logicalID, LogicalIDs)
+}
+
+func marshal[T any](v T, err error) (json.RawMessage, error) {
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(v)
+}

@@ -1,0 +1,131 @@
+// Package ports declares the small interfaces the cloud functions need from
+// the outside world: the AWS IoT registry (control plane), an object store
+// (S3), a publisher (IoT data plane) and a clock. cloud/aws implements them
+// over aws-sdk-go-v2; unit tests use hand-written fakes.
+package ports
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors every adapter maps its failures to (wrapped with context).
+var (
+	// ErrNotFound: the thing, certificate, object or job execution does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrExists: the resource already exists (create is not idempotent upstream).
+	ErrExists = errors.New("already exists")
+	// ErrThrottled: the service asked us to slow down; the call may be retried.
+	ErrThrottled = errors.New("throttled")
+	// ErrNotModified: a conditional read found the object unchanged.
+	ErrNotModified = errors.New("not modified")
+)
+
+// Certificate status values (AWS IoT).
+const (
+	StatusActive            = "ACTIVE"
+	StatusInactive          = "INACTIVE"
+	StatusRevoked           = "REVOKED"
+	StatusPendingActivation = "PENDING_ACTIVATION"
+)
+
+// Job execution status values (AWS IoT Jobs).
+const (
+	JobQueued     = "QUEUED"
+	JobInProgress = "IN_PROGRESS"
+	JobSucceeded  = "SUCCEEDED"
+	JobFailed     = "FAILED"
+	JobTimedOut   = "TIMED_OUT"
+	JobCanceled   = "CANCELED"
+	JobRejected   = "REJECTED"
+	JobRemoved    = "REMOVED"
+)
+
+// Certificate is what the registry knows about a device certificate.
+type Certificate struct {
+	ID              string // lower-hex SHA-256 of the DER
+	ARN             string
+	Status          string
+	PEM             string
+	CACertificateID string
+}
+
+// Thing is a registry thing.
+type Thing struct {
+	Name       string
+	Type       string
+	Attributes map[string]string
+	Version    int64
+}
+
+// Registry is the subset of the AWS IoT control plane the functions use.
+type Registry interface {
+	DescribeCertificate(ctx context.Context, id string) (Certificate, error)
+	UpdateCertificate(ctx context.Context, id, status string) error
+	DeleteCertificate(ctx context.Context, id string) error
+	CreateCertificateFromCSR(ctx context.Context, csrPEM string, active bool) (Certificate, error)
+
+	// CreateThing returns an error wrapping ErrExists when the thing exists.
+	CreateThing(ctx context.Context, name, thingType string, attrs map[string]string) error
+	DescribeThing(ctx context.Context, name string) (Thing, error)
+	// UpdateThingAttributes merges attrs into the thing's attributes; an
+	// empty value removes the attribute.
+	UpdateThingAttributes(ctx context.Context, name string, attrs map[string]string) error
+	// ListThings lists things of a type, one page at a time.
+	ListThings(ctx context.Context, thingType, nextToken string) (things []Thing, next string, err error)
+
+	AttachPolicy(ctx context.Context, policy, targetARN string) error
+	DetachPolicy(ctx context.Context, policy, targetARN string) error
+	AttachThingPrincipal(ctx context.Context, thing, principalARN string) error
+	DetachThingPrincipal(ctx context.Context, thing, principalARN string) error
+	ListThingPrincipals(ctx context.Context, thing string) ([]string, error)
+
+	AddThingToGroup(ctx context.Context, group, thing string) error
+	RemoveThingFromGroup(ctx context.Context, group, thing string) error
+	ListThingGroupsForThing(ctx context.Context, thing string) ([]string, error)
+
+	// JobExecutionStatus returns the status of a thing's execution of a job.
+	JobExecutionStatus(ctx context.Context, jobID, thing string) (string, error)
+}
+
+// Object is an object read from the store.
+type Object struct {
+	Body     []byte
+	ETag     string
+	Metadata map[string]string
+}
+
+// Store is the subset of S3 the functions use (one bucket).
+type Store interface {
+	// Get reads an object. When ifNoneMatch is the object's current ETag it
+	// returns an error wrapping ErrNotModified.
+	Get(ctx context.Context, key, ifNoneMatch string) (Object, error)
+	Put(ctx context.Context, key string, body []byte, metadata map[string]string) error
+	// List returns the keys under a prefix.
+	List(ctx context.Context, prefix string) ([]string, error)
+	Delete(ctx context.Context, key string) error
+	// Presign returns an HTTPS GET URL valid for ttl. The URL's query string
+	// is a credential: never log it.
+	Presign(ctx context.Context, key string, ttl time.Duration) (string, error)
+}
+
+// Publisher publishes MQTT messages through the broker (QoS 1).
+type Publisher interface {
+	Publish(ctx context.Context, topic string, payload []byte) error
+}
+
+// Clock is injected time.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+// SystemClock is the real clock.
+type SystemClock struct{}
+
+// Now is time.Now.
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// After is time.After.
+func (SystemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }

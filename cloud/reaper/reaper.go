@@ -1,0 +1,219 @@
+// Package reaper handles job execution terminal events
+// ($aws/events/jobExecution/{jobId}/{status}): after a successful rotation it
+// retires the previous operational certificate (never the bootstrap one);
+// after a rotation that failed before the commit it removes the certificates
+// issued for it; after a commit that the job did not report it keeps both
+// and raises an alert.
+package reaper
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/bootcert/bootcert/cloud/fleet"
+	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/manifest"
+	"github.com/bootcert/bootcert/protocol"
+)
+
+// Event is an AWS IoT job execution event.
+type Event struct {
+	EventType     string            `json:"eventType"`
+	EventID       string            `json:"eventId"`
+	Timestamp     int64             `json:"timestamp"`
+	Operation     string            `json:"operation"`
+	JobID         string            `json:"jobId"`
+	ThingArn      string            `json:"thingArn"`
+	ThingName     string            `json:"thingName"`
+	Status        string            `json:"status"`
+	StatusDetails map[string]string `json:"statusDetails"`
+}
+
+// ParseEvent decodes an event and fills ThingName from thingArn.
+func ParseEvent(b []byte) (Event, error) {
+	var ev Event
+	if err := protocol.Decode("job execution event", b, &ev); err != nil {
+		return ev, err
+	}
+	if ev.ThingName == "" {
+		if i := strings.LastIndex(ev.ThingArn, ":thing/"); i >= 0 {
+			ev.ThingName = ev.ThingArn[i+len(":thing/"):]
+		}
+	}
+	if err := manifest.ValidDeviceID(ev.ThingName); err != nil {
+		return ev, fmt.Errorf("job execution event: thing: %v", err)
+	}
+	if ev.JobID == "" {
+		return ev, errors.New("job execution event: jobId is missing")
+	}
+	ev.Status = strings.ToUpper(ev.Status)
+	if ev.Status == "" {
+		ev.Status = strings.ToUpper(ev.Operation)
+	}
+	return ev, nil
+}
+
+// Result says what the reaper did.
+type Result struct {
+	Thing     string   `json:"thing"`
+	JobID     string   `json:"jobId"`
+	Status    string   `json:"status"`
+	Committed bool     `json:"committed"`
+	Retired   []string `json:"retired,omitempty"`
+	Alert     string   `json:"alert,omitempty"`
+	Ignored   string   `json:"ignored,omitempty"`
+}
+
+// Reaper handles job execution events.
+type Reaper struct {
+	Registry ports.Registry
+	Store    ports.Store
+	Settings fleet.Settings
+	Log      *slog.Logger
+}
+
+// Handle processes one event. It is idempotent: a replay finds the
+// certificates already retired.
+func (r *Reaper) Handle(ctx context.Context, ev Event) (Result, error) {
+	res := Result{Thing: ev.ThingName, JobID: ev.JobID, Status: ev.Status}
+	switch ev.Status {
+	case ports.JobSucceeded, ports.JobFailed, ports.JobTimedOut, ports.JobCanceled, ports.JobRejected, ports.JobRemoved:
+	default:
+		res.Ignored = "status " + ev.Status + " is not terminal"
+		return res, nil
+	}
+	thing, err := r.Registry.DescribeThing(ctx, ev.ThingName)
+	if errors.Is(err, ports.ErrNotFound) {
+		res.Ignored = "thing does not exist"
+		return res, nil
+	}
+	if err != nil {
+		return res, err
+	}
+	issued, err := r.issued(ctx, ev.ThingName, ev.JobID)
+	if err != nil {
+		return res, err
+	}
+	op := thing.Attributes[fleet.AttrOperational]
+	res.Committed = op != "" && issued[op]
+	bootstrap := thing.Attributes[fleet.AttrBootstrap]
+	keep := func(id string) bool { return id == "" || id == "none" || id == bootstrap || id == op }
+
+	switch {
+	case res.Committed && (ev.Status == ports.JobSucceeded || ev.Status == ports.JobCanceled || ev.Status == ports.JobRemoved):
+		// The previous operational certificate, from the registry (never
+		// from the device), and any other certificate issued for this job
+		// and never committed.
+		var victims []string
+		if prev := thing.Attributes[fleet.AttrPrevious]; !keep(prev) {
+			victims = append(victims, prev)
+		}
+		for id := range issued {
+			if !keep(id) {
+				victims = append(victims, id)
+			}
+		}
+		for _, id := range victims {
+			if err := r.retire(ctx, ev.ThingName, id, r.Settings.PreviousCertificate); err != nil {
+				return res, err
+			}
+			res.Retired = append(res.Retired, id)
+		}
+		if p := thing.Attributes[fleet.AttrPrevious]; p != "" && r.Settings.PreviousCertificate == "DELETE" {
+			if err := r.Registry.UpdateThingAttributes(ctx, ev.ThingName, map[string]string{fleet.AttrPrevious: ""}); err != nil {
+				return res, err
+			}
+		}
+	case res.Committed:
+		// Committed (ack accepted) but the execution ended otherwise: the
+		// device may still hold either certificate. Keep both.
+		res.Alert = fmt.Sprintf("job %s of %s ended %s after the commit: keeping certificates %s and %s; check the device", ev.JobID, ev.ThingName, ev.Status, op, thing.Attributes[fleet.AttrPrevious])
+		r.Log.Error("ALERT rotation ended after commit", "thing", ev.ThingName, "jobId", ev.JobID, "status", ev.Status, "operationalCert", op, "previousCert", thing.Attributes[fleet.AttrPrevious])
+	case ev.Status == ports.JobSucceeded:
+		res.Alert = fmt.Sprintf("job %s of %s SUCCEEDED without a committed certificate: nothing retired", ev.JobID, ev.ThingName)
+		r.Log.Error("ALERT job succeeded without commit", "thing", ev.ThingName, "jobId", ev.JobID)
+	default:
+		// Failed before the commit: the new certificates were never used
+		// for an ack; remove them. The thing leaves the rotation group so
+		// that the renewal function adds it again later (a failed rotation
+		// does not drop the device from renewal).
+		for id := range issued {
+			if keep(id) {
+				continue
+			}
+			if err := r.retire(ctx, ev.ThingName, id, "DELETE"); err != nil {
+				return res, err
+			}
+			res.Retired = append(res.Retired, id)
+		}
+		if err := r.Registry.RemoveThingFromGroup(ctx, r.Settings.RotationGroup, ev.ThingName); err != nil && !errors.Is(err, ports.ErrNotFound) {
+			return res, err
+		}
+	}
+	r.Log.Info("job execution ended", "thing", ev.ThingName, "jobId", ev.JobID, "status", ev.Status, "committed", res.Committed, "retired", res.Retired)
+	return res, nil
+}
+
+// issued returns the certificate IDs the vendor issued for (thing, job).
+func (r *Reaper) issued(ctx context.Context, thing, jobID string) (map[string]bool, error) {
+	keys, err := r.Store.List(ctx, fleet.IssuanceJobPrefix(thing, jobID))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, k := range keys {
+		obj, err := r.Store.Get(ctx, k, "")
+		if errors.Is(err, ports.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var rec fleet.Issuance
+		if json.Unmarshal(obj.Body, &rec) == nil && fleet.ValidCertificateID(rec.CertificateID) {
+			out[rec.CertificateID] = true
+		}
+	}
+	return out, nil
+}
+
+// retire deactivates a certificate and, for DELETE, detaches and deletes it.
+func (r *Reaper) retire(ctx context.Context, thing, id, action string) error {
+	if action == "KEEP" {
+		return nil
+	}
+	c, err := r.Registry.DescribeCertificate(ctx, id)
+	if errors.Is(err, ports.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if c.Status == ports.StatusActive {
+		if err := r.Registry.UpdateCertificate(ctx, id, ports.StatusInactive); err != nil {
+			return err
+		}
+	}
+	if action != "DELETE" {
+		return nil
+	}
+	for _, p := range []string{r.Settings.OperationalPolicy, r.Settings.BootstrapPolicy} {
+		if err := r.Registry.DetachPolicy(ctx, p, c.ARN); err != nil && !errors.Is(err, ports.ErrNotFound) {
+			return err
+		}
+	}
+	if err := r.Registry.DetachThingPrincipal(ctx, thing, c.ARN); err != nil && !errors.Is(err, ports.ErrNotFound) {
+		return err
+	}
+	if err := r.Registry.DeleteCertificate(ctx, id); err != nil && !errors.Is(err, ports.ErrNotFound) {
+		return err
+	}
+	if err := r.Store.Delete(ctx, fleet.PackageKey(thing, id)); err != nil && !errors.Is(err, ports.ErrNotFound) {
+		r.Log.Warn("deleting package", "thing", thing, "certificateId", id, "err", err)
+	}
+	return nil
+}

@@ -1,0 +1,462 @@
+// Package vendor is the rotation function: it answers a device's
+// certificates/{thing}/get request with a new certificate for the CSR made
+// by the device's hardware key, and its certificates/{thing}/ack with the
+// commit (DESIGN.md, "Rotation", steps 2 and 6).
+//
+// Every check uses the registry and the allow list, never what the device
+// claims: the principal comes from the broker (principal()), the previous
+// certificate from the thing's attributes. Issuance is idempotent per
+// (thing, jobId, CSR) through a record in S3
+// (issuance/{thing}/{jobId}/{sha256(CSR)}.json).
+package vendor
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"time"
+
+	"crypto/sha256"
+
+	"github.com/bootcert/bootcert/cloud/fleet"
+	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/manifest"
+	"github.com/bootcert/bootcert/protocol"
+)
+
+// Event is what the requests rule delivers: the device's message plus the
+// fields the rule's SELECT adds.
+type Event struct {
+	ThingName  string `json:"thingName"`
+	Operation  string `json:"operation"`
+	Principal  string `json:"principal"`
+	ClientID   string `json:"clientId"`
+	ReceivedAt int64  `json:"receivedAt"`
+
+	JobID         string `json:"jobId"`
+	ClientToken   string `json:"clientToken"`
+	CSR           string `json:"csr"`
+	CertificateID string `json:"certificateId"`
+}
+
+// Operations.
+const (
+	OpGet = "get"
+	OpAck = "ack"
+)
+
+// ErrEvent is wrapped by errors about events that cannot be answered at all
+// (no valid thing name to reply to).
+var ErrEvent = errors.New("unusable vendor event")
+
+// ParseEvent decodes an event. Operation defaults to "get" for the
+// DESIGN.md rule that selects only certificates/+/get.
+func ParseEvent(b []byte) (Event, error) {
+	var ev Event
+	if err := protocol.Decode("certificate request event", b, &ev); err != nil {
+		return ev, fmt.Errorf("%w: %v", ErrEvent, err)
+	}
+	if ev.Operation == "" {
+		ev.Operation = OpGet
+	}
+	if err := manifest.ValidDeviceID(ev.ThingName); err != nil {
+		return ev, fmt.Errorf("%w: thingName: %v", ErrEvent, err)
+	}
+	if ev.Operation != OpGet && ev.Operation != OpAck {
+		return ev, fmt.Errorf("%w: operation %q is not get or ack", ErrEvent, ev.Operation)
+	}
+	return ev, nil
+}
+
+// Reply is what the vendor published (also the function's result).
+type Reply struct {
+	Topic   string          `json:"topic"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// Vendor handles get and ack.
+type Vendor struct {
+	Registry  ports.Registry
+	Store     ports.Store
+	Publisher ports.Publisher
+	Trust     *fleet.Trust
+	Settings  fleet.Settings
+	Clock     ports.Clock
+	Log       *slog.Logger
+}
+
+// rejection is a device-facing failure.
+type rejection struct {
+	code      protocol.Code
+	msg       string
+	retryable bool
+}
+
+func (r *rejection) Error() string { return string(r.code) + ": " + r.msg }
+
+func rej(code protocol.Code, format string, a ...any) *rejection {
+	return &rejection{code: code, msg: fmt.Sprintf(format, a...)}
+}
+
+// HandleEvent decodes, handles and replies. Events without a valid thing
+// name or operation are dropped with an error (nobody to answer).
+func (v *Vendor) HandleEvent(ctx context.Context, b []byte) (Reply, error) {
+	ev, err := ParseEvent(b)
+	if err != nil {
+		return Reply{}, err
+	}
+	return v.Handle(ctx, ev)
+}
+
+// Handle answers one request and publishes the reply.
+func (v *Vendor) Handle(ctx context.Context, ev Event) (Reply, error) {
+	var payload any
+	var err error
+	if ev.Operation == OpAck {
+		payload, err = v.ack(ctx, ev)
+	} else {
+		payload, err = v.get(ctx, ev)
+	}
+	suffix := protocol.SuffixAccepted
+	if err != nil {
+		var r *rejection
+		switch {
+		case errors.As(err, &r):
+		case errors.Is(err, ports.ErrThrottled):
+			r = &rejection{code: protocol.Throttled, msg: "the registry is busy, retry later", retryable: true}
+		default:
+			r = &rejection{code: protocol.Internal, msg: "internal error, retry later", retryable: true}
+		}
+		v.Log.Warn("request rejected", "thing", ev.ThingName, "operation", ev.Operation, "jobId", ev.JobID, "code", r.code, "why", err.Error())
+		payload = protocol.Rejected{ClientToken: ev.ClientToken, Code: r.code, Message: r.msg, Retryable: r.retryable}
+		suffix = protocol.SuffixRejected
+	}
+	body, merr := json.Marshal(payload)
+	if merr != nil {
+		return Reply{}, merr
+	}
+	topic := "certificates/" + ev.ThingName + "/" + ev.Operation + "/" + suffix
+	if perr := v.Publisher.Publish(ctx, topic, body); perr != nil {
+		return Reply{Topic: topic, Payload: body}, fmt.Errorf("replying on %s: %w", topic, perr)
+	}
+	return Reply{Topic: topic, Payload: body}, nil
+}
+
+// checkDevice runs the checks common to get and ack: client ID, allow list,
+// principal attached and ACTIVE, revocation, activation.
+func (v *Vendor) checkDevice(ctx context.Context, ev Event) (manifest.Entry, ports.Thing, ports.Certificate, error) {
+	var entry manifest.Entry
+	var thing ports.Thing
+	var cert ports.Certificate
+	if ev.ClientID != ev.ThingName {
+		return entry, thing, cert, rej(protocol.NotAllowed, "client ID %q is not the thing name %q", ev.ClientID, ev.ThingName)
+	}
+	entry, err := v.Trust.Lookup(ctx, ev.ThingName)
+	if errors.Is(err, fleet.ErrNotAllowed) {
+		return entry, thing, cert, rej(protocol.NotAllowed, "device %s is not on the allow list", ev.ThingName)
+	}
+	if err != nil {
+		return entry, thing, cert, err
+	}
+	if !fleet.ValidCertificateID(ev.Principal) {
+		return entry, thing, cert, rej(protocol.NotAllowed, "the request did not come over a certificate")
+	}
+	thing, err = v.Registry.DescribeThing(ctx, ev.ThingName)
+	if errors.Is(err, ports.ErrNotFound) {
+		return entry, thing, cert, rej(protocol.NotAllowed, "thing %s is not registered", ev.ThingName)
+	}
+	if err != nil {
+		return entry, thing, cert, err
+	}
+	principals, err := v.Registry.ListThingPrincipals(ctx, ev.ThingName)
+	if err != nil {
+		return entry, thing, cert, err
+	}
+	if !slices.ContainsFunc(principals, func(arn string) bool { return fleet.CertARNID(arn) == ev.Principal }) {
+		return entry, thing, cert, rej(protocol.NotAllowed, "certificate %s is not attached to %s", ev.Principal, ev.ThingName)
+	}
+	cert, err = v.Registry.DescribeCertificate(ctx, ev.Principal)
+	if errors.Is(err, ports.ErrNotFound) {
+		return entry, thing, cert, rej(protocol.NotAllowed, "certificate %s does not exist", ev.Principal)
+	}
+	if err != nil {
+		return entry, thing, cert, err
+	}
+	if cert.Status != ports.StatusActive {
+		return entry, thing, cert, rej(protocol.NotAllowed, "certificate %s is %s", ev.Principal, cert.Status)
+	}
+	// Revocation: the certificate used and the thing's bootstrap certificate.
+	ids := []string{cert.ID}
+	if b := thing.Attributes[fleet.AttrBootstrap]; b != "" && b != cert.ID {
+		ids = append(ids, b)
+	}
+	for _, id := range ids {
+		c := cert
+		if id != cert.ID {
+			c, err = v.Registry.DescribeCertificate(ctx, id)
+			if errors.Is(err, ports.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return entry, thing, cert, err
+			}
+			if c.Status == ports.StatusRevoked {
+				return entry, thing, cert, rej(protocol.Revoked, "the bootstrap certificate of %s is revoked", ev.ThingName)
+			}
+		}
+		x, perr := fleet.ParseCertificatePEM([]byte(c.PEM))
+		if perr != nil {
+			continue
+		}
+		revoked, err := v.Trust.Revoked(ctx, x)
+		if err != nil {
+			return entry, thing, cert, err
+		}
+		if revoked {
+			return entry, thing, cert, rej(protocol.Revoked, "certificate %s of %s is on the factory CRL", id, ev.ThingName)
+		}
+	}
+	if v.Settings.ExplicitActivation && thing.Attributes[fleet.AttrActivated] != "true" {
+		return entry, thing, cert, rej(protocol.NotActivated, "device %s has not been activated (POST /devices/%s/activation)", ev.ThingName, ev.ThingName)
+	}
+	return entry, thing, cert, nil
+}
+
+func (v *Vendor) rotationPending(ctx context.Context, ev Event) error {
+	if ev.JobID == "" {
+		return rej(protocol.NoRotationPending, "jobId is missing")
+	}
+	groups, err := v.Registry.ListThingGroupsForThing(ctx, ev.ThingName)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(groups, v.Settings.RotationGroup) {
+		return rej(protocol.NoRotationPending, "%s is not in the rotation group %s", ev.ThingName, v.Settings.RotationGroup)
+	}
+	st, err := v.Registry.JobExecutionStatus(ctx, ev.JobID, ev.ThingName)
+	if errors.Is(err, ports.ErrNotFound) {
+		return rej(protocol.NoRotationPending, "no execution of job %s for %s", ev.JobID, ev.ThingName)
+	}
+	if err != nil {
+		return err
+	}
+	if st != ports.JobQueued && st != ports.JobInProgress {
+		return rej(protocol.NoRotationPending, "execution of job %s for %s is %s", ev.JobID, ev.ThingName, st)
+	}
+	return nil
+}
+
+func (v *Vendor) get(ctx context.Context, ev Event) (any, error) {
+	entry, _, _, err := v.checkDevice(ctx, ev)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.rotationPending(ctx, ev); err != nil {
+		return nil, err
+	}
+	var csrDER []byte
+	preProvisioned := ev.CSR == ""
+	if preProvisioned {
+		if len(entry.FinalCSR) == 0 {
+			return nil, rej(protocol.BadCSR, "no csr in the request and no pre-provisioned CSR in the allow list for %s", ev.ThingName)
+		}
+		csrDER = entry.FinalCSR
+	} else {
+		req, err := fleet.CheckCSR([]byte(ev.CSR), ev.ThingName)
+		if err != nil {
+			return nil, rej(protocol.BadCSR, "%v", err)
+		}
+		csrDER = req.Raw
+	}
+	recKey := fleet.IssuanceKey(ev.ThingName, ev.JobID, csrDER)
+	cert, found, err := v.previousIssuance(ctx, recKey)
+	if err != nil {
+		return nil, err
+	}
+	var pkgKey string
+	switch {
+	case found:
+		pkgKey = fleet.PackageKey(ev.ThingName, cert.ID)
+	case preProvisioned:
+		cert, pkgKey, err = v.activatePreProvisioned(ctx, ev.ThingName)
+		if err != nil {
+			return nil, err
+		}
+	default:
+		cert, err = v.issue(ctx, ev.ThingName, csrDER)
+		if err != nil {
+			return nil, err
+		}
+		pkgKey = fleet.PackageKey(ev.ThingName, cert.ID)
+	}
+	if !found {
+		sum := sha256.Sum256(csrDER)
+		rec, _ := json.Marshal(fleet.Issuance{Thing: ev.ThingName, JobID: ev.JobID, CSRSHA256: hex.EncodeToString(sum[:]), CertificateID: cert.ID, IssuedAt: v.Clock.Now().UTC().Format(time.RFC3339)})
+		if err := v.Store.Put(ctx, recKey, rec, map[string]string{fleet.MetaCertificateID: cert.ID}); err != nil {
+			return nil, fmt.Errorf("writing issuance record s3://%s/%s: %w", v.Settings.Bucket, recKey, err)
+		}
+	}
+	loc, err := v.Store.Presign(ctx, pkgKey, v.Settings.PresignTTL)
+	if err != nil {
+		return nil, err
+	}
+	v.Log.Info("certificate issued", "thing", ev.ThingName, "jobId", ev.JobID, "certificateId", cert.ID, "retry", found, "preProvisioned", preProvisioned)
+	return protocol.GetAccepted{ClientToken: ev.ClientToken, CertificateID: cert.ID, CertificatePEM: cert.PEM, Location: loc}, nil
+}
+
+// previousIssuance returns the certificate issued earlier for the same
+// (thing, job, CSR) when it is still ACTIVE.
+func (v *Vendor) previousIssuance(ctx context.Context, recKey string) (ports.Certificate, bool, error) {
+	obj, err := v.Store.Get(ctx, recKey, "")
+	if errors.Is(err, ports.ErrNotFound) {
+		return ports.Certificate{}, false, nil
+	}
+	if err != nil {
+		return ports.Certificate{}, false, fmt.Errorf("reading issuance record %s: %w", recKey, err)
+	}
+	var rec fleet.Issuance
+	if err := json.Unmarshal(obj.Body, &rec); err != nil || !fleet.ValidCertificateID(rec.CertificateID) {
+		return ports.Certificate{}, false, fmt.Errorf("issuance record %s is corrupt (delete it to issue again): %v", recKey, err)
+	}
+	c, err := v.Registry.DescribeCertificate(ctx, rec.CertificateID)
+	if errors.Is(err, ports.ErrNotFound) {
+		return ports.Certificate{}, false, nil
+	}
+	if err != nil {
+		return ports.Certificate{}, false, err
+	}
+	if c.Status != ports.StatusActive {
+		return ports.Certificate{}, false, rej(protocol.NoRotationPending, "the certificate issued for this request (%s) is %s", c.ID, c.Status)
+	}
+	return c, true, nil
+}
+
+func (v *Vendor) issue(ctx context.Context, thing string, csrDER []byte) (ports.Certificate, error) {
+	c, err := v.Registry.CreateCertificateFromCSR(ctx, fleet.CSRPEM(csrDER), true)
+	if err != nil {
+		return c, err
+	}
+	if err := v.Registry.AttachPolicy(ctx, v.Settings.OperationalPolicy, c.ARN); err != nil {
+		return c, err
+	}
+	if err := v.Registry.AttachThingPrincipal(ctx, thing, c.ARN); err != nil {
+		return c, err
+	}
+	key := fleet.PackageKey(thing, c.ID)
+	if err := v.Store.Put(ctx, key, []byte(c.PEM), map[string]string{fleet.MetaCertificateID: c.ID}); err != nil {
+		return c, fmt.Errorf("writing package s3://%s/%s: %w", v.Settings.Bucket, key, err)
+	}
+	return c, nil
+}
+
+// activatePreProvisioned activates the final certificate the activator made
+// from the manifest's CSR.
+func (v *Vendor) activatePreProvisioned(ctx context.Context, thing string) (ports.Certificate, string, error) {
+	key := fleet.PackageKey(thing, fleet.PreProvisionedName)
+	obj, err := v.Store.Get(ctx, key, "")
+	if errors.Is(err, ports.ErrNotFound) {
+		return ports.Certificate{}, "", rej(protocol.Internal, "the pre-provisioned certificate of %s is missing", thing)
+	}
+	if err != nil {
+		return ports.Certificate{}, "", err
+	}
+	id := obj.Metadata[fleet.MetaCertificateID]
+	if !fleet.ValidCertificateID(id) {
+		return ports.Certificate{}, "", fmt.Errorf("package s3://%s/%s has no valid %s metadata", v.Settings.Bucket, key, fleet.MetaCertificateID)
+	}
+	principals, err := v.Registry.ListThingPrincipals(ctx, thing)
+	if err != nil {
+		return ports.Certificate{}, "", err
+	}
+	if !slices.ContainsFunc(principals, func(arn string) bool { return fleet.CertARNID(arn) == id }) {
+		return ports.Certificate{}, "", fmt.Errorf("pre-provisioned certificate %s is not attached to %s", id, thing)
+	}
+	c, err := v.Registry.DescribeCertificate(ctx, id)
+	if err != nil {
+		return c, "", err
+	}
+	switch c.Status {
+	case ports.StatusActive:
+	case ports.StatusInactive:
+		if err := v.Registry.UpdateCertificate(ctx, id, ports.StatusActive); err != nil {
+			return c, "", err
+		}
+		c.Status = ports.StatusActive
+	default:
+		return c, "", rej(protocol.Revoked, "the pre-provisioned certificate of %s is %s", thing, c.Status)
+	}
+	return c, key, nil
+}
+
+func (v *Vendor) ack(ctx context.Context, ev Event) (any, error) {
+	if !fleet.ValidCertificateID(ev.CertificateID) {
+		return nil, rej(protocol.NotAllowed, "certificateId is missing or malformed")
+	}
+	if ev.Principal != ev.CertificateID {
+		return nil, rej(protocol.NotAllowed, "the ack must come over the new certificate %s", ev.CertificateID)
+	}
+	_, thing, cert, err := v.checkDevice(ctx, ev)
+	if err != nil {
+		return nil, err
+	}
+	// The certificate must be one the vendor issued to this thing for this job.
+	if ev.JobID == "" {
+		return nil, rej(protocol.NoRotationPending, "jobId is missing")
+	}
+	keys, err := v.Store.List(ctx, fleet.IssuanceJobPrefix(ev.ThingName, ev.JobID))
+	if err != nil {
+		return nil, err
+	}
+	issued := false
+	for _, k := range keys {
+		obj, err := v.Store.Get(ctx, k, "")
+		if err != nil {
+			return nil, err
+		}
+		var rec fleet.Issuance
+		if json.Unmarshal(obj.Body, &rec) == nil && rec.CertificateID == cert.ID {
+			issued = true
+			break
+		}
+	}
+	if !issued {
+		return nil, rej(protocol.NotAllowed, "certificate %s was not issued to %s for job %s", cert.ID, ev.ThingName, ev.JobID)
+	}
+	if thing.Attributes[fleet.AttrOperational] != cert.ID {
+		attrs := map[string]string{fleet.AttrOperational: cert.ID, fleet.AttrPrevious: thing.Attributes[fleet.AttrOperational]}
+		if attrs[fleet.AttrPrevious] == "" {
+			attrs[fleet.AttrPrevious] = "none"
+		}
+		if x, err := fleet.ParseCertificatePEM([]byte(cert.PEM)); err == nil {
+			attrs[fleet.AttrNotBefore] = strconv.FormatInt(x.NotBefore.Unix(), 10)
+			attrs[fleet.AttrNotAfter] = strconv.FormatInt(x.NotAfter.Unix(), 10)
+		}
+		if err := v.Registry.UpdateThingAttributes(ctx, ev.ThingName, attrs); err != nil {
+			return nil, err
+		}
+	}
+	// Idempotent follow-ups, repeated on every ack so that a crash after
+	// the commit record converges.
+	if err := v.Registry.RemoveThingFromGroup(ctx, v.Settings.RotationGroup, ev.ThingName); err != nil && !errors.Is(err, ports.ErrNotFound) {
+		return nil, err
+	}
+	if b := thing.Attributes[fleet.AttrBootstrap]; b != "" && b != cert.ID && v.Settings.BootstrapAfterRotation != "KEEP" {
+		bc, err := v.Registry.DescribeCertificate(ctx, b)
+		switch {
+		case errors.Is(err, ports.ErrNotFound):
+		case err != nil:
+			return nil, err
+		case bc.Status == ports.StatusActive || (bc.Status == ports.StatusInactive && v.Settings.BootstrapAfterRotation == "REVOKED"):
+			if err := v.Registry.UpdateCertificate(ctx, b, v.Settings.BootstrapAfterRotation); err != nil {
+				return nil, err
+			}
+		}
+	}
+	v.Log.Info("rotation committed", "thing", ev.ThingName, "jobId", ev.JobID, "certificateId", cert.ID)
+	return protocol.AckAccepted{ClientToken: ev.ClientToken, CertificateID: cert.ID}, nil
+}
