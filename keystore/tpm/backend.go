@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -392,6 +393,14 @@ func (d *device) srk(b *Backend, handle tpm2.TPMHandle) (*srkState, error) {
 	}
 	// An existing SRK: is it the H-2 one? Recreate H-2 and compare names.
 	prim, err := runRoom(b, d, nil, "create H-2 SRK to compare", createPrimaryH2())
+	var te *Error
+	if errors.As(err, &te) && te.AuthFailure() {
+		// The owner hierarchy has a password: use the persisted SRK as it is
+		// and name it, not the owner hierarchy, as the key files' parent.
+		slog.Warn("tpm: cannot check whether the SRK is the standard H-2 one (owner hierarchy has a password); key files will name the SRK handle as parent", "device", d.name, "srk", fmt.Sprintf("0x%08x", uint32(handle)))
+		st.checked, st.unknown = true, true
+		return st, nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -38,6 +38,7 @@ type srkState struct {
 	name    tpm2.TPM2BName
 	checked bool // h2 is known
 	h2      bool // it is the TCG H-2 ECC P-256 SRK, recreatable from the owner hierarchy
+	unknown bool // could not check (owner hierarchy has a password): try it as if H-2 when loading
 }
 
 var registry = struct {

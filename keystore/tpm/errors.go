@@ -31,7 +31,7 @@ func (e *Error) Error() string {
 	msg := fmt.Sprintf("TPM %s: %s: %v", e.Device, e.Op, e.Err)
 	switch {
 	case e.AuthFailure():
-		msg += " (authorization failed and was not retried; check the key's auth value, and the TPM's dictionary-attack lockout with tpm2_getcap properties-variable)"
+		msg += " (authorization failed and was not retried: bootcert uses empty passwords for its keys, the SRK and the owner hierarchy; check those, and the dictionary-attack lockout with tpm2_getcap properties-variable)"
 	case e.Code == tpm2.TPMRCObjectMemory:
 		msg += " (the TPM's object slots are full: close unused signers, or use /dev/tpmrm0, whose resource manager swaps objects)"
 	case e.Code == tpm2.TPMRCIntegrity:

@@ -101,7 +101,7 @@ func (s *Signer) loadLocked(d *device) error {
 		if err != nil {
 			return err
 		}
-		if st.h2 {
+		if st.h2 || st.unknown {
 			ph = tpm2.AuthHandle{Handle: k.srk, Name: st.name, Auth: tpm2.PasswordAuth(nil)}
 		} else {
 			prim, err := runRoom(b, d, s, "create H-2 SRK", createPrimaryH2())

@@ -716,3 +716,48 @@ func TestMoreKeysThanSlots(t *testing.T) {
 		}
 	}
 }
+
+// With a password on the owner hierarchy the SRK cannot be checked: key
+// files then name the SRK handle, and everything else works.
+func TestOwnerPassword(t *testing.T) {
+	sw := startTPM(t)
+	b, _ := newBackend()
+	dir := t.TempDir()
+	first := generate(t, b, blobURI(sw.Device(), dir, "before"), keystore.ECDSAP256) // creates the SRK
+	err := first.withDevice(func(d *device) error {
+		_, err := tpm2.HierarchyChangeAuth{
+			AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+			NewAuth:    tpm2.TPM2BAuth{Buffer: []byte("owner-pw")},
+		}.Execute(d.tpm)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	if err := CloseDevice(sw.Device()); err != nil { // forget what we knew about the SRK
+		t.Fatal(err)
+	}
+	raw := blobURI(sw.Device(), dir, "after")
+	s := generate(t, b, raw, keystore.ECDSAP256)
+	kf, err := readKeyFile(filepath.Join(dir, "after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kf.Parent != DefaultSRK {
+		t.Fatalf("parent 0x%08x, want the SRK handle 0x81000001", uint32(kf.Parent))
+	}
+	signVerify(t, s)
+	// The key file made before the password (parent 0x40000001) still loads.
+	o, err := b.Open(context.Background(), mustURI(t, blobURI(sw.Device(), dir, "before")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.(*Signer).Close()
+	signVerify(t, o)
+	// A persistent key needs the owner password to persist: a clear error.
+	_, err = b.Generate(context.Background(), mustURI(t, "tpm:device="+sw.Device()+";handle=0x81000160"), keystore.ECDSAP256)
+	if !errors.Is(err, ErrAuth) {
+		t.Fatalf("err = %v, want ErrAuth", err)
+	}
+}
