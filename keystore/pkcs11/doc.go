@@ -115,7 +115,7 @@
 // dictionary-attack counter. The native tpm: backend (keystore/tpm) needs
 // neither cgo nor a store and is the default choice for TPM keys.
 //
-// OpenSC 0.23's pkcs11-tool matches --token-label by prefix (the first slot
+// Debian 12's pkcs11-tool (OpenSC) matches --token-label by prefix (the first slot
 // whose token label starts with it): with tokens "bootcert-2" and "bootcert"
 // in that slot order, --token-label bootcert picks "bootcert-2". bootcert
 // matches token labels exactly.
