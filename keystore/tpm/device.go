@@ -43,14 +43,15 @@ type srkState struct {
 
 var registry = struct {
 	sync.Mutex
-	devs map[string]*device
-}{devs: map[string]*device{}}
+	devs  map[string]*device
+	wraps map[string]func(transport.TPM) transport.TPM // from OpenDevice
+}{devs: map[string]*device{}, wraps: map[string]func(transport.TPM) transport.TPM{}}
 
 // OpenDevice (re)opens a device with wrap around its transport, so that a
 // test or benchmark can count commands (Counter.Wrap) or inject faults. An
 // already open device is closed first (its loaded keys are flushed; signers
-// load them again on next use). wrap may be nil. The wrapper stays until
-// CloseDevice.
+// load them again on next use). wrap may be nil. The wrapper stays, also
+// when the device is reopened after a transport error, until CloseDevice.
 func OpenDevice(name string, wrap func(transport.TPM) transport.TPM) error {
 	if err := validDevice(name); err != nil {
 		return &Error{Op: "open", Device: name, Err: err}
@@ -61,11 +62,15 @@ func OpenDevice(name string, wrap func(transport.TPM) transport.TPM) error {
 		delete(registry.devs, name)
 		old.close()
 	}
+	delete(registry.wraps, name)
 	d, err := openDevice(name, wrap)
 	if err != nil {
 		return err
 	}
 	registry.devs[name] = d
+	if wrap != nil {
+		registry.wraps[name] = wrap
+	}
 	return nil
 }
 
@@ -77,6 +82,7 @@ func CloseDevice(name string) error {
 	registry.Lock()
 	d := registry.devs[name]
 	delete(registry.devs, name)
+	delete(registry.wraps, name)
 	registry.Unlock()
 	if d == nil {
 		return nil
@@ -89,6 +95,7 @@ func CloseAll() error {
 	registry.Lock()
 	devs := registry.devs
 	registry.devs = map[string]*device{}
+	registry.wraps = map[string]func(transport.TPM) transport.TPM{}
 	registry.Unlock()
 	var errs []error
 	for _, d := range devs {
@@ -109,7 +116,7 @@ func getDevice(name string) (*device, error) {
 		delete(registry.devs, name)
 		d.close()
 	}
-	d, err := openDevice(name, nil)
+	d, err := openDevice(name, registry.wraps[name])
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,9 @@
 //     (PORT+1 is its control port; run swtpm with
 //     --flags not-need-init,startup-clear), or sim for the in-process
 //     reference simulator (cgo builds only; demos and tests: its seed is
-//     fixed, so its keys are not secret).
+//     fixed, so its keys are not secret, and key files load again after a
+//     restart; persistent handles live only as long as the process, or
+//     until CloseDevice("sim")).
 //   - blob=PATH: the key is a TSS2 PEM key file ("-----BEGIN TSS2 PRIVATE
 //     KEY-----", mode 0600), the format tpm2-openssl and tpm2-tss-engine read.
 //     The file holds the key wrapped by the TPM; it is useless without that

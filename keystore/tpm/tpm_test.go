@@ -295,7 +295,8 @@ type faultTPM struct {
 	next  transport.TPM
 	cc    tpm2.TPMCC
 	rc    tpm2.TPMRC
-	times int // how many more to fail; -1 = always
+	times int   // how many more to fail; -1 = always
+	err   error // when set, fail with this transport error instead of rc
 }
 
 func (f *faultTPM) Send(cmd []byte) ([]byte, error) {
@@ -307,6 +308,9 @@ func (f *faultTPM) Send(cmd []byte) ([]byte, error) {
 	f.mu.Unlock()
 	if !fail {
 		return f.next.Send(cmd)
+	}
+	if f.err != nil {
+		return nil, f.err
 	}
 	rsp := make([]byte, 10)
 	binary.BigEndian.PutUint16(rsp[0:2], uint16(tpm2.TPMSTNoSessions))
@@ -759,5 +763,44 @@ func TestOwnerPassword(t *testing.T) {
 	_, err = b.Generate(context.Background(), mustURI(t, "tpm:device="+sw.Device()+";handle=0x81000160"), keystore.ECDSAP256)
 	if !errors.Is(err, ErrAuth) {
 		t.Fatalf("err = %v, want ErrAuth", err)
+	}
+}
+
+// A transport error marks the device broken; the next use reopens it (with
+// the same wrapper), flushes what was left, and loads the key again.
+func TestReconnectAfterTransportError(t *testing.T) {
+	sw := startTPM(t)
+	c := NewCounter()
+	f := &faultTPM{cc: tpm2.TPMCCSign, err: errors.New("connection reset (injected)")}
+	opens := 0
+	if err := OpenDevice(sw.Device(), func(next transport.TPM) transport.TPM {
+		opens++
+		f.next = next
+		return c.Wrap(f)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := newBackend()
+	s := generate(t, b, blobURI(sw.Device(), t.TempDir(), "k"), keystore.ECDSAP256)
+	f.mu.Lock()
+	f.times = 1
+	f.mu.Unlock()
+	d := sha256.Sum256([]byte("reconnect"))
+	if _, err := s.Sign(nil, d[:], crypto.SHA256); !errors.Is(err, ErrDevice) {
+		t.Fatalf("err = %v, want ErrDevice", err)
+	}
+	c.Reset()
+	sig, err := s.Sign(nil, d[:], crypto.SHA256)
+	if err != nil || !verify(s.Public(), d[:], sig) {
+		t.Fatalf("Sign after reconnect: %v", err)
+	}
+	if opens != 2 {
+		t.Fatalf("device opened %d times, want 2 (the wrapper is kept across reopen)", opens)
+	}
+	// Reopen: 3 GetCapability (stale objects and sessions), a flush of the
+	// key left loaded, the SRK check (ReadPublic, CreatePrimary, flush),
+	// and the key loaded again.
+	if c.Count(tpm2.TPMCCLoad) != 1 || c.Count(tpm2.TPMCCGetCapability) != 3 || c.Count(tpm2.TPMCCFlushContext) != 2 {
+		t.Fatalf("after reconnect: %s; want the stale key flushed and loaded again", c)
 	}
 }
