@@ -97,6 +97,16 @@ func parseConfig(u *keystore.URI) (*config, error) {
 	if u.Scheme != Scheme {
 		return nil, u.Error("scheme", fmt.Sprintf("the pkcs11 backend handles pkcs11: URIs, not %s:", u.Scheme))
 	}
+	for _, q := range queryAttrs {
+		if _, ok := u.Attrs[q]; ok {
+			return nil, u.Error("attribute "+q, "is a query attribute: put it after '?' (pkcs11:token=...;object=...?"+q+"=...)")
+		}
+	}
+	for _, a := range pathAttrs {
+		if _, ok := u.Query[a]; ok {
+			return nil, u.Error("query attribute "+a, "is a path attribute: put it before '?' (pkcs11:"+a+"=...;...?module-path=...)")
+		}
+	}
 	if err := u.CheckAttrs(pathAttrs, queryAttrs); err != nil {
 		return nil, err
 	}

@@ -84,8 +84,9 @@ func TestParseConfig(t *testing.T) {
 		{"fail/type-public", "pkcs11:token=t;object=k;type=public" + mod + "&pin-value=1", "attribute type", "private"},
 		{"fail/unknown-path-attr", "pkcs11:token=t;object=k;serial=abcd" + mod + "&pin-value=1", "attribute serial", "unknown"},
 		{"fail/unknown-query-attr", "pkcs11:token=t;object=k" + mod + "&pin-value=1&max-sessions=3", "query attribute max-sessions", "unknown"},
-		{"fail/module-in-path", "pkcs11:token=t;object=k;module-path=/x.so?pin-value=1", "attribute module-path", "unknown"},
-		{"fail/pin-in-path", "pkcs11:token=t;object=k;pin-value=1234" + mod, "attribute pin-value", "unknown"},
+		{"fail/module-in-path", "pkcs11:token=t;object=k;module-path=/x.so?pin-value=1", "attribute module-path", "after '?'"},
+		{"fail/pin-in-path", "pkcs11:token=t;object=k;pin-value=1234" + mod, "attribute pin-value", "after '?'"},
+		{"fail/token-in-query", "pkcs11:object=k" + mod + "&token=t&pin-value=1", "query attribute token", "before '?'"},
 		{"fail/wrong-scheme", "tpm:device=sim;blob=/x", "scheme", "pkcs11"},
 	}
 	for _, tc := range fail {

@@ -174,7 +174,7 @@ func slotLabels(module string) (map[uint]string, error) {
 	out := map[uint]string{}
 	for _, s := range slots {
 		ti, err := m.GetTokenInfo(s)
-		if err != nil {
+		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 {
 			continue
 		}
 		out[s] = strings.TrimRight(ti.Label, " \x00")
