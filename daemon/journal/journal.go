@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/internal/atomicfile"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // Phase is a rotation phase (DESIGN.md, "Journal and crash consistency").
@@ -46,11 +47,15 @@ type Entry struct {
 	// generation of the rotation in progress.
 	Generation int `json:"generation,omitempty"`
 	// Previous is the generation active before the rotation.
-	Previous      int       `json:"previous,omitempty"`
-	CertificateID string    `json:"certificateId,omitempty"`
-	Attempts      int       `json:"attempts,omitempty"`
-	StartedAt     time.Time `json:"startedAt,omitzero"`
-	UpdatedAt     time.Time `json:"updatedAt,omitzero"`
+	Previous int `json:"previous,omitempty"`
+	// KeyURI is the staged key's URI (never a PIN: pin-source only).
+	KeyURI string `json:"keyUri,omitempty"`
+	// Doc is the job document of the rotation in progress.
+	Doc           *protocol.JobDocument `json:"doc,omitempty"`
+	CertificateID string                `json:"certificateId,omitempty"`
+	Attempts      int                   `json:"attempts,omitempty"`
+	StartedAt     time.Time             `json:"startedAt,omitzero"`
+	UpdatedAt     time.Time             `json:"updatedAt,omitzero"`
 	// Result and Reason describe the last finished rotation.
 	Result     string    `json:"result,omitempty"`
 	Reason     string    `json:"reason,omitempty"`

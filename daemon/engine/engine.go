@@ -1,0 +1,364 @@
+// Package engine is bootcertd's rotation state machine (DESIGN.md section 3):
+// it keeps one MQTT session with the first credential the broker accepts,
+// runs rotation jobs through the AWS IoT Jobs MQTT API, stages a key in
+// hardware, verifies the new certificate, swaps credentials atomically, rolls
+// back after repeated refusals, acknowledges over the new certificate and
+// commits. Every step is journalled so that a crash at any instant resumes.
+//
+// It runs over small ports it owns (Dialer/Conn, Keys, Fetcher, Clock), so
+// the same code runs against fakes in unit tests and against the real
+// session, keystore and lab.
+package engine
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/bootcert/bootcert/daemon/credset"
+	"github.com/bootcert/bootcert/daemon/journal"
+	"github.com/bootcert/bootcert/keystore"
+	"github.com/bootcert/bootcert/protocol"
+)
+
+// Credential is a credential set the engine can connect with.
+type Credential struct {
+	Generation int // 0 = bootstrap
+	KeyURI     string
+	Chain      []*x509.Certificate
+	Signer     crypto.Signer // opened lazily
+}
+
+// Leaf is the device certificate.
+func (c *Credential) Leaf() *x509.Certificate { return c.Chain[0] }
+
+// CertificateID is the AWS IoT certificate ID of the leaf.
+func (c *Credential) CertificateID() string { return credset.CertificateID(c.Leaf()) }
+
+// ChainDER is the chain as DER, leaf first.
+func (c *Credential) ChainDER() [][]byte {
+	var out [][]byte
+	for _, x := range c.Chain {
+		out = append(out, x.Raw)
+	}
+	return out
+}
+
+// Config is what the engine needs to know.
+type Config struct {
+	Thing         string
+	Endpoint      string
+	BootstrapKey  string
+	Bootstrap     []*x509.Certificate
+	OperationalFn func(gen int) string // "" when not configured
+	PreProvisoned string               // factory operational key URI; "" = on-demand
+	Algorithm     keystore.Algorithm
+	StateDir      string
+
+	ReplyTimeout     time.Duration
+	Backoff          Backoff
+	RollbackRefusals int
+	RollbackWindow   time.Duration
+	FallbackToBoot   bool
+	IssuerSHA256     []string
+	ShutdownQuiesce  time.Duration
+}
+
+// Engine runs rotations.
+type Engine struct {
+	cfg     Config
+	dial    Dialer
+	keys    Keys
+	fetch   Fetcher
+	clock   Clock
+	log     *slog.Logger
+	journal *journal.Journal
+	store   *credset.Store
+
+	rotateNow chan struct{}
+	mu        sync.Mutex
+	status    Status
+	watchers  map[chan Status]struct{}
+	onStatus  func(Status)
+
+	// per session
+	conn        Conn
+	connCred    *Credential
+	in          chan message
+	subscribed  map[string]bool
+	doc         *protocol.JobDocument
+	staged      crypto.Signer
+	keygenDone  chan keygenResult
+	keygenBusy  bool
+	retryAt     <-chan time.Time
+	refusals    []time.Time
+	startToken  string
+	bg          sync.WaitGroup // key generation in flight
+}
+
+type message struct {
+	topic   string
+	payload []byte
+}
+
+type keygenResult struct {
+	gen    int
+	signer crypto.Signer
+	err    error
+}
+
+// New prepares an engine over a state directory.
+func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clock Clock, log *slog.Logger) (*Engine, error) {
+	if clock == nil {
+		clock = SystemClock{}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.RollbackRefusals <= 0 {
+		cfg.RollbackRefusals = 3
+	}
+	if cfg.RollbackWindow <= 0 {
+		cfg.RollbackWindow = 10 * time.Minute
+	}
+	if cfg.ReplyTimeout <= 0 {
+		cfg.ReplyTimeout = 30 * time.Second
+	}
+	if cfg.Algorithm == "" {
+		cfg.Algorithm = keystore.DefaultAlgorithm
+	}
+	if len(cfg.Bootstrap) == 0 {
+		return nil, errors.New("engine: no bootstrap certificate")
+	}
+	if cfg.Thing == "" {
+		cfg.Thing = cfg.Bootstrap[0].Subject.CommonName
+	}
+	j, err := journal.Open(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	s, err := credset.Open(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{cfg: cfg, dial: dial, keys: keys, fetch: fetch, clock: clock, log: log, journal: j, store: s,
+		rotateNow: make(chan struct{}, 1), watchers: map[chan Status]struct{}{}}
+	e.status = Status{Thing: cfg.Thing, Endpoint: cfg.Endpoint, Connection: "disconnected"}
+	return e, nil
+}
+
+// Thing is the thing name in use.
+func (e *Engine) Thing() string { return e.cfg.Thing }
+
+// RotateNow asks the engine to look for pending jobs now.
+func (e *Engine) RotateNow() {
+	select {
+	case e.rotateNow <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs until ctx ends. It returns nil on a clean shutdown.
+func (e *Engine) Run(ctx context.Context) error {
+	defer e.bg.Wait() // never leave a key half-made behind
+	if err := e.reconcile(ctx); err != nil {
+		return err
+	}
+	attempt := 0
+	for ctx.Err() == nil {
+		cands, why := e.candidates()
+		if why != "" {
+			e.setError(why, "")
+		}
+		connected := false
+		for _, c := range cands {
+			e.setConn("connecting", c)
+			conn, err := e.dialOne(ctx, c)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				refused := isRefused(err)
+				e.log.Warn("connect failed", "generation", c.Generation, "refused", refused, "err", err)
+				if refused {
+					if c.Generation > 0 {
+						why = fmt.Sprintf("operational certificate (generation %d) refused by the broker: %v; connected with the bootstrap certificate", c.Generation, err)
+					}
+					e.onRefused(c, err)
+				} else {
+					e.setError(fmt.Sprintf("cannot reach %s: %v", e.cfg.Endpoint, err), "check the network, broker.endpoint and broker.port")
+				}
+				if !refused {
+					break // the network is down: no point trying the next credential now
+				}
+				continue
+			}
+			connected = true
+			attempt = 0
+			e.refusals = nil
+			if c.Generation == 0 && e.activeGeneration() > 0 {
+				if why == "" {
+					why = fmt.Sprintf("operational certificate (generation %d) not usable; connected with the bootstrap certificate", e.activeGeneration())
+				}
+				e.setError(why, "the operational certificate may be revoked, inactive or expired; a new rotation job will replace it")
+			}
+			err = e.runSession(ctx, conn, c)
+			if ctx.Err() != nil {
+				conn.Close(e.cfg.ShutdownQuiesce)
+				e.setConn("disconnected", nil)
+				return nil
+			}
+			if err != nil && !errors.Is(err, errSwitch) {
+				e.log.Warn("session ended", "err", err)
+			}
+			conn.Close(0)
+			e.setConn("disconnected", nil)
+			if errors.Is(err, errSwitch) {
+				attempt = -1 // reconnect at once with the new credential
+			}
+			break
+		}
+		if !connected || attempt < 0 {
+			if attempt < 0 {
+				attempt = 0
+				continue
+			}
+		}
+		d := e.cfg.Backoff.Delay(attempt)
+		attempt++
+		e.log.Debug("reconnecting", "in", d)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-e.clock.After(d):
+		case <-e.rotateNow:
+		}
+	}
+	return nil
+}
+
+var errSwitch = errors.New("switching credentials")
+
+func isRefused(err error) bool {
+	var r interface{ Refused() bool }
+	return errors.As(err, &r) && r.Refused()
+}
+
+func (e *Engine) dialOne(ctx context.Context, c *Credential) (Conn, error) {
+	if c.Signer == nil {
+		s, err := e.keys.Open(ctx, c.KeyURI)
+		if err != nil {
+			return nil, fmt.Errorf("opening key of credential generation %d: %w", c.Generation, err)
+		}
+		c.Signer = s
+	}
+	return e.dial.Dial(ctx, c)
+}
+
+func (e *Engine) activeGeneration() int {
+	p, _ := e.store.Pointer()
+	return p.Active
+}
+
+// bootstrapCred is generation 0.
+func (e *Engine) bootstrapCred() *Credential {
+	return &Credential{Generation: 0, KeyURI: e.cfg.BootstrapKey, Chain: e.cfg.Bootstrap}
+}
+
+func (e *Engine) loadCred(gen int) (*Credential, error) {
+	if gen == 0 {
+		return e.bootstrapCred(), nil
+	}
+	c, err := e.store.Get(gen)
+	if err != nil {
+		return nil, err
+	}
+	return &Credential{Generation: gen, KeyURI: c.KeyURI, Chain: c.Chain}, nil
+}
+
+// candidates is the recovery rule: the active credential, then (unless
+// rotating or forbidden) the bootstrap one. Expired certificates are skipped,
+// with the reason.
+func (e *Engine) candidates() ([]*Credential, string) {
+	ptr, err := e.store.Pointer()
+	if err != nil {
+		e.log.Error("reading the active pointer", "err", err)
+	}
+	now := e.clock.Now()
+	var out []*Credential
+	var why string
+	if ptr.Active > 0 {
+		c, err := e.loadCred(ptr.Active)
+		switch {
+		case err != nil:
+			why = fmt.Sprintf("operational credential generation %d unreadable: %v; using the bootstrap certificate", ptr.Active, err)
+		case !now.Before(c.Leaf().NotAfter):
+			why = fmt.Sprintf("operational certificate (generation %d) expired at %s; using the bootstrap certificate", ptr.Active, c.Leaf().NotAfter.UTC().Format(time.RFC3339))
+		default:
+			out = append(out, c)
+		}
+		if e.journal.Current().Phase == journal.Switched && len(out) > 0 {
+			return out, why // a just-switched credential is tried alone, to count refusals
+		}
+	}
+	if ptr.Active == 0 || e.cfg.FallbackToBoot || len(out) == 0 {
+		b := e.bootstrapCred()
+		if !now.Before(b.Leaf().NotAfter) && len(out) > 0 {
+			return out, why
+		}
+		out = append(out, b)
+	}
+	return out, why
+}
+
+// onRefused counts refusals of a just-switched credential and rolls back
+// after RollbackRefusals within RollbackWindow.
+func (e *Engine) onRefused(c *Credential, err error) {
+	j := e.journal.Current()
+	if j.Phase != journal.Switched || c.Generation != j.Generation {
+		if c.Generation == 0 {
+			e.setError(fmt.Sprintf("bootstrap certificate refused: %v", err), "first connect of a new device is refused while it is registered (JITR): it retries; if it persists, check that the device is in the allow list and not revoked")
+		} else {
+			e.setError(fmt.Sprintf("operational certificate (generation %d) refused: %v", c.Generation, err), "it may be revoked or inactive")
+		}
+		return
+	}
+	now := e.clock.Now()
+	var keep []time.Time
+	for _, t := range e.refusals {
+		if now.Sub(t) < e.cfg.RollbackWindow {
+			keep = append(keep, t)
+		}
+	}
+	e.refusals = append(keep, now)
+	e.setError(fmt.Sprintf("new certificate (generation %d) refused %d/%d: %v", c.Generation, len(e.refusals), e.cfg.RollbackRefusals, err), "")
+	if len(e.refusals) >= e.cfg.RollbackRefusals {
+		e.rollback(fmt.Sprintf("the broker refused the new certificate %d times within %s: %v", len(e.refusals), e.cfg.RollbackWindow, err))
+		e.refusals = nil
+	}
+}
+
+// rollback makes the previous credential active again. The job is reported
+// FAILED once connected.
+func (e *Engine) rollback(reason string) {
+	j := e.journal.Current()
+	if err := e.store.SetPointer(credset.Pointer{Active: j.Previous}); err != nil {
+		e.log.Error("rollback: restoring the active pointer", "err", err)
+		return
+	}
+	j.Phase = journal.RolledBack
+	j.Reason = reason
+	j.Result = "FAILED"
+	j.UpdatedAt = e.clock.Now()
+	if err := e.journal.Write(j); err != nil {
+		e.log.Error("rollback: journal", "err", err)
+		return
+	}
+	e.log.Warn("rolled back", "to", j.Previous, "reason", reason)
+	e.refreshStatus()
+}

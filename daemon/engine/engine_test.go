@@ -1,0 +1,385 @@
+package engine
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bootcert/bootcert/daemon/credset"
+	"github.com/bootcert/bootcert/daemon/internal/testpki"
+	"github.com/bootcert/bootcert/daemon/journal"
+	"github.com/bootcert/bootcert/keystore"
+	_ "github.com/bootcert/bootcert/keystore/file"
+	"github.com/bootcert/bootcert/protocol"
+)
+
+type rig struct {
+	t      *testing.T
+	dir    string
+	ca     *testpki.CA
+	cloud  *fakeCloud
+	cfg    Config
+	eng    *Engine
+	cancel context.CancelFunc
+	done   chan error
+	fetch  Fetcher
+	clock  Clock
+}
+
+func newRig(t *testing.T) *rig {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "factory CA")
+	ctx := context.Background()
+	bootURI := "file:" + filepath.Join(dir, "keys", "bootstrap.pem")
+	os.MkdirAll(filepath.Join(dir, "keys"), 0o700)
+	bk, err := keystore.Generate(ctx, bootURI, keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := ca.Client(t, "gw-1", bk.Public())
+	cloud := newFakeCloud(t, ca, "gw-1")
+	cloud.accept(credset.CertificateID(boot))
+	r := &rig{t: t, dir: dir, ca: ca, cloud: cloud}
+	r.cfg = Config{
+		Endpoint: "broker.test", BootstrapKey: bootURI, Bootstrap: []*x509.Certificate{boot, ca.Cert},
+		OperationalFn: func(gen int) string { return fmt.Sprintf("file:%s/keys/op-%d.pem", dir, gen) },
+		StateDir:      filepath.Join(dir, "state"), ReplyTimeout: 2 * time.Second,
+		Backoff:          Backoff{Initial: time.Millisecond, Max: 5 * time.Millisecond},
+		RollbackRefusals: 3, RollbackWindow: time.Minute, FallbackToBoot: true,
+	}
+	os.MkdirAll(r.cfg.StateDir, 0o700)
+	return r
+}
+
+func (r *rig) start() {
+	r.t.Helper()
+	eng, err := New(r.cfg, r.cloud, KeystoreKeys{}, r.fetch, r.clock, nil)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.eng = eng
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.done = make(chan error, 1)
+	go func() { r.done <- eng.Run(ctx) }()
+	r.t.Cleanup(r.stop)
+}
+
+func (r *rig) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	select {
+	case err := <-r.done:
+		if err != nil {
+			r.t.Errorf("Run: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		r.t.Fatalf("engine did not stop")
+	}
+	r.cancel = nil
+}
+
+// waitFor waits for a status condition (a hang guard, not a timing assertion).
+func (r *rig) waitFor(what string, cond func(Status) bool) Status {
+	r.t.Helper()
+	ch, cancel := r.eng.Watch()
+	defer cancel()
+	deadline := time.After(30 * time.Second)
+	for {
+		s := r.eng.Status()
+		if cond(s) {
+			return s
+		}
+		select {
+		case <-ch:
+		case <-time.After(20 * time.Millisecond):
+		case <-deadline:
+			r.t.Fatalf("timed out waiting for %s; status %+v; job updates %v", what, s, r.cloud.jobUpdates())
+		}
+	}
+}
+
+func operational(gen int) func(Status) bool {
+	return func(s Status) bool {
+		return s.Phase == journal.Idle && s.Connection == "connected" && s.ConnectedWith == gen && s.Active.Generation == gen
+	}
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func TestFullRotation(t *testing.T) {
+	r := newRig(t)
+	r.start()
+	r.waitFor("bootstrap connection", func(s Status) bool { return s.Connection == "connected" && s.ConnectedWith == 0 })
+	if s := r.eng.Status(); s.Summary != "connected with bootstrap certificate" {
+		t.Errorf("summary %q", s.Summary)
+	}
+	r.cloud.queueJob("rot-1")
+	s := r.waitFor("generation 1", operational(1))
+	if s.LastResult != "SUCCEEDED" || !strings.HasPrefix(s.Summary, "operational, certificate expires ") {
+		t.Errorf("status after rotation: %+v", s)
+	}
+	ups := r.cloud.jobUpdates()
+	if last := ups[len(ups)-1]; last != "rot-1 SUCCEEDED committed" {
+		t.Errorf("job updates %v", ups)
+	}
+	for _, want := range []string{"rot-1 IN_PROGRESS key-staged", "rot-1 IN_PROGRESS cert-staged", "rot-1 IN_PROGRESS switched"} {
+		if !contains(ups, want) {
+			t.Errorf("job updates %v lack %q", ups, want)
+		}
+	}
+	// second rotation: generation 2; generation 1's key destroyed; bootstrap kept
+	r.cloud.queueJob("rot-2")
+	r.waitFor("generation 2", operational(2))
+	if fileExists(filepath.Join(r.dir, "keys", "op-1.pem")) {
+		t.Error("generation 1 key not destroyed after generation 2 committed")
+	}
+	if !fileExists(filepath.Join(r.dir, "keys", "op-2.pem")) || !fileExists(filepath.Join(r.dir, "keys", "bootstrap.pem")) {
+		t.Error("active or bootstrap key missing")
+	}
+	gens, _ := r.eng.store.Generations()
+	if len(gens) != 1 || gens[0] != 2 {
+		t.Errorf("stored generations %v", gens)
+	}
+	// restart: connects with generation 2 directly
+	r.stop()
+	r.start()
+	r.waitFor("restart on generation 2", operational(2))
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestJITRFirstConnect(t *testing.T) {
+	r := newRig(t)
+	boot := credset.CertificateID(r.cfg.Bootstrap[0])
+	r.cloud.revoke(boot) // unknown to the broker: refused until "registered"
+	r.start()
+	r.waitFor("a refusal", func(s Status) bool { return strings.Contains(s.LastError, "bootstrap certificate refused") })
+	r.cloud.accept(boot)
+	r.waitFor("connected after registration", func(s Status) bool { return s.Connection == "connected" && s.ConnectedWith == 0 })
+}
+
+func TestRollbackWhenNewCertificateRefused(t *testing.T) {
+	r := newRig(t)
+	r.cloud.acceptNew = false // issued but never accepted by the broker
+	r.start()
+	r.waitFor("bootstrap connection", func(s Status) bool { return s.Connection == "connected" })
+	r.cloud.queueJob("rot-1")
+	s := r.waitFor("rollback", func(s Status) bool {
+		return s.Phase == journal.Idle && s.LastResult == "ROLLED_BACK" && s.Connection == "connected" && s.ConnectedWith == 0
+	})
+	if s.Active.Generation != 0 || !strings.Contains(s.LastReason, "refused the new certificate 3 times") {
+		t.Errorf("status %+v", s)
+	}
+	ups := r.cloud.jobUpdates()
+	if last := ups[len(ups)-1]; !strings.HasPrefix(last, "rot-1 FAILED the broker refused") {
+		t.Errorf("job updates %v", ups)
+	}
+	if fileExists(filepath.Join(r.dir, "keys", "op-1.pem")) {
+		t.Error("refused generation's key not destroyed")
+	}
+	if r.cloud.refusals != 3 {
+		t.Errorf("refusals %d, want 3", r.cloud.refusals)
+	}
+}
+
+func TestRecoveryAfterRevocation(t *testing.T) {
+	r := newRig(t)
+	r.start()
+	r.cloud.queueJob("rot-1")
+	s := r.waitFor("generation 1", operational(1))
+	r.cloud.revoke(s.Active.CertificateID)
+	r.stop()
+	r.start()
+	s = r.waitFor("bootstrap fallback", func(s Status) bool { return s.Connection == "connected" && s.ConnectedWith == 0 })
+	if !strings.Contains(s.LastError, "generation 1") || !strings.Contains(s.Advice, "revoked") {
+		t.Errorf("fallback not explained: %+v", s)
+	}
+	// a new rotation moves it on to generation 2
+	r.cloud.queueJob("rot-2")
+	r.waitFor("generation 2", operational(2))
+}
+
+type fixedClock struct{ now time.Time }
+
+func (c fixedClock) Now() time.Time                         { return c.now }
+func (c fixedClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+func TestRecoveryAfterExpiry(t *testing.T) {
+	r := newRig(t)
+	r.start()
+	r.cloud.queueJob("rot-1")
+	r.waitFor("generation 1", operational(1))
+	r.stop()
+	// the bootstrap and operational certificates share a validity window
+	// here; the operational one is found expired first and skipped with the
+	// reason, then the bootstrap one (also expired) is still tried
+	r.clock = fixedClock{now: time.Now().Add(48 * time.Hour)}
+	r.start()
+	s := r.waitFor("fallback", func(s Status) bool { return s.Connection == "connected" && s.ConnectedWith == 0 })
+	if !strings.Contains(s.LastError, "expired") {
+		t.Errorf("expiry not explained: %+v", s)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tests := []struct {
+		name   string
+		doc    json.RawMessage
+		reply  func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool)
+		reason string
+	}{
+		{name: "fail/malformed-job-document", doc: json.RawMessage(`{"operation":"bootcert.rotate","version":"1","get":{"publish":"$aws/x"}}`), reason: "job document"},
+		{name: "fail/wrong-operation", doc: json.RawMessage(`{"operation":"reboot","version":"1"}`), reason: "operation"},
+		{name: "fail/certificate-for-another-key", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
+			c := r.ca.Client(r.t, "gw-1", otherKey.Public())
+			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificatePEM: string(testpki.PEM(c))})
+			return "accepted", p, true
+		}, reason: "not the staged key"},
+		{name: "fail/expired-certificate", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
+			c := r.ca.Issue(r.t, "gw-1", pub, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificatePEM: string(testpki.PEM(c))})
+			return "accepted", p, true
+		}, reason: "expired"},
+		{name: "fail/wrong-cn", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
+			c := r.ca.Client(r.t, "gw-2", pub)
+			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificatePEM: string(testpki.PEM(c))})
+			return "accepted", p, true
+		}, reason: "CN"},
+		{name: "fail/location-host-not-allowed", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
+			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, Location: "https://evil.example/pkg?X-Amz-Signature=secret"})
+			return "accepted", p, true
+		}, reason: "not in verify.location_hosts"},
+		{name: "fail/location-http", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
+			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, Location: "http://bucket.s3.amazonaws.com/pkg?X-Amz-Signature=secret"})
+			return "accepted", p, true
+		}, reason: "not https"},
+		{name: "fail/oversized-payload", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
+			return "accepted", []byte(`{"clientToken":"` + req.ClientToken + `","certificatePem":"` + strings.Repeat("A", protocol.MaxPayload) + `"}`), true
+		}, reason: "larger than 128 KiB"},
+		{name: "fail/garbage-pem", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
+			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificatePEM: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"})
+			return "accepted", p, true
+		}, reason: "certificate"},
+		{name: "fail/rejected", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
+			p, _ := json.Marshal(protocol.Rejected{ClientToken: req.ClientToken, Code: protocol.NotActivated, Message: "awaiting activation"})
+			return "rejected", p, true
+		}, reason: "NOT_ACTIVATED"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t)
+			r.fetch = &HTTPFetcher{AllowedHosts: []string{"bucket.s3.amazonaws.com"}}
+			if tt.reply != nil {
+				r.cloud.getReply = func(req protocol.GetRequest, pub any) (string, []byte, bool) { return tt.reply(r, req, pub) }
+			}
+			r.start()
+			r.waitFor("bootstrap connection", func(s Status) bool { return s.Connection == "connected" })
+			r.cloud.queueJobDoc("rot-bad", tt.doc)
+			s := r.waitFor("failure", func(s Status) bool { return s.LastResult == "FAILED" && s.Phase == journal.Idle })
+			if !strings.Contains(s.LastReason, tt.reason) {
+				t.Errorf("reason %q does not mention %q", s.LastReason, tt.reason)
+			}
+			if strings.Contains(s.LastReason, "secret") {
+				t.Errorf("reason leaks a presigned query: %q", s.LastReason)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for !contains2(r.cloud.jobUpdates(), "rot-bad FAILED") && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if !contains2(r.cloud.jobUpdates(), "rot-bad FAILED") {
+				t.Errorf("job not reported FAILED: %v", r.cloud.jobUpdates())
+			}
+			if s.Active.Generation != 0 || s.ConnectedWith != 0 {
+				t.Errorf("credentials changed: %+v", s)
+			}
+			if fileExists(filepath.Join(r.dir, "keys", "op-1.pem")) {
+				t.Error("staged key left behind")
+			}
+			if gens, _ := r.eng.store.Generations(); len(gens) != 0 {
+				t.Errorf("generations stored: %v", gens)
+			}
+		})
+	}
+}
+
+func contains2(l []string, prefix string) bool {
+	for _, x := range l {
+		if strings.HasPrefix(x, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestDuplicatedAndLostReplies(t *testing.T) {
+	r := newRig(t)
+	r.cloud.dupReplies = true
+	r.cloud.dropAcks = 2 // the first two acks get no reply: retried, never rolled back
+	r.cfg.ReplyTimeout = 50 * time.Millisecond
+	r.start()
+	r.cloud.queueJob("rot-1")
+	r.waitFor("generation 1", operational(1))
+	if r.cloud.acks < 3 {
+		t.Errorf("acks %d, want >= 3 (retried)", r.cloud.acks)
+	}
+	if n := len(r.cloud.issued); n != 1 {
+		t.Errorf("%d certificates issued, want 1", n)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	b := Backoff{Initial: time.Second, Max: 10 * time.Second, Rand: func() float64 { return 0.999999 }}
+	for n, want := range map[int]time.Duration{0: time.Second, 1: 2 * time.Second, 3: 8 * time.Second, 4: 10 * time.Second, 60: 10 * time.Second} {
+		if got := b.Delay(n); got > want || got < want*99/100 {
+			t.Errorf("Delay(%d) = %s, want ~%s", n, got, want)
+		}
+	}
+	b.Rand = func() float64 { return 0 }
+	if b.Delay(5) != 0 {
+		t.Error("full jitter must reach 0")
+	}
+}
+
+func TestCheckLocation(t *testing.T) {
+	for _, tt := range []struct {
+		url string
+		ok  bool
+	}{
+		{"https://bucket.s3.amazonaws.com/x?sig=1", true},
+		{"https://BUCKET.s3.amazonaws.com/x", true},
+		{"http://bucket.s3.amazonaws.com/x", false},
+		{"https://bucket.s3.amazonaws.com.evil.example/x", false},
+		{"https://user@evil.example/x", false},
+		{"file:///etc/passwd", false},
+		{"::", false},
+	} {
+		_, err := CheckLocation(tt.url, []string{"bucket.s3.amazonaws.com"})
+		if (err == nil) != tt.ok {
+			t.Errorf("CheckLocation(%q) = %v", tt.url, err)
+		}
+		if err != nil && !errors.Is(err, ErrLocation) {
+			t.Errorf("error %v not ErrLocation", err)
+		}
+	}
+}

@@ -1,0 +1,248 @@
+package engine
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bootcert/bootcert/daemon/credset"
+	"github.com/bootcert/bootcert/daemon/internal/testpki"
+	"github.com/bootcert/bootcert/keystore/csr"
+	"github.com/bootcert/bootcert/protocol"
+)
+
+// fakeCloud is an in-memory AWS IoT Core with the Jobs API and the vendor
+// function, for the engine's unit tests. It is a narrow fake: the real path
+// is tested against the lab.
+type fakeCloud struct {
+	t     *testing.T
+	ca    *testpki.CA
+	thing string
+
+	mu       sync.Mutex
+	accepted map[string]bool // certificate IDs the broker accepts
+	job      string          // pending job ID ("" = none)
+	doc      json.RawMessage
+	updates  []string // "jobId STATUS details"
+	issued   []string // certificate IDs issued
+	acks     int
+	conns    []*fakeConn
+	dials    int
+	refusals int
+
+	// hooks to misbehave
+	getReply   func(req protocol.GetRequest, pub any) (suffix string, payload []byte, ok bool)
+	acceptNew  bool // activate issued certificates at once (default true)
+	dupReplies bool
+	dropAcks   int
+}
+
+type refusedErr struct{}
+
+func (refusedErr) Error() string { return "remote error: tls: bad certificate" }
+func (refusedErr) Refused() bool { return true }
+
+func newFakeCloud(t *testing.T, ca *testpki.CA, thing string) *fakeCloud {
+	return &fakeCloud{t: t, ca: ca, thing: thing, accepted: map[string]bool{}, acceptNew: true}
+}
+
+func (f *fakeCloud) accept(id string)   { f.mu.Lock(); f.accepted[id] = true; f.mu.Unlock() }
+func (f *fakeCloud) revoke(id string)   { f.mu.Lock(); delete(f.accepted, id); f.mu.Unlock() }
+func (f *fakeCloud) queueJob(id string) { f.queueJobDoc(id, nil) }
+func (f *fakeCloud) queueJobDoc(id string, doc json.RawMessage) {
+	f.mu.Lock()
+	if doc == nil {
+		doc, _ = json.Marshal(protocol.DefaultJobDocument())
+	}
+	f.job, f.doc = id, doc
+	conns := append([]*fakeConn(nil), f.conns...)
+	f.mu.Unlock()
+	for _, c := range conns {
+		c.deliver(c.jobs("notify-next"), []byte(`{"execution":{"jobId":"`+id+`"}}`))
+	}
+}
+
+func (f *fakeCloud) jobUpdates() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.updates...)
+}
+
+func (f *fakeCloud) Dial(ctx context.Context, c *Credential) (Conn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dials++
+	id := c.CertificateID()
+	if !f.accepted[id] {
+		f.refusals++
+		return nil, refusedErr{}
+	}
+	for _, old := range f.conns {
+		old.drop(errors.New("session taken over"))
+	}
+	conn := &fakeConn{cloud: f, certID: id, subs: map[string]func(string, []byte){}, done: make(chan struct{})}
+	f.conns = []*fakeConn{conn}
+	return conn, nil
+}
+
+type fakeConn struct {
+	cloud  *fakeCloud
+	certID string
+	mu     sync.Mutex
+	subs   map[string]func(string, []byte)
+	done   chan struct{}
+	once   sync.Once
+	err    error
+}
+
+func (c *fakeConn) jobs(rest string) string { return "$aws/things/" + c.cloud.thing + "/jobs/" + rest }
+
+func (c *fakeConn) drop(err error) {
+	c.once.Do(func() { c.err = err; close(c.done) })
+}
+
+func (c *fakeConn) Done() <-chan struct{} { return c.done }
+func (c *fakeConn) Err() error            { return c.err }
+func (c *fakeConn) Close(time.Duration)   { c.drop(errors.New("closed")) }
+
+func (c *fakeConn) Subscribe(ctx context.Context, filter string, h func(string, []byte)) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.subs[filter] = h
+	return nil
+}
+
+func match(filter, topic string) bool {
+	fp, tp := strings.Split(filter, "/"), strings.Split(topic, "/")
+	if len(fp) != len(tp) {
+		return false
+	}
+	for i := range fp {
+		if fp[i] != "+" && fp[i] != tp[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// deliver runs matching handlers asynchronously, as the network would.
+func (c *fakeConn) deliver(topic string, payload []byte) {
+	c.mu.Lock()
+	var hs []func(string, []byte)
+	for f, h := range c.subs {
+		if match(f, topic) {
+			hs = append(hs, h)
+		}
+	}
+	c.mu.Unlock()
+	for _, h := range hs {
+		go h(topic, payload)
+	}
+}
+
+func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) error {
+	select {
+	case <-c.done:
+		return errors.New("connection lost")
+	default:
+	}
+	f := c.cloud
+	t := f.thing
+	switch {
+	case topic == c.jobs("start-next"):
+		f.mu.Lock()
+		job, doc := f.job, f.doc
+		f.mu.Unlock()
+		var req struct {
+			ClientToken string `json:"clientToken"`
+		}
+		json.Unmarshal(payload, &req)
+		if job == "" {
+			c.deliver(c.jobs("start-next/accepted"), []byte(`{"clientToken":"`+req.ClientToken+`"}`))
+		} else {
+			c.deliver(c.jobs("start-next/accepted"), []byte(`{"clientToken":"`+req.ClientToken+`","execution":{"jobId":"`+job+`","status":"IN_PROGRESS","jobDocument":`+string(doc)+`}}`))
+		}
+	case strings.HasPrefix(topic, c.jobs("")) && strings.HasSuffix(topic, "/update"):
+		jobID := strings.TrimSuffix(strings.TrimPrefix(topic, c.jobs("")), "/update")
+		var u struct {
+			Status        string            `json:"status"`
+			StatusDetails map[string]string `json:"statusDetails"`
+		}
+		json.Unmarshal(payload, &u)
+		f.mu.Lock()
+		f.updates = append(f.updates, jobID+" "+u.Status+" "+u.StatusDetails["progress"]+u.StatusDetails["reason"])
+		if (u.Status == "SUCCEEDED" || u.Status == "FAILED") && f.job == jobID {
+			f.job = ""
+		}
+		f.mu.Unlock()
+	case topic == "certificates/"+t+"/get":
+		var req protocol.GetRequest
+		if err := json.Unmarshal(payload, &req); err != nil {
+			f.t.Errorf("bad get request: %v", err)
+			return nil
+		}
+		blk, _ := pem.Decode([]byte(req.CSR))
+		if blk == nil {
+			f.t.Errorf("get request without CSR")
+			return nil
+		}
+		r, err := csr.Parse(blk.Bytes)
+		if err != nil {
+			f.t.Errorf("bad CSR: %v", err)
+			return nil
+		}
+		if f.getReply != nil {
+			if suffix, p, ok := f.getReply(req, r.PublicKey); ok {
+				c.deliver("certificates/"+t+"/get/"+suffix, p)
+				return nil
+			}
+		}
+		cert := f.ca.Client(f.t, r.Subject.CommonName, r.PublicKey)
+		id := credset.CertificateID(cert)
+		f.mu.Lock()
+		f.issued = append(f.issued, id)
+		if f.acceptNew {
+			f.accepted[id] = true
+		}
+		dup := f.dupReplies
+		f.mu.Unlock()
+		p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificateID: id, CertificatePEM: string(testpki.PEM(cert)) + string(testpki.PEM(f.ca.Cert))})
+		c.deliver("certificates/"+t+"/get/accepted", p)
+		if dup {
+			c.deliver("certificates/"+t+"/get/accepted", p)
+		}
+	case topic == "certificates/"+t+"/ack":
+		var req protocol.AckRequest
+		json.Unmarshal(payload, &req)
+		f.mu.Lock()
+		f.acks++
+		drop := f.dropAcks > 0
+		if drop {
+			f.dropAcks--
+		}
+		dup := f.dupReplies
+		f.mu.Unlock()
+		if drop {
+			return nil
+		}
+		if req.CertificateID != c.certID {
+			p, _ := json.Marshal(protocol.Rejected{ClientToken: req.ClientToken, Code: protocol.NotAllowed, Message: "ack over the old certificate"})
+			c.deliver("certificates/"+t+"/ack/rejected", p)
+			return nil
+		}
+		p, _ := json.Marshal(protocol.AckAccepted{ClientToken: req.ClientToken, CertificateID: req.CertificateID})
+		c.deliver("certificates/"+t+"/ack/accepted", p)
+		if dup {
+			c.deliver("certificates/"+t+"/ack/accepted", p)
+		}
+	}
+	return nil
+}
+
+var _ = x509.ParseCertificate
