@@ -87,18 +87,18 @@ type Engine struct {
 	onStatus  func(Status)
 
 	// per session
-	conn        Conn
-	connCred    *Credential
-	in          chan message
-	subscribed  map[string]bool
-	doc         *protocol.JobDocument
-	staged      crypto.Signer
-	keygenDone  chan keygenResult
-	keygenBusy  bool
-	retryAt     <-chan time.Time
-	refusals    []time.Time
-	startToken  string
-	bg          sync.WaitGroup // key generation in flight
+	conn       Conn
+	connCred   *Credential
+	in         chan message
+	subscribed map[string]bool
+	doc        *protocol.JobDocument
+	staged     crypto.Signer
+	keygenDone chan keygenResult
+	keygenBusy bool
+	retryAt    <-chan time.Time
+	refusals   []time.Time
+	startToken string
+	bg         sync.WaitGroup // key generation in flight
 }
 
 type message struct {
