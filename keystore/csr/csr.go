@@ -40,8 +40,11 @@ func Create(signer crypto.Signer, cn string, sans ...string) ([]byte, error) {
 	if strings.TrimSpace(cn) == "" {
 		return nil, fmt.Errorf("%w: empty common name", ErrInvalid)
 	}
-	if len(cn) > 64 {
-		return nil, fmt.Errorf("%w: common name %q is longer than 64 characters", ErrInvalid, cn)
+	// 128 is the longest AWS IoT thing name, and CN = thing name. RFC 5280's
+	// upper bound for a CN is 64: some CAs refuse longer ones, so keep
+	// device IDs to 64 characters when you can.
+	if len(cn) > 128 {
+		return nil, fmt.Errorf("%w: common name %q is longer than 128 characters (the longest AWS IoT thing name)", ErrInvalid, cn)
 	}
 	alg, err := keystore.AlgorithmOf(signer.Public())
 	if err != nil {

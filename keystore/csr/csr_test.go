@@ -54,6 +54,7 @@ func TestCreate(t *testing.T) {
 		{"ok/p256-no-sans", p256, "gw-0001", nil, []string{"CN = gw-0001", "ecdsa-with-SHA256"}},
 		{"ok/p384", p384, "gw-0002", nil, []string{"CN = gw-0002", "ecdsa-with-SHA384"}},
 		{"ok/rsa2048", rsa2k, "gw-0003", nil, []string{"CN = gw-0003", "sha256WithRSAEncryption"}},
+		{"ok/cn-128", p256, strings.Repeat("g", 128), nil, []string{"CN = " + strings.Repeat("g", 128)}},
 		{"ok/sans", p256, "gw-0004", []string{"gw-0004.example.com", "*.lan", "10.0.0.7", "::1", "spiffe://bootcert/gw-0004", "urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66", "ops@example.com"},
 			[]string{"DNS:gw-0004.example.com", "DNS:*.lan", "IP Address:10.0.0.7", "IP Address:0:0:0:0:0:0:0:1", "URI:spiffe://bootcert/gw-0004", "URI:urn:uuid:6e8bc430", "email:ops@example.com"}},
 	}
@@ -102,7 +103,7 @@ func TestCreateErrors(t *testing.T) {
 		contain string
 	}{
 		{"fail/empty-cn", p256, "", nil, "empty common name"},
-		{"fail/long-cn", p256, strings.Repeat("a", 65), nil, "longer than 64"},
+		{"fail/long-cn", p256, strings.Repeat("a", 129), nil, "longer than 128"},
 		{"fail/nil-signer", nil, "gw", nil, "no signer"},
 		{"fail/bad-dns", p256, "gw", []string{"not a host"}, `"not a host"`},
 		{"fail/empty-san", p256, "gw", []string{""}, "empty"},
