@@ -14,7 +14,6 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
-	"github.com/google/go-tpm/tpm2/transport/tcp"
 )
 
 // device is one open TPM. There is one per device string per process,
@@ -135,16 +134,12 @@ func openDevice(name string, wrap func(transport.TPM) transport.TPM) (*device, e
 		t, err = openSim()
 		needFlush = true
 	case strings.HasPrefix(name, "tcp:"):
-		var cmd, plat string
-		cmd, plat, err = tcpAddrs(name)
+		var cmd string
+		cmd, _, err = tcpAddrs(name)
 		if err == nil {
-			var c *tcp.TPM
-			c, err = tcp.Open(tcp.Config{CommandAddress: cmd, PlatformAddress: plat})
-			if c != nil {
+			var c *tcpTPM
+			if c, err = openTCP(cmd); err == nil {
 				t = c
-			}
-			if err != nil {
-				err = fmt.Errorf("%w (is swtpm running with --server type=tcp,port=PORT and --ctrl type=tcp,port=PORT+1?)", err)
 			}
 		}
 		needFlush = true

@@ -10,8 +10,10 @@
 //
 //   - device: /dev/tpmrm0 (default; the kernel resource manager), another
 //     device path such as /dev/tpm0, tcp:HOST:PORT for swtpm's TCP protocol
-//     (PORT+1 is its control port; run swtpm with
-//     --flags not-need-init,startup-clear), or sim for the in-process
+//     (PORT is the command port; the control port PORT+1 is not used; run
+//     swtpm with --flags not-need-init,startup-clear; it serves one client
+//     at a time, and a command left unanswered for 90 s fails with an error
+//     saying so), or sim for the in-process
 //     reference simulator (cgo builds only; demos and tests: its seed is
 //     fixed, so its keys are not secret, and key files load again after a
 //     restart; persistent handles live only as long as the process, or

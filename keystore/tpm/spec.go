@@ -102,8 +102,9 @@ func parsePersistent(s string) (tpm2.TPMHandle, error) {
 	return h, nil
 }
 
-// validDevice accepts "sim", "tcp:HOST:PORT" (PORT+1 is the control port)
-// and absolute device paths.
+// validDevice accepts "sim", "tcp:HOST:PORT" (swtpm's command port; swtpm
+// puts its control port at PORT+1, so PORT < 65535) and absolute device
+// paths.
 func validDevice(d string) error {
 	switch {
 	case d == "sim":

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	keyfile "github.com/foxboron/go-tpm-keyfiles"
 	"github.com/google/go-tpm/tpm2"
@@ -803,4 +804,25 @@ func TestReconnectAfterTransportError(t *testing.T) {
 	if c.Count(tpm2.TPMCCLoad) != 1 || c.Count(tpm2.TPMCCGetCapability) != 3 || c.Count(tpm2.TPMCCFlushContext) != 2 {
 		t.Fatalf("after reconnect: %s; want the stale key flushed and loaded again", c)
 	}
+}
+
+// swtpm serves one client at a time: while another holds it, bootcert gets
+// a clear error instead of hanging, and works once the other client is gone.
+func TestSWTPMBusy(t *testing.T) {
+	sw := startTPM(t)
+	other := rawOpen(t, sw)
+	listTransient(t, other) // it is being served
+	old := tcpTimeout
+	tcpTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { tcpTimeout = old })
+	b, _ := newBackend()
+	dir := t.TempDir()
+	_, err := b.Generate(context.Background(), mustURI(t, blobURI(sw.Device(), dir, "k")), keystore.ECDSAP256)
+	if !errors.Is(err, ErrDevice) || !strings.Contains(err.Error(), "one client at a time") {
+		t.Fatalf("err = %v, want ErrDevice explaining swtpm is busy", err)
+	}
+	other.Close()
+	tcpTimeout = old
+	s := generate(t, b, blobURI(sw.Device(), dir, "k"), keystore.ECDSAP256)
+	signVerify(t, s)
 }
