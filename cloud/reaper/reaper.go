@@ -94,7 +94,7 @@ func (r *Reaper) Handle(ctx context.Context, ev Event) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	issued, err := r.issued(ctx, ev.ThingName, ev.JobID)
+	issued, recKeys, err := r.issued(ctx, ev.ThingName, ev.JobID)
 	if err != nil {
 		return res, err
 	}
@@ -113,7 +113,7 @@ func (r *Reaper) Handle(ctx context.Context, ev Event) (Result, error) {
 			victims = append(victims, prev)
 		}
 		for id := range issued {
-			if !keep(id) {
+			if !keep(id) && id != thing.Attributes[fleet.AttrPrevious] {
 				victims = append(victims, id)
 			}
 		}
@@ -141,11 +141,19 @@ func (r *Reaper) Handle(ctx context.Context, ev Event) (Result, error) {
 		// for an ack; remove them. The thing leaves the rotation group so
 		// that the renewal function adds it again later (a failed rotation
 		// does not drop the device from renewal).
+		pre := ""
+		if obj, err := r.Store.Get(ctx, fleet.PackageKey(ev.ThingName, fleet.PreProvisionedName), ""); err == nil {
+			pre = obj.Metadata[fleet.MetaCertificateID]
+		}
 		for id := range issued {
 			if keep(id) {
 				continue
 			}
-			if err := r.retire(ctx, ev.ThingName, id, "DELETE"); err != nil {
+			action := "DELETE"
+			if id == pre {
+				action = "INACTIVE" // the factory key's only certificate: kept for the next attempt
+			}
+			if err := r.retire(ctx, ev.ThingName, id, action); err != nil {
 				return res, err
 			}
 			res.Retired = append(res.Retired, id)
@@ -154,15 +162,23 @@ func (r *Reaper) Handle(ctx context.Context, ev Event) (Result, error) {
 			return res, err
 		}
 	}
+	// The continuous job reuses its ID for every execution: close this
+	// execution's issuance records so that the next one starts empty.
+	for _, k := range recKeys {
+		if err := r.Store.Delete(ctx, k); err != nil && !errors.Is(err, ports.ErrNotFound) {
+			return res, fmt.Errorf("deleting issuance record %s: %w", k, err)
+		}
+	}
 	r.Log.Info("job execution ended", "thing", ev.ThingName, "jobId", ev.JobID, "status", ev.Status, "committed", res.Committed, "retired", res.Retired)
 	return res, nil
 }
 
-// issued returns the certificate IDs the vendor issued for (thing, job).
-func (r *Reaper) issued(ctx context.Context, thing, jobID string) (map[string]bool, error) {
+// issued returns the certificate IDs the vendor issued for (thing, job) in
+// the current execution, and the keys of their records.
+func (r *Reaper) issued(ctx context.Context, thing, jobID string) (map[string]bool, []string, error) {
 	keys, err := r.Store.List(ctx, fleet.IssuanceJobPrefix(thing, jobID))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := map[string]bool{}
 	for _, k := range keys {
@@ -171,14 +187,14 @@ func (r *Reaper) issued(ctx context.Context, thing, jobID string) (map[string]bo
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		var rec fleet.Issuance
 		if json.Unmarshal(obj.Body, &rec) == nil && fleet.ValidCertificateID(rec.CertificateID) {
 			out[rec.CertificateID] = true
 		}
 	}
-	return out, nil
+	return out, keys, nil
 }
 
 // retire deactivates a certificate and, for DELETE, detaches and deletes it.

@@ -205,7 +205,10 @@ func (v *Vendor) checkDevice(ctx context.Context, ev Event) (manifest.Entry, por
 			if err != nil {
 				return entry, thing, cert, err
 			}
-			if c.Status == ports.StatusRevoked {
+			// Before the first commit a REVOKED bootstrap certificate means
+			// the device was refused; afterwards REVOKED may be the
+			// bootstrap-after-rotation setting, and only the CRL counts.
+			if c.Status == ports.StatusRevoked && thing.Attributes[fleet.AttrOperational] == "" {
 				return entry, thing, cert, rej(protocol.Revoked, "the bootstrap certificate of %s is revoked", ev.ThingName)
 			}
 		}
@@ -408,12 +411,16 @@ func (v *Vendor) ack(ctx context.Context, ev Event) (any, error) {
 	if ev.JobID == "" {
 		return nil, rej(protocol.NoRotationPending, "jobId is missing")
 	}
+	// Already committed (a retried ack): the registry says so.
+	issued := thing.Attributes[fleet.AttrOperational] == cert.ID
 	keys, err := v.Store.List(ctx, fleet.IssuanceJobPrefix(ev.ThingName, ev.JobID))
 	if err != nil {
 		return nil, err
 	}
-	issued := false
 	for _, k := range keys {
+		if issued {
+			break
+		}
 		obj, err := v.Store.Get(ctx, k, "")
 		if err != nil {
 			return nil, err
