@@ -174,7 +174,9 @@ func TestGetRejections(t *testing.T) {
 		{name: "fail/bad-csr/signature", code: protocol.BadCSR,
 			csr: func(t *testing.T, r *rig) []byte { return testpki.CorruptSignature(t, testpki.CSR(t, r.dev.ID, nil)) }},
 		{name: "fail/bad-csr/garbage", code: protocol.BadCSR,
-			csr: func(t *testing.T, r *rig) []byte { return []byte("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n") }},
+			csr: func(t *testing.T, r *rig) []byte {
+				return []byte("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
+			}},
 		{name: "fail/bad-csr/missing-and-not-pre-provisioned", code: protocol.BadCSR,
 			csr: func(t *testing.T, r *rig) []byte { return nil }},
 	}

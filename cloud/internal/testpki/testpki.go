@@ -59,7 +59,9 @@ type Device struct {
 }
 
 // PEM is the certificate PEM.
-func (d *Device) PEM() []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d.DER}) }
+func (d *Device) PEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d.DER})
+}
 
 // Issue makes a bootstrap certificate with CN = id.
 func (ca *CA) Issue(t testing.TB, id string, now time.Time) *Device {
