@@ -28,6 +28,10 @@ type device struct {
 	closed bool        // guarded by mu
 	broken atomic.Bool // a transport error happened: reopen on next use
 
+	release bool        // let go of the device when idle (tcp: swtpm serves one client)
+	uses    uint64      // operations so far; guarded by mu
+	idle    *time.Timer // pending idle release; guarded by mu
+
 	loaded map[tpm2.TPMHandle]*Signer   // transient objects this process loaded, and whose; guarded by mu
 	srks   map[tpm2.TPMHandle]*srkState // guarded by mu
 }
@@ -128,6 +132,7 @@ func openDevice(name string, wrap func(transport.TPM) transport.TPM) (*device, e
 		t         transport.TPMCloser
 		err       error
 		needFlush bool // no resource manager in front of the TPM
+		release   bool // release when idle
 	)
 	switch {
 	case name == "sim":
@@ -142,7 +147,7 @@ func openDevice(name string, wrap func(transport.TPM) transport.TPM) (*device, e
 				t = c
 			}
 		}
-		needFlush = true
+		needFlush, release = true, TCPIdleRelease > 0
 	case strings.HasPrefix(name, "/"):
 		t, err = linuxtpm.Open(name)
 		if err != nil {
@@ -156,11 +161,12 @@ func openDevice(name string, wrap func(transport.TPM) transport.TPM) (*device, e
 		return nil, &Error{Op: "open", Device: name, Err: fmt.Errorf("%w: %v", ErrDevice, err)}
 	}
 	d := &device{
-		name:   name,
-		tpm:    t,
-		closer: t,
-		loaded: map[tpm2.TPMHandle]*Signer{},
-		srks:   map[tpm2.TPMHandle]*srkState{},
+		release: release,
+		name:    name,
+		tpm:     t,
+		closer:  t,
+		loaded:  map[tpm2.TPMHandle]*Signer{},
+		srks:    map[tpm2.TPMHandle]*srkState{},
 	}
 	if wrap != nil {
 		d.tpm = wrap(t)
@@ -208,6 +214,13 @@ func (d *device) flushStale() error {
 func (d *device) close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.closeLocked()
+}
+
+func (d *device) closeLocked() error {
+	if d.idle != nil {
+		d.idle.Stop()
+	}
 	if d.closed {
 		return nil
 	}
@@ -299,5 +312,44 @@ func runRoom[R any](b *Backend, d *device, keep *Signer, op string, cmd tpm2.Com
 			continue
 		}
 		return rsp, err
+	}
+}
+
+// TCPIdleRelease is how long a tcp: (swtpm) device stays open after its last
+// use. swtpm serves one client at a time, so holding it would lock out other
+// processes (bootcertctl next to bootcertd, tpm2-tools, tpm2-openssl);
+// releasing it flushes this process's loaded keys, which load again on next
+// use (a few extra TPM commands). 0 keeps the device open until CloseDevice.
+// Device paths and sim are never released.
+var TCPIdleRelease = 200 * time.Millisecond
+
+// used records an operation and (re)arms the idle release. Caller holds d.mu.
+func (d *device) used() {
+	if !d.release || d.closed {
+		return
+	}
+	d.uses++
+	n := d.uses
+	if d.idle != nil {
+		d.idle.Stop()
+	}
+	d.idle = time.AfterFunc(TCPIdleRelease, func() { d.releaseIfIdle(n) })
+}
+
+// releaseIfIdle closes the device when no operation happened since use n.
+func (d *device) releaseIfIdle(n uint64) {
+	registry.Lock()
+	defer registry.Unlock()
+	if registry.devs[d.name] != d {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.uses != n || d.closed {
+		return
+	}
+	delete(registry.devs, d.name)
+	if err := d.closeLocked(); err != nil {
+		slog.Warn("tpm: releasing an idle device", "device", d.name, "err", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -150,4 +151,11 @@ func openDeviceNoFlush(device string) (transport.TPMCloser, error) {
 		return nil, err
 	}
 	return tcp.Open(tcp.Config{CommandAddress: cmd, PlatformAddress: plat})
+}
+
+func TestMain(m *testing.M) {
+	// Tests and benchmarks count TPM commands: keep devices open between
+	// operations (TestIdleRelease turns the release on for itself).
+	TCPIdleRelease = 0
+	os.Exit(m.Run())
 }

@@ -73,6 +73,7 @@ func (s *Signer) withDevice(fn func(d *device) error) error {
 			return &Error{Op: "open", Device: s.spec.device, Err: fmt.Errorf("%w: closed while in use", ErrDevice)}
 		}
 		err = fn(d)
+		d.used()
 		d.mu.Unlock()
 		return err
 	}

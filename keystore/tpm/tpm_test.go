@@ -826,3 +826,37 @@ func TestSWTPMBusy(t *testing.T) {
 	s := generate(t, b, blobURI(sw.Device(), dir, "k"), keystore.ECDSAP256)
 	signVerify(t, s)
 }
+
+// A tcp: device is let go when idle, so that another process (bootcertctl
+// next to bootcertd, tpm2-tools, tpm2-openssl) gets the swtpm without anyone
+// calling CloseDevice.
+func TestIdleRelease(t *testing.T) {
+	TCPIdleRelease = 50 * time.Millisecond
+	t.Cleanup(func() { TCPIdleRelease = 0 })
+	sw := startTPM(t)
+	b, _ := newBackend()
+	s := generate(t, b, blobURI(sw.Device(), t.TempDir(), "k"), keystore.ECDSAP256)
+	signVerify(t, s)
+
+	other := rawOpen(t, sw) // queued by swtpm until we let go
+	done := make(chan []tpm2.TPMHandle, 1)
+	go func() {
+		rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: 0x80000000, PropertyCount: 64}.Execute(other)
+		if err != nil {
+			done <- nil
+			return
+		}
+		hs, _ := rsp.CapabilityData.Data.Handles()
+		done <- hs.Handle
+	}()
+	select {
+	case hs := <-done:
+		if hs == nil || len(hs) != 0 {
+			t.Fatalf("the other client found transient objects %v (or failed): released devices must flush their keys", hs)
+		}
+	case <-time.After(30 * time.Second): // a guard against a hang, not a timing assertion
+		t.Fatal("the other client was never served: the idle device was not released")
+	}
+	other.Close()
+	signVerify(t, s) // reopens and loads the key again
+}
