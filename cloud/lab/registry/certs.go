@@ -354,9 +354,6 @@ func registerStatus(s string) (string, error) {
 // issuing CA, like AWS's own issuer
 // (https://docs.aws.amazon.com/iot/latest/apireference/API_CreateCertificateFromCsr.html).
 func (r *Registry) CreateCertificateFromCsr(csrPEM string, setAsActive bool) (Certificate, error) {
-	if r.issuer == nil {
-		return Certificate{}, newErr(CodeInternal, "CreateCertificateFromCsr", "the lab has no issuing CA configured")
-	}
 	if len(csrPEM) > MaxPEM {
 		return Certificate{}, invalid("certificateSigningRequest", "longer than %d characters", MaxPEM)
 	}
@@ -370,6 +367,9 @@ func (r *Registry) CreateCertificateFromCsr(csrPEM string, setAsActive bool) (Ce
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return Certificate{}, invalid("certificateSigningRequest", "CSR signature does not verify: %v", err)
+	}
+	if r.issuer == nil {
+		return Certificate{}, newErr(CodeInternal, "CreateCertificateFromCsr", "the lab has no issuing CA configured")
 	}
 	der, err := r.issuer.IssueFromCSR(b.Bytes)
 	if err != nil {

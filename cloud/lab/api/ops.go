@@ -1,0 +1,751 @@
+package api
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/bootcert/bootcert/cloud/lab/registry"
+)
+
+// table lists the operations, as service/iot v1.75.0 serializes them
+// (method and path of each awsRestjson1_serializeOp*).
+func (s *Server) table() []route {
+	return []route{
+		r("GET", "/registrationcode", "GetRegistrationCode", s.getRegistrationCode),
+		r("POST", "/cacertificate", "RegisterCACertificate", s.registerCACertificate),
+		r("GET", "/cacertificate/{certificateId}", "DescribeCACertificate", s.describeCACertificate),
+		r("PUT", "/cacertificate/{certificateId}", "UpdateCACertificate", s.updateCACertificate),
+		r("DELETE", "/cacertificate/{certificateId}", "DeleteCACertificate", s.deleteCACertificate),
+		r("POST", "/certificates", "CreateCertificateFromCsr", s.createCertificateFromCsr),
+		r("GET", "/certificates/{certificateId}", "DescribeCertificate", s.describeCertificate),
+		r("PUT", "/certificates/{certificateId}", "UpdateCertificate", s.updateCertificate),
+		r("DELETE", "/certificates/{certificateId}", "DeleteCertificate", s.deleteCertificate),
+		r("POST", "/certificate/register", "RegisterCertificate", s.registerCertificate),
+		r("POST", "/certificate/register-no-ca", "RegisterCertificateWithoutCA", s.registerCertificateWithoutCA),
+		r("POST", "/things/{thingName}", "CreateThing", s.createThing),
+		r("GET", "/things/{thingName}", "DescribeThing", s.describeThing),
+		r("PATCH", "/things/{thingName}", "UpdateThing", s.updateThing),
+		r("DELETE", "/things/{thingName}", "DeleteThing", s.deleteThing),
+		r("PUT", "/things/{thingName}/principals", "AttachThingPrincipal", s.attachThingPrincipal),
+		r("DELETE", "/things/{thingName}/principals", "DetachThingPrincipal", s.detachThingPrincipal),
+		r("GET", "/things/{thingName}/principals", "ListThingPrincipals", s.listThingPrincipals),
+		r("GET", "/principals/things", "ListPrincipalThings", s.listPrincipalThings),
+		r("POST", "/policies/{policyName}", "CreatePolicy", s.createPolicy),
+		r("GET", "/policies/{policyName}", "GetPolicy", s.getPolicy),
+		r("PUT", "/target-policies/{policyName}", "AttachPolicy", s.attachPolicy),
+		r("POST", "/target-policies/{policyName}", "DetachPolicy", s.detachPolicy),
+		r("POST", "/attached-policies/{target}", "ListAttachedPolicies", s.listAttachedPolicies),
+		r("POST", "/thing-types/{thingTypeName}", "CreateThingType", s.createThingType),
+		r("GET", "/thing-types/{thingTypeName}", "DescribeThingType", s.describeThingType),
+		r("PUT", "/thing-groups/addThingToThingGroup", "AddThingToThingGroup", s.addThingToThingGroup),
+		r("PUT", "/thing-groups/removeThingFromThingGroup", "RemoveThingFromThingGroup", s.removeThingFromThingGroup),
+		r("POST", "/thing-groups/{thingGroupName}", "CreateThingGroup", s.createThingGroup),
+		r("GET", "/thing-groups/{thingGroupName}", "DescribeThingGroup", s.describeThingGroup),
+		r("GET", "/things/{thingName}/thing-groups", "ListThingGroupsForThing", s.listThingGroupsForThing),
+		r("GET", "/thing-groups/{thingGroupName}/things", "ListThingsInThingGroup", s.listThingsInThingGroup),
+		r("PUT", "/jobs/{jobId}", "CreateJob", s.createJob),
+		r("GET", "/jobs/{jobId}", "DescribeJob", s.describeJob),
+		r("GET", "/things/{thingName}/jobs/{jobId}", "DescribeJobExecution", s.describeJobExecution),
+		r("GET", "/things/{thingName}/jobs", "ListJobExecutionsForThing", s.listJobExecutionsForThing),
+		r("PUT", "/things/{thingName}/jobs/{jobId}/cancel", "CancelJobExecution", s.cancelJobExecution),
+		r("GET", "/endpoint", "DescribeEndpoint", s.describeEndpoint),
+		r("POST", "/topics/{topic+}", "Publish", s.publish),
+	}
+}
+
+func (s *Server) getRegistrationCode(q *request) (any, error) {
+	return map[string]string{"registrationCode": s.reg.RegistrationCode()}, nil
+}
+
+type validity struct {
+	NotBefore *float64 `json:"notBefore,omitempty"`
+	NotAfter  *float64 `json:"notAfter,omitempty"`
+}
+
+func (s *Server) registerCACertificate(q *request) (any, error) {
+	var in struct {
+		CACertificate           string `json:"caCertificate"`
+		VerificationCertificate string `json:"verificationCertificate"`
+		CertificateMode         string `json:"certificateMode"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	if in.CACertificate == "" {
+		return nil, errInvalid("caCertificate is required")
+	}
+	active, err := q.boolQuery("setAsActive")
+	if err != nil {
+		return nil, err
+	}
+	auto, err := q.boolQuery("allowAutoRegistration")
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.reg.RegisterCACertificate(registry.RegisterCAInput{CACertificatePEM: in.CACertificate,
+		VerificationCertificatePEM: in.VerificationCertificate, SetAsActive: active, AllowAutoRegistration: auto,
+		CertificateMode: in.CertificateMode})
+	if err != nil {
+		return nil, err
+	}
+	q.res = c.ID
+	return map[string]string{"certificateArn": c.ARN, "certificateId": c.ID}, nil
+}
+
+func (s *Server) describeCACertificate(q *request) (any, error) {
+	c, err := s.reg.DescribeCACertificate(q.v("certificateId"))
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"certificateDescription": map[string]any{
+		"certificateArn": c.ARN, "certificateId": c.ID, "status": c.Status, "certificatePem": c.PEM,
+		"ownedBy": c.OwnedBy, "creationDate": epoch(c.CreationDate), "autoRegistrationStatus": c.AutoRegistrationStatus,
+		"lastModifiedDate": epoch(c.LastModifiedDate), "customerVersion": 1, "generationId": c.GenerationID,
+		"validity": validity{epoch(c.NotBefore), epoch(c.NotAfter)}, "certificateMode": c.CertificateMode,
+	}}, nil
+}
+
+func (s *Server) updateCACertificate(q *request) (any, error) {
+	return nil, s.reg.UpdateCACertificate(q.v("certificateId"), q.query.Get("newStatus"), q.query.Get("newAutoRegistrationStatus"))
+}
+
+func (s *Server) deleteCACertificate(q *request) (any, error) {
+	return nil, s.reg.DeleteCACertificate(q.v("certificateId"))
+}
+
+func (s *Server) createCertificateFromCsr(q *request) (any, error) {
+	var in struct {
+		CSR string `json:"certificateSigningRequest"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	if in.CSR == "" {
+		return nil, errInvalid("certificateSigningRequest is required")
+	}
+	active, err := q.boolQuery("setAsActive")
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.reg.CreateCertificateFromCsr(in.CSR, active)
+	if err != nil {
+		return nil, err
+	}
+	q.res = c.ID
+	return map[string]string{"certificateArn": c.ARN, "certificateId": c.ID, "certificatePem": c.PEM}, nil
+}
+
+func (s *Server) describeCertificate(q *request) (any, error) {
+	c, err := s.reg.DescribeCertificate(q.v("certificateId"))
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"certificateDescription": map[string]any{
+		"certificateArn": c.ARN, "certificateId": c.ID, "caCertificateId": strPtr(c.CACertificateID), "status": c.Status,
+		"certificatePem": c.PEM, "ownedBy": c.OwnedBy, "creationDate": epoch(c.CreationDate),
+		"lastModifiedDate": epoch(c.LastModifiedDate), "customerVersion": 1, "generationId": c.GenerationID,
+		"validity": validity{epoch(c.NotBefore), epoch(c.NotAfter)}, "certificateMode": c.CertificateMode,
+	}}, nil
+}
+
+func (s *Server) updateCertificate(q *request) (any, error) {
+	st := q.query.Get("newStatus")
+	if st == "" {
+		return nil, errInvalid("newStatus is required")
+	}
+	return nil, s.reg.UpdateCertificate(q.v("certificateId"), st)
+}
+
+func (s *Server) deleteCertificate(q *request) (any, error) {
+	force, err := q.boolQuery("forceDelete")
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.reg.DeleteCertificate(q.v("certificateId"), force)
+}
+
+func (s *Server) registerCertificate(q *request) (any, error) {
+	var in struct {
+		CertificatePem   string `json:"certificatePem"`
+		CACertificatePem string `json:"caCertificatePem"`
+		Status           string `json:"status"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	if in.CertificatePem == "" {
+		return nil, errInvalid("certificatePem is required")
+	}
+	if in.Status == "" {
+		// Deprecated setAsActive query parameter.
+		if active, err := q.boolQuery("setAsActive"); err != nil {
+			return nil, err
+		} else if active {
+			in.Status = registry.StatusActive
+		}
+	}
+	c, err := s.reg.RegisterCertificate(in.CertificatePem, in.CACertificatePem, in.Status)
+	if err != nil {
+		return nil, err
+	}
+	q.res = c.ID
+	return map[string]string{"certificateArn": c.ARN, "certificateId": c.ID}, nil
+}
+
+func (s *Server) registerCertificateWithoutCA(q *request) (any, error) {
+	var in struct {
+		CertificatePem string `json:"certificatePem"`
+		Status         string `json:"status"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	if in.CertificatePem == "" {
+		return nil, errInvalid("certificatePem is required")
+	}
+	c, err := s.reg.RegisterCertificateWithoutCA(in.CertificatePem, in.Status)
+	if err != nil {
+		return nil, err
+	}
+	q.res = c.ID
+	return map[string]string{"certificateArn": c.ARN, "certificateId": c.ID}, nil
+}
+
+type attributePayload struct {
+	Attributes map[string]string `json:"attributes"`
+	Merge      bool              `json:"merge"`
+}
+
+func (s *Server) createThing(q *request) (any, error) {
+	var in struct {
+		ThingTypeName    string            `json:"thingTypeName"`
+		AttributePayload *attributePayload `json:"attributePayload"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	var attrs map[string]string
+	if in.AttributePayload != nil {
+		attrs = in.AttributePayload.Attributes
+	}
+	t, err := s.reg.CreateThing(q.v("thingName"), in.ThingTypeName, attrs)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"thingName": t.Name, "thingArn": t.ARN, "thingId": t.ID}, nil
+}
+
+func (s *Server) describeThing(q *request) (any, error) {
+	t, err := s.reg.DescribeThing(q.v("thingName"))
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"defaultClientId": t.Name, "thingName": t.Name, "thingId": t.ID, "thingArn": t.ARN,
+		"thingTypeName": strPtr(t.TypeName), "attributes": t.Attributes, "version": t.Version}, nil
+}
+
+func (s *Server) updateThing(q *request) (any, error) {
+	var in struct {
+		ThingTypeName    *string           `json:"thingTypeName"`
+		RemoveThingType  bool              `json:"removeThingType"`
+		AttributePayload *attributePayload `json:"attributePayload"`
+		ExpectedVersion  *int64            `json:"expectedVersion"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	u := registry.UpdateThingInput{Name: q.v("thingName"), TypeName: in.ThingTypeName, RemoveThingType: in.RemoveThingType,
+		ExpectedVersion: in.ExpectedVersion}
+	if in.AttributePayload != nil {
+		u.SetAttributes, u.Attributes, u.Merge = true, in.AttributePayload.Attributes, in.AttributePayload.Merge
+	}
+	_, err := s.reg.UpdateThing(u)
+	return nil, err
+}
+
+func (s *Server) deleteThing(q *request) (any, error) {
+	ev, err := q.intQuery("expectedVersion")
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.reg.DeleteThing(q.v("thingName"), ev)
+}
+
+func principalHeader(q *request, name string) (string, error) {
+	p := q.http.Header.Get(name)
+	if p == "" {
+		return "", errInvalid("header %s (the principal) is required", name)
+	}
+	return p, nil
+}
+
+func (s *Server) attachThingPrincipal(q *request) (any, error) {
+	p, err := principalHeader(q, "X-Amzn-Principal")
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.reg.AttachThingPrincipal(q.v("thingName"), p)
+}
+
+func (s *Server) detachThingPrincipal(q *request) (any, error) {
+	p, err := principalHeader(q, "X-Amzn-Principal")
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.reg.DetachThingPrincipal(q.v("thingName"), p)
+}
+
+func (s *Server) listThingPrincipals(q *request) (any, error) {
+	ps, err := s.reg.ListThingPrincipals(q.v("thingName"))
+	if err != nil {
+		return nil, err
+	}
+	max, err := q.intQuery("maxResults")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(ps, q.query.Get("nextToken"), max)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"principals": pg, "nextToken": strPtr(next)}, nil
+}
+
+func (s *Server) listPrincipalThings(q *request) (any, error) {
+	p, err := principalHeader(q, "X-Amzn-Principal")
+	if err != nil {
+		return nil, err
+	}
+	q.res = p
+	things, err := s.reg.ListPrincipalThings(p)
+	if err != nil {
+		return nil, err
+	}
+	max, err := q.intQuery("maxResults")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(things, q.query.Get("nextToken"), max)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"things": pg, "nextToken": strPtr(next)}, nil
+}
+
+func (s *Server) createPolicy(q *request) (any, error) {
+	var in struct {
+		PolicyDocument string `json:"policyDocument"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	if in.PolicyDocument == "" {
+		return nil, errInvalid("policyDocument is required")
+	}
+	p, err := s.reg.CreatePolicy(q.v("policyName"), in.PolicyDocument)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"policyName": p.Name, "policyArn": p.ARN, "policyDocument": p.Document, "policyVersionId": p.DefaultVersionID}, nil
+}
+
+func (s *Server) getPolicy(q *request) (any, error) {
+	p, err := s.reg.GetPolicy(q.v("policyName"))
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"policyName": p.Name, "policyArn": p.ARN, "policyDocument": p.Document,
+		"defaultVersionId": p.DefaultVersionID, "creationDate": epoch(p.CreationDate),
+		"lastModifiedDate": epoch(p.LastModifiedDate), "generationId": p.GenerationID}, nil
+}
+
+func (s *Server) policyTarget(q *request) (string, error) {
+	var in struct {
+		Target string `json:"target"`
+	}
+	if err := q.decode(&in); err != nil {
+		return "", err
+	}
+	if in.Target == "" {
+		return "", errInvalid("target is required")
+	}
+	return in.Target, nil
+}
+
+func (s *Server) attachPolicy(q *request) (any, error) {
+	t, err := s.policyTarget(q)
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.reg.AttachPolicy(q.v("policyName"), t)
+}
+
+func (s *Server) detachPolicy(q *request) (any, error) {
+	t, err := s.policyTarget(q)
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.reg.DetachPolicy(q.v("policyName"), t)
+}
+
+func (s *Server) listAttachedPolicies(q *request) (any, error) {
+	rec, err := q.boolQuery("recursive")
+	if err != nil {
+		return nil, err
+	}
+	ps, err := s.reg.ListAttachedPolicies(q.v("target"), rec)
+	if err != nil {
+		return nil, err
+	}
+	type pol struct {
+		Name string `json:"policyName"`
+		ARN  string `json:"policyArn"`
+	}
+	list := make([]pol, len(ps))
+	for i, p := range ps {
+		list[i] = pol{p.Name, p.ARN}
+	}
+	size, err := q.intQuery("pageSize")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(list, q.query.Get("marker"), size)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"policies": pg, "nextMarker": strPtr(next)}, nil
+}
+
+func (s *Server) createThingType(q *request) (any, error) {
+	var in struct {
+		Props *struct {
+			Description string   `json:"thingTypeDescription"`
+			Searchable  []string `json:"searchableAttributes"`
+		} `json:"thingTypeProperties"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	var desc string
+	var searchable []string
+	if in.Props != nil {
+		desc, searchable = in.Props.Description, in.Props.Searchable
+	}
+	tt, err := s.reg.CreateThingType(q.v("thingTypeName"), desc, searchable)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"thingTypeName": tt.Name, "thingTypeArn": tt.ARN, "thingTypeId": tt.ID}, nil
+}
+
+func (s *Server) describeThingType(q *request) (any, error) {
+	tt, err := s.reg.DescribeThingType(q.v("thingTypeName"))
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"thingTypeName": tt.Name, "thingTypeArn": tt.ARN, "thingTypeId": tt.ID,
+		"thingTypeProperties": map[string]any{"thingTypeDescription": strPtr(tt.Description), "searchableAttributes": tt.SearchableAttributes},
+		"thingTypeMetadata":   map[string]any{"deprecated": tt.Deprecated, "creationDate": epoch(tt.CreationDate)}}, nil
+}
+
+func (s *Server) createThingGroup(q *request) (any, error) {
+	var in struct {
+		ParentGroupName string `json:"parentGroupName"`
+		Props           *struct {
+			Description      string            `json:"thingGroupDescription"`
+			AttributePayload *attributePayload `json:"attributePayload"`
+		} `json:"thingGroupProperties"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	var desc string
+	var attrs map[string]string
+	if in.Props != nil {
+		desc = in.Props.Description
+		if in.Props.AttributePayload != nil {
+			attrs = in.Props.AttributePayload.Attributes
+		}
+	}
+	g, err := s.reg.CreateThingGroup(q.v("thingGroupName"), in.ParentGroupName, desc, attrs)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"thingGroupName": g.Name, "thingGroupArn": g.ARN, "thingGroupId": g.ID}, nil
+}
+
+func (s *Server) describeThingGroup(q *request) (any, error) {
+	g, err := s.reg.DescribeThingGroup(q.v("thingGroupName"))
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"thingGroupName": g.Name, "thingGroupId": g.ID, "thingGroupArn": g.ARN, "version": g.Version,
+		"thingGroupProperties": map[string]any{"thingGroupDescription": strPtr(g.Description),
+			"attributePayload": map[string]any{"attributes": g.Attributes}},
+		"thingGroupMetadata": map[string]any{"parentGroupName": strPtr(g.ParentGroupName), "creationDate": epoch(g.CreationDate)}}, nil
+}
+
+type groupMembership struct {
+	ThingGroupName string `json:"thingGroupName"`
+	ThingGroupArn  string `json:"thingGroupArn"`
+	ThingName      string `json:"thingName"`
+	ThingArn       string `json:"thingArn"`
+}
+
+func (m groupMembership) names() (group, thing string, err error) {
+	group, thing = m.ThingGroupName, m.ThingName
+	if group == "" {
+		group = m.ThingGroupArn
+	}
+	if thing == "" {
+		thing = m.ThingArn
+	}
+	if group == "" || thing == "" {
+		return "", "", errInvalid("a thing group (thingGroupName or thingGroupArn) and a thing (thingName or thingArn) are required")
+	}
+	return group, thing, nil
+}
+
+func (s *Server) addThingToThingGroup(q *request) (any, error) {
+	var in groupMembership
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	g, t, err := in.names()
+	if err != nil {
+		return nil, err
+	}
+	q.res = t
+	return nil, s.reg.AddThingToThingGroup(g, t)
+}
+
+func (s *Server) removeThingFromThingGroup(q *request) (any, error) {
+	var in groupMembership
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	g, t, err := in.names()
+	if err != nil {
+		return nil, err
+	}
+	q.res = t
+	return nil, s.reg.RemoveThingFromThingGroup(g, t)
+}
+
+func (s *Server) listThingGroupsForThing(q *request) (any, error) {
+	gs, err := s.reg.ListThingGroupsForThing(q.v("thingName"))
+	if err != nil {
+		return nil, err
+	}
+	type ga struct {
+		Name string `json:"groupName"`
+		ARN  string `json:"groupArn"`
+	}
+	list := make([]ga, len(gs))
+	for i, g := range gs {
+		list[i] = ga{g.Name, g.ARN}
+	}
+	max, err := q.intQuery("maxResults")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(list, q.query.Get("nextToken"), max)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"thingGroups": pg, "nextToken": strPtr(next)}, nil
+}
+
+func (s *Server) listThingsInThingGroup(q *request) (any, error) {
+	rec, err := q.boolQuery("recursive")
+	if err != nil {
+		return nil, err
+	}
+	things, err := s.reg.ListThingsInThingGroup(q.v("thingGroupName"), rec)
+	if err != nil {
+		return nil, err
+	}
+	max, err := q.intQuery("maxResults")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(things, q.query.Get("nextToken"), max)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"things": pg, "nextToken": strPtr(next)}, nil
+}
+
+func (s *Server) createJob(q *request) (any, error) {
+	var in struct {
+		Targets         []string `json:"targets"`
+		Document        string   `json:"document"`
+		DocumentSource  string   `json:"documentSource"`
+		TargetSelection string   `json:"targetSelection"`
+		Description     string   `json:"description"`
+		TimeoutConfig   *struct {
+			InProgressTimeoutInMinutes int64 `json:"inProgressTimeoutInMinutes"`
+		} `json:"timeoutConfig"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	if in.DocumentSource != "" {
+		return nil, errInvalid("documentSource (a document in S3) is not supported by the lab: pass document")
+	}
+	ci := registry.CreateJobInput{JobID: q.v("jobId"), Targets: in.Targets, Document: in.Document,
+		TargetSelection: in.TargetSelection, Description: in.Description}
+	if in.TimeoutConfig != nil {
+		ci.InProgressTimeoutInMinutes = in.TimeoutConfig.InProgressTimeoutInMinutes
+	}
+	j, err := s.reg.CreateJob(ci)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"jobArn": j.ARN, "jobId": j.ID, "description": strPtr(j.Description)}, nil
+}
+
+func (s *Server) describeJob(q *request) (any, error) {
+	j, counts, err := s.reg.DescribeJob(q.v("jobId"))
+	if err != nil {
+		return nil, err
+	}
+	job := map[string]any{"jobArn": j.ARN, "jobId": j.ID, "targetSelection": j.TargetSelection, "status": j.Status,
+		"forceCanceled": j.ForceCanceled, "targets": j.Targets, "description": strPtr(j.Description),
+		"createdAt": epoch(j.CreatedAt), "lastUpdatedAt": epoch(j.LastUpdatedAt), "completedAt": epoch(j.CompletedAt),
+		"jobProcessDetails": map[string]int{
+			"numberOfCanceledThings":   counts[registry.ExecCanceled],
+			"numberOfSucceededThings":  counts[registry.ExecSucceeded],
+			"numberOfFailedThings":     counts[registry.ExecFailed],
+			"numberOfRejectedThings":   counts[registry.ExecRejected],
+			"numberOfQueuedThings":     counts[registry.ExecQueued],
+			"numberOfInProgressThings": counts[registry.ExecInProgress],
+			"numberOfRemovedThings":    counts[registry.ExecRemoved],
+			"numberOfTimedOutThings":   counts[registry.ExecTimedOut],
+		}}
+	if j.InProgressTimeoutInMinutes > 0 {
+		job["timeoutConfig"] = map[string]int64{"inProgressTimeoutInMinutes": j.InProgressTimeoutInMinutes}
+	}
+	return map[string]any{"job": job}, nil
+}
+
+func (s *Server) execution(e registry.JobExecution) map[string]any {
+	out := map[string]any{"jobId": e.JobID, "status": e.Status, "forceCanceled": e.ForceCanceled,
+		"thingArn": e.ThingARN, "queuedAt": epoch(e.QueuedAt), "startedAt": epoch(e.StartedAt),
+		"lastUpdatedAt": epoch(e.LastUpdatedAt), "executionNumber": e.ExecutionNumber, "versionNumber": e.VersionNumber,
+		"statusDetails": map[string]any{"detailsMap": e.StatusDetails}}
+	if at := e.TimeoutAt(); !at.IsZero() && e.Status == registry.ExecInProgress {
+		out["approximateSecondsBeforeTimedOut"] = max(0, int64(at.Sub(s.reg.Now()).Seconds()))
+	}
+	return out
+}
+
+func (s *Server) describeJobExecution(q *request) (any, error) {
+	num, err := q.intQuery("executionNumber")
+	if err != nil {
+		return nil, err
+	}
+	thing := q.v("thingName")
+	e, err := s.reg.DescribeJobExecution(q.v("jobId"), thing, num)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"execution": s.execution(e)}, nil
+}
+
+func (s *Server) listJobExecutionsForThing(q *request) (any, error) {
+	execs, err := s.reg.ListJobExecutionsForThing(q.v("thingName"), q.query.Get("status"))
+	if err != nil {
+		return nil, err
+	}
+	if job := q.query.Get("jobId"); job != "" {
+		kept := execs[:0]
+		for _, e := range execs {
+			if e.JobID == job {
+				kept = append(kept, e)
+			}
+		}
+		execs = kept
+	}
+	type summary struct {
+		JobID   string         `json:"jobId"`
+		Summary map[string]any `json:"jobExecutionSummary"`
+	}
+	list := make([]summary, len(execs))
+	for i, e := range execs {
+		list[i] = summary{e.JobID, map[string]any{"status": e.Status, "queuedAt": epoch(e.QueuedAt), "startedAt": epoch(e.StartedAt),
+			"lastUpdatedAt": epoch(e.LastUpdatedAt), "executionNumber": e.ExecutionNumber}}
+	}
+	max, err := q.intQuery("maxResults")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(list, q.query.Get("nextToken"), max)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"executionSummaries": pg, "nextToken": strPtr(next)}, nil
+}
+
+func (s *Server) cancelJobExecution(q *request) (any, error) {
+	var in struct {
+		ExpectedVersion *int64            `json:"expectedVersion"`
+		StatusDetails   map[string]string `json:"statusDetails"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	force, err := q.boolQuery("force")
+	if err != nil {
+		return nil, err
+	}
+	thing := q.v("thingName")
+	return nil, s.reg.CancelJobExecution(q.v("jobId"), thing, force, in.ExpectedVersion, in.StatusDetails)
+}
+
+func (s *Server) describeEndpoint(q *request) (any, error) {
+	typ := q.query.Get("endpointType")
+	switch typ {
+	case "", "iot:Data", "iot:Data-ATS", "iot:CredentialProvider", "iot:Jobs":
+	default:
+		return nil, errInvalid("endpointType %q: one of iot:Data, iot:Data-ATS, iot:CredentialProvider, iot:Jobs", typ)
+	}
+	if typ == "" {
+		typ = "iot:Data"
+	}
+	addr := s.cfg.Endpoints[typ]
+	if addr == "" {
+		addr = q.http.Host
+	}
+	q.res = typ
+	return map[string]string{"endpointAddress": addr}, nil
+}
+
+// publish is the data-plane Publish
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_iotdata_Publish.html):
+// POST /topics/{topic}?qos=0|1 with the payload as body. The topic may come
+// %2F-escaped (as the SDKs send it) or with literal slashes.
+func (s *Server) publish(q *request) (any, error) {
+	topic := q.v("topic")
+	if topic == "" || strings.ContainsAny(topic, "#+") || strings.ContainsRune(topic, 0) {
+		return nil, errInvalid("topic %q is not a valid topic name", topic)
+	}
+	qos := byte(0)
+	if v := q.query.Get("qos"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 1 {
+			return nil, errInvalid("qos must be 0 or 1, got %q", v)
+		}
+		qos = byte(n)
+	}
+	if len(q.body) > 128<<10 {
+		return nil, &apiError{Type: "RequestEntityTooLargeException", Status: 413, Message: "payload larger than 128 KiB"}
+	}
+	if s.cfg.Publisher == nil {
+		return nil, &apiError{Type: "ServiceUnavailableException", Status: 503, Message: "the lab's broker is not attached"}
+	}
+	if err := s.cfg.Publisher.Publish(topic, q.body, qos); err != nil {
+		return nil, &apiError{Type: "InternalFailureException", Status: 500, Message: "publishing to " + topic + ": " + err.Error()}
+	}
+	return rawResponse(nil), nil
+}

@@ -1,0 +1,222 @@
+package api
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Credentials is the one key pair the lab accepts with --credentials FILE.
+// File format: {"accessKeyId": "...", "secretAccessKey": "..."}.
+type Credentials struct {
+	AccessKeyID     string `json:"accessKeyId"`
+	SecretAccessKey string `json:"secretAccessKey"`
+}
+
+// LoadCredentials reads a credentials file; unknown keys and missing values
+// are errors. The secret never appears in an error.
+func LoadCredentials(path string) (*Credentials, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("loading lab credentials: %w", err)
+	}
+	var c Credentials
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("lab credentials file %s: want {\"accessKeyId\": ..., \"secretAccessKey\": ...}: %v", path, err)
+	}
+	if c.AccessKeyID == "" || c.SecretAccessKey == "" {
+		return nil, fmt.Errorf("lab credentials file %s: accessKeyId and secretAccessKey are both required", path)
+	}
+	return &c, nil
+}
+
+// MaxClockSkew is how far X-Amz-Date may be from the lab's clock (AWS: 15
+// minutes, "Signature expired" beyond;
+// https://docs.aws.amazon.com/IAM/latest/UserGuide/signing-elements.html).
+const MaxClockSkew = 15 * time.Minute
+
+func authErr(typ, msg string) error {
+	return &apiError{Type: typ, Status: 403, Message: msg}
+}
+
+// sigV4Auth is a parsed Authorization header.
+type sigV4Auth struct {
+	accessKey, date, region, service string
+	signedHeaders                    []string
+	signature                        string
+}
+
+func parseAuthorization(h string) (*sigV4Auth, error) {
+	const alg = "AWS4-HMAC-SHA256"
+	if h == "" {
+		return nil, authErr("MissingAuthenticationTokenException", "Missing Authentication Token: sign requests with SigV4 (AWS4-HMAC-SHA256)")
+	}
+	if !strings.HasPrefix(h, alg+" ") {
+		return nil, authErr("IncompleteSignatureException", "Authorization header must use "+alg)
+	}
+	a := &sigV4Auth{}
+	for _, part := range strings.Split(strings.TrimPrefix(h, alg+" "), ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok {
+			return nil, authErr("IncompleteSignatureException", "malformed Authorization header")
+		}
+		switch k {
+		case "Credential":
+			f := strings.Split(v, "/")
+			if len(f) != 5 || f[4] != "aws4_request" || f[0] == "" {
+				return nil, authErr("IncompleteSignatureException", "Credential must be AKID/date/region/service/aws4_request")
+			}
+			a.accessKey, a.date, a.region, a.service = f[0], f[1], f[2], f[3]
+		case "SignedHeaders":
+			a.signedHeaders = strings.Split(v, ";")
+		case "Signature":
+			a.signature = v
+		}
+	}
+	if a.accessKey == "" || len(a.signedHeaders) == 0 || a.signature == "" {
+		return nil, authErr("IncompleteSignatureException", "Authorization header needs Credential, SignedHeaders and Signature")
+	}
+	return a, nil
+}
+
+// authenticate checks the SigV4 signature of r.
+func (s *Server) authenticate(r *http.Request, body []byte) error {
+	a, err := parseAuthorization(r.Header.Get("Authorization"))
+	if err != nil {
+		return err
+	}
+	if s.cfg.Credentials == nil {
+		return nil
+	}
+	if a.accessKey != s.cfg.Credentials.AccessKeyID {
+		return authErr("UnrecognizedClientException", "The security token included in the request is invalid (unknown access key)")
+	}
+	amzDate := r.Header.Get("X-Amz-Date")
+	t, err := time.Parse("20060102T150405Z", amzDate)
+	if err != nil {
+		return authErr("IncompleteSignatureException", "X-Amz-Date header missing or malformed")
+	}
+	if d := s.clock.Now().Sub(t); d > MaxClockSkew || d < -MaxClockSkew {
+		return authErr("InvalidSignatureException", "Signature expired: X-Amz-Date is more than 15 minutes from the lab's time")
+	}
+	if a.date != amzDate[:8] {
+		return authErr("InvalidSignatureException", "credential scope date does not match X-Amz-Date")
+	}
+	payloadHash := r.Header.Get("X-Amz-Content-Sha256")
+	if payloadHash == "" {
+		sum := sha256.Sum256(body)
+		payloadHash = hex.EncodeToString(sum[:])
+	}
+	key := signingKey(s.cfg.Credentials.SecretAccessKey, a.date, a.region, a.service)
+	scope := strings.Join([]string{a.date, a.region, a.service, "aws4_request"}, "/")
+	// The SDKs escape the already escaped path once more for every service
+	// but S3; curl does not: accept either canonical URI.
+	path := r.URL.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	for _, uri := range []string{escapePath(path), path} {
+		creq := canonicalRequest(r, uri, a.signedHeaders, payloadHash)
+		sum := sha256.Sum256([]byte(creq))
+		sts := "AWS4-HMAC-SHA256\n" + amzDate + "\n" + scope + "\n" + hex.EncodeToString(sum[:])
+		sig := hex.EncodeToString(hmacSHA256(key, sts))
+		if hmac.Equal([]byte(sig), []byte(a.signature)) {
+			return nil
+		}
+	}
+	return authErr("InvalidSignatureException", "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.")
+}
+
+func hmacSHA256(key []byte, data string) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(data))
+	return m.Sum(nil)
+}
+
+func signingKey(secret, date, region, service string) []byte {
+	k := hmacSHA256([]byte("AWS4"+secret), date)
+	k = hmacSHA256(k, region)
+	k = hmacSHA256(k, service)
+	return hmacSHA256(k, "aws4_request")
+}
+
+func canonicalRequest(r *http.Request, uri string, signed []string, payloadHash string) string {
+	var b strings.Builder
+	b.WriteString(r.Method + "\n" + uri + "\n" + canonicalQuery(r.URL.Query()) + "\n")
+	for _, h := range signed {
+		var v string
+		switch h {
+		case "host":
+			v = r.Host
+		case "content-length":
+			v = r.Header.Get("Content-Length")
+			if v == "" && r.ContentLength >= 0 {
+				v = fmt.Sprint(r.ContentLength)
+			}
+		default:
+			vals := r.Header.Values(h)
+			for i := range vals {
+				vals[i] = strings.Join(strings.Fields(vals[i]), " ")
+			}
+			v = strings.Join(vals, ",")
+		}
+		b.WriteString(h + ":" + v + "\n")
+	}
+	b.WriteString("\n" + strings.Join(signed, ";") + "\n" + payloadHash)
+	return b.String()
+}
+
+func canonicalQuery(q url.Values) string {
+	type kv struct{ k, v string }
+	var pairs []kv
+	for k, vs := range q {
+		for _, v := range vs {
+			pairs = append(pairs, kv{uriEncode(k), uriEncode(v)})
+		}
+	}
+	sort.Slice(pairs, func(i, j int) bool {
+		if pairs[i].k != pairs[j].k {
+			return pairs[i].k < pairs[j].k
+		}
+		return pairs[i].v < pairs[j].v
+	})
+	parts := make([]string, len(pairs))
+	for i, p := range pairs {
+		parts[i] = p.k + "=" + p.v
+	}
+	return strings.Join(parts, "&")
+}
+
+// uriEncode escapes everything but RFC 3986 unreserved characters.
+func uriEncode(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}
+
+// escapePath escapes a path like uriEncode but keeps the slashes.
+func escapePath(p string) string {
+	segs := strings.Split(p, "/")
+	for i, s := range segs {
+		segs[i] = uriEncode(s)
+	}
+	return strings.Join(segs, "/")
+}
