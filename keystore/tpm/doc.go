@@ -64,16 +64,20 @@
 // # Devices and TPM commands
 //
 // A device is opened once per process and shared by every signer on it;
-// commands are serialised by a mutex (swtpm serves one client at a time).
-// CloseDevice releases it (so that tpm2-tools or tpm2-openssl can use a
-// swtpm); signers reopen it on their next use. Opening a device without a
+// commands are serialised by a mutex. swtpm serves one client at a time, so
+// a tcp: device is released after TCPIdleRelease (200 ms) without use, and
+// CloseDevice releases any device at once: another process (bootcertctl next
+// to bootcertd, tpm2-tools, tpm2-openssl) can then use the swtpm. Released
+// devices flush this process's keys; signers reopen the device and load
+// their key again on next use. Opening a device without a
 // resource manager (tcp:, sim, /dev/tpm0) first flushes the transient
 // objects and sessions a dead client left behind; when the TPM's object
 // slots are full (swtpm has 3), the backend flushes its own idle keys, which
 // load again on next use.
 //
 // A key file is loaded once (at Open or Generate) and stays loaded until
-// the signer's Close; a Sign is then exactly one TPM command. Commands the
+// the signer's Close (or the device's release); a Sign is then exactly one
+// TPM command. Commands the
 // TPM answers with TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING or
 // TPM_RC_NV_RATE (swtpm answers the first Sign after each start with
 // TPM_RC_RETRY) are retried a bounded number of times with jittered backoff;
