@@ -1,0 +1,372 @@
+// Package lab assembles bootcert-lab, a local stand-in for the AWS IoT Core,
+// Jobs and S3 features bootcert uses: the registry (state in DIR), the lab
+// PKI, the IoT REST API and data-plane Publish, S3, the MQTT broker with
+// JITR, policies and the Jobs API, and the topic rules of the template whose
+// Lambda actions call the cloud functions in-process.
+//
+// Tests start one with Start on port 0 in a temporary directory:
+//
+//	l, err := lab.Start(ctx, lab.Config{DataDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0"})
+//	defer l.Close()
+//	l.Endpoints().MQTT, l.ServerCAPEM()
+package lab
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/bootcert/bootcert/cloud/lab/api"
+	"github.com/bootcert/bootcert/cloud/lab/broker"
+	"github.com/bootcert/bootcert/cloud/lab/limits"
+	"github.com/bootcert/bootcert/cloud/lab/pki"
+	"github.com/bootcert/bootcert/cloud/lab/registry"
+	"github.com/bootcert/bootcert/internal/atomicfile"
+)
+
+// Clock tells the time; tests inject a fake one.
+type Clock interface{ Now() time.Time }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// Config configures a lab.
+type Config struct {
+	DataDir  string // state: registry.json, pki/, s3/, endpoints.json, server-ca.pem (required)
+	MQTTAddr string // default 127.0.0.1:8883; port 0 picks a free port
+	APIAddr  string // default 127.0.0.1:8443
+	S3Addr   string // default 127.0.0.1:0
+
+	TemplatePath    string // AWS SAM template (policies, rules, functions); "" for none
+	LimitsPath      string // limits JSON file or "aws-default"; "" for no limits
+	CredentialsPath string // JSON {"accessKeyId","secretAccessKey"}; "" accepts any SigV4 credentials
+
+	// Functions are Go handlers by template logical ID; they take
+	// precedence over the functions built from the template.
+	Functions map[string]Function
+	// Env overrides environment variables of every template function.
+	Env map[string]string
+	// NoBuild skips building the template's functions with cloud.Build
+	// (only Functions are available).
+	NoBuild bool
+
+	Region    string // default us-east-1
+	AccountID string // default 123456789012
+
+	// FunctionWorkers bounds concurrent asynchronous invocations (default 8).
+	FunctionWorkers int
+	// FunctionTimeout bounds one invocation (default 30s).
+	FunctionTimeout time.Duration
+
+	Logger *slog.Logger
+	Clock  Clock
+}
+
+// Endpoints are the lab's addresses, as printed and written to
+// DIR/endpoints.json.
+type Endpoints struct {
+	MQTT string `json:"mqtt"` // host:port, MQTT over TLS with client certificates
+	API  string `json:"api"`  // https://host:port: IoT REST API, data-plane Publish, /lab/
+	S3   string `json:"s3"`   // https://host:port: S3, path-style
+	// ServerCA is the path of DIR/server-ca.pem.
+	ServerCA string `json:"serverCa"`
+	Region   string `json:"region"`
+	Account  string `json:"accountId"`
+}
+
+// Lab is a running lab.
+type Lab struct {
+	cfg       Config
+	log       *slog.Logger
+	pki       *pki.PKI
+	reg       *registry.Registry
+	broker    *broker.Server
+	api       *api.Server
+	invoker   *invoker
+	rules     *ruleEngine
+	endpoints Endpoints
+
+	servers []*http.Server
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start starts a lab and returns when every listener is ready.
+func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("lab: DataDir is required (the lab keeps its state there)")
+	}
+	if cfg.MQTTAddr == "" {
+		cfg.MQTTAddr = "127.0.0.1:8883"
+	}
+	if cfg.APIAddr == "" {
+		cfg.APIAddr = "127.0.0.1:8443"
+	}
+	if cfg.S3Addr == "" {
+		cfg.S3Addr = "127.0.0.1:0"
+	}
+	if cfg.Region == "" {
+		cfg.Region = registry.DefaultRegion
+	}
+	if cfg.AccountID == "" {
+		cfg.AccountID = registry.DefaultAccountID
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = systemClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.FunctionWorkers <= 0 {
+		cfg.FunctionWorkers = 8
+	}
+	if cfg.FunctionTimeout <= 0 {
+		cfg.FunctionTimeout = 30 * time.Second
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("lab: creating data directory %s: %w", cfg.DataDir, err)
+	}
+	l := &Lab{cfg: cfg, log: cfg.Logger}
+	defer func() {
+		if err != nil {
+			l.Close()
+		}
+	}()
+
+	l.pki, err = pki.Load(cfg.DataDir, cfg.Clock)
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	l.reg, err = registry.Open(registry.Config{Dir: cfg.DataDir, Region: cfg.Region, AccountID: cfg.AccountID, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "registry"), Issuer: l.pki})
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	lim, err := limits.Load(cfg.LimitsPath)
+	if err != nil {
+		return nil, fmt.Errorf("lab: --limits: %w", err)
+	}
+	limiter := limits.NewLimiter(lim, cfg.Clock)
+
+	// Listeners first, so that the endpoints are known to the functions.
+	mqttLn, err := net.Listen("tcp", cfg.MQTTAddr)
+	if err != nil {
+		return nil, fmt.Errorf("lab: MQTT listener on %s: %w (use port 0 for a free port)", cfg.MQTTAddr, err)
+	}
+	apiLn, err := net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		mqttLn.Close()
+		return nil, fmt.Errorf("lab: API listener on %s: %w (use port 0 for a free port)", cfg.APIAddr, err)
+	}
+	s3Ln, err := net.Listen("tcp", cfg.S3Addr)
+	if err != nil {
+		mqttLn.Close()
+		apiLn.Close()
+		return nil, fmt.Errorf("lab: S3 listener on %s: %w (use port 0 for a free port)", cfg.S3Addr, err)
+	}
+	l.endpoints = Endpoints{
+		MQTT: mqttLn.Addr().String(), API: "https://" + apiLn.Addr().String(), S3: "https://" + s3Ln.Addr().String(),
+		ServerCA: filepath.Join(cfg.DataDir, pki.ServerCAFile), Region: cfg.Region, Account: cfg.AccountID,
+	}
+
+	l.invoker = newInvoker(cfg.Logger, cfg.FunctionWorkers, 4096, cfg.FunctionTimeout)
+	l.rules = &ruleEngine{log: cfg.Logger.With("component", "rules"), inv: l.invoker}
+
+	var limiterForBroker broker.ConnectLimiter
+	if lim.ConnectsPerSecond > 0 || lim.ConnectsPerClientPerSecond > 0 {
+		limiterForBroker = limiter
+	}
+	l.broker, err = broker.Start(broker.Config{
+		Listener: mqttLn, ServerCert: l.pki.ServerCertificate(),
+		Registry: brokerRegistry{l.reg}, Authorizer: newAuthorizer(l.reg, cfg.Logger.With("component", "policy")),
+		Jobs: brokerJobs{l.reg}, Limiter: limiterForBroker, OnMessage: l.rules.onMessage,
+		Region: cfg.Region, AccountID: cfg.AccountID, Clock: cfg.Clock, Logger: cfg.Logger,
+	})
+	if err != nil {
+		apiLn.Close()
+		s3Ln.Close()
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	l.rules.publish = l.broker.Publish
+	l.reg.AddListener(registryEvents(l.broker))
+
+	var creds *api.Credentials
+	if cfg.CredentialsPath != "" {
+		creds, err = api.LoadCredentials(cfg.CredentialsPath)
+		if err != nil {
+			apiLn.Close()
+			s3Ln.Close()
+			return nil, fmt.Errorf("lab: --credentials: %w", err)
+		}
+	}
+	var lim2 *limits.Limiter
+	if len(lim.API) > 0 {
+		lim2 = limiter
+	}
+	l.api = api.New(api.Config{
+		Registry: l.reg, Limiter: lim2, Credentials: creds, Publisher: l.broker,
+		Endpoints: map[string]string{"iot:Data-ATS": l.endpoints.MQTT, "iot:Data": l.endpoints.MQTT, "iot:Jobs": strings.TrimPrefix(l.endpoints.API, "https://")},
+		Logger:    cfg.Logger.With("component", "api"), Clock: cfg.Clock,
+	})
+	l.api.HandleLab("POST /lab/functions/{id}/invoke", http.HandlerFunc(l.serveInvoke))
+	l.api.AddStateSection("broker", func() any { return l.broker.Stats() })
+	l.api.AddStateSection("functions", func() any { return l.invoker.snapshot() })
+	l.api.AddStateSection("rules", func() any { return l.rules.snapshot() })
+	l.api.AddStateSection("endpoints", func() any { return l.endpoints })
+
+	s3h, err := l.startS3()
+	if err != nil {
+		apiLn.Close()
+		s3Ln.Close()
+		return nil, err
+	}
+	l.serve(apiLn, l.api)
+	l.serve(s3Ln, s3h)
+
+	if err := l.loadTemplate(ctx); err != nil {
+		return nil, err
+	}
+
+	bctx, cancel := context.WithCancel(context.Background())
+	l.stop = cancel
+	l.wg.Add(1)
+	go l.expireLoop(bctx)
+
+	if err := atomicfile.WriteFile(filepath.Join(cfg.DataDir, pki.ServerCAFile), l.pki.ServerCAPEM(), 0o644); err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	b, _ := json.MarshalIndent(l.endpoints, "", "  ")
+	if err := atomicfile.WriteFile(filepath.Join(cfg.DataDir, "endpoints.json"), append(b, '\n'), 0o644); err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	l.log.Info("lab ready", "mqtt", l.endpoints.MQTT, "api", l.endpoints.API, "s3", l.endpoints.S3, "data", cfg.DataDir, "template", cfg.TemplatePath)
+	return l, nil
+}
+
+func (l *Lab) serve(ln net.Listener, h http.Handler) {
+	srv := &http.Server{
+		Handler:           h,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{l.pki.ServerCertificate()}, MinVersion: tls.VersionTLS12},
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+	}
+	l.servers = append(l.servers, srv)
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			l.log.Error("HTTPS server stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+}
+
+// expireLoop applies job execution timeouts as time passes.
+func (l *Lab) expireLoop(ctx context.Context) {
+	defer l.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			l.reg.ExpireTimeouts()
+		}
+	}
+}
+
+// Endpoints returns the lab's addresses.
+func (l *Lab) Endpoints() Endpoints { return l.endpoints }
+
+// ServerCAPEM is the CA certificate of the lab's TLS server certificate.
+func (l *Lab) ServerCAPEM() []byte { return l.pki.ServerCAPEM() }
+
+// Registry gives tests direct access to the lab's state.
+func (l *Lab) Registry() *registry.Registry { return l.reg }
+
+// Broker gives tests and the fleet harness access to the broker.
+func (l *Lab) Broker() *broker.Server { return l.broker }
+
+// Invoke runs a function synchronously, like POST /lab/functions/{id}/invoke.
+func (l *Lab) Invoke(ctx context.Context, logicalID string, event json.RawMessage) (json.RawMessage, error) {
+	return l.invoker.Invoke(ctx, logicalID, event, "Invoke")
+}
+
+// Close stops every listener and worker. Safe to call twice.
+func (l *Lab) Close() error {
+	l.closeOnce.Do(func() {
+		if l.stop != nil {
+			l.stop()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for _, s := range l.servers {
+			if err := s.Shutdown(ctx); err != nil {
+				s.Close()
+			}
+		}
+		if l.broker != nil {
+			l.closeErr = l.broker.Close()
+		}
+		if l.invoker != nil {
+			l.invoker.close()
+		}
+		l.wg.Wait()
+		l.log.Info("lab stopped")
+	})
+	return l.closeErr
+}
+
+// serveInvoke is POST /lab/functions/{id}/invoke: the request body is the
+// event, the response the function's result (502 with {"errorMessage"} when
+// it failed, as Lambda's Invoke reports a function error).
+func (l *Lab) serveInvoke(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	body, err := io.ReadAll(io.LimitReader(r.Body, 6<<20))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if len(body) == 0 {
+		body = []byte("{}")
+	}
+	if !json.Valid(body) {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"errorType": "InvalidRequestContentException", "errorMessage": "the event is not JSON"})
+		return
+	}
+	if !l.invoker.has(id) {
+		writeJSON(w, http.StatusNotFound, map[string]any{"errorType": "ResourceNotFoundException", "errorMessage": "no function " + id, "functions": l.invoker.names()})
+		return
+	}
+	out, err := l.invoker.Invoke(r.Context(), id, body, "POST /lab/functions")
+	if err != nil {
+		w.Header().Set("X-Amz-Function-Error", "Unhandled")
+		writeJSON(w, http.StatusBadGateway, map[string]string{"errorType": "FunctionError", "errorMessage": err.Error()})
+		return
+	}
+	if len(out) == 0 {
+		out = []byte("null")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(out)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,484 @@
+package lab
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"math/big"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iot"
+	"github.com/aws/aws-sdk-go-v2/service/iot/types"
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/bootcert/bootcert/cloud/lab/labtest"
+	"github.com/bootcert/bootcert/protocol"
+)
+
+// fixture is a lab started in-process on free ports, with a registered
+// factory CA and an "admin" certificate that may do anything.
+type fixture struct {
+	t      *testing.T
+	lab    *Lab
+	api    *iot.Client
+	ca     *labtest.CA
+	caID   string
+	dir    string // for client files
+	caFile string
+	admin  labtest.Client
+}
+
+const acct = "arn:aws:iot:us-east-1:123456789012:"
+
+func start(t *testing.T, cfg Config) *Lab {
+	t.Helper()
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	cfg.MQTTAddr, cfg.APIAddr, cfg.S3Addr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	l, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("lab.Start: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func newFixture(t *testing.T, cfg Config) *fixture {
+	t.Helper()
+	labtest.RequireMosquitto(t)
+	f := &fixture{t: t, dir: t.TempDir()}
+	f.lab = start(t, cfg)
+	f.caFile = f.lab.Endpoints().ServerCA
+	f.api = iot.NewFromConfig(ClientConfig(f.lab.ServerCAPEM(), "us-east-1"), func(o *iot.Options) { o.BaseEndpoint = aws.String(f.lab.Endpoints().API) })
+	f.ca = labtest.NewCA(t, "factory CA")
+	f.caID = registerCA(t, f.api, f.ca)
+	adminLeaf := f.ca.Issue(t, "admin")
+	f.registerActive(adminLeaf, `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}`, "admin-policy")
+	cf, kf := adminLeaf.Files(t, f.dir, "admin")
+	f.admin = labtest.Client{Addr: f.lab.Endpoints().MQTT, CAFile: f.caFile, CertFile: cf, KeyFile: kf, ClientID: "admin"}
+	return f
+}
+
+func registerCA(t *testing.T, api *iot.Client, ca *labtest.CA) string {
+	t.Helper()
+	ctx := context.Background()
+	code, err := api.GetRegistrationCode(ctx, &iot.GetRegistrationCodeInput{})
+	if err != nil {
+		t.Fatalf("GetRegistrationCode: %v", err)
+	}
+	ver := ca.Issue(t, aws.ToString(code.RegistrationCode))
+	out, err := api.RegisterCACertificate(ctx, &iot.RegisterCACertificateInput{
+		CaCertificate: aws.String(string(ca.PEM)), VerificationCertificate: aws.String(string(ver.CertPEM)),
+		SetAsActive: true, AllowAutoRegistration: true,
+	})
+	if err != nil {
+		t.Fatalf("RegisterCACertificate: %v", err)
+	}
+	return aws.ToString(out.CertificateId)
+}
+
+// registerActive registers leaf ACTIVE and attaches a new policy to it.
+func (f *fixture) registerActive(leaf *labtest.Leaf, doc, policyName string) string {
+	f.t.Helper()
+	ctx := context.Background()
+	out, err := f.api.RegisterCertificate(ctx, &iot.RegisterCertificateInput{CertificatePem: aws.String(string(leaf.CertPEM)), CaCertificatePem: aws.String(string(f.ca.PEM)), Status: types.CertificateStatusActive})
+	if err != nil {
+		f.t.Fatalf("RegisterCertificate: %v", err)
+	}
+	if doc != "" {
+		if _, err := f.api.CreatePolicy(ctx, &iot.CreatePolicyInput{PolicyName: aws.String(policyName), PolicyDocument: aws.String(doc)}); err != nil {
+			f.t.Fatalf("CreatePolicy: %v", err)
+		}
+	}
+	if policyName != "" {
+		if _, err := f.api.AttachPolicy(ctx, &iot.AttachPolicyInput{PolicyName: aws.String(policyName), Target: out.CertificateArn}); err != nil {
+			f.t.Fatalf("AttachPolicy: %v", err)
+		}
+	}
+	return aws.ToString(out.CertificateArn)
+}
+
+func (f *fixture) client(leaf *labtest.Leaf, clientID string) labtest.Client {
+	cf, kf := leaf.Files(f.t, f.dir, leaf.ID[:12])
+	return labtest.Client{Addr: f.lab.Endpoints().MQTT, CAFile: f.caFile, CertFile: cf, KeyFile: kf, ClientID: clientID}
+}
+
+// devicePolicy: connect as the certificate's CN, own topics and jobs.
+const devicePolicy = `{"Version":"2012-10-17","Statement":[
+ {"Effect":"Allow","Action":"iot:Connect","Resource":"arn:aws:iot:us-east-1:123456789012:client/${iot:Certificate.Subject.CommonName}"},
+ {"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":["arn:aws:iot:us-east-1:123456789012:topic/devices/${iot:ClientId}/*","arn:aws:iot:us-east-1:123456789012:topic/$aws/things/${iot:ClientId}/jobs/*"]},
+ {"Effect":"Allow","Action":"iot:Subscribe","Resource":["arn:aws:iot:us-east-1:123456789012:topicfilter/devices/${iot:ClientId}/*","arn:aws:iot:us-east-1:123456789012:topicfilter/$aws/things/${iot:ClientId}/jobs/*"]},
+ {"Effect":"Deny","Action":"iot:Publish","Resource":"arn:aws:iot:us-east-1:123456789012:topic/devices/${iot:ClientId}/forbidden"}]}`
+
+func TestStartWritesEndpoints(t *testing.T) {
+	dir := t.TempDir()
+	l := start(t, Config{DataDir: dir})
+	b, err := os.ReadFile(filepath.Join(dir, "endpoints.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ep Endpoints
+	if err := json.Unmarshal(b, &ep); err != nil {
+		t.Fatal(err)
+	}
+	if ep != l.Endpoints() || !strings.HasPrefix(ep.API, "https://127.0.0.1:") || !strings.HasPrefix(ep.S3, "https://127.0.0.1:") || !strings.HasPrefix(ep.MQTT, "127.0.0.1:") {
+		t.Fatalf("endpoints.json = %+v, lab says %+v", ep, l.Endpoints())
+	}
+	ca, err := os.ReadFile(filepath.Join(dir, "server-ca.pem"))
+	if err != nil || string(ca) != string(l.ServerCAPEM()) {
+		t.Fatalf("server-ca.pem: %v", err)
+	}
+	// A second lab on the same fixed port fails with a clear error.
+	_, err = Start(context.Background(), Config{DataDir: t.TempDir(), MQTTAddr: ep.MQTT, APIAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0"})
+	if err == nil || !strings.Contains(err.Error(), "MQTT listener") {
+		t.Fatalf("second lab on a busy port: %v", err)
+	}
+}
+
+func TestJITRAndPolicies(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx := context.Background()
+	events := labtest.StartSub(t, f.admin, "$aws/events/certificates/registered/#")
+	all := labtest.StartSub(t, withID(f.admin, "admin-2"), "devices/#")
+
+	leaf := f.ca.Issue(t, "dev-1")
+	dev := f.client(leaf, "dev-1")
+	if out, err := labtest.Pub(t, dev, "devices/dev-1/hello", "x"); err == nil {
+		t.Fatalf("unknown certificate connected: %s", out)
+	}
+	d, err := f.api.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(leaf.ID)})
+	if err != nil {
+		t.Fatalf("DescribeCertificate after JITR: %v", err)
+	}
+	if d.CertificateDescription.Status != types.CertificateStatusPendingActivation {
+		t.Fatalf("status %s, want PENDING_ACTIVATION", d.CertificateDescription.Status)
+	}
+	events.WaitFor(t, "registered event", labtest.Contains("$aws/events/certificates/registered/"+f.caID, leaf.ID))
+
+	if _, err := f.api.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(leaf.ID), NewStatus: types.CertificateStatusActive}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := labtest.Pub(t, dev, "devices/dev-1/hello", "x"); err == nil {
+		t.Fatalf("ACTIVE certificate without a policy connected: %s", out)
+	}
+	if _, err := f.api.CreatePolicy(ctx, &iot.CreatePolicyInput{PolicyName: aws.String("device"), PolicyDocument: aws.String(devicePolicy)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.api.AttachPolicy(ctx, &iot.AttachPolicyInput{PolicyName: aws.String("device"), Target: d.CertificateDescription.CertificateArn}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, clientID, topic string
+		ok                    bool
+	}{
+		{"ok/own topic", "dev-1", "devices/dev-1/telemetry", true},
+		{"fail/other device's topic", "dev-1", "devices/dev-2/telemetry", false},
+		{"fail/explicit deny", "dev-1", "devices/dev-1/forbidden", false},
+		{"fail/another client id", "dev-2", "devices/dev-2/telemetry", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := labtest.Pub(t, withID(dev, tc.clientID), tc.topic, tc.name)
+			if tc.ok != (err == nil) {
+				t.Fatalf("publish to %s as %s: err=%v (want ok=%v): %s", tc.topic, tc.clientID, err, tc.ok, out)
+			}
+			// A marker after it proves ordering: the refused one is never delivered.
+			if out, err := labtest.Pub(t, dev, "devices/dev-1/marker", tc.name); err != nil {
+				t.Fatalf("marker: %v %s", err, out)
+			}
+			all.WaitFor(t, "marker", labtest.Contains("devices/dev-1/marker", tc.name))
+			delivered := false
+			for _, m := range all.Messages() {
+				if m.Topic == tc.topic && m.Payload == tc.name {
+					delivered = true
+				}
+			}
+			if delivered != tc.ok {
+				t.Fatalf("delivered=%v, want %v:\n%s", delivered, tc.ok, labtest.Describe(all.Messages()))
+			}
+		})
+	}
+	t.Run("fail/subscribe other device gets 0x80", func(t *testing.T) {
+		s := labtest.StartSub(t, dev, "devices/dev-2/#", "devices/dev-1/#")
+		if g := s.Granted(); len(g) != 2 || g[0] != 128 || g[1] != 1 {
+			t.Fatalf("SUBACK %v, want [128 1]:\n%s", g, s.Output())
+		}
+	})
+}
+
+func withID(c labtest.Client, id string) labtest.Client {
+	c.ClientID = id
+	return c
+}
+
+func TestJobsOverMQTT(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx := context.Background()
+	leaf := f.ca.Issue(t, "gw-1")
+	arn := f.registerActive(leaf, devicePolicy, "device")
+	if _, err := f.api.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("gw-1")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.api.AttachThingPrincipal(ctx, &iot.AttachThingPrincipalInput{ThingName: aws.String("gw-1"), Principal: aws.String(arn)}); err != nil {
+		t.Fatal(err)
+	}
+	grp, err := f.api.CreateThingGroup(ctx, &iot.CreateThingGroupInput{ThingGroupName: aws.String("bootcert-rotation")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _ := json.Marshal(protocol.DefaultJobDocument())
+	if _, err := f.api.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("bootcert-rotation"), Targets: []string{aws.ToString(grp.ThingGroupArn)},
+		Document: aws.String(string(doc)), TargetSelection: types.TargetSelectionContinuous}); err != nil {
+		t.Fatal(err)
+	}
+	base := "$aws/things/gw-1/jobs/"
+	jobs := labtest.StartSub(t, f.admin, base+"#", "$aws/events/jobExecution/#")
+	if _, err := f.api.AddThingToThingGroup(ctx, &iot.AddThingToThingGroupInput{ThingGroupName: aws.String("bootcert-rotation"), ThingName: aws.String("gw-1")}); err != nil {
+		t.Fatal(err)
+	}
+	jobs.WaitFor(t, "notify-next on joining the group", labtest.Contains(base+"notify-next", `"jobId":"bootcert-rotation"`))
+
+	dev := f.client(leaf, "gw-1")
+	pub := func(topic, msg string) {
+		t.Helper()
+		if out, err := labtest.Pub(t, dev, base+topic, msg); err != nil {
+			t.Fatalf("publish %s: %v %s", topic, err, out)
+		}
+	}
+	pub("get", `{"clientToken":"c1"}`)
+	m := jobs.WaitFor(t, "get/accepted", labtest.Contains(base+"get/accepted", `"c1"`))
+	if !strings.Contains(m.Payload, `"queuedJobs":[{"jobId":"bootcert-rotation"`) {
+		t.Fatalf("get/accepted %s", m.Payload)
+	}
+	pub("start-next", `{"clientToken":"c2","statusDetails":{"progress":"started"}}`)
+	m = jobs.WaitFor(t, "start-next/accepted", labtest.Contains(base+"start-next/accepted", `"c2"`))
+	var sn struct {
+		Execution struct {
+			JobID         string          `json:"jobId"`
+			Status        string          `json:"status"`
+			VersionNumber int64           `json:"versionNumber"`
+			JobDocument   json.RawMessage `json:"jobDocument"`
+		} `json:"execution"`
+	}
+	if err := json.Unmarshal([]byte(m.Payload), &sn); err != nil {
+		t.Fatal(err)
+	}
+	if sn.Execution.Status != "IN_PROGRESS" {
+		t.Fatalf("start-next %s", m.Payload)
+	}
+	if _, err := protocol.ParseJobDocument(sn.Execution.JobDocument); err != nil {
+		t.Fatalf("job document in start-next/accepted: %v (%s)", err, m.Payload)
+	}
+	jobs.WaitFor(t, "in_progress event", labtest.Topic("$aws/events/jobExecution/bootcert-rotation/in_progress"))
+
+	pub("bootcert-rotation/update", `{"clientToken":"c3","status":"SUCCEEDED","expectedVersion":99}`)
+	m = jobs.WaitFor(t, "VersionMismatch", labtest.Contains(base+"bootcert-rotation/update/rejected", `"c3"`))
+	if !strings.Contains(m.Payload, `"code":"VersionMismatch"`) {
+		t.Fatalf("update/rejected %s", m.Payload)
+	}
+	pub("bootcert-rotation/update", `{"clientToken":"c4","status":"BOGUS"}`)
+	m = jobs.WaitFor(t, "bad status", labtest.Contains(base+"bootcert-rotation/update/rejected", `"c4"`))
+	if !strings.Contains(m.Payload, `"code":"InvalidRequest"`) {
+		t.Fatalf("update/rejected %s", m.Payload)
+	}
+	pub("bootcert-rotation/update", `{"clientToken":"c5","status":"SUCCEEDED","expectedVersion":`+itoa(sn.Execution.VersionNumber)+`,"statusDetails":{"progress":"committed"},"includeJobExecutionState":true}`)
+	m = jobs.WaitFor(t, "update/accepted", labtest.Contains(base+"bootcert-rotation/update/accepted", `"c5"`))
+	if !strings.Contains(m.Payload, `"status":"SUCCEEDED"`) {
+		t.Fatalf("update/accepted %s", m.Payload)
+	}
+	ev := jobs.WaitFor(t, "succeeded event", labtest.Topic("$aws/events/jobExecution/bootcert-rotation/succeeded"))
+	var e map[string]any
+	json.Unmarshal([]byte(ev.Payload), &e)
+	if e["eventType"] != "JOB_EXECUTION" || e["thingArn"] != acct+"thing/gw-1" || e["status"] != "SUCCEEDED" || e["jobId"] != "bootcert-rotation" {
+		t.Fatalf("event %s", ev.Payload)
+	}
+	pub("bootcert-rotation/update", `{"clientToken":"c6","status":"FAILED"}`)
+	jobs.WaitFor(t, "terminal", labtest.Contains(base+"bootcert-rotation/update/rejected", `"c6"`))
+	// Another thing's jobs topics are not this device's to use.
+	if out, err := labtest.Pub(t, dev, "$aws/things/gw-2/jobs/get", `{}`); err == nil {
+		t.Fatalf("publish to another thing's jobs topic: %s", out)
+	}
+}
+
+func itoa(n int64) string { return big.NewInt(n).String() }
+
+func pahoClient(t *testing.T, f *fixture, leaf *labtest.Leaf, id string, lost chan error) paho.Client {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(f.lab.ServerCAPEM())
+	cert, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := paho.NewClientOptions().AddBroker("tls://" + f.lab.Endpoints().MQTT).SetClientID(id).
+		SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, NextProtos: []string{"x-amzn-mqtt-ca"}}).
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second)
+	o.SetConnectionLostHandler(func(_ paho.Client, err error) {
+		if lost != nil {
+			lost <- err
+		}
+	})
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("paho connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+func TestPahoAndInactive(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx := context.Background()
+	leaf := f.ca.Issue(t, "dev-9")
+	f.registerActive(leaf, devicePolicy, "device")
+	lost := make(chan error, 1)
+	c := pahoClient(t, f, leaf, "dev-9", lost)
+	got := make(chan string, 4)
+	st := c.Subscribe("devices/dev-9/#", 1, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) })
+	if !st.WaitTimeout(10*time.Second) || st.Error() != nil {
+		t.Fatalf("subscribe: %v", st.Error())
+	}
+	if r := st.(*paho.SubscribeToken).Result()["devices/dev-9/#"]; r != 1 {
+		t.Fatalf("granted %d", r)
+	}
+	st = c.Subscribe("devices/other/#", 1, nil)
+	st.WaitTimeout(10 * time.Second)
+	if r := st.(*paho.SubscribeToken).Result()["devices/other/#"]; r != 0x80 {
+		t.Fatalf("denied subscribe granted %d, want 0x80", r)
+	}
+	pt := c.Publish("devices/dev-9/t", 1, false, "hello")
+	if !pt.WaitTimeout(10*time.Second) || pt.Error() != nil {
+		t.Fatalf("publish: %v", pt.Error())
+	}
+	select {
+	case p := <-got:
+		if p != "hello" {
+			t.Fatalf("got %q", p)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("own message not received")
+	}
+	// Data-plane publish through the REST API reaches the device too.
+	if out, err := labtest.Pub(t, f.admin, "devices/dev-9/cmd", "from-admin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	select {
+	case p := <-got:
+		if p != "from-admin" {
+			t.Fatalf("got %q", p)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("admin message not received")
+	}
+
+	if _, err := f.api.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(leaf.ID), NewStatus: types.CertificateStatusInactive}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lost:
+	case <-time.After(20 * time.Second):
+		t.Fatal("session of a certificate made INACTIVE was not ended")
+	}
+	if out, err := labtest.Pub(t, f.client(leaf, "dev-9"), "devices/dev-9/t", "x"); err == nil {
+		t.Fatalf("INACTIVE certificate connected: %s", out)
+	}
+}
+
+func TestRestartKeepsState(t *testing.T) {
+	labtest.RequireMosquitto(t)
+	dir := t.TempDir()
+	f := newFixture(t, Config{DataDir: dir})
+	leaf := f.ca.Issue(t, "dev-r")
+	f.registerActive(leaf, devicePolicy, "device")
+	if out, err := labtest.Pub(t, f.client(leaf, "dev-r"), "devices/dev-r/a", "1"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	f.lab.Close()
+
+	l2 := start(t, Config{DataDir: dir})
+	f.lab = l2
+	f.admin.Addr = l2.Endpoints().MQTT
+	f.caFile = l2.Endpoints().ServerCA
+	sub := labtest.StartSub(t, f.admin, "devices/#")
+	if out, err := labtest.Pub(t, f.client(leaf, "dev-r"), "devices/dev-r/a", "after-restart"); err != nil {
+		t.Fatalf("after restart: %v %s", err, out)
+	}
+	sub.WaitFor(t, "message after restart", labtest.Contains("devices/dev-r/a", "after-restart"))
+	// JITR still works with the CA registered before the restart.
+	other := f.ca.Issue(t, "dev-new")
+	if _, err := labtest.Pub(t, f.client(other, "dev-new"), "devices/dev-new/a", "x"); err == nil {
+		t.Fatal("unknown certificate connected")
+	}
+	if st, err := l2.Registry().CertificateStatus(other.ID); err != nil || st != "PENDING_ACTIVATION" {
+		t.Fatalf("after restart JITR: %q %v", st, err)
+	}
+}
+
+func TestInvokeEndpoint(t *testing.T) {
+	called := make(chan json.RawMessage, 1)
+	l := start(t, Config{Functions: map[string]Function{
+		"RenewalFunction": func(ctx context.Context, ev json.RawMessage) (json.RawMessage, error) {
+			called <- ev
+			return json.RawMessage(`{"queued":3}`), nil
+		},
+	}})
+	out, err := l.Invoke(context.Background(), "RenewalFunction", json.RawMessage(`{"source":"test"}`))
+	if err != nil || string(out) != `{"queued":3}` {
+		t.Fatalf("Invoke = %s, %v", out, err)
+	}
+	if ev := <-called; string(ev) != `{"source":"test"}` {
+		t.Fatalf("event %s", ev)
+	}
+	hc := ClientConfig(l.ServerCAPEM(), "").HTTPClient
+	for _, tc := range []struct {
+		name, fn, body string
+		code           int
+		want           string
+	}{
+		{"ok/invoke", "RenewalFunction", `{"source":"http"}`, 200, `{"queued":3}`},
+		{"fail/unknown function", "NoSuchFunction", `{}`, 404, "ResourceNotFoundException"},
+		{"fail/not json", "RenewalFunction", `{`, 400, "not JSON"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", l.Endpoints().API+"/lab/functions/"+tc.fn+"/invoke", strings.NewReader(tc.body))
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.code || !strings.Contains(string(b), tc.want) {
+				t.Fatalf("%d %s, want %d %s", resp.StatusCode, b, tc.code, tc.want)
+			}
+		})
+	}
+	<-called
+	req, _ := http.NewRequest("GET", l.Endpoints().API+"/lab/state", nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var state map[string]json.RawMessage
+	if err := json.NewDecoder(resp.Body).Decode(&state); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"registry", "broker", "functions", "rules", "endpoints"} {
+		if _, ok := state[k]; !ok {
+			t.Errorf("GET /lab/state has no %q section", k)
+		}
+	}
+	var fns map[string]FunctionStats
+	if err := json.Unmarshal(state["functions"], &fns); err != nil || fns["RenewalFunction"].Invocations != 2 {
+		t.Errorf("functions section %s (%v), want 2 invocations of RenewalFunction", state["functions"], err)
+	}
+}
