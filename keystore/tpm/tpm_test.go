@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -859,4 +860,48 @@ func TestIdleRelease(t *testing.T) {
 	}
 	other.Close()
 	signVerify(t, s) // reopens and loads the key again
+}
+
+func TestSignOptions(t *testing.T) {
+	sw := startTPM(t)
+	b, _ := newBackend()
+	dir := t.TempDir()
+	ec := generate(t, b, blobURI(sw.Device(), dir, "ec"), keystore.ECDSAP256)
+	rs := generate(t, b, blobURI(sw.Device(), dir, "rsa"), keystore.RSA2048)
+	d256 := sha256.Sum256([]byte("opts"))
+	for _, tc := range []struct {
+		name   string
+		s      *Signer
+		digest []byte
+		opts   crypto.SignerOpts
+		want   string
+	}{
+		{"fail/sha1", ec, make([]byte, 20), crypto.SHA1, "not supported"},
+		{"fail/no-hash", ec, d256[:], crypto.Hash(0), "not supported"},
+		{"fail/digest-length", ec, d256[:16], crypto.SHA256, "digest is 16 bytes"},
+		{"fail/pss-salt", rs, d256[:], &rsa.PSSOptions{SaltLength: 20, Hash: crypto.SHA256}, "salt length"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.s.Sign(nil, tc.digest, tc.opts)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	t.Run("ok/pss-auto-salt", func(t *testing.T) {
+		sig, err := rs.Sign(nil, d256[:], &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: crypto.SHA256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rsa.VerifyPSS(rs.Public().(*rsa.PublicKey), crypto.SHA256, d256[:], sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("fail/cancelled-context", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := b.Open(ctx, mustURI(t, blobURI(sw.Device(), dir, "ec"))); !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v", err)
+		}
+	})
 }
