@@ -1,0 +1,183 @@
+// Package s3 is the lab's S3: the S3 REST API of
+// github.com/johannesboyne/gofakes3 over a bbolt database in the lab's data
+// directory (DIR/s3.db), so objects and their user metadata survive a
+// restart. It is served on its own listener with path-style addressing
+// (https://127.0.0.1:PORT/BUCKET/KEY). Requests are not authenticated
+// (gofakes3 ignores signatures); presigned GET URLs from service/s3's
+// PresignClient work, and the lab enforces their expiry
+// (X-Amz-Date + X-Amz-Expires, like S3:
+// https://docs.aws.amazon.com/AmazonS3/latest/userguide/using-presigned-url.html).
+package s3
+
+import (
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3bolt"
+	bolt "go.etcd.io/bbolt"
+)
+
+// FileName is the database file under the data directory.
+const FileName = "s3.db"
+
+// Clock gives the current time.
+type Clock interface{ Now() time.Time }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// Config configures a Store.
+type Config struct {
+	Dir    string // DIR; the database is DIR/s3.db
+	Clock  Clock
+	Logger *slog.Logger
+	// Buckets are created at start if missing.
+	Buckets []string
+}
+
+// Store is the lab's S3.
+type Store struct {
+	db      *bolt.DB
+	backend *s3bolt.Backend
+	fake    *gofakes3.GoFakeS3
+	clock   Clock
+	log     *slog.Logger
+}
+
+type timeSource struct{ c Clock }
+
+func (t timeSource) Now() time.Time                  { return t.c.Now().UTC() }
+func (t timeSource) Since(at time.Time) time.Duration { return t.c.Now().Sub(at) }
+
+// Open opens (or creates) DIR/s3.db. Only one process may have it open.
+func Open(cfg Config) (*Store, error) {
+	if cfg.Clock == nil {
+		cfg.Clock = systemClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("lab s3: %w", err)
+	}
+	path := filepath.Join(cfg.Dir, FileName)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("lab s3: opening %s: %w (is another bootcert-lab using this data directory?)", path, err)
+	}
+	ts := timeSource{cfg.Clock}
+	backend := s3bolt.New(db, s3bolt.WithTimeSource(ts))
+	s := &Store{db: db, backend: backend, clock: cfg.Clock, log: cfg.Logger,
+		fake: gofakes3.New(backend, gofakes3.WithTimeSource(ts), gofakes3.WithTimeSkewLimit(15*time.Minute),
+			gofakes3.WithLogger(gofakes3.DiscardLog()))}
+	for _, b := range cfg.Buckets {
+		if err := s.CreateBucket(b); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// CreateBucket creates a bucket unless it exists.
+func (s *Store) CreateBucket(name string) error {
+	ok, err := s.backend.BucketExists(name)
+	if err != nil {
+		return fmt.Errorf("lab s3: bucket %s: %w", name, err)
+	}
+	if ok {
+		return nil
+	}
+	if err := gofakes3.ValidateBucketName(name); err != nil {
+		return fmt.Errorf("lab s3: bucket name %q: %w", name, err)
+	}
+	if err := s.backend.CreateBucket(name); err != nil {
+		return fmt.Errorf("lab s3: creating bucket %s: %w", name, err)
+	}
+	s.log.Info("s3", "op", "CreateBucket", "resource", name, "outcome", "created")
+	return nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Handler serves the S3 API, checking the expiry of presigned requests and
+// logging each request (path only: a presigned query string is a secret).
+func (s *Store) Handler() http.Handler {
+	inner := s.fake.Server()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rw := &statusWriter{ResponseWriter: w, status: 200}
+		if err := s.checkPresigned(r); err != nil {
+			rw.WriteHeader(http.StatusForbidden)
+			writeS3Error(rw, "AccessDenied", err.Error())
+		} else {
+			inner.ServeHTTP(rw, r)
+		}
+		s.log.Info("s3", "op", r.Method, "resource", r.URL.Path, "outcome", rw.status,
+			"presigned", r.URL.Query().Has("X-Amz-Signature"))
+	})
+}
+
+// ErrExpired is returned for presigned requests past their expiry.
+var ErrExpired = errors.New("Request has expired")
+
+func (s *Store) checkPresigned(r *http.Request) error {
+	q := r.URL.Query()
+	if !q.Has("X-Amz-Signature") {
+		return nil
+	}
+	at, err := time.Parse("20060102T150405Z", q.Get("X-Amz-Date"))
+	if err != nil {
+		return errors.New("presigned URL: X-Amz-Date missing or malformed")
+	}
+	exp, err := strconv.Atoi(q.Get("X-Amz-Expires"))
+	// S3 allows at most 7 days (604800 s).
+	if err != nil || exp < 1 || exp > 604800 {
+		return errors.New("presigned URL: X-Amz-Expires must be 1 to 604800 seconds")
+	}
+	if s.clock.Now().After(at.Add(time.Duration(exp) * time.Second)) {
+		return ErrExpired
+	}
+	return nil
+}
+
+func writeS3Error(w http.ResponseWriter, code, msg string) {
+	type s3err struct {
+		XMLName xml.Name `xml:"Error"`
+		Code    string   `xml:"Code"`
+		Message string   `xml:"Message"`
+	}
+	out, _ := xml.Marshal(s3err{Code: code, Message: msg})
+	_, _ = w.Write(append([]byte(xml.Header), out...))
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = code, true
+		if code == http.StatusForbidden {
+			w.Header().Set("Content-Type", "application/xml")
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}

@@ -1,0 +1,142 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/bootcert/bootcert/cloud/lab/pki"
+)
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type env struct {
+	dir    string
+	pki    *pki.PKI
+	store  *Store
+	srv    *httptest.Server
+	client *awss3.Client
+	http   *http.Client
+}
+
+func start(t *testing.T, dir string, clk Clock) *env {
+	t.Helper()
+	p, err := pki.Load(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(Config{Dir: dir, Clock: clk, Buckets: []string{"bootcert-certs"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(st.Handler())
+	srv.TLS = p.ServerTLSConfig()
+	srv.StartTLS()
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.ServerCAPool()}}}
+	c := awss3.NewFromConfig(aws.Config{Region: "us-east-1", HTTPClient: hc,
+		Credentials: credentials.NewStaticCredentialsProvider("AK", "SK", "")}, func(o *awss3.Options) {
+		o.BaseEndpoint = aws.String(srv.URL)
+		o.UsePathStyle = true
+	})
+	e := &env{dir: dir, pki: p, store: st, srv: srv, client: c, http: hc}
+	t.Cleanup(e.close)
+	return e
+}
+
+func (e *env) close() {
+	e.srv.Close()
+	e.store.Close()
+}
+
+func TestPutGetHeadPresignRestart(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	clk := &fakeClock{t: time.Now()}
+	e := start(t, dir, clk)
+	body := []byte(`{"certificatePem":"..."}`)
+	_, err := e.client.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("gw-1/package.json"),
+		Body: bytes.NewReader(body), Metadata: map[string]string{"certificateid": "abc123"}, ContentType: aws.String("application/json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := e.client.HeadObject(ctx, &awss3.HeadObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("gw-1/package.json")})
+	if err != nil || h.Metadata["certificateid"] != "abc123" || aws.ToInt64(h.ContentLength) != int64(len(body)) {
+		t.Fatalf("HeadObject: %+v %v", h, err)
+	}
+	g, err := e.client.GetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("gw-1/package.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(g.Body)
+	g.Body.Close()
+	if !bytes.Equal(got, body) || g.Metadata["certificateid"] != "abc123" {
+		t.Fatalf("GetObject: %q %v", got, g.Metadata)
+	}
+	_, err = e.client.GetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("missing")})
+	if err == nil || !strings.Contains(err.Error(), "NoSuchKey") {
+		t.Fatalf("missing key: %v", err)
+	}
+
+	ps, err := awss3.NewPresignClient(e.client).PresignGetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("bootcert-certs"),
+		Key: aws.String("gw-1/package.json")}, awss3.WithPresignExpires(10*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetch := func() (int, []byte) {
+		resp, err := e.http.Get(ps.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	if code, b := fetch(); code != 200 || !bytes.Equal(b, body) {
+		t.Fatalf("presigned GET: %d %q", code, b)
+	}
+	clk.Advance(11 * time.Minute)
+	if code, b := fetch(); code != 403 || !strings.Contains(string(b), "expired") {
+		t.Fatalf("expired presigned GET: %d %q", code, b)
+	}
+
+	// Restart from the same directory keeps the object and its metadata.
+	e.close()
+	e2 := start(t, dir, clk)
+	h, err = e2.client.HeadObject(ctx, &awss3.HeadObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("gw-1/package.json")})
+	if err != nil || h.Metadata["certificateid"] != "abc123" {
+		t.Fatalf("after restart: %+v %v", h, err)
+	}
+}
+
+func TestBadBucketName(t *testing.T) {
+	dir := t.TempDir()
+	st, err := Open(Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.CreateBucket("Bad_Bucket"); err == nil {
+		t.Fatal("invalid bucket name accepted")
+	}
+}
