@@ -55,7 +55,7 @@ type Store struct {
 
 type timeSource struct{ c Clock }
 
-func (t timeSource) Now() time.Time                  { return t.c.Now().UTC() }
+func (t timeSource) Now() time.Time                   { return t.c.Now().UTC() }
 func (t timeSource) Since(at time.Time) time.Duration { return t.c.Now().Sub(at) }
 
 // Open opens (or creates) DIR/s3.db. Only one process may have it open.
