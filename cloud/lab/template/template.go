@@ -432,6 +432,14 @@ func action(a *iot.TopicRule_Action, r *resolver, fnByName map[string]string) (A
 		if a.Republish.Topic == "" {
 			return Action{}, fmt.Errorf("%w: Republish without Topic", ErrInvalid)
 		}
+		for _, m := range subVar.FindAllString(a.Republish.Topic, -1) {
+			if !republishSubst.MatchString(m) {
+				return Action{}, fmt.Errorf("%w: Republish topic %q: substitution template %s (the lab expands ${topic()}, ${topic(n)}, ${clientid()}, ${principal()})", ErrUnsupported, a.Republish.Topic, m)
+			}
+		}
+		if err := rules.ValidateFilter(a.Republish.Topic); err != nil || strings.ContainsAny(a.Republish.Topic, "+#") {
+			return Action{}, fmt.Errorf("%w: Republish topic %q is not a topic name", ErrInvalid, a.Republish.Topic)
+		}
 		if a.Republish.Headers != nil {
 			return Action{}, fmt.Errorf("%w: Republish Headers (MQTT 5 properties)", ErrUnsupported)
 		}
@@ -594,6 +602,11 @@ func (r *resolver) handle(name string, input any, _ any) any {
 }
 
 var subVar = regexp.MustCompile(`\$\{([^}]*)\}`)
+
+// republishSubst is the subset of AWS IoT substitution templates
+// ("Substitution templates", iot-substitution-templates.html) the lab's
+// republish action expands.
+var republishSubst = regexp.MustCompile(`^\$\{(topic\(([1-9][0-9]*)?\)|clientid\(\)|principal\(\))\}$`)
 
 // sub implements Fn::Sub ("Fn::Sub" in the CloudFormation intrinsic function
 // reference): ${!Literal} -> ${Literal}; ${Name} from the variable map, a

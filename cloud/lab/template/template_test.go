@@ -297,6 +297,10 @@ func TestLoadErrors(t *testing.T) {
 			ErrInvalid, []string{"12 digits"}},
 		{"fail/republish-qos", "Qos: 1", "Qos: 2", Options{},
 			ErrInvalid, []string{"RequestsRule", "ErrorAction", "Qos 2"}},
+		{"fail/republish-unsupported-substitution", "bootcert/errors/${topic(2)}", "bootcert/errors/${upper(topic(2))}", Options{},
+			ErrUnsupported, []string{"RequestsRule", "${upper(topic(2))}"}},
+		{"fail/republish-wildcard-topic", "bootcert/errors/${topic(2)}", "bootcert/errors/+", Options{},
+			ErrInvalid, []string{"RequestsRule", "not a topic name"}},
 		{"fail/not-yaml", "Resources:", "Resources: [", Options{},
 			ErrInvalid, nil},
 	}
