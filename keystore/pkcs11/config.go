@@ -56,13 +56,15 @@ type config struct {
 	uri     string // redacted
 }
 
-// cacheKey identifies one crypto11 context: one module, one token.
+// cacheKey identifies one crypto11 context: one module, one token. A token
+// named by its label (with or without a matching slot-id) is one context; a
+// token named by slot-id only is another, so refer to a token the same way
+// everywhere in a process.
 func (c *config) cacheKey() string {
-	slot := ""
-	if c.slot != nil {
-		slot = strconv.Itoa(*c.slot)
+	if c.token != "" {
+		return c.module + "\x00label\x00" + c.token
 	}
-	return c.module + "\x00" + c.token + "\x00" + slot
+	return c.module + "\x00slot\x00" + strconv.Itoa(*c.slot)
 }
 
 func (c *config) pinHash() [32]byte { return sha256.Sum256([]byte("bootcert-pin\x00" + c.pin)) }

@@ -64,9 +64,12 @@
 // # Sessions and concurrency
 //
 // crypto11 initialises a module once per process. This package keeps one
-// logged-in crypto11 context per (module, token) for the life of the process
-// and shares it between all keys on that token; it is safe for concurrent
-// use. Opening the same token again with a different PIN is refused (the
+// logged-in crypto11 context per (module, token label) -- or (module, slot)
+// for URIs with slot-id and no token -- for the life of the process and
+// shares it between all keys on that token; it is safe for concurrent use.
+// Name a token the same way (by label, preferably) everywhere in a process:
+// a second context on the same token skips the PIN check (the token is
+// already logged in) and does not share the Generate/Delete lock. Opening the same token again with a different PIN is refused (the
 // token is already logged in, the new PIN cannot be checked): restart the
 // process after changing the PIN. CloseAll closes every context (tests,
 // orderly shutdown); signers obtained before stop working.

@@ -71,29 +71,23 @@ func CloseAll() error {
 func open(c *config) (*token, error) {
 	tokensMu.Lock()
 	defer tokensMu.Unlock()
+	if err := checkModule(c.module); err != nil {
+		return nil, err
+	}
+	if c.slot != nil && c.token != "" {
+		// checked on every open: the cache is keyed by label
+		if err := checkSlotLabel(c); err != nil {
+			return nil, err
+		}
+	}
 	if t, ok := tokens[c.cacheKey()]; ok {
 		if t.pinHash != c.pinHash() {
 			return nil, fmt.Errorf("token %s (module %s) is already open in this process with a different PIN (from %s); restart the process to use a new PIN", c.tokenName(), c.module, c.pinFrom)
 		}
 		return t, nil
 	}
-	st, err := os.Stat(c.module)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %s does not exist (install the module or fix module-path)", ErrModuleNotFound, c.module)
-		}
-		return nil, fmt.Errorf("%w: %s: %v", ErrModuleNotFound, c.module, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s is not a regular file", ErrModuleNotFound, c.module)
-	}
 	cfg := &crypto11.Config{Path: c.module, Pin: c.pin}
 	if c.slot != nil {
-		if c.token != "" {
-			if err := checkSlotLabel(c); err != nil {
-				return nil, err
-			}
-		}
 		s := *c.slot
 		cfg.SlotNumber = &s
 	} else {
@@ -106,6 +100,20 @@ func open(c *config) (*token, error) {
 	t := &token{ctx: ctx, pinHash: c.pinHash()}
 	tokens[c.cacheKey()] = t
 	return t, nil
+}
+
+func checkModule(module string) error {
+	st, err := os.Stat(module)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s does not exist (install the module or fix module-path)", ErrModuleNotFound, module)
+		}
+		return fmt.Errorf("%w: %s: %v", ErrModuleNotFound, module, err)
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%w: %s is not a regular file", ErrModuleNotFound, module)
+	}
+	return nil
 }
 
 func configureError(c *config, err error) error {

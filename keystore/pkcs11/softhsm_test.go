@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -568,4 +569,69 @@ func TestConcurrentUse(t *testing.T) {
 	if won != 1 {
 		t.Fatalf("%d concurrent Generates of one name succeeded, want 1", won)
 	}
+}
+
+// slotOf finds a token's slot id with pkcs11-tool -L.
+func slotOf(t *testing.T, label string) uint64 {
+	t.Helper()
+	testenv.Require(t, "pkcs11-tool")
+	out, err := exec.Command("pkcs11-tool", "--module", hsm.Module, "-L").CombinedOutput()
+	if err != nil {
+		t.Fatalf("pkcs11-tool -L: %v\n%s", err, out)
+	}
+	var slot uint64
+	found := false
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "Slot ") {
+			// Slot 1 (0x48a24395): SoftHSM slot ID 0x48a24395
+			if i, j := strings.Index(line, "(0x"), strings.Index(line, "):"); i > 0 && j > i {
+				slot, err = strconv.ParseUint(line[i+3:j], 16, 64)
+				if err != nil {
+					t.Fatalf("parsing %q: %v", line, err)
+				}
+			}
+		}
+		if strings.TrimSpace(line) == "token label        : "+label {
+			found = true
+			break
+		}
+	}
+	if !found {
+		t.Fatalf("pkcs11-tool -L does not list token %q:\n%s", label, out)
+	}
+	return slot
+}
+
+func TestSlotID(t *testing.T) {
+	need(t)
+	n := fresh(t)
+	ctx := context.Background()
+	s, err := keystore.Generate(ctx, n.uri("slot", ""), keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := strconv.FormatUint(slotOf(t, tokenLabel), 10)
+	other := strconv.FormatUint(slotOf(t, token2Label), 10)
+	byID := func(extra string) string {
+		return "pkcs11:" + extra + ";object=" + n.label("slot") + "?module-path=" + hsm.Module + "&pin-value=" + userPIN
+	}
+	for name, u := range map[string]string{
+		"ok/slot-only":      byID("slot-id=" + slot),
+		"ok/slot-and-token": byID("slot-id=" + slot + ";token=" + tokenLabel),
+	} {
+		t.Run(name, func(t *testing.T) {
+			o, err := keystore.Open(ctx, u)
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			samePublic(t, s, o)
+		})
+	}
+	t.Run("fail/slot-and-token-conflict", func(t *testing.T) {
+		_, err := keystore.Open(ctx, byID("slot-id="+other+";token="+tokenLabel))
+		var ue *keystore.URIError
+		if !errors.As(err, &ue) || ue.Part != "attribute slot-id" || !strings.Contains(err.Error(), token2Label) {
+			t.Fatalf("err = %v, want a URIError naming slot-id and the token in that slot", err)
+		}
+	})
 }
