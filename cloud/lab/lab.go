@@ -32,6 +32,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/limits"
 	"github.com/bootcert/bootcert/cloud/lab/pki"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
+	"github.com/bootcert/bootcert/cloud/lab/s3"
 	"github.com/bootcert/bootcert/internal/atomicfile"
 )
 
@@ -94,6 +95,7 @@ type Lab struct {
 	reg       *registry.Registry
 	broker    *broker.Server
 	api       *api.Server
+	s3        *s3.Store
 	invoker   *invoker
 	rules     *ruleEngine
 	endpoints Endpoints
@@ -326,6 +328,9 @@ func (l *Lab) Close() error {
 			l.invoker.close()
 		}
 		l.wg.Wait()
+		if l.s3 != nil {
+			l.s3.Close()
+		}
 		l.log.Info("lab stopped")
 	})
 	return l.closeErr

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"math/big"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
+	"github.com/bootcert/bootcert/cloud/lab/registry"
 	"github.com/bootcert/bootcert/protocol"
 )
 
@@ -480,5 +482,165 @@ func TestInvokeEndpoint(t *testing.T) {
 	var fns map[string]FunctionStats
 	if err := json.Unmarshal(state["functions"], &fns); err != nil || fns["RenewalFunction"].Invocations != 2 {
 		t.Errorf("functions section %s (%v), want 2 invocations of RenewalFunction", state["functions"], err)
+	}
+}
+
+// TestTemplateRules runs the real cloud/template.yaml's rules and policies
+// with Go stand-ins for the functions: JITR event -> activator, the
+// certificates/+/+ request rule -> vendor (with the fields the SQL adds),
+// job execution events -> reaper.
+func TestTemplateRules(t *testing.T) {
+	var l *Lab
+	ready := make(chan struct{})
+	activated := make(chan string, 4)
+	vendorEvents := make(chan map[string]any, 4)
+	reaperEvents := make(chan map[string]any, 8)
+	fns := map[string]Function{
+		"ActivatorFunction": func(ctx context.Context, ev json.RawMessage) (json.RawMessage, error) {
+			<-ready
+			var e struct{ CertificateID string }
+			if err := json.Unmarshal(ev, &e); err != nil {
+				return nil, err
+			}
+			r := l.Registry()
+			cert, err := r.DescribeCertificate(e.CertificateID)
+			if err != nil {
+				return nil, err
+			}
+			block, _ := pem.Decode([]byte(cert.PEM))
+			c, _ := x509.ParseCertificate(block.Bytes)
+			thing := c.Subject.CommonName
+			if _, err := r.CreateThing(thing, "bootcert-gateway", nil); err != nil {
+				return nil, err
+			}
+			if err := r.AttachThingPrincipal(thing, cert.ARN); err != nil {
+				return nil, err
+			}
+			if err := r.AttachPolicy("bootcert-bootstrap", cert.ARN); err != nil {
+				return nil, err
+			}
+			if err := r.UpdateCertificate(e.CertificateID, "ACTIVE"); err != nil {
+				return nil, err
+			}
+			activated <- thing
+			return nil, nil
+		},
+		"VendorFunction": func(ctx context.Context, ev json.RawMessage) (json.RawMessage, error) {
+			var e map[string]any
+			if err := json.Unmarshal(ev, &e); err != nil {
+				return nil, err
+			}
+			vendorEvents <- e
+			reply, _ := json.Marshal(map[string]any{"clientToken": e["clientToken"], "certificateId": "abc"})
+			return nil, l.Broker().Publish("certificates/"+e["thingName"].(string)+"/"+e["operation"].(string)+"/accepted", reply, 1)
+		},
+		"ReaperFunction": func(ctx context.Context, ev json.RawMessage) (json.RawMessage, error) {
+			var e map[string]any
+			if err := json.Unmarshal(ev, &e); err != nil {
+				return nil, err
+			}
+			reaperEvents <- e
+			return nil, nil
+		},
+	}
+	f := newFixture(t, Config{TemplatePath: filepath.Join("..", "template.yaml"), NoBuild: true, Functions: fns})
+	l = f.lab
+	close(ready)
+	if _, err := l.Registry().GetPolicy("bootcert-bootstrap"); err != nil {
+		t.Fatalf("template policy not created: %v", err)
+	}
+
+	leaf := f.ca.Issue(t, "gw-7")
+	if out, err := labtest.Pub(t, f.client(leaf, "gw-7"), "certificates/gw-7/get", "{}"); err == nil {
+		t.Fatalf("first connect succeeded: %s", out)
+	}
+	select {
+	case thing := <-activated:
+		if thing != "gw-7" {
+			t.Fatalf("activated %q", thing)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the JITR rule did not invoke ActivatorFunction")
+	}
+
+	lost := make(chan error, 1)
+	c := pahoClient(t, f, leaf, "gw-7", lost)
+	got := make(chan paho.Message, 4)
+	if tok := c.Subscribe("certificates/gw-7/get/+", 1, func(_ paho.Client, m paho.Message) { got <- m }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	if tok := c.Publish("certificates/gw-7/get", 1, false, `{"jobId":"bootcert-rotation","clientToken":"tok-1","csr":"x"}`); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	select {
+	case e := <-vendorEvents:
+		if e["thingName"] != "gw-7" || e["operation"] != "get" || e["principal"] != leaf.ID || e["clientId"] != "gw-7" || e["clientToken"] != "tok-1" || e["jobId"] != "bootcert-rotation" {
+			t.Fatalf("vendor event %v", e)
+		}
+		if _, ok := e["receivedAt"].(float64); !ok {
+			t.Fatalf("vendor event without receivedAt: %v", e)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the request rule did not invoke VendorFunction")
+	}
+	select {
+	case m := <-got:
+		if m.Topic() != "certificates/gw-7/get/accepted" || !strings.Contains(string(m.Payload()), "tok-1") {
+			t.Fatalf("reply %s %s", m.Topic(), m.Payload())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the device got no reply")
+	}
+
+	// The bootstrap policy does not allow telemetry: publishing it ends the session.
+	c.Publish("telemetry/gw-7/x", 1, false, "x").WaitTimeout(5 * time.Second)
+	select {
+	case <-lost:
+	case <-time.After(20 * time.Second):
+		t.Fatal("unauthorized publish did not disconnect the client")
+	}
+
+	// Job execution events reach the reaper.
+	r := l.Registry()
+	doc, _ := json.Marshal(protocol.DefaultJobDocument())
+	if _, err := r.CreateJob(registry.CreateJobInput{JobID: "bootcert-rotation", Targets: []string{r.ThingGroupARN("bootcert-rotation")}, Document: string(doc), TargetSelection: registry.TargetContinuous}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddThingToThingGroup("bootcert-rotation", "gw-7"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok, err := r.StartNextPendingJobExecution("gw-7", nil, nil); err != nil || !ok {
+		t.Fatalf("start-next: %v %v", ok, err)
+	}
+	if _, _, err := r.UpdateJobExecution(registry.UpdateJobExecutionInput{ThingName: "gw-7", JobID: "bootcert-rotation", Status: "FAILED", StatusDetails: map[string]string{"reason": "test"}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case e := <-reaperEvents:
+			if e["status"] == "FAILED" {
+				if e["jobId"] != "bootcert-rotation" || e["thingArn"] != acct+"thing/gw-7" || e["eventType"] != "JOB_EXECUTION" {
+					t.Fatalf("reaper event %v", e)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("the job execution rule did not invoke ReaperFunction with FAILED")
+		}
+	}
+}
+
+// TestTemplateBuildsFunctions: without stand-ins, the lab builds every
+// function of the real template with cloud.Build.
+func TestTemplateBuildsFunctions(t *testing.T) {
+	l := start(t, Config{TemplatePath: filepath.Join("..", "template.yaml")})
+	for _, id := range []string{"ActivatorFunction", "VendorFunction", "ReaperFunction", "ActivationFunction", "RenewalFunction"} {
+		if !l.invoker.has(id) {
+			t.Errorf("function %s not built (have %v)", id, l.invoker.names())
+		}
+	}
+	if got := l.rules.snapshot(); len(got) != 3 {
+		t.Errorf("rules %v, want the template's 3", got)
 	}
 }

@@ -72,12 +72,12 @@ func (e *ruleEngine) onMessage(m broker.Message) {
 			case "lambda":
 				e.inv.InvokeAsync(a.function, json.RawMessage(out), "rule "+r.name)
 			case "republish":
-				a, out, name := a, out, r.name
+				topic, qos, out, name := republishTopic(a.topic, m), a.qos, out, r.name
 				e.inv.Go("rule "+name+" republish", func(context.Context) error {
-					if err := e.publish(a.topic, out, a.qos); err != nil {
-						return fmt.Errorf("republish to %s: %w", a.topic, err)
+					if err := e.publish(topic, out, qos); err != nil {
+						return fmt.Errorf("republish to %s: %w", topic, err)
 					}
-					e.log.Info("rule republished", "rule", name, "topic", a.topic)
+					e.log.Info("rule republished", "rule", name, "topic", topic)
 					return nil
 				})
 			}

@@ -1,8 +1,23 @@
 package lab
 
-import "net/http"
+import (
+	"fmt"
+	"net/http"
 
-// startS3 returns the S3 handler.
+	"github.com/bootcert/bootcert/cloud/lab/s3"
+)
+
+// startS3 opens the lab's S3 store (DIR/s3.db) and returns its handler.
 func (l *Lab) startS3() (http.Handler, error) {
-	return http.NotFoundHandler(), nil
+	st, err := s3.Open(s3.Config{Dir: l.cfg.DataDir, Clock: l.cfg.Clock, Logger: l.log.With("component", "s3")})
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	l.s3 = st
+	return st.Handler(), nil
+}
+
+// createBucket creates a template bucket in the lab's S3.
+func (l *Lab) createBucket(name string) error {
+	return l.s3.CreateBucket(name)
 }

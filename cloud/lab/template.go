@@ -2,11 +2,25 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
+	"time"
+
+	"github.com/bootcert/bootcert/cloud"
+	"github.com/bootcert/bootcert/cloud/lab/broker"
+	"github.com/bootcert/bootcert/cloud/lab/registry"
+	"github.com/bootcert/bootcert/cloud/lab/rules"
+	"github.com/bootcert/bootcert/cloud/lab/template"
+	"github.com/bootcert/bootcert/cloud/ports"
 )
 
-// loadTemplate applies the template: policies, thing types and groups,
-// buckets, functions and topic rules.
+// loadTemplate applies the template like a stack deployment would, without
+// overwriting state a previous run created: IoT policies (created when
+// missing; a stored policy whose document differs is kept and reported),
+// thing types and groups, buckets; then builds every function the template
+// declares with cloud.Build (Config.Functions take precedence) and installs
+// the topic rules.
 func (l *Lab) loadTemplate(ctx context.Context) error {
 	for id, f := range l.cfg.Functions {
 		l.invoker.set(id, f)
@@ -14,5 +28,138 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 	if l.cfg.TemplatePath == "" {
 		return nil
 	}
-	return fmt.Errorf("lab: --template %s: templates are not supported yet", l.cfg.TemplatePath)
+	t, err := template.Load(l.cfg.TemplatePath, template.Options{Region: l.cfg.Region, AccountID: l.cfg.AccountID})
+	if err != nil {
+		return fmt.Errorf("lab: --template: %w", err)
+	}
+	log := l.log.With("component", "template", "template", l.cfg.TemplatePath)
+
+	for _, p := range t.Policies {
+		cur, err := l.reg.GetPolicy(p.Name)
+		switch {
+		case errors.Is(err, registry.ErrNotFound):
+			if _, err := l.reg.CreatePolicy(p.Name, string(p.Document)); err != nil {
+				return fmt.Errorf("lab: template %s: policy %s (%s): %w", l.cfg.TemplatePath, p.Name, p.LogicalID, err)
+			}
+			log.Info("policy created", "policy", p.Name)
+		case err != nil:
+			return fmt.Errorf("lab: template policy %s: %w", p.Name, err)
+		case !sameJSON(cur.Document, string(p.Document)):
+			log.Warn("policy in the registry differs from the template; keeping the registry's (delete DIR to start over)", "policy", p.Name)
+		}
+	}
+	for _, tt := range t.ThingTypes {
+		if _, err := l.reg.CreateThingType(tt, "", nil); err != nil && !errors.Is(err, registry.ErrAlreadyExists) {
+			return fmt.Errorf("lab: template thing type %s: %w", tt, err)
+		}
+	}
+	for _, g := range t.ThingGroups {
+		if _, err := l.reg.CreateThingGroup(g, "", "", nil); err != nil && !errors.Is(err, registry.ErrAlreadyExists) {
+			return fmt.Errorf("lab: template thing group %s: %w", g, err)
+		}
+	}
+	for _, b := range t.Buckets {
+		if err := l.createBucket(b); err != nil {
+			return fmt.Errorf("lab: template bucket %s: %w", b, err)
+		}
+	}
+
+	deps := cloud.Deps{
+		AWS: ClientConfig(l.pki.ServerCAPEM(), l.cfg.Region),
+		Endpoints: cloud.Endpoints{
+			IoT: l.endpoints.API, S3: l.endpoints.S3, IoTData: l.endpoints.API,
+		},
+		Clock:  functionClock(l.cfg.Clock),
+		Logger: l.log.With("component", "function"),
+	}
+	for _, f := range t.Functions {
+		if l.cfg.Functions[f.LogicalID] != nil {
+			log.Info("function from Config.Functions", "function", f.LogicalID)
+			continue
+		}
+		if l.cfg.NoBuild {
+			continue
+		}
+		env := map[string]string{}
+		for k, v := range f.Env {
+			env[k] = v
+		}
+		for k, v := range l.cfg.Env {
+			env[k] = v
+		}
+		fn, err := cloud.Build(ctx, f.LogicalID, func(k string) string { return env[k] }, deps)
+		if errors.Is(err, cloud.ErrUnknownFunction) {
+			log.Warn("template function has no Go handler in package cloud; its invocations will fail", "function", f.LogicalID)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("lab: template %s: %w", l.cfg.TemplatePath, err)
+		}
+		l.invoker.set(f.LogicalID, Function(fn))
+		log.Info("function built", "function", f.LogicalID)
+	}
+
+	var compiled []*compiledRule
+	for _, r := range t.Rules {
+		if r.Disabled {
+			log.Info("rule disabled", "rule", r.Name)
+			continue
+		}
+		st := r.Statement
+		cr := &compiledRule{name: r.Name, sql: r.SQL, matches: st.Matches}
+		cr.apply = func(m broker.Message) ([]byte, bool, error) {
+			return st.Apply(rules.Message{Topic: m.Topic, Payload: m.Payload, ClientID: m.ClientID, Principal: m.Principal, Timestamp: m.Timestamp})
+		}
+		for _, a := range r.Actions {
+			switch a.Kind {
+			case template.ActionLambda:
+				if !l.invoker.has(a.FunctionLogicalID) {
+					log.Warn("rule invokes a function the lab does not have", "rule", r.Name, "function", a.FunctionLogicalID)
+				}
+				cr.actions = append(cr.actions, ruleAction{kind: "lambda", function: a.FunctionLogicalID})
+			case template.ActionRepublish:
+				cr.actions = append(cr.actions, ruleAction{kind: "republish", topic: a.Topic, qos: byte(a.QoS)})
+			default:
+				return fmt.Errorf("lab: template rule %s: action %q is not supported by the lab", r.Name, a.Kind)
+			}
+		}
+		compiled = append(compiled, cr)
+		log.Info("rule installed", "rule", r.Name, "sql", r.SQL, "actions", len(cr.actions))
+	}
+	l.rules.set(compiled)
+	return nil
 }
+
+// sameJSON compares two JSON documents ignoring whitespace.
+func sameJSON(a, b string) bool {
+	return strings.Join(strings.Fields(a), "") == strings.Join(strings.Fields(b), "")
+}
+
+// republishTopic expands the substitution templates AWS allows in a
+// republish topic that the lab supports: ${topic()}, ${topic(n)},
+// ${clientid()}, ${principal()}.
+func republishTopic(tmpl string, m broker.Message) string {
+	if !strings.Contains(tmpl, "${") {
+		return tmpl
+	}
+	parts := strings.Split(m.Topic, "/")
+	r := strings.NewReplacer("${topic()}", m.Topic, "${clientid()}", m.ClientID, "${principal()}", m.Principal)
+	out := r.Replace(tmpl)
+	for i := len(parts); i >= 1; i-- {
+		out = strings.ReplaceAll(out, fmt.Sprintf("${topic(%d)}", i), parts[i-1])
+	}
+	return out
+}
+
+// functionClock gives the functions the lab's clock; a Clock without After
+// (backoff waits) uses real time for waiting.
+func functionClock(c Clock) ports.Clock {
+	if pc, ok := c.(ports.Clock); ok {
+		return pc
+	}
+	return clockWithAfter{c}
+}
+
+type clockWithAfter struct{ Clock }
+
+func (clockWithAfter) After(d time.Duration) <-chan time.Time { return time.After(d) }
