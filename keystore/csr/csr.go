@@ -28,9 +28,9 @@ var ErrInvalid = errors.New("invalid certificate request")
 const PEMType = "CERTIFICATE REQUEST"
 
 // Create builds a DER CSR with subject CN=cn, signed by signer. Each SAN is
-// classified by its form: an IP address becomes an IP SAN, a string with a
-// URI scheme ("spiffe://...", "urn:...") a URI SAN, a string with "@" an
-// e-mail SAN, anything else a DNS name. The signature algorithm follows the
+// classified by its form: an IP address becomes an IP SAN, "scheme://..." or
+// "urn:..." a URI SAN, a string with "@" an e-mail SAN, a host name (or
+// "*.domain") a DNS name; anything else is an error. The signature algorithm follows the
 // key: ECDSA with SHA-256 (P-256) or SHA-384 (P-384), RSA PKCS#1 v1.5 with
 // SHA-256.
 func Create(signer crypto.Signer, cn string, sans ...string) ([]byte, error) {
@@ -84,7 +84,7 @@ func addSAN(tmpl *x509.CertificateRequest, s string) error {
 		tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
 		return nil
 	}
-	if i := strings.Index(s, ":"); i > 0 && isScheme(s[:i]) {
+	if i := strings.Index(s, ":"); i > 0 && isScheme(s[:i]) && (strings.HasPrefix(s[i:], "://") || strings.EqualFold(s[:i], "urn")) {
 		u, err := url.Parse(s)
 		if err != nil {
 			return fmt.Errorf("%w: subject alternative name %q looks like a URI but does not parse: %v", ErrInvalid, s, err)

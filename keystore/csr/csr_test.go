@@ -107,6 +107,8 @@ func TestCreateErrors(t *testing.T) {
 		{"fail/nil-signer", nil, "gw", nil, "no signer"},
 		{"fail/bad-dns", p256, "gw", []string{"not a host"}, `"not a host"`},
 		{"fail/empty-san", p256, "gw", []string{""}, "empty"},
+		{"fail/host-port", p256, "gw", []string{"gw.local:8883"}, "neither"},
+		{"fail/space-in-uri", p256, "gw", []string{"spiffe://a b"}, "URI"},
 		{"fail/bad-email", p256, "gw", []string{"Ops <ops@example.com>"}, "e-mail"},
 	}
 	for _, tc := range tests {

@@ -264,3 +264,45 @@ func BenchmarkSign(b *testing.B) {
 		})
 	}
 }
+
+func TestConcurrentGenerateOneWins(t *testing.T) {
+	ctx := context.Background()
+	p := filepath.Join(t.TempDir(), "k.pem")
+	type result struct {
+		s   crypto.Signer
+		err error
+	}
+	results := make(chan result, 8)
+	for i := 0; i < 8; i++ {
+		go func() {
+			s, err := keystore.Generate(ctx, "file:"+p, keystore.ECDSAP256)
+			results <- result{s, err}
+		}()
+	}
+	var winner crypto.Signer
+	for i := 0; i < 8; i++ {
+		r := <-results
+		switch {
+		case r.err == nil && winner != nil:
+			t.Fatal("two concurrent Generates of one file succeeded")
+		case r.err == nil:
+			winner = r.s
+		case !errors.Is(r.err, keystore.ErrExists):
+			t.Fatalf("Generate: %v", r.err)
+		}
+	}
+	if winner == nil {
+		t.Fatal("no Generate succeeded")
+	}
+	o, err := keystore.Open(ctx, "file:"+p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.Public().(*ecdsa.PublicKey).Equal(winner.Public()) {
+		t.Fatal("the file holds another key than the one the winner returned")
+	}
+	ents, _ := os.ReadDir(filepath.Dir(p))
+	if len(ents) != 1 {
+		t.Fatalf("%d directory entries left, want 1 (temp files leaked)", len(ents))
+	}
+}
