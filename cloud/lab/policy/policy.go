@@ -564,6 +564,22 @@ func expandValue(s string, lookup func(string) (string, bool)) (string, bool) {
 	return b.String(), true
 }
 
+// literalPrefix is the length of pattern's prefix before the first
+// wildcard, ${variable} or $(c) escape.
+func literalPrefix(pattern string) int {
+	for i := 0; i < len(pattern); i++ {
+		switch pattern[i] {
+		case '*', '?':
+			return i
+		case '$':
+			if i+1 < len(pattern) && (pattern[i+1] == '{' || pattern[i+1] == '(') {
+				return i
+			}
+		}
+	}
+	return len(pattern)
+}
+
 type tok struct {
 	r    rune
 	wild byte // 0 literal, '*' or '?'
@@ -619,6 +635,16 @@ func expand(s string, lookup func(string) (string, bool), strict bool) ([]tok, e
 // unresolved variable matches nothing. fold compares case-insensitively
 // (action names).
 func Match(pattern, s string, lookup func(string) (string, bool), fold bool) bool {
+	if !fold {
+		// Fast path: the literal prefix before any variable or wildcard.
+		i := literalPrefix(pattern)
+		if i == len(pattern) {
+			return pattern == s
+		}
+		if !strings.HasPrefix(s, pattern[:i]) {
+			return false
+		}
+	}
 	if lookup == nil {
 		lookup = func(string) (string, bool) { return "", false }
 	}
