@@ -322,8 +322,8 @@ func (Backend) Generate(_ context.Context, u *keystore.URI, alg keystore.Algorit
 	}
 	if err != nil {
 		var perr p11.Error
-		if errors.As(err, &perr) && (perr == p11.CKR_MECHANISM_INVALID || perr == p11.CKR_ATTRIBUTE_VALUE_INVALID || perr == p11.CKR_DOMAIN_PARAMS_INVALID || perr == p11.CKR_CURVE_NOT_SUPPORTED) {
-			return nil, fmt.Errorf("generating %s key %s on token %s: %w by this token (%v)", alg, c.keyName(), c.tokenName(), keystore.ErrUnsupportedAlgorithm, err)
+		if errors.As(err, &perr) && (perr == p11.CKR_MECHANISM_INVALID || perr == p11.CKR_KEY_SIZE_RANGE || perr == p11.CKR_DOMAIN_PARAMS_INVALID || perr == p11.CKR_CURVE_NOT_SUPPORTED) {
+			return nil, fmt.Errorf("generating %s key %s on token %s: %w: the token refused it (%v); choose another algorithm", alg, c.keyName(), c.tokenName(), keystore.ErrUnsupportedAlgorithm, err)
 		}
 		return nil, fmt.Errorf("generating %s key %s on token %s: %w", alg, c.keyName(), c.tokenName(), err)
 	}
