@@ -184,24 +184,25 @@ type logical struct {
 	l, r expr
 }
 
+// eval follows "Operators" (iot-sql-operators.html): AND and OR need
+// Boolean operands (or the strings "true"/"false"); any other operand,
+// Undefined included, makes the result Undefined.
 func (x logical) eval(e *env) tri {
 	l, r := x.l.eval(e), x.r.eval(e)
-	if x.op == "AND" {
-		switch {
-		case l == isFalse || r == isFalse:
-			return isFalse
-		case l == isTrue && r == isTrue:
-			return isTrue
-		}
+	if l == isUndefined || r == isUndefined {
 		return isUndefined
 	}
-	switch {
-	case l == isTrue || r == isTrue:
-		return isTrue
-	case l == isFalse && r == isFalse:
-		return isFalse
+	if x.op == "AND" {
+		return boolTri(l == isTrue && r == isTrue)
 	}
-	return isUndefined
+	return boolTri(l == isTrue || r == isTrue)
+}
+
+func boolTri(b bool) tri {
+	if b {
+		return isTrue
+	}
+	return isFalse
 }
 
 type not struct{ x expr }
@@ -216,16 +217,21 @@ func (x not) eval(e *env) tri {
 	return isUndefined
 }
 
-// truth is a bare term used as a condition: true or false when it is a
-// Boolean, undefined otherwise.
+// truth is a bare term used as a condition: a Boolean, or the string
+// "true" or "false" (case-insensitive); anything else is Undefined.
 type truth struct{ t term }
 
 func (x truth) eval(e *env) tri {
-	if b, ok := x.t.value(e).(bool); ok {
-		if b {
+	switch v := x.t.value(e).(type) {
+	case bool:
+		return boolTri(v)
+	case string:
+		switch strings.ToLower(v) {
+		case "true":
 			return isTrue
+		case "false":
+			return isFalse
 		}
-		return isFalse
 	}
 	return isUndefined
 }
@@ -235,57 +241,67 @@ type compare struct {
 	l, r term
 }
 
-// eval compares two values of the same type: numbers numerically, strings
-// byte-wise, Booleans with = and <> only. Any other pairing (an undefined
-// value, mixed types, objects) is undefined, so a WHERE on it does not fire.
+// eval compares two values. "Operators" (iot-sql-operators.html): for >,
+// <, >= and <= "both operands are converted to a Decimal, and then
+// compared" (a string converts when it is a number; anything else is
+// Undefined). = and <> compare numbers numerically, strings byte-wise and
+// Booleans; any other pairing (Undefined, mixed types, objects, arrays,
+// null) is Undefined in the lab, so a WHERE on it does not fire.
 func (x compare) eval(e *env) tri {
 	l, r := x.l.value(e), x.r.value(e)
-	c, ok := 0, false
+	if x.op != "=" && x.op != "<>" {
+		a, ok1 := toDecimal(l)
+		b, ok2 := toDecimal(r)
+		if !ok1 || !ok2 {
+			return isUndefined
+		}
+		c := cmpFloat(a, b)
+		switch x.op {
+		case "<":
+			return boolTri(c < 0)
+		case ">":
+			return boolTri(c > 0)
+		case "<=":
+			return boolTri(c <= 0)
+		}
+		return boolTri(c >= 0)
+	}
+	eq, ok := false, false
 	switch lv := l.(type) {
 	case json.Number:
 		if rv, isNum := r.(json.Number); isNum {
-			a, err1 := lv.Float64()
-			b, err2 := rv.Float64()
-			if err1 == nil && err2 == nil {
-				c, ok = cmpFloat(a, b), true
-			}
+			a, _ := toDecimal(lv)
+			b, _ := toDecimal(rv)
+			eq, ok = a == b, true
 		}
 	case string:
 		if rv, isStr := r.(string); isStr {
-			c, ok = strings.Compare(lv, rv), true
+			eq, ok = lv == rv, true
 		}
 	case bool:
-		if rv, isBool := r.(bool); isBool && (x.op == "=" || x.op == "<>") {
-			if lv == rv {
-				c = 0
-			} else {
-				c = 1
-			}
-			ok = true
+		if rv, isBool := r.(bool); isBool {
+			eq, ok = lv == rv, true
 		}
 	}
 	if !ok {
 		return isUndefined
 	}
-	var res bool
-	switch x.op {
-	case "=":
-		res = c == 0
-	case "<>":
-		res = c != 0
-	case "<":
-		res = c < 0
-	case ">":
-		res = c > 0
-	case "<=":
-		res = c <= 0
-	case ">=":
-		res = c >= 0
+	if x.op == "=" {
+		return boolTri(eq)
 	}
-	if res {
-		return isTrue
+	return boolTri(!eq)
+}
+
+func toDecimal(v any) (float64, bool) {
+	switch x := v.(type) {
+	case json.Number:
+		f, err := x.Float64()
+		return f, err == nil
+	case string:
+		f, err := strconv.ParseFloat(strings.TrimSpace(x), 64)
+		return f, err == nil
 	}
-	return isFalse
+	return 0, false
 }
 
 func cmpFloat(a, b float64) int {
