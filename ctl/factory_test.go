@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/bootcert/bootcert/factory"
 	"github.com/bootcert/bootcert/internal/testenv"
@@ -22,7 +24,9 @@ import (
 
 func opensslOK(t testing.TB, want string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command("openssl", args...).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // hang guard only
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "openssl", args...).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), want) {
 		t.Fatalf("openssl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
