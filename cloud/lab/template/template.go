@@ -200,6 +200,7 @@ func parse(data []byte, isJSON bool, opts Options) (*Template, error) {
 		"Fn::ImportValue": r.handle,
 		"Fn::Cidr":        r.handle,
 		"Fn::GetAZs":      r.handle,
+		"Fn::If":          r.handle,
 	}}
 	var cf *cloudformation.Template
 	if isJSON {
@@ -495,6 +496,11 @@ func newResolver(raw map[string]any, opts Options) (*resolver, error) {
 	if len(r.resources) == 0 {
 		return nil, fmt.Errorf("%w: no Resources", ErrInvalid)
 	}
+	for _, id := range sortedIDs(r.resources) {
+		if c, ok := r.resources[id]["Condition"]; ok {
+			return nil, fmt.Errorf("%w: resource %s has Condition %v: the lab does not evaluate template conditions", ErrUnsupported, id, c)
+		}
+	}
 	ps, _ := raw["Parameters"].(map[string]any)
 	for name, v := range ps {
 		m, _ := v.(map[string]any)
@@ -532,6 +538,15 @@ func newResolver(raw map[string]any, opts Options) (*resolver, error) {
 		}
 	}
 	return r, nil
+}
+
+func sortedIDs(m map[string]map[string]any) []string {
+	ids := make([]string, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
 }
 
 func scalar(v any) string {

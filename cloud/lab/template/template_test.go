@@ -301,6 +301,10 @@ func TestLoadErrors(t *testing.T) {
 			ErrUnsupported, []string{"RequestsRule", "${upper(topic(2))}"}},
 		{"fail/republish-wildcard-topic", "bootcert/errors/${topic(2)}", "bootcert/errors/+", Options{},
 			ErrInvalid, []string{"RequestsRule", "not a topic name"}},
+		{"fail/resource-condition", "  RotationGroup:\n    Type: AWS::IoT::ThingGroup\n", "  RotationGroup:\n    Type: AWS::IoT::ThingGroup\n    Condition: IsProd\n", Options{},
+			ErrUnsupported, []string{"RotationGroup", "Condition"}},
+		{"fail/fn-if", "MemorySize: 256", "MemorySize: !If [IsProd, 512, 256]", Options{},
+			ErrUnsupported, []string{"Fn::If"}},
 		{"fail/not-yaml", "Resources:", "Resources: [", Options{},
 			ErrInvalid, nil},
 	}
