@@ -41,9 +41,10 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	var o opts
+	fs := serveFlags(stderr, &o)
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stderr, usage)
-		flags(io.Discard).PrintDefaults()
+		fs.Usage()
 		if len(args) == 0 {
 			return 2
 		}
@@ -53,18 +54,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bootcert-lab: unknown command %q (try: bootcert-lab serve --data DIR)\n", args[0])
 		return 2
 	}
-	fs := flags(stderr)
-	var o opts
-	fs.StringVar(&o.data, "data", "", "state directory (created if missing; required)")
-	fs.StringVar(&o.mqtt, "mqtt", "127.0.0.1:8883", "MQTT over TLS listen address (port 0 picks a free port)")
-	fs.StringVar(&o.api, "api", "127.0.0.1:8443", "HTTPS listen address of the IoT REST API, data-plane Publish and /lab/")
-	fs.StringVar(&o.s3, "s3", "127.0.0.1:0", "HTTPS listen address of the S3 API")
-	fs.StringVar(&o.template, "template", "", "AWS SAM template with the policies, rules and functions (default: cloud/template.yaml when it exists; \"none\" for no template)")
-	fs.StringVar(&o.limits, "limits", "", `quotas: a JSON file or "aws-default" (default: no limits)`)
-	fs.StringVar(&o.credentials, "credentials", "", `JSON {"accessKeyId","secretAccessKey"}: require SigV4 with this key pair (default: any credentials)`)
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (logs go to stderr as JSON)")
-	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	if fs.NArg() > 0 {
@@ -116,8 +109,17 @@ type opts struct {
 	data, mqtt, api, s3, template, limits, credentials, logLevel string
 }
 
-func flags(out io.Writer) *flag.FlagSet {
+func serveFlags(out io.Writer, o *opts) *flag.FlagSet {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(out)
+	fs.StringVar(&o.data, "data", "", "state directory (created if missing; required)")
+	fs.StringVar(&o.mqtt, "mqtt", "127.0.0.1:8883", "MQTT over TLS listen address (port 0 picks a free port)")
+	fs.StringVar(&o.api, "api", "127.0.0.1:8443", "HTTPS listen address of the IoT REST API, data-plane Publish and /lab/")
+	fs.StringVar(&o.s3, "s3", "127.0.0.1:0", "HTTPS listen address of the S3 API")
+	fs.StringVar(&o.template, "template", "", `AWS SAM template with the policies, rules and functions (default: cloud/template.yaml when it exists; "none" for no template)`)
+	fs.StringVar(&o.limits, "limits", "", `quotas: a JSON file or "aws-default" (default: no limits)`)
+	fs.StringVar(&o.credentials, "credentials", "", `JSON {"accessKeyId","secretAccessKey"}: require SigV4 with this key pair (default: any credentials)`)
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (logs go to stderr as JSON)")
+	fs.Usage = func() { fmt.Fprint(out, usage); fs.PrintDefaults() }
 	return fs
 }
