@@ -2,7 +2,9 @@ package ctl
 
 import (
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,6 +18,8 @@ import (
 	"github.com/bootcert/bootcert/factory"
 	"github.com/bootcert/bootcert/internal/atomicfile"
 	"github.com/bootcert/bootcert/keystore"
+	"github.com/bootcert/bootcert/keystore/csr"
+	"github.com/bootcert/bootcert/manifest"
 )
 
 func init() { register(newCACmd) }
@@ -31,7 +35,7 @@ software key written beside the certificate (development).
 Register ca.pem with AWS IoT (bootcertctl cloud setup) and upload the CRL
 (ca revoke / ca crl) with the manifest.`,
 	}
-	cmd.AddCommand(newCACreateCmd(), newCARevokeCmd(), newCACRLCmd())
+	cmd.AddCommand(newCACreateCmd(), newCASignCmd(), newCARevokeCmd(), newCACRLCmd())
 	return cmd
 }
 
@@ -302,4 +306,141 @@ CRL number, new this/next update times). Run it before the CRL's next update.`,
 		return runRevoke(cmd, caCert, caKey, crl, nil, days, *jsonOut)
 	}
 	return cmd
+}
+
+type signResult struct {
+	DeviceID        string    `json:"device_id"`
+	Certificate     string    `json:"certificate"`
+	Serial          string    `json:"serial"`
+	BootstrapSHA256 string    `json:"bootstrap_sha256"`
+	KeyFingerprint  string    `json:"key_fingerprint"`
+	NotAfter        time.Time `json:"not_after"`
+	Manifest        string    `json:"manifest,omitempty"`
+	FinalCSRSHA256  string    `json:"final_csr_sha256,omitempty"`
+}
+
+func newCASignCmd() *cobra.Command {
+	var (
+		csrPath, caCert, caKey, certOut, manifestPath, finalCSR string
+		days                                                    int
+	)
+	cmd := &cobra.Command{
+		Use:   "sign --csr FILE --ca-cert PEM --ca-key URI --cert-out PATH",
+		Short: "Sign a device CSR made elsewhere (split mode: the key stays on the device)",
+		Long: `Sign a CSR that a device made with its own hardware key
+(bootcertctl key generate + bootcertctl key csr --cn DEVICE-ID on the device),
+for stations that cannot reach the device's TPM or token themselves. The
+subject CN must be a valid device ID; the certificate is written atomically and
+never overwritten; with --manifest the line device_id,bootstrap_sha256 (and
+final_csr from --final-csr) is appended last.
+
+Unlike provision, the station cannot check here that the key is
+non-extractable: run "bootcertctl key info" on the device and keep its output.`,
+		Example: `  # on the device
+  bootcertctl key generate 'tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/bootstrap.tpmkey'
+  bootcertctl key csr --cn gw-0001 --out /tmp/gw-0001.csr 'tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/bootstrap.tpmkey'
+  # on the station
+  bootcertctl ca sign --csr gw-0001.csr --ca-cert ca/ca.pem --ca-key file:$PWD/ca/ca.key \
+    --cert-out certs/gw-0001.pem --manifest manifest.csv`,
+		Args: cobra.NoArgs,
+	}
+	f := cmd.Flags()
+	f.StringVar(&csrPath, "csr", "", "device CSR (PEM or DER), CN = device ID")
+	f.StringVar(&caCert, "ca-cert", "", "factory CA certificate (PEM)")
+	f.StringVar(&caKey, "ca-key", "", "factory CA key URI")
+	f.StringVar(&certOut, "cert-out", "", "where to write the certificate (PEM); never overwritten")
+	f.StringVar(&manifestPath, "manifest", "", "manifest to append the device to (optional)")
+	f.StringVar(&finalCSR, "final-csr", "", "pre-provisioned mode: the operational key's CSR to record in the manifest")
+	f.IntVar(&days, "days", 3650, "validity in days (never beyond the CA's)")
+	for _, n := range []string{"csr", "ca-cert", "ca-key", "cert-out"} {
+		cmd.MarkFlagRequired(n)
+	}
+	jsonOut := addJSONFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		req, err := readCSR(csrPath)
+		if err != nil {
+			return fmt.Errorf("--csr: %w", err)
+		}
+		id := req.Subject.CommonName
+		if err := manifest.ValidDeviceID(id); err != nil {
+			return fmt.Errorf("--csr %s: subject CN: %w", csrPath, err)
+		}
+		entry := manifest.Entry{DeviceID: id}
+		if finalCSR != "" {
+			if manifestPath == "" {
+				return errors.New("--final-csr needs --manifest (it is recorded there)")
+			}
+			freq, err := readCSR(finalCSR)
+			if err != nil {
+				return fmt.Errorf("--final-csr: %w", err)
+			}
+			if freq.Subject.CommonName != id {
+				return fmt.Errorf("--final-csr %s: CN %q differs from the device CSR's %q", finalCSR, freq.Subject.CommonName, id)
+			}
+			entry.FinalCSR = freq.Raw
+		}
+		if manifestPath != "" {
+			if l, err := manifest.ReadFile(manifestPath); err == nil {
+				if _, dup := l.Lookup(id); dup {
+					return fmt.Errorf("--manifest %s: %w: %s; revoke and remove it first to sign a new certificate", manifestPath, manifest.ErrDuplicate, id)
+				}
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("--manifest: %w", err)
+			}
+		}
+		if _, err := os.Stat(certOut); err == nil {
+			return fmt.Errorf("--cert-out: %s already exists and is never overwritten", certOut)
+		}
+		ca, signer, err := loadCA(cmd, caCert, caKey)
+		if err != nil {
+			return err
+		}
+		defer keystore.CloseSigner(signer)
+		cert, err := factory.Issue(ca, signer, req, days, factoryNow())
+		if err != nil {
+			return err
+		}
+		if err := atomicfile.CreateExclusive(certOut, factory.EncodeCertificate(cert), 0o644); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("--cert-out: %s already exists and is never overwritten", certOut)
+			}
+			return fmt.Errorf("--cert-out: %w", err)
+		}
+		entry.BootstrapSHA256 = factory.CertificateID(cert)
+		res := signResult{DeviceID: id, Certificate: certOut, Serial: fmt.Sprintf("%x", cert.SerialNumber), BootstrapSHA256: entry.BootstrapSHA256, NotAfter: cert.NotAfter}
+		res.KeyFingerprint, _ = keystore.Fingerprint(cert.PublicKey)
+		if manifestPath != "" {
+			if err := manifest.Append(manifestPath, entry); err != nil {
+				os.Remove(certOut)
+				return err
+			}
+			res.Manifest = manifestPath
+			if entry.FinalCSR != nil {
+				sum := sha256.Sum256(entry.FinalCSR)
+				res.FinalCSRSHA256 = hex.EncodeToString(sum[:])
+			}
+		}
+		if *jsonOut {
+			return writeJSON(cmd.OutOrStdout(), res)
+		}
+		kv := []string{"device", res.DeviceID, "certificate", res.Certificate, "serial", res.Serial, "bootstrap_sha256", res.BootstrapSHA256, "not after", res.NotAfter.Format(time.RFC3339)}
+		if res.Manifest != "" {
+			kv = append(kv, "manifest", res.Manifest+" (appended)")
+		}
+		return writeFields(cmd.OutOrStdout(), kv...)
+	}
+	return cmd
+}
+
+// readCSR reads and verifies a PEM or DER CSR.
+func readCSR(path string) (*x509.CertificateRequest, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	req, err := csr.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return req, nil
 }

@@ -274,3 +274,53 @@ func certOf(t testing.TB, path string) *x509.Certificate {
 	}
 	return c
 }
+
+// Split mode: the device makes key and CSR, the station signs.
+func TestCASign(t *testing.T) {
+	testenv.Require(t, "openssl")
+	dir := t.TempDir()
+	mustCtl(t, "ca", "create", "--out", filepath.Join(dir, "ca"))
+	caKey := "file:" + filepath.Join(dir, "ca", "ca.key")
+	caPEM := filepath.Join(dir, "ca", "ca.pem")
+	key := "file:" + filepath.Join(dir, "dev.key")
+	op := "file:" + filepath.Join(dir, "op.key")
+	mustCtl(t, "key", "generate", key)
+	mustCtl(t, "key", "generate", op)
+	mustCtl(t, "key", "csr", "--cn", "gw-split", "--out", filepath.Join(dir, "dev.csr"), key)
+	mustCtl(t, "key", "csr", "--cn", "gw-split", "--out", filepath.Join(dir, "op.csr"), op)
+	mustCtl(t, "key", "csr", "--cn", "bad id", "--out", filepath.Join(dir, "bad.csr"), key)
+	args := []string{"ca", "sign", "--csr", filepath.Join(dir, "dev.csr"), "--ca-cert", caPEM, "--ca-key", caKey,
+		"--cert-out", filepath.Join(dir, "gw-split.pem"), "--manifest", filepath.Join(dir, "manifest.csv"), "--final-csr", filepath.Join(dir, "op.csr"), "--json"}
+	res := decodeJSON[signResult](t, mustCtl(t, args...))
+	opensslOK(t, ": OK", "verify", "-CAfile", caPEM, res.Certificate)
+	info := decodeJSON[keystore.Info](t, mustCtl(t, "key", "info", "--json", key))
+	if res.KeyFingerprint != info.Fingerprint || res.FinalCSRSHA256 == "" {
+		t.Fatalf("sign result %+v", res)
+	}
+	l, err := manifest.ReadFile(filepath.Join(dir, "manifest.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := l.Lookup("gw-split"); !ok || e.BootstrapSHA256 != res.BootstrapSHA256 || len(e.FinalCSR) == 0 {
+		t.Fatalf("manifest entry %+v", e)
+	}
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		substr string
+	}{
+		{"fail/already-in-manifest", append(append([]string{}, args[:9]...), filepath.Join(dir, "other.pem"), "--manifest", filepath.Join(dir, "manifest.csv")), "listed twice"},
+		{"fail/cert-exists", args[:10], "never overwritten"},
+		{"fail/bad-cn", []string{"ca", "sign", "--csr", filepath.Join(dir, "bad.csr"), "--ca-cert", caPEM, "--ca-key", caKey, "--cert-out", filepath.Join(dir, "bad.pem")}, "not a valid AWS IoT thing name"},
+		{"fail/not-a-csr", []string{"ca", "sign", "--csr", caPEM, "--ca-cert", caPEM, "--ca-key", caKey, "--cert-out", filepath.Join(dir, "x.pem")}, "--csr"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := snapshotDir(t, dir)
+			_, _, err := runCtl(t, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.substr) {
+				t.Fatalf("err = %v, want %q", err, tc.substr)
+			}
+			sameDir(t, before, snapshotDir(t, dir))
+		})
+	}
+}
