@@ -14,9 +14,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -53,6 +55,7 @@ type options struct {
 	regWorker int
 	limits    string
 	template  string
+	jitr      bool
 }
 
 func main() {
@@ -66,6 +69,7 @@ func main() {
 	flag.IntVar(&o.regWorker, "register-workers", 16, "concurrent registration API calls")
 	flag.StringVar(&o.limits, "limits", "", "passed to bootcert-lab --limits")
 	flag.StringVar(&o.template, "template", "none", "passed to bootcert-lab --template")
+	flag.BoolVar(&o.jitr, "jitr", false, "let JITR register the devices (a first refused connect each), then activate them through the API")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "fleet:", err)
@@ -174,13 +178,54 @@ func run(o options) error {
 		devs[i] = &device{id: id, cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
 			pem: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
 	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	tlsFor := func(d *device) *tls.Config {
+		return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{d.cert}, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+	}
+	var jitrTime time.Duration
+	var jitrRefused atomic.Int64
+	if o.jitr {
+		// Every device's first connect registers its certificate
+		// PENDING_ACTIVATION and is closed.
+		jstart := time.Now()
+		if err := parallel(64, len(devs), func(i int) error {
+			c, err := dial(ep.MQTT, tlsFor(devs[i]), devs[i].id, o.keepalive)
+			if err == nil {
+				c.close()
+				return fmt.Errorf("%s: first connect with an unregistered certificate was accepted", devs[i].id)
+			}
+			jitrRefused.Add(1)
+			return nil
+		}); err != nil {
+			return err
+		}
+		jitrTime = time.Since(jstart)
+	}
 	regStart := time.Now()
 	if err := parallel(o.regWorker, len(devs), func(i int) error {
-		out, err := api.RegisterCertificate(ctx, &iot.RegisterCertificateInput{CertificatePem: aws.String(devs[i].pem), CaCertificatePem: aws.String(caPEMs), Status: types.CertificateStatusActive})
-		if err != nil {
-			return fmt.Errorf("RegisterCertificate %s: %w", devs[i].id, err)
+		var arn *string
+		if o.jitr {
+			id := certID(devs[i].cert.Certificate[0])
+			d, err := api.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(id)})
+			if err != nil {
+				return fmt.Errorf("DescribeCertificate %s after JITR: %w", devs[i].id, err)
+			}
+			if d.CertificateDescription.Status != types.CertificateStatusPendingActivation {
+				return fmt.Errorf("%s after JITR: %s", devs[i].id, d.CertificateDescription.Status)
+			}
+			if _, err := api.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(id), NewStatus: types.CertificateStatusActive}); err != nil {
+				return fmt.Errorf("UpdateCertificate %s: %w", devs[i].id, err)
+			}
+			arn = d.CertificateDescription.CertificateArn
+		} else {
+			out, err := api.RegisterCertificate(ctx, &iot.RegisterCertificateInput{CertificatePem: aws.String(devs[i].pem), CaCertificatePem: aws.String(caPEMs), Status: types.CertificateStatusActive})
+			if err != nil {
+				return fmt.Errorf("RegisterCertificate %s: %w", devs[i].id, err)
+			}
+			arn = out.CertificateArn
 		}
-		if _, err := api.AttachPolicy(ctx, &iot.AttachPolicyInput{PolicyName: aws.String("fleet"), Target: out.CertificateArn}); err != nil {
+		if _, err := api.AttachPolicy(ctx, &iot.AttachPolicyInput{PolicyName: aws.String("fleet"), Target: arn}); err != nil {
 			return fmt.Errorf("AttachPolicy %s: %w", devs[i].id, err)
 		}
 		return nil
@@ -190,8 +235,7 @@ func run(o options) error {
 	regTime := time.Since(regStart)
 
 	// Connect at the target rate.
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
+	load0 := loadavg()
 	clients := make([]*client, len(devs))
 	lat := make([]time.Duration, len(devs))
 	var failed atomic.Int64
@@ -207,9 +251,8 @@ func run(o options) error {
 		wg.Add(1)
 		go func(i int, d *device) {
 			defer wg.Done()
-			conf := &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{d.cert}, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
 			start := time.Now()
-			c, err := dial(ep.MQTT, conf, d.id, o.keepalive)
+			c, err := dial(ep.MQTT, tlsFor(d), d.id, o.keepalive)
 			if err != nil {
 				failed.Add(1)
 				firstErr.CompareAndSwap(nil, fmt.Sprintf("%s: %v", d.id, err))
@@ -278,7 +321,13 @@ func run(o options) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "machine\t%d CPU (GOMAXPROCS %d), %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
 	fmt.Fprintf(w, "lab ready after start\t%s\n", ready.Round(time.Millisecond))
-	fmt.Fprintf(w, "registration (REST: RegisterCertificate+AttachPolicy)\t%d devices in %s (%.0f devices/s)\n", len(devs), regTime.Round(time.Millisecond), float64(len(devs))/regTime.Seconds())
+	fmt.Fprintf(w, "load average before connects\t%s\n", load0)
+	if o.jitr {
+		fmt.Fprintf(w, "JITR (refused first connects, 64 at a time)\t%d registered PENDING_ACTIVATION in %s (%.0f/s)\n", jitrRefused.Load(), jitrTime.Round(time.Millisecond), float64(jitrRefused.Load())/jitrTime.Seconds())
+		fmt.Fprintf(w, "activation (REST: DescribeCertificate+UpdateCertificate+AttachPolicy)\t%d devices in %s (%.0f devices/s)\n", len(devs), regTime.Round(time.Millisecond), float64(len(devs))/regTime.Seconds())
+	} else {
+		fmt.Fprintf(w, "registration (REST: RegisterCertificate+AttachPolicy)\t%d devices in %s (%.0f devices/s)\n", len(devs), regTime.Round(time.Millisecond), float64(len(devs))/regTime.Seconds())
+	}
 	fmt.Fprintf(w, "clients requested\t%d at %.0f connects/s target\n", o.clients, o.rate)
 	fmt.Fprintf(w, "clients connected\t%d (failed %d)\n", connected, failed.Load())
 	if e := firstErr.Load(); e != nil {
@@ -387,4 +436,21 @@ func procRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, errors.New("no VmRSS")
+}
+
+func certID(der []byte) string {
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ") + " (other processes share the CPUs: compare with the CPU count)"
 }
