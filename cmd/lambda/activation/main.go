@@ -1,0 +1,10 @@
+// Command activation is the bootcert activation Lambda function (provided.al2023;
+// build with `make lambdas`).
+package main
+
+import (
+	"github.com/bootcert/bootcert/cloud"
+	"github.com/bootcert/bootcert/cloud/lambdarun"
+)
+
+func main() { lambdarun.Main(cloud.Activation) }
