@@ -326,3 +326,46 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// "Publish/Subscribe policy examples" (pub-sub-policy.html), registered
+// devices: a specific topic; topics with a prefix; device-specific topics
+// (thing name in the topic); and denying a subtopic while allowing the rest.
+func TestPubSubExamples(t *testing.T) {
+	specific := `{"Version":"2012-10-17","Statement":[
+		{"Effect":"Allow","Action":["iot:Connect"],"Resource":["arn:aws:iot:us-east-1:123456789012:client/${iot:Connection.Thing.ThingName}"]},
+		{"Effect":"Allow","Action":["iot:Publish"],"Resource":["arn:aws:iot:us-east-1:123456789012:topic/some_specific_topic"]},
+		{"Effect":"Allow","Action":["iot:Subscribe"],"Resource":["arn:aws:iot:us-east-1:123456789012:topicfilter/some_specific_topic"]},
+		{"Effect":"Allow","Action":["iot:Receive"],"Resource":["arn:aws:iot:us-east-1:123456789012:topic/some_specific_topic"]}]}`
+	runEval(t, "specific", specific, []evalCase{
+		{"ok/publish", ActionPublish, arn + "topic/some_specific_topic", attached, true, 1},
+		{"ok/subscribe", ActionSubscribe, arn + "topicfilter/some_specific_topic", attached, true, 2},
+		{"ok/receive", ActionReceive, arn + "topic/some_specific_topic", attached, true, 3},
+		{"fail/subscribe-as-topic", ActionSubscribe, arn + "topic/some_specific_topic", attached, false, -1},
+		{"fail/subtopic", ActionPublish, arn + "topic/some_specific_topic/x", attached, false, -1},
+	})
+	prefix := `{"Version":"2012-10-17","Statement":[
+		{"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":["arn:aws:iot:us-east-1:123456789012:topic/topic_prefix*"]},
+		{"Effect":"Allow","Action":["iot:Subscribe"],"Resource":["arn:aws:iot:us-east-1:123456789012:topicfilter/topic_prefix*"]}]}`
+	runEval(t, "prefix", prefix, []evalCase{
+		{"ok/publish-prefixed", ActionPublish, arn + "topic/topic_prefix_1/x", attached, true, 0},
+		{"ok/subscribe-prefixed-wildcard", ActionSubscribe, arn + "topicfilter/topic_prefix/#", attached, true, 1},
+		{"fail/other-prefix", ActionPublish, arn + "topic/other/topic_prefix", attached, false, -1},
+	})
+	perDevice := `{"Version":"2012-10-17","Statement":[
+		{"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":["arn:aws:iot:us-east-1:123456789012:topic/things/${iot:Connection.Thing.ThingName}/*"]},
+		{"Effect":"Allow","Action":["iot:Subscribe"],"Resource":["arn:aws:iot:us-east-1:123456789012:topicfilter/things/${iot:Connection.Thing.ThingName}/*"]}]}`
+	runEval(t, "per-device", perDevice, []evalCase{
+		{"ok/own-topic", ActionPublish, arn + "topic/things/dev-1/data", attached, true, 0},
+		{"fail/other-device", ActionPublish, arn + "topic/things/dev-2/data", attached, false, -1},
+		{"fail/prefix-of-other-device", ActionPublish, arn + "topic/things/dev-10/data", attached, false, -1},
+		{"ok/own-filter", ActionSubscribe, arn + "topicfilter/things/dev-1/+", attached, true, 1},
+		{"fail/not-attached", ActionSubscribe, arn + "topicfilter/things/dev-1/+", unattached, false, -1},
+	})
+	denySub := `{"Version":"2012-10-17","Statement":[
+		{"Effect":"Allow","Action":["iot:Publish"],"Resource":["arn:aws:iot:us-east-1:123456789012:topic/department/*"]},
+		{"Effect":"Deny","Action":["iot:Publish"],"Resource":["arn:aws:iot:us-east-1:123456789012:topic/department/admins"]}]}`
+	runEval(t, "deny-sub", denySub, []evalCase{
+		{"ok/department", ActionPublish, arn + "topic/department/sales", attached, true, 0},
+		{"fail/admins-denied", ActionPublish, arn + "topic/department/admins", attached, false, 1},
+	})
+}
