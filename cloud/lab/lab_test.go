@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -642,5 +643,65 @@ func TestTemplateBuildsFunctions(t *testing.T) {
 	}
 	if got := l.rules.snapshot(); len(got) != 3 {
 		t.Errorf("rules %v, want the template's 3", got)
+	}
+}
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// TestConnectQuotas: beyond the connect quotas the broker refuses the
+// connect, like AWS ("Connect requests per second per client ID" 1,
+// "per account" configurable).
+func TestConnectQuotas(t *testing.T) {
+	limitsFile := filepath.Join(t.TempDir(), "limits.json")
+	if err := os.WriteFile(limitsFile, []byte(`{"connectsPerSecond":2,"connectsPerClientPerSecond":1}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{t: time.Now()}
+	f := newFixture(t, Config{LimitsPath: limitsFile, Clock: clock})
+	a := f.ca.Issue(t, "dev-a")
+	b := f.ca.Issue(t, "dev-b")
+	f.registerActive(a, devicePolicy, "device")
+	if _, err := f.api.AttachPolicy(context.Background(), &iot.AttachPolicyInput{PolicyName: aws.String("device"), Target: aws.String(acct + "cert/" + b.ID)}); err == nil {
+		t.Fatal("attaching to an unregistered certificate succeeded")
+	}
+	f.registerActive(b, "", "device")
+	c := f.ca.Issue(t, "dev-c")
+	f.registerActive(c, "", "device")
+	ca, cb, cc := f.client(a, "dev-a"), f.client(b, "dev-b"), f.client(c, "dev-c")
+	clock.Advance(10 * time.Second) // fresh buckets
+	steps := []struct {
+		name string
+		c    labtest.Client
+		ok   bool
+		tick time.Duration
+	}{
+		{"ok/first connect of dev-a", ca, true, 0},
+		{"fail/second connect of dev-a in the same second", ca, false, 0},
+		{"ok/dev-b", cb, true, 0},
+		{"fail/dev-c beyond the account's 2 connects per second", cc, false, 0},
+		{"ok/dev-c one second later", cc, true, time.Second},
+		{"ok/dev-a one second later", ca, true, 0},
+	}
+	for _, s := range steps {
+		clock.Advance(s.tick)
+		out, err := labtest.Pub(t, s.c, "devices/"+s.c.ClientID+"/x", "x")
+		if s.ok != (err == nil) {
+			t.Fatalf("%s: err=%v %s", s.name, err, out)
+		}
 	}
 }
