@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 BIN   := bin
 GOTEST_FLAGS ?= -count=1 -timeout 12m
 
-.PHONY: all deps build test test-go vet bench demo lambdas packages clean
+.PHONY: all deps build test test-go vet bench bench-fleet demo lambdas packages clean
 
 all: build
 
@@ -31,6 +31,11 @@ vet:
 ## bench: benchmark tables (figures, not assertions)
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./keystore/...
+
+## bench-fleet: the lab's fleet load harness (2,000 TLS MQTT clients at 500 connects/s; see bench/README.md)
+FLEET_FLAGS ?= -clients 2000 -rate 500
+bench-fleet:
+	$(GO) run ./bench/fleet $(FLEET_FLAGS)
 
 ## demo: the main job, end to end on this machine
 demo: deps
