@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,4 +139,21 @@ func pkcs11ToolList(h *testenv.SoftHSM) (string, error) {
 	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+h.Conf)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// go test -run '^$' -bench Provision -benchtime 20x ./ctl
+//
+// The CA key in SoftHSM2, the device key in swtpm.
+func BenchmarkProvisionHSMCA(b *testing.B) {
+	testenv.Require(b, "swtpm")
+	h := softHSM(b)
+	sw := testenv.StartSWTPM(b)
+	dir := b.TempDir()
+	caKey := hsmURI(h, unique("bench-ca"), hsmPIN)
+	mustCtl(b, "ca", "create", "--out", filepath.Join(dir, "ca"), "--key", caKey)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		id := fmt.Sprintf("gw-%06d", i)
+		mustCtl(b, provisionArgs(dir, caKey, id, tpmURI(sw, filepath.Join(dir, id+".tpmkey")))...)
+	}
 }

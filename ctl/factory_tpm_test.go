@@ -141,3 +141,20 @@ func TestFactoryUnreachableTPM(t *testing.T) {
 		sameDir(t, before, snapshotDir(t, dir))
 	}
 }
+
+// go test -run '^$' -bench Provision -benchtime 20x ./ctl
+//
+// One provision run against swtpm: key generation in the TPM, CSR, CA
+// signature (software CA key), certificate and manifest writes.
+func BenchmarkProvisionSWTPM(b *testing.B) {
+	testenv.Require(b, "swtpm")
+	sw := testenv.StartSWTPM(b)
+	dir := b.TempDir()
+	mustCtl(b, "ca", "create", "--out", filepath.Join(dir, "ca"))
+	caKey := "file:" + filepath.Join(dir, "ca", "ca.key")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		id := fmt.Sprintf("gw-%06d", i)
+		mustCtl(b, provisionArgs(dir, caKey, id, tpmURI(sw, filepath.Join(dir, id+".tpmkey")))...)
+	}
+}

@@ -311,6 +311,9 @@ func (p *Provisioner) existing(ctx context.Context, r Provisioning, entry manife
 	if err != nil || fp != info.Fingerprint {
 		return nil, fmt.Errorf("device %s: %w: certificate %s is not for key %s; re-run with --force to issue a new certificate for the key", r.DeviceID, ErrKeyMismatch, r.CertOut, keyURI)
 	}
+	if err := cert.CheckSignatureFrom(r.CACert); err != nil {
+		return nil, fmt.Errorf("device %s: %w: certificate %s was not issued by CA %q (--ca-cert); re-run with --force to issue one from this CA", r.DeviceID, ErrNotIssuedByCA, r.CertOut, r.CACert.Subject.CommonName)
+	}
 	id := CertificateID(cert)
 	if entry.BootstrapSHA256 != "" && entry.BootstrapSHA256 != id {
 		return nil, fmt.Errorf("device %s: %w: manifest %s lists bootstrap_sha256 %s but certificate %s has %s; re-run with --force to replace the manifest line",
@@ -328,6 +331,8 @@ func (p *Provisioner) existing(ctx context.Context, r Provisioning, entry manife
 		if r.FinalKeyURI != "" {
 			rep.FinalKeyURI = redact(r.FinalKeyURI)
 		}
+	} else if r.FinalKeyURI != "" {
+		rep.Warnings = append(rep.Warnings, "the device was provisioned without an operational key: --final-key was ignored; re-run with --force to add it (the manifest line is replaced)")
 	}
 	return rep, nil
 }

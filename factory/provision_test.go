@@ -296,3 +296,31 @@ func TestProvisionExistsButInconsistent(t *testing.T) {
 		t.Fatal("manifest lost gw-1")
 	}
 }
+
+func TestProvisionExistsOtherCA(t *testing.T) {
+	s := newStation(t)
+	ctx := context.Background()
+	if _, err := s.prov.Provision(ctx, s.req("gw-1")); err != nil {
+		t.Fatal(err)
+	}
+	k := ecKey(t, elliptic.P256())
+	other, err := CreateCA(k, "Other CA", 365, s.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s.req("gw-1")
+	r.CACert, r.CASigner = other, k
+	before := s.snapshot(t)
+	if _, err := s.prov.Provision(ctx, r); !errors.Is(err, ErrNotIssuedByCA) {
+		t.Fatalf("err = %v", err)
+	}
+	sameFiles(t, before, s.snapshot(t))
+	// --final-key on a device provisioned without one: exists, with a warning
+	r = s.req("gw-1")
+	r.FinalKeyURI = "file:" + filepath.Join(s.dir, "op.key")
+	rep, err := s.prov.Provision(ctx, r)
+	if err != nil || rep.Status != StatusExists || len(rep.Warnings) == 0 {
+		t.Fatalf("rep %+v, err %v", rep, err)
+	}
+	sameFiles(t, before, s.snapshot(t))
+}
