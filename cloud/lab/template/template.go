@@ -162,7 +162,14 @@ var accountRE = regexp.MustCompile(`^[0-9]{12}$`)
 // package-level map on every parse.
 var goformationMu sync.Mutex
 
-func parse(data []byte, isJSON bool, opts Options) (*Template, error) {
+func parse(data []byte, isJSON bool, opts Options) (t *Template, err error) {
+	defer func() {
+		// goformation is third-party code fed with user files: a panic in it
+		// becomes a load error rather than a crashed lab.
+		if p := recover(); p != nil {
+			t, err = nil, fmt.Errorf("%w: the template parser failed: %v", ErrInvalid, p)
+		}
+	}()
 	if opts.Region == "" {
 		opts.Region = DefaultRegion
 	}
@@ -177,7 +184,6 @@ func parse(data []byte, isJSON bool, opts Options) (*Template, error) {
 	// A first, unprocessed pass gives the raw template for the resolver.
 	var raw map[string]any
 	var rawJSON []byte
-	var err error
 	if isJSON {
 		rawJSON, err = intrinsics.ProcessJSON(data, &intrinsics.ProcessorOptions{NoProcess: true})
 	} else {
