@@ -109,12 +109,20 @@ var Variables = []string{
 }
 
 func knownVariable(name string) bool {
+	_, ok := canonical(name)
+	return ok
+}
+
+// canonical returns the Variables spelling of a name: IAM treats condition
+// key names case-insensitively (IAM "Condition element": "Condition key
+// names are not case-sensitive").
+func canonical(name string) (string, bool) {
 	for _, v := range Variables {
-		if v == name {
-			return true
+		if strings.EqualFold(v, name) {
+			return v, true
 		}
 	}
-	return false
+	return "", false
 }
 
 var operators = map[string]bool{
@@ -392,6 +400,7 @@ type Vars struct {
 // variable has no value for this connection (e.g. the thing name when no
 // thing is attached), which makes a resource that names it match nothing.
 func (v Vars) Lookup(name string) (string, bool) {
+	name, _ = canonical(name)
 	switch name {
 	case "iot:ClientId":
 		return v.ClientID, v.ClientID != ""

@@ -255,6 +255,7 @@ func TestParseAccepts(t *testing.T) {
 		{"ok/statement-object", `{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}}`},
 		{"ok/id-and-sid", `{"Version":"2012-10-17","Id":"x","Statement":[{"Sid":"s","Effect":"Deny","Action":["iot:*"],"Resource":["*"]}]}`},
 		{"ok/bool-json-true", `{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{"Bool":{"iot:Connection.Thing.IsAttached":true}}}}`},
+		{"ok/condition-key-case-insensitive", `{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{"Bool":{"IOT:connection.thing.isattached":"true"}}}}`},
 		{"ok/greengrass-action", `{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"greengrass:*","Resource":"*"}}`},
 	}
 	for _, c := range cases {
@@ -367,5 +368,13 @@ func TestPubSubExamples(t *testing.T) {
 	runEval(t, "deny-sub", denySub, []evalCase{
 		{"ok/department", ActionPublish, arn + "topic/department/sales", attached, true, 0},
 		{"fail/admins-denied", ActionPublish, arn + "topic/department/admins", attached, false, 1},
+	})
+}
+
+func TestConditionKeyCaseInsensitive(t *testing.T) {
+	doc := `{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"iot:Connect","Resource":"*","Condition":{"Bool":{"IOT:connection.thing.isattached":"true"}}}}`
+	runEval(t, "case", doc, []evalCase{
+		{"ok/attached", ActionConnect, arn + "client/dev-1", attached, true, 0},
+		{"fail/unattached", ActionConnect, arn + "client/dev-1", unattached, false, -1},
 	})
 }
