@@ -329,7 +329,7 @@ func parseConditions(v json.RawMessage) ([]Condition, error) {
 				return nil, fmt.Errorf("Condition %s %s: %v", opName, key, err)
 			}
 			for _, val := range vals {
-				if op == "Bool" && val != "true" && val != "false" {
+				if op == "Bool" && !strings.EqualFold(val, "true") && !strings.EqualFold(val, "false") {
 					return nil, fmt.Errorf("Condition %s %s: value %q is not \"true\" or \"false\"", opName, key, val)
 				}
 				if err := checkVariables(val); err != nil {
