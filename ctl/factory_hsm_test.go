@@ -89,6 +89,15 @@ func TestFactoryHSMCA(t *testing.T) {
 		t.Fatal("key info prints the PIN")
 	}
 
+	// an existing token key is never overwritten: the CA still signs after
+	caPub := mustCtl(t, "key", "public", caKey)
+	if _, _, err := runCtl(t, "key", "generate", caKey); !errors.Is(err, keystore.ErrExists) {
+		t.Fatalf("generate over the CA key: %v", err)
+	}
+	if got := mustCtl(t, "key", "public", caKey); got != caPub {
+		t.Fatal("the CA key changed")
+	}
+
 	// device key in the TPM, signed by the HSM CA
 	rep := decodeJSON[factory.Report](t, mustCtl(t, provisionArgs(dir, caKey, "gw-hsm-1", tpmURI(sw, filepath.Join(dir, "boot.tpmkey")))...))
 	opensslOK(t, ": OK", "verify", "-CAfile", ca.Certificate, rep.Certificate)
@@ -102,6 +111,14 @@ func TestFactoryHSMCA(t *testing.T) {
 	opensslOK(t, ": OK", "verify", "-CAfile", ca.Certificate, rep2.Certificate)
 	if out, _ := pkcs11ToolList(h); out != "" && !strings.Contains(out, "never extractable") {
 		t.Errorf("pkcs11-tool does not show the key as never extractable:\n%s", out)
+	}
+
+	// key delete in the token
+	tmp := hsmURI(h, unique("tmp"), hsmPIN)
+	mustCtl(t, "key", "generate", tmp)
+	mustCtl(t, "key", "delete", tmp)
+	if _, _, err := runCtl(t, "key", "info", tmp); !errors.Is(err, keystore.ErrNotFound) {
+		t.Fatalf("deleted token key: %v", err)
 	}
 
 	// revoke with the HSM CA key
