@@ -20,7 +20,7 @@ var ErrPayloadNotObject = errors.New("payload is neither empty nor a JSON object
 type Message struct {
 	Topic     string
 	Payload   []byte
-	ClientID  string    // clientid(); "" for messages without an MQTT client
+	ClientID  string    // clientid(); "" (clientid() = "n/a") for messages not sent over MQTT
 	Principal string    // principal(): the certificate ID for X.509 clients
 	Timestamp time.Time // timestamp() = Timestamp in milliseconds since the epoch
 }
@@ -37,8 +37,8 @@ func (s *Statement) Matches(topic string) bool { return MatchTopic(s.Filter, top
 //   - otherwise a JSON object: with `*`, the payload object's keys, then each
 //     further item in order (an item overrides a payload key of the same
 //     name); items whose value is undefined (a missing field, topic(n) past
-//     the last level, an empty principal or client ID) are left out, as AWS
-//     leaves out undefined values.
+//     the last level, an empty principal) are left out, as AWS leaves out
+//     undefined values.
 //
 // Field references in a non-JSON payload are undefined; a WHERE condition on
 // them is not true, so the rule does not fire.
@@ -159,8 +159,10 @@ func (c call) value(e *env) any {
 		}
 		return e.msg.Principal
 	case "clientid":
+		// "Returns the ID of the MQTT client sending the message, or n/a if
+		// the message wasn't sent over MQTT."
 		if e.msg.ClientID == "" {
-			return undefined{}
+			return "n/a"
 		}
 		return e.msg.ClientID
 	case "timestamp":

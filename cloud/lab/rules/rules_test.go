@@ -162,6 +162,14 @@ func TestApplyNonObjectPayloadWithExtraKeys(t *testing.T) {
 	}
 }
 
+func TestClientIDNotMQTT(t *testing.T) {
+	s := mustParse(t, `SELECT clientid() AS c FROM 't'`)
+	out, _, _ := s.Apply(Message{Topic: "t"})
+	if string(out) != `{"c":"n/a"}` {
+		t.Fatalf("got %s", out)
+	}
+}
+
 func TestTimestampIsMilliseconds(t *testing.T) {
 	s := mustParse(t, `SELECT timestamp() AS ts FROM 't'`)
 	out, _, _ := s.Apply(Message{Topic: "t", Timestamp: time.UnixMilli(1764158400123)})
