@@ -113,6 +113,11 @@ func TestFactoryHSMCA(t *testing.T) {
 		t.Errorf("pkcs11-tool does not show the key as never extractable:\n%s", out)
 	}
 
+	// a CSR signed inside the token
+	csrPath := filepath.Join(dir, "token.csr")
+	mustCtl(t, "key", "csr", "--cn", "gw-hsm-2", "--out", csrPath, devKey)
+	opensslOK(t, "verify OK", "req", "-in", csrPath, "-noout", "-verify")
+
 	// key delete in the token
 	tmp := hsmURI(h, unique("tmp"), hsmPIN)
 	mustCtl(t, "key", "generate", tmp)
