@@ -1,0 +1,53 @@
+// Command bootcertd is the gateway daemon: it keeps the device's MQTT
+// session to AWS IoT Core and rotates its hardware-held credentials.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/bootcert/bootcert/daemon"
+	"github.com/bootcert/bootcert/daemon/config"
+	_ "github.com/bootcert/bootcert/keystore/all"
+)
+
+func main() {
+	cfgPath := flag.String("config", config.DefaultPath, "configuration file")
+	check := flag.String("check-config", "", "validate this configuration file and the files it names, then exit")
+	flag.Usage = func() {
+		fmt.Fprintf(os.Stderr, "usage: bootcertd [--config FILE] | --check-config FILE\n\nbootcertd keeps the gateway connected to AWS IoT Core and rotates its\nhardware-held credentials. Status: bootcertctl status.\n\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if *check != "" {
+		c, err := config.Load(*check)
+		if err == nil {
+			err = daemon.Check(c)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bootcertd:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("%s: ok\n", *check)
+		return
+	}
+	c, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bootcertd:", err)
+		os.Exit(1)
+	}
+	var level slog.Level
+	level.UnmarshalText([]byte(c.Log.Level))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := daemon.Run(ctx, c, log); err != nil {
+		log.Error("bootcertd failed", "err", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,129 @@
+package ctl
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bootcert/bootcert/daemon/control"
+	"github.com/bootcert/bootcert/daemon/engine"
+)
+
+func init() { register(newStatusCmd) }
+
+// addSocketFlag adds --socket (default $BOOTCERT_CONTROL_SOCKET or the
+// packaged path).
+func addSocketFlag(cmd *cobra.Command) *string {
+	def := os.Getenv("BOOTCERT_CONTROL_SOCKET")
+	if def == "" {
+		def = control.DefaultSocket
+	}
+	v := new(string)
+	cmd.Flags().StringVar(v, "socket", def, "bootcertd control socket (control.socket in bootcertd.toml; env BOOTCERT_CONTROL_SOCKET)")
+	return v
+}
+
+func newStatusCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the gateway's identity, credentials, connection and rotation state",
+		Long: `status asks the local bootcertd (over its control socket) what it is doing:
+thing name, rotation phase, the active credential (generation, certificate ID,
+issuer, expiry, key URI and backend), the MQTT connection, the pending job, the
+last rotation result and the last error with advice.
+
+--watch keeps printing as the state changes (Ctrl-C to stop).`,
+		Args: cobra.NoArgs,
+	}
+	asJSON := addJSONFlag(cmd)
+	watch := cmd.Flags().Bool("watch", false, "keep printing the status as it changes")
+	sock := addSocketFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		c := &control.Client{Path: *sock}
+		out := cmd.OutOrStdout()
+		print := func(s engine.Status) error {
+			if *asJSON {
+				return writeJSON(out, s)
+			}
+			return printStatus(out, s)
+		}
+		if *watch {
+			first := true
+			return c.Watch(cmd.Context(), func(s engine.Status) error {
+				if !first && !*asJSON {
+					fmt.Fprintln(out, "---")
+				}
+				first = false
+				return print(s)
+			})
+		}
+		s, err := c.Status(cmd.Context())
+		if err != nil {
+			return err
+		}
+		return print(s)
+	}
+	return cmd
+}
+
+func printStatus(w io.Writer, s engine.Status) error {
+	active := "bootstrap (generation 0)"
+	if s.Active.Generation > 0 {
+		active = "generation " + strconv.Itoa(s.Active.Generation)
+	}
+	conn := s.Connection
+	if s.Connection == "connected" || s.Connection == "connecting" {
+		with := "bootstrap certificate"
+		if s.ConnectedWith > 0 {
+			with = "generation " + strconv.Itoa(s.ConnectedWith)
+		}
+		conn += " with " + with
+	}
+	kv := []string{
+		"thing", s.Thing,
+		"state", s.Summary,
+		"phase", string(s.Phase),
+		"active credential", active,
+		"certificate id", s.Active.CertificateID,
+		"issuer", s.Active.Issuer,
+		"not after", fmtTime(s.Active.NotAfter),
+		"key", s.Active.KeyURI + " (" + s.Active.Backend + ")",
+		"connection", conn,
+		"endpoint", s.Endpoint,
+		"pending job", orNone(s.PendingJob),
+	}
+	if s.LastResult != "" {
+		r := s.LastResult + " at " + fmtTime(s.LastResultAt)
+		if s.LastReason != "" {
+			r += ": " + s.LastReason
+		}
+		kv = append(kv, "last rotation", r)
+	} else {
+		kv = append(kv, "last rotation", "none")
+	}
+	if s.LastError != "" {
+		kv = append(kv, "last error", s.LastError+" ("+fmtTime(s.LastErrorAt)+")")
+		if s.Advice != "" {
+			kv = append(kv, "advice", s.Advice)
+		}
+	}
+	return writeFields(w, kv...)
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

@@ -1,0 +1,73 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bootcert/bootcert/daemon/control"
+	"github.com/bootcert/bootcert/daemon/engine"
+	"github.com/bootcert/bootcert/daemon/journal"
+)
+
+type statusEngine struct {
+	st      engine.Status
+	rotated chan struct{}
+}
+
+func (f *statusEngine) Status() engine.Status { return f.st }
+func (f *statusEngine) RotateNow()            { close(f.rotated) }
+func (f *statusEngine) Watch() (<-chan engine.Status, func()) {
+	return make(chan engine.Status), func() {}
+}
+
+func TestStatusAndRotate(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "c.sock")
+	fe := &statusEngine{rotated: make(chan struct{}), st: engine.Status{
+		Thing: "gw-1", Phase: journal.Idle, Connection: "connected", ConnectedWith: 2, Endpoint: "127.0.0.1:8883",
+		Active:     engine.ActiveCredential{Generation: 2, CertificateID: "abc", Issuer: "CN=ca", NotAfter: time.Date(2027, 11, 26, 0, 0, 0, 0, time.UTC), KeyURI: "pkcs11:token=t;object=op-2?pin-value=***", Backend: "pkcs11"},
+		LastResult: "SUCCEEDED", LastError: "cannot reach broker", Advice: "check the network",
+		Summary: "operational, certificate expires 2027-11-26",
+	}}
+	srv, err := control.Listen(sock, fe, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	run := func(args ...string) string {
+		root := NewRoot()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetArgs(args)
+		if err := root.ExecuteContext(context.Background()); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		return out.String()
+	}
+	text := run("status", "--socket", sock)
+	for _, want := range []string{"gw-1", "operational, certificate expires 2027-11-26", "generation 2", "connected with generation 2", "2027-11-26T00:00:00Z", "(pkcs11)", "advice:", "check the network"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("status output lacks %q:\n%s", want, text)
+		}
+	}
+	var st engine.Status
+	if err := json.Unmarshal([]byte(run("status", "--json", "--socket", sock)), &st); err != nil || st.Active.Generation != 2 {
+		t.Errorf("status --json: %+v %v", st, err)
+	}
+	run("rotate", "--socket", sock)
+	select {
+	case <-fe.rotated:
+	case <-time.After(10 * time.Second):
+		t.Fatal("rotate did not reach the daemon")
+	}
+	root := NewRoot()
+	root.SetArgs([]string{"status", "--socket", filepath.Join(t.TempDir(), "none")})
+	root.SetOut(&bytes.Buffer{})
+	if err := root.Execute(); err == nil || !strings.Contains(err.Error(), "is bootcertd running") {
+		t.Errorf("status without daemon: %v", err)
+	}
+}

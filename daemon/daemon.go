@@ -1,0 +1,188 @@
+// Package daemon wires bootcertd together: configuration, the rotation
+// engine over a real MQTT session and the keystore, the control socket and
+// systemd notifications. cmd/bootcertd only parses flags and signals.
+package daemon
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	sd "github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/bootcert/bootcert/daemon/config"
+	"github.com/bootcert/bootcert/daemon/control"
+	"github.com/bootcert/bootcert/daemon/credset"
+	"github.com/bootcert/bootcert/daemon/engine"
+	"github.com/bootcert/bootcert/daemon/session"
+	"github.com/bootcert/bootcert/keystore"
+	"github.com/bootcert/bootcert/manifest"
+)
+
+// Check validates a configuration and the files it names, without touching
+// keys or the network. It is `bootcertd --check-config`.
+func Check(c *config.Config) error {
+	if _, err := loadPool(c.Broker.RootCA); err != nil {
+		return err
+	}
+	chain, err := loadBootstrap(c)
+	if err != nil {
+		return err
+	}
+	if _, err := thingName(c, chain[0]); err != nil {
+		return err
+	}
+	if c.Verify.LocationCA != "" {
+		if _, err := loadPool(c.Verify.LocationCA); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func loadPool(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading CA file %s: %w", path, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("CA file %s: no PEM certificate in it", path)
+	}
+	return pool, nil
+}
+
+func loadBootstrap(c *config.Config) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(c.Identity.BootstrapCert)
+	if err != nil {
+		return nil, fmt.Errorf("reading the bootstrap certificate %s (identity.bootstrap_cert): %w", c.Identity.BootstrapCert, err)
+	}
+	chain, err := credset.ParseChain(data)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap certificate %s: %w", c.Identity.BootstrapCert, err)
+	}
+	return chain, nil
+}
+
+func thingName(c *config.Config, leaf *x509.Certificate) (string, error) {
+	if c.Identity.ThingName != "" {
+		return c.Identity.ThingName, nil
+	}
+	cn := leaf.Subject.CommonName
+	if err := manifest.ValidDeviceID(cn); err != nil {
+		return "", fmt.Errorf("bootstrap certificate %s: its CN cannot be the thing name: %w (set identity.thing_name)", c.Identity.BootstrapCert, err)
+	}
+	return cn, nil
+}
+
+// dialer adapts session.Dial to engine.Dialer.
+type dialer struct{ cfg session.Config }
+
+func (d dialer) Dial(ctx context.Context, c *engine.Credential) (engine.Conn, error) {
+	s, err := session.Dial(ctx, d.cfg, session.Credential{Chain: c.ChainDER(), Signer: c.Signer})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Run runs bootcertd until ctx ends (SIGTERM).
+func Run(ctx context.Context, c *config.Config, log *slog.Logger) error {
+	if err := Check(c); err != nil {
+		return err
+	}
+	pool, _ := loadPool(c.Broker.RootCA)
+	chain, _ := loadBootstrap(c)
+	thing, _ := thingName(c, chain[0])
+	if err := os.MkdirAll(c.State.Dir, 0o700); err != nil {
+		return fmt.Errorf("state directory %s (state.dir): %w", c.State.Dir, err)
+	}
+	for _, uri := range []string{c.Identity.BootstrapKey, c.Identity.OperationalKey, c.Identity.PreProvisioned} {
+		if strings.HasPrefix(uri, "file:") {
+			log.Warn("a key is kept in software (file: URI): development only, not hardware-protected")
+			break
+		}
+	}
+	var alpn []string
+	if c.Broker.ALPN != "" {
+		alpn = []string{c.Broker.ALPN}
+	}
+	scfg := session.Config{Address: c.Address(), ServerName: c.Broker.Endpoint, RootCAs: pool, ALPN: alpn,
+		ClientID: thing, KeepAlive: c.Timeouts.KeepAlive.D(), Timeout: c.Timeouts.Connect.D(), Logger: log}
+	var fetch engine.Fetcher
+	if len(c.Verify.LocationHosts) > 0 {
+		f := &engine.HTTPFetcher{AllowedHosts: c.Verify.LocationHosts, Timeout: c.Timeouts.Reply.D()}
+		if c.Verify.LocationCA != "" {
+			f.RootCAs, _ = loadPool(c.Verify.LocationCA)
+		}
+		fetch = f
+	}
+	alg, _ := keystore.ParseAlgorithm(c.Identity.KeyAlgorithm)
+	ecfg := engine.Config{
+		Thing: thing, Endpoint: c.Address(), BootstrapKey: c.Identity.BootstrapKey, Bootstrap: chain,
+		PreProvisoned: c.Identity.PreProvisioned, Algorithm: alg, StateDir: c.State.Dir,
+		ReplyTimeout: c.Timeouts.Reply.D(), Backoff: engine.Backoff{Initial: c.Backoff.Initial.D(), Max: c.Backoff.Max.D()},
+		RollbackRefusals: c.Fallback.Refusals, RollbackWindow: c.Fallback.Window.D(), FallbackToBoot: c.Fallback.Bootstrap,
+		IssuerSHA256: c.Verify.IssuerSHA256, ShutdownQuiesce: c.Timeouts.Shutdown.D(),
+	}
+	if c.Identity.OperationalKey != "" {
+		ecfg.OperationalFn = c.OperationalKeyURI
+	}
+	eng, err := engine.New(ecfg, dialer{scfg}, engine.KeystoreKeys{}, fetch, engine.SystemClock{}, log)
+	if err != nil {
+		return err
+	}
+	var last string
+	var mu sync.Mutex
+	eng.OnStatus(func(s engine.Status) {
+		mu.Lock()
+		defer mu.Unlock()
+		if s.Summary != last {
+			last = s.Summary
+			sd.SdNotify(false, "STATUS="+s.Summary)
+		}
+	})
+	if c.Control.Socket != "" {
+		srv, err := control.Listen(c.Control.Socket, eng, log)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(runCtx) }()
+	// READY once the engine runs; it does not wait for the network.
+	sd.SdNotify(false, sd.SdNotifyReady+"\nSTATUS=starting, thing "+thing)
+	log.Info("bootcertd started", "thing", thing, "endpoint", c.Address(), "state", c.State.Dir)
+	var tick <-chan time.Time
+	if iv, err := sd.SdWatchdogEnabled(false); err == nil && iv > 0 {
+		t := time.NewTicker(iv / 3)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		case <-tick:
+			sd.SdNotify(false, sd.SdNotifyWatchdog)
+		case <-ctx.Done():
+			sd.SdNotify(false, sd.SdNotifyStopping)
+			log.Info("stopping")
+			cancel()
+			err := <-done
+			return err
+		}
+	}
+}
