@@ -1,0 +1,219 @@
+// Package setup does what CloudFormation cannot: it registers the factory
+// CA with AWS IoT (registration code, verification certificate,
+// auto-registration on), uploads the factory CA certificate, the allow list
+// and the CRL to the bucket, enables job execution events and creates the
+// continuous rotation job on the rotation group. Every step is idempotent:
+// running it again changes only what differs.
+package setup
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iot"
+	"github.com/aws/aws-sdk-go-v2/service/iot/types"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
+
+	"github.com/bootcert/bootcert/cloud/fleet"
+	"github.com/bootcert/bootcert/factory"
+	"github.com/bootcert/bootcert/manifest"
+	"github.com/bootcert/bootcert/protocol"
+)
+
+// Options say what to set up.
+type Options struct {
+	Bucket string
+	// CACert is the factory CA; CASigner its key (any keystore backend),
+	// needed only when the CA is not registered yet (verification
+	// certificate).
+	CACert   *x509.Certificate
+	CASigner crypto.Signer
+	// AllowList (manifest CSV) and CRL (DER or PEM) are uploaded when
+	// non-nil, after validation.
+	AllowList []byte
+	CRL       []byte
+	// Keys in the bucket; empty: the fleet defaults.
+	AllowListKey, CRLKey, CAKey string
+	JobID                       string // default bootcert-rotation
+	Group                       string // default bootcert-rotation
+	// SkipEventConfig skips UpdateEventConfigurations (the lab publishes
+	// job execution events without it).
+	SkipEventConfig bool
+	Now             func() time.Time
+}
+
+// Result says what changed.
+type Result struct {
+	CACertificateID string   `json:"caCertificateId"`
+	CARegistered    bool     `json:"caRegistered"`
+	CAUpdated       bool     `json:"caUpdated"`
+	Uploaded        []string `json:"uploaded,omitempty"`
+	EventsEnabled   bool     `json:"jobExecutionEventsEnabled"`
+	JobID           string   `json:"jobId"`
+	JobCreated      bool     `json:"jobCreated"`
+}
+
+func code(err error) string {
+	var api smithy.APIError
+	if errors.As(err, &api) {
+		return api.ErrorCode()
+	}
+	return ""
+}
+
+// Run performs the setup.
+func Run(ctx context.Context, iotc *iot.Client, s3c *s3.Client, o Options) (Result, error) {
+	var res Result
+	if o.CACert == nil {
+		return res, errors.New("setup: the factory CA certificate is required (--ca-cert)")
+	}
+	if o.Bucket == "" {
+		return res, errors.New("setup: the bucket is required (--bucket, the stack output BucketName)")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.AllowListKey == "" {
+		o.AllowListKey = fleet.DefaultAllowListKey
+	}
+	if o.CRLKey == "" {
+		o.CRLKey = fleet.DefaultCRLKey
+	}
+	if o.CAKey == "" {
+		o.CAKey = fleet.DefaultCAKey
+	}
+	if o.JobID == "" {
+		o.JobID = "bootcert-rotation"
+	}
+	if o.Group == "" {
+		o.Group = "bootcert-rotation"
+	}
+	// Validate inputs before touching anything.
+	if o.AllowList != nil {
+		if _, err := manifest.Parse(bytes.NewReader(o.AllowList)); err != nil {
+			return res, fmt.Errorf("setup: allow list: %w", err)
+		}
+	}
+	if o.CRL != nil {
+		if _, err := fleet.ParseCRL(o.CRL, o.CACert); err != nil {
+			return res, fmt.Errorf("setup: CRL: %w", err)
+		}
+	}
+	if err := registerCA(ctx, iotc, o, &res); err != nil {
+		return res, err
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: o.CACert.Raw})
+	for _, up := range []struct {
+		key  string
+		body []byte
+	}{{o.CAKey, caPEM}, {o.AllowListKey, o.AllowList}, {o.CRLKey, o.CRL}} {
+		if up.body == nil {
+			continue
+		}
+		_, err := s3c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(o.Bucket), Key: aws.String(up.key), Body: bytes.NewReader(up.body), ContentLength: aws.Int64(int64(len(up.body)))})
+		if err != nil {
+			return res, fmt.Errorf("setup: uploading s3://%s/%s: %w", o.Bucket, up.key, err)
+		}
+		res.Uploaded = append(res.Uploaded, "s3://"+o.Bucket+"/"+up.key)
+	}
+	if !o.SkipEventConfig {
+		_, err := iotc.UpdateEventConfigurations(ctx, &iot.UpdateEventConfigurationsInput{EventConfigurations: map[string]types.Configuration{"JOB_EXECUTION": {Enabled: true}}})
+		if err != nil {
+			return res, fmt.Errorf("setup: enabling JOB_EXECUTION events (the reaper needs them): %w", err)
+		}
+		res.EventsEnabled = true
+	}
+	if err := createJob(ctx, iotc, o, &res); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+func registerCA(ctx context.Context, iotc *iot.Client, o Options, res *Result) error {
+	sum := sha256.Sum256(o.CACert.Raw)
+	id := hex.EncodeToString(sum[:])
+	d, err := iotc.DescribeCACertificate(ctx, &iot.DescribeCACertificateInput{CertificateId: aws.String(id)})
+	if err == nil && d.CertificateDescription != nil {
+		res.CACertificateID = id
+		cd := d.CertificateDescription
+		if cd.Status != types.CACertificateStatusActive || cd.AutoRegistrationStatus != types.AutoRegistrationStatusEnable {
+			_, err := iotc.UpdateCACertificate(ctx, &iot.UpdateCACertificateInput{CertificateId: aws.String(id), NewStatus: types.CACertificateStatusActive, NewAutoRegistrationStatus: types.AutoRegistrationStatusEnable})
+			if err != nil {
+				return fmt.Errorf("setup: activating CA %s with auto-registration: %w", id, err)
+			}
+			res.CAUpdated = true
+		}
+		return nil
+	}
+	if err != nil && code(err) != "ResourceNotFoundException" {
+		return fmt.Errorf("setup: describing CA %s: %w", id, err)
+	}
+	if o.CASigner == nil {
+		return fmt.Errorf("setup: CA %s is not registered and no CA key was given (--ca-key) for the verification certificate", id)
+	}
+	rc, err := iotc.GetRegistrationCode(ctx, &iot.GetRegistrationCodeInput{})
+	if err != nil {
+		return fmt.Errorf("setup: GetRegistrationCode: %w", err)
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	ver, err := factory.IssueFor(o.CACert, o.CASigner, factory.Request{PublicKey: &k.PublicKey, CommonName: aws.ToString(rc.RegistrationCode), Days: 1}, o.Now())
+	if err != nil {
+		return fmt.Errorf("setup: verification certificate: %w", err)
+	}
+	out, err := iotc.RegisterCACertificate(ctx, &iot.RegisterCACertificateInput{
+		CaCertificate:           aws.String(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: o.CACert.Raw}))),
+		VerificationCertificate: aws.String(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ver.Raw}))),
+		SetAsActive:             true, AllowAutoRegistration: true,
+	})
+	if err != nil {
+		return fmt.Errorf("setup: RegisterCACertificate: %w", err)
+	}
+	res.CACertificateID = aws.ToString(out.CertificateId)
+	res.CARegistered = true
+	return nil
+}
+
+func createJob(ctx context.Context, iotc *iot.Client, o Options, res *Result) error {
+	res.JobID = o.JobID
+	j, err := iotc.DescribeJob(ctx, &iot.DescribeJobInput{JobId: aws.String(o.JobID)})
+	if err == nil && j.Job != nil {
+		if j.Job.TargetSelection != types.TargetSelectionContinuous {
+			return fmt.Errorf("setup: job %s exists but is not continuous; delete it or choose another --job-id", o.JobID)
+		}
+		return nil
+	}
+	if err != nil && code(err) != "ResourceNotFoundException" {
+		return fmt.Errorf("setup: describing job %s: %w", o.JobID, err)
+	}
+	g, err := iotc.DescribeThingGroup(ctx, &iot.DescribeThingGroupInput{ThingGroupName: aws.String(o.Group)})
+	if err != nil {
+		return fmt.Errorf("setup: thing group %s (deploy the template first): %w", o.Group, err)
+	}
+	doc, _ := json.Marshal(protocol.DefaultJobDocument())
+	_, err = iotc.CreateJob(ctx, &iot.CreateJobInput{
+		JobId: aws.String(o.JobID), Targets: []string{aws.ToString(g.ThingGroupArn)}, Document: aws.String(string(doc)),
+		TargetSelection: types.TargetSelectionContinuous, Description: aws.String("bootcert key and certificate rotation"),
+	})
+	if err != nil {
+		return fmt.Errorf("setup: creating continuous job %s on %s: %w", o.JobID, o.Group, err)
+	}
+	res.JobCreated = true
+	return nil
+}
