@@ -96,7 +96,7 @@ func (r *labRig) connect(certDER []byte, key *ecdsa.PrivateKey, clientID string)
 	pool.AppendCertsFromPEM(r.lab.ServerCAPEM())
 	cert := tls.Certificate{Certificate: [][]byte{certDER}, PrivateKey: key}
 	cn := &conn{msgs: map[string][]byte{}, lost: make(chan error, 1)}
-	o := paho.NewClientOptions().AddBroker("tls://"+r.lab.Endpoints().MQTT).SetClientID(clientID).
+	o := paho.NewClientOptions().AddBroker("tls://" + r.lab.Endpoints().MQTT).SetClientID(clientID).
 		SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}).
 		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
