@@ -3,7 +3,8 @@
 // iot:Subscribe and iot:Receive.
 //
 // Semantics follow the AWS IoT Core developer guide:
-//   - "AWS IoT Core policies" / IAM "Policy evaluation logic": everything is
+//   - "AWS IoT Core policies" (iot-policies.html) and IAM "Policy evaluation
+//     logic" (reference_policies_evaluation-logic.html): everything is
 //     denied by default, an Allow grants, an explicit Deny in any attached
 //     policy overrides every Allow.
 //   - "AWS IoT Core policy variables" (iot-policy-variables.html): `*` matches
@@ -45,8 +46,8 @@ var ErrInvalid = errors.New("invalid IoT policy document")
 
 // MaxDocumentSize is the largest policy document AWS IoT accepts (2048
 // characters without white space; the lab allows 2048 bytes of JSON with
-// white space removed). "AWS IoT Core endpoints and quotas": "Maximum size of
-// a policy document".
+// white space removed). "AWS IoT Core endpoints and quotas"
+// (general/latest/gr/iot-core.html): "Maximum size of a policy document".
 const MaxDocumentSize = 2048
 
 // The MQTT actions the broker authorizes.
@@ -531,7 +532,8 @@ func (c *Condition) holds(v Vars) bool {
 	actual, present := v.Lookup(c.Key)
 	negated := strings.Contains(c.op, "Not")
 	if !present {
-		// IAM "Condition operators": a missing key makes a condition false,
+		// IAM "Condition operators" (reference_policies_elements_condition_operators.html):
+		// a missing key makes a condition false,
 		// except ...IfExists (true) and the negated operators (true).
 		return c.ifExists || negated
 	}

@@ -32,7 +32,7 @@ func (s *Statement) Matches(topic string) bool { return MatchTopic(s.Filter, top
 // does not match the FROM filter or the WHERE condition is not true (false
 // or undefined); out is then nil. On a match out is the rule's output:
 //   - `SELECT *` alone: the payload unchanged, whatever it is ("SELECT
-//     clause": "use SELECT * to retrieve the entire incoming message
+//     clause", iot-sql-select.html: "use SELECT * to retrieve the entire incoming message
 //     payload"; "Working with binary payloads").
 //   - otherwise a JSON object: with `*`, the payload object's keys, then each
 //     further item in order (an item overrides a payload key of the same

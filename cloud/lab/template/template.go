@@ -5,7 +5,8 @@
 //
 // Intrinsic functions are resolved the way CloudFormation would resolve them
 // for a stack in Options.Region and Options.AccountID ("Intrinsic function
-// reference"): Ref and Fn::Sub of pseudo parameters, parameters and
+// reference", AWSCloudFormation/latest/UserGuide/intrinsic-function-reference.html):
+// Ref and Fn::Sub of pseudo parameters, parameters and
 // resources, Fn::GetAtt X.Arn of the resource types the template uses.
 // Fn::Sub honours ${!Literal} (it yields ${Literal}), so an IoT policy written
 // `!Sub "arn:aws:iot:${AWS::Region}:${AWS::AccountId}:client/${!iot:ClientId}"`
@@ -54,7 +55,9 @@ const (
 	DefaultRegion    = "us-east-1"
 	DefaultAccountID = "123456789012"
 	// DefaultSQLVersion is AwsIotSqlVersion when a rule does not set it
-	// (AWS::IoT::TopicRule TopicRulePayload: "The default value is 2015-10-08").
+	// ("AWS::IoT::TopicRule TopicRulePayload",
+	// aws-properties-iot-topicrule-topicrulepayload.html: "The default value
+	// is 2015-10-08").
 	DefaultSQLVersion   = "2015-10-08"
 	serverlessTransform = "AWS::Serverless-2016-10-31"
 )
@@ -260,7 +263,8 @@ func extract(cf *cloudformation.Template, r *resolver) (*Template, error) {
 	sort.Strings(t.ThingTypes)
 	sort.Strings(t.ThingGroups)
 
-	// Functions, with Globals.Function applied (SAM "Globals section").
+	// Functions, with Globals.Function applied (SAM "Globals section of the
+	// AWS SAM template", sam-specification-template-anatomy-globals.html).
 	var g *global.Function
 	if gf, ok := cf.Globals["Function"].(*global.Function); ok {
 		g = gf
@@ -629,8 +633,8 @@ var subVar = regexp.MustCompile(`\$\{([^}]*)\}`)
 // republish action expands.
 var republishSubst = regexp.MustCompile(`^\$\{(topic\(([1-9][0-9]*)?\)|clientid\(\)|principal\(\))\}$`)
 
-// sub implements Fn::Sub ("Fn::Sub" in the CloudFormation intrinsic function
-// reference): ${!Literal} -> ${Literal}; ${Name} from the variable map, a
+// sub implements Fn::Sub ("Fn::Sub", intrinsic-function-reference-sub.html):
+// ${!Literal} -> ${Literal}; ${Name} from the variable map, a
 // parameter, a pseudo parameter or a resource's Ref; ${Res.Attr} GetAtt.
 func (r *resolver) sub(s string, vars map[string]any) any {
 	return subVar.ReplaceAllStringFunc(s, func(m string) string {
