@@ -26,7 +26,9 @@ func opensslOK(t testing.TB, want string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // hang guard only
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "openssl", args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "openssl", args...)
+	cmd.WaitDelay = 10 * time.Second // do not wait for a stray holder of the pipes after a kill
+	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), want) {
 		t.Fatalf("openssl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}

@@ -78,6 +78,7 @@ func TestFactoryWithSWTPM(t *testing.T) {
 		defer cancel()
 		cmd := exec.CommandContext(ctx, "openssl", "pkey", "-provider", "tpm2", "-provider", "default", "-in", boot, "-pubout", "-outform", "DER")
 		cmd.Env = append(os.Environ(), "TPM2OPENSSL_TCTI="+sw.TCTI())
+		cmd.WaitDelay = 10 * time.Second
 		der, err := cmd.Output()
 		if err != nil {
 			t.Fatalf("tpm2-openssl reading %s: %v", boot, err)
