@@ -66,7 +66,7 @@ Several stations may share one manifest file: appends take a lock.`,
 	f.IntVar(&r.Days, "days", 3650, "bootstrap certificate validity in days (never beyond the CA's)")
 	f.BoolVar(&r.Force, "force", false, "re-provision: reuse an existing key, replace the certificate file and the manifest line")
 	f.BoolVar(&r.AllowSoftwareKey, "allow-software-key", false, "accept file: keys (development only: they can be copied)")
-	f.Bool("json", true, "print the report as JSON (always on)")
+	f.Bool("json", true, "accepted for symmetry: the report is always JSON")
 	for _, name := range []string{"device-id", "key", "cert-out", "ca-cert", "ca-key", "manifest"} {
 		cmd.MarkFlagRequired(name)
 	}
