@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 BIN   := bin
 GOTEST_FLAGS ?= -count=1 -timeout 12m
 
-.PHONY: all deps build test test-go vet bench bench-fleet demo lambdas packages clean
+.PHONY: all deps build test test-go vet bench bench-fleet bench-factory factory-demo demo lambdas packages clean
 
 all: build
 
@@ -36,6 +36,15 @@ bench: deps
 FLEET_FLAGS ?= -clients 2000 -rate 500
 bench-fleet:
 	$(GO) run ./bench/fleet $(FLEET_FLAGS)
+
+## bench-factory: factory figures (issue, CRL, manifest append, provision on swtpm and SoftHSM2)
+bench-factory: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./factory ./manifest
+	$(GO) test -run '^$$' -bench Provision -benchtime 20x ./ctl
+
+## factory-demo: the factory runbook (docs/factory.md) on SoftHSM2 + swtpm, in a temporary directory
+factory-demo: deps build
+	BOOTCERTCTL=$(BIN)/bootcertctl ./packaging/factory/station-demo.sh
 
 ## demo: the main job, end to end on this machine
 demo: deps
