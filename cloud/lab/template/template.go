@@ -352,6 +352,13 @@ func extract(cf *cloudformation.Template, r *resolver) (*Template, error) {
 		}
 		t.Rules = append(t.Rules, rule)
 	}
+	for _, f := range t.Functions {
+		rs, err := samIoTRules(f.LogicalID, r)
+		if err != nil {
+			return nil, err
+		}
+		t.Rules = append(t.Rules, rs...)
+	}
 	sort.Slice(t.Rules, func(i, j int) bool { return t.Rules[i].LogicalID < t.Rules[j].LogicalID })
 	return t, nil
 }
@@ -361,28 +368,14 @@ func topicRule(id string, tr *iot.TopicRule, r *resolver, fnByName map[string]st
 	if p == nil {
 		return TopicRule{}, fmt.Errorf("%w: topic rule %s: TopicRulePayload is missing", ErrInvalid, id)
 	}
-	rule := TopicRule{LogicalID: id, Name: id, SQL: p.Sql, AWSIotSqlVersion: DefaultSQLVersion}
+	name := id
 	if tr.RuleName != nil {
-		rule.Name = *tr.RuleName
+		name = *tr.RuleName
 	}
-	if p.AwsIotSqlVersion != nil {
-		rule.AWSIotSqlVersion = *p.AwsIotSqlVersion
-	}
-	switch rule.AWSIotSqlVersion {
-	case "2015-10-08", "2016-03-23":
-	case "beta":
-		return rule, fmt.Errorf("%w: topic rule %s: AwsIotSqlVersion \"beta\" (use 2016-03-23)", ErrUnsupported, id)
-	default:
-		return rule, fmt.Errorf("%w: topic rule %s: AwsIotSqlVersion %q is not an AWS IoT SQL version (2015-10-08, 2016-03-23, beta)", ErrInvalid, id, rule.AWSIotSqlVersion)
-	}
-	if p.RuleDisabled != nil {
-		rule.Disabled = *p.RuleDisabled
-	}
-	st, err := rules.Parse(p.Sql)
+	rule, err := newRule(id, name, p.Sql, deref(p.AwsIotSqlVersion), deref(p.RuleDisabled))
 	if err != nil {
-		return rule, fmt.Errorf("%w: topic rule %s: Sql %q: %w", ErrUnsupported, id, p.Sql, err)
+		return rule, err
 	}
-	rule.Statement = st
 	if len(p.Actions) == 0 {
 		return rule, fmt.Errorf("%w: topic rule %s has no Actions", ErrInvalid, id)
 	}
@@ -401,6 +394,63 @@ func topicRule(id string, tr *iot.TopicRule, r *resolver, fnByName map[string]st
 		rule.ErrorAction = &a
 	}
 	return rule, nil
+}
+
+// newRule checks a rule's SQL version and parses its SQL.
+func newRule(id, name, sql, version string, disabled bool) (TopicRule, error) {
+	rule := TopicRule{LogicalID: id, Name: name, SQL: sql, AWSIotSqlVersion: version, Disabled: disabled}
+	if rule.AWSIotSqlVersion == "" {
+		rule.AWSIotSqlVersion = DefaultSQLVersion
+	}
+	switch rule.AWSIotSqlVersion {
+	case "2015-10-08", "2016-03-23":
+	case "beta":
+		return rule, fmt.Errorf("%w: topic rule %s: AwsIotSqlVersion \"beta\" (use 2016-03-23)", ErrUnsupported, id)
+	default:
+		return rule, fmt.Errorf("%w: topic rule %s: AwsIotSqlVersion %q is not an AWS IoT SQL version (2015-10-08, 2016-03-23, beta)", ErrInvalid, id, rule.AWSIotSqlVersion)
+	}
+	st, err := rules.Parse(sql)
+	if err != nil {
+		return rule, fmt.Errorf("%w: topic rule %s: Sql %q: %w", ErrUnsupported, id, sql, err)
+	}
+	rule.Statement = st
+	return rule, nil
+}
+
+// samIoTRules returns the topic rules SAM creates from a function's events
+// of Type IoTRule (AWS SAM "IoTRule" event source: an AWS::IoT::TopicRule
+// named <FunctionLogicalId><EventName> with a Lambda action to the
+// function).
+func samIoTRules(fnID string, r *resolver) ([]TopicRule, error) {
+	props, _ := r.resources[fnID]["Properties"].(map[string]any)
+	events, _ := props["Events"].(map[string]any)
+	var out []TopicRule
+	for _, name := range sortedKeys(events) {
+		ev, _ := events[name].(map[string]any)
+		if typ, _ := ev["Type"].(string); typ != "IoTRule" {
+			continue
+		}
+		ep, _ := r.resolveRaw(ev["Properties"]).(map[string]any)
+		sql, _ := ep["Sql"].(string)
+		version, _ := ep["AwsIotSqlVersion"].(string)
+		id := fnID + name
+		rule, err := newRule(id, id, sql, version, false)
+		if err != nil {
+			return nil, fmt.Errorf("function %s event %s: %w", fnID, name, err)
+		}
+		rule.Actions = []Action{{Kind: ActionLambda, FunctionLogicalID: fnID, FunctionARN: r.lambdaARN(r.physicalName(fnID))}}
+		out = append(out, rule)
+	}
+	return out, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
 }
 
 // action converts one TopicRule_Action; exactly one kind must be set.
@@ -506,7 +556,7 @@ func newResolver(raw map[string]any, opts Options) (*resolver, error) {
 	if len(r.resources) == 0 {
 		return nil, fmt.Errorf("%w: no Resources", ErrInvalid)
 	}
-	for _, id := range sortedIDs(r.resources) {
+	for _, id := range sortedKeys(r.resources) {
 		if c, ok := r.resources[id]["Condition"]; ok {
 			return nil, fmt.Errorf("%w: resource %s has Condition %v: the lab does not evaluate template conditions", ErrUnsupported, id, c)
 		}
@@ -548,15 +598,6 @@ func newResolver(raw map[string]any, opts Options) (*resolver, error) {
 		}
 	}
 	return r, nil
-}
-
-func sortedIDs(m map[string]map[string]any) []string {
-	ids := make([]string, 0, len(m))
-	for id := range m {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	return ids
 }
 
 func scalar(v any) string {

@@ -360,3 +360,43 @@ func TestParseJSONAndSubVariables(t *testing.T) {
 		t.Fatalf("%+v", d)
 	}
 }
+
+// SAM IoTRule events become topic rules with a Lambda action to their
+// function, and their SQL is held to the same subset.
+func TestSAMIoTRuleEvent(t *testing.T) {
+	doc := `Transform: AWS::Serverless-2016-10-31
+Resources:
+  ReaperFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: bootstrap
+      Runtime: provided.al2023
+      CodeUri: .
+      Events:
+        JobEvents:
+          Type: IoTRule
+          Properties:
+            Sql: SELECT * FROM '$aws/events/jobExecution/+/+'
+            AwsIotSqlVersion: "2016-03-23"
+        Nightly:
+          Type: Schedule
+          Properties:
+            Schedule: rate(1 day)
+`
+	tp, err := Parse([]byte(doc), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tp.Rules) != 1 {
+		t.Fatalf("rules %+v", tp.Rules)
+	}
+	r := tp.Rules[0]
+	if r.LogicalID != "ReaperFunctionJobEvents" || r.AWSIotSqlVersion != "2016-03-23" || r.Statement.Filter != "$aws/events/jobExecution/+/+" ||
+		len(r.Actions) != 1 || r.Actions[0].FunctionLogicalID != "ReaperFunction" || r.Actions[0].Kind != ActionLambda {
+		t.Fatalf("rule %+v", r)
+	}
+	bad := strings.Replace(doc, "SELECT * FROM", "SELECT lower(x) AS y FROM", 1)
+	if _, err := Parse([]byte(bad), Options{}); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "JobEvents") {
+		t.Fatalf("unsupported SQL in an IoTRule event: %v", err)
+	}
+}
