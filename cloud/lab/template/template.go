@@ -138,6 +138,19 @@ type Function struct {
 	Timeout       int
 	MemorySize    int
 	Env           map[string]string
+	Events        []Event // SAM event sources, sorted by name
+}
+
+// Event is a SAM function event source, as far as the lab can use it: the
+// lab runs Schedule events on its own clock (or on demand) and does not
+// serve SAM Api events itself.
+type Event struct {
+	Name     string
+	Type     string // Schedule, Api, HttpApi, IoTRule, ...
+	Schedule string // Schedule: rate(...) or cron(...)
+	Path     string // Api/HttpApi
+	Method   string // Api/HttpApi
+	SQL      string // IoTRule (also in Template.Rules)
 }
 
 // Load reads, resolves and checks a template.
@@ -314,6 +327,7 @@ func extract(cf *cloudformation.Template, r *resolver) (*Template, error) {
 		if len(fn.Architectures) == 0 {
 			fn.Architectures = []string{"x86_64"}
 		}
+		fn.Events = r.events(id)
 		fnByName[fn.Name] = id
 		t.Functions = append(t.Functions, fn)
 	}
@@ -442,6 +456,25 @@ func samIoTRules(fnID string, r *resolver) ([]TopicRule, error) {
 		out = append(out, rule)
 	}
 	return out, nil
+}
+
+// events lists a SAM function's Events from the raw template.
+func (r *resolver) events(fnID string) []Event {
+	props, _ := r.resources[fnID]["Properties"].(map[string]any)
+	events, _ := props["Events"].(map[string]any)
+	var out []Event
+	for _, name := range sortedKeys(events) {
+		ev, _ := events[name].(map[string]any)
+		e := Event{Name: name}
+		e.Type, _ = ev["Type"].(string)
+		ep, _ := r.resolveRaw(ev["Properties"]).(map[string]any)
+		e.Schedule, _ = ep["Schedule"].(string)
+		e.Path, _ = ep["Path"].(string)
+		e.Method, _ = ep["Method"].(string)
+		e.SQL, _ = ep["Sql"].(string)
+		out = append(out, e)
+	}
+	return out
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -88,6 +88,12 @@ func TestLoadLabTemplate(t *testing.T) {
 	if v.Name != "bootcert-vendor" || v.Timeout != 60 || v.Env["PACKAGE_BUCKET_ARN"] != "arn:aws:s3:::bootcert-packages" || v.Env["OPERATIONAL_POLICY"] != "bootcert-operational" {
 		t.Errorf("vendor %+v", v)
 	}
+	if ev := fns["RenewalFunction"].Events; len(ev) != 1 || ev[0] != (Event{Name: "Daily", Type: "Schedule", Schedule: "rate(1 day)"}) {
+		t.Errorf("renewal events %+v", ev)
+	}
+	if ev := fns["ActivationFunction"].Events; len(ev) != 1 || ev[0] != (Event{Name: "Activate", Type: "Api", Path: "/devices/{deviceId}/activation", Method: "post"}) {
+		t.Errorf("activation events %+v", ev)
+	}
 	if a := fns["ReaperFunction"].Architectures; !reflect.DeepEqual(a, []string{"x86_64"}) {
 		t.Errorf("reaper architectures %v", a)
 	}
@@ -237,6 +243,11 @@ func TestCloudTemplate(t *testing.T) {
 	for _, id := range []string{"ActivatorFunction", "VendorFunction", "ReaperFunction", "ActivationFunction", "RenewalFunction"} {
 		if !fns[id] {
 			t.Errorf("function %s missing", id)
+		}
+	}
+	for _, f := range tp.Functions {
+		if f.LogicalID == "RenewalFunction" && (len(f.Events) == 0 || f.Events[0].Type != "Schedule" || f.Events[0].Schedule == "") {
+			t.Errorf("renewal schedule not resolved: %+v", f.Events)
 		}
 	}
 	targets := map[string]string{}
