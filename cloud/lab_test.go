@@ -379,3 +379,133 @@ func TestLabRotation(t *testing.T) {
 		t.Errorf("bootstrap %s after SUCCEEDED", st)
 	}
 }
+
+func (d *device) startJob(t *testing.T, c *conn) {
+	t.Helper()
+	c.publish(t, "$aws/things/"+d.ID+"/jobs/start-next", map[string]any{})
+	waitFor(t, "job IN_PROGRESS", func() bool { return d.r.jobStatus(d.ID) == "IN_PROGRESS" })
+}
+
+func TestLabVendorRejections(t *testing.T) {
+	r := startLab(t, nil, "")
+	now := time.Now()
+	a0, b0, rv0 := r.ca.Issue(t, "gw-a", now), r.ca.Issue(t, "gw-b", now), r.ca.Issue(t, "gw-rv", now)
+	entries := []manifest.Entry{{DeviceID: a0.ID}, {DeviceID: b0.ID}, {DeviceID: rv0.ID}}
+	r.setup(entries)
+	a, b, rv := r.admit(a0), r.admit(b0), r.admit(rv0)
+	ca := a.conn(a.DER, a.Key)
+
+	t.Run("fail/no-rotation-pending/queued-elsewhere", func(t *testing.T) {
+		ca.publish(t, "certificates/"+a.ID+"/get", protocol.GetRequest{JobID: "another-job", ClientToken: "x", CSR: string(testpki.CSR(t, a.ID, nil))})
+		_, p := ca.wait(t, "certificates/"+a.ID+"/get/rejected")
+		var j protocol.Rejected
+		json.Unmarshal(p, &j)
+		if j.Code != protocol.NoRotationPending {
+			t.Fatalf("%+v", j)
+		}
+	})
+	a.startJob(t, ca)
+	for _, tc := range []struct {
+		name string
+		csr  string
+		code protocol.Code
+	}{
+		{"fail/bad-csr/other-device-cn", string(testpki.CSR(t, b.ID, nil)), protocol.BadCSR},
+		{"fail/bad-csr/rsa-1024", string(testpki.CSR(t, a.ID, testpki.RSAKey(t, 1024))), protocol.BadCSR},
+		{"fail/bad-csr/signature", string(testpki.CorruptSignature(t, testpki.CSR(t, a.ID, nil))), protocol.BadCSR},
+		{"fail/bad-csr/missing", "", protocol.BadCSR},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			acc, j := get(t, ca, a.ID, tc.csr)
+			if j.Code != tc.code || acc.CertificateID != "" {
+				t.Fatalf("got %+v %+v, want %s", acc, j, tc.code)
+			}
+		})
+	}
+	t.Run("fail/revoked/crl-after-admission", func(t *testing.T) {
+		c := rv.conn(rv.DER, rv.Key)
+		rv.startJob(t, c)
+		r.setup(entries, rv.Device)
+		if _, j := get(t, c, rv.ID, string(testpki.CSR(t, rv.ID, nil))); j.Code != protocol.Revoked {
+			t.Fatalf("%+v", j)
+		}
+	})
+	t.Run("fail/not-allowed/removed-from-allow-list", func(t *testing.T) {
+		cb := b.conn(b.DER, b.Key)
+		b.startJob(t, cb)
+		r.setup([]manifest.Entry{{DeviceID: a.ID}, {DeviceID: rv.ID}})
+		if _, j := get(t, cb, b.ID, string(testpki.CSR(t, b.ID, nil))); j.Code != protocol.NotAllowed {
+			t.Fatalf("%+v", j)
+		}
+		r.setup(entries)
+	})
+	t.Run("fail/not-allowed/principal-of-another-thing", func(t *testing.T) {
+		// Through the function directly: the policies stop a device from
+		// even publishing this (see TestLabPolicies).
+		ev, _ := json.Marshal(map[string]any{"thingName": a.ID, "operation": "get", "principal": b.CertID, "clientId": a.ID, "jobId": "bootcert-rotation", "clientToken": "x", "csr": string(testpki.CSR(t, a.ID, nil))})
+		out, err := r.lab.Invoke(context.Background(), "VendorFunction", ev)
+		if err != nil || !strings.Contains(string(out), "NOT_ALLOWED") {
+			t.Fatalf("%s %v", out, err)
+		}
+		ca.wait(t, "certificates/"+a.ID+"/get/rejected") // the reply went to the thing's topic
+	})
+	t.Run("ok/after-rejections-a-good-csr-is-issued", func(t *testing.T) {
+		acc, j := get(t, ca, a.ID, string(testpki.CSR(t, a.ID, nil)))
+		if acc.CertificateID == "" {
+			t.Fatalf("%+v", j)
+		}
+	})
+}
+
+func TestLabPolicies(t *testing.T) {
+	r := startLab(t, nil, "")
+	now := time.Now()
+	a0, b0 := r.ca.Issue(t, "gw-pa", now), r.ca.Issue(t, "gw-pb", now)
+	r.setup([]manifest.Entry{{DeviceID: a0.ID}, {DeviceID: b0.ID}})
+	a, b := r.admit(a0), r.admit(b0)
+	ca := a.conn(a.DER, a.Key)
+	for _, f := range []string{"certificates/" + b.ID + "/get/+", "certificates/" + b.ID + "/ack/+", "certificates/+/get/+", "certificates/#", "telemetry/" + a.ID + "/#", "$aws/things/" + b.ID + "/jobs/notify-next"} {
+		t.Run("fail/subscribe/"+f, func(t *testing.T) {
+			if code := ca.subscribe(t, f); code != 0x80 {
+				t.Errorf("SUBACK %#x for %s, want 0x80", code, f)
+			}
+		})
+	}
+	for _, tc := range []struct{ name, topic string }{
+		{"fail/publish/another-device-get", "certificates/" + b.ID + "/get"},
+		{"fail/publish/another-device-ack", "certificates/" + b.ID + "/ack"},
+		{"fail/publish/reply-topic", "certificates/" + a.ID + "/get/accepted"},
+		{"fail/publish/bootstrap-to-telemetry", "telemetry/" + a.ID + "/temp"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := a.conn(a.DER, a.Key)
+			c.publish(t, tc.topic, map[string]string{"x": "y"})
+			select {
+			case <-c.lost:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("publish to %s did not disconnect the client", tc.topic)
+			}
+		})
+	}
+	t.Run("fail/connect-as-another-client-id", func(t *testing.T) {
+		if c, err := r.connect(a.DER, a.Key, b.ID); err == nil {
+			c.c.Disconnect(0)
+			t.Fatal("connected with another device's client ID")
+		}
+	})
+	t.Run("ok/operational-reaches-telemetry", func(t *testing.T) {
+		ca := a.conn(a.DER, a.Key) // the tests above took the client ID over
+		a.startJob(t, ca)
+		key := newKey(t)
+		acc, j := get(t, ca, a.ID, string(testpki.CSR(t, a.ID, key)))
+		if acc.CertificateID == "" {
+			t.Fatalf("%+v", j)
+		}
+		blk, _ := pem.Decode([]byte(acc.CertificatePEM))
+		nc := a.conn(blk.Bytes, key)
+		nc.publish(t, "telemetry/"+a.ID+"/temp", map[string]int{"c": 21})
+		if _, j := ack(t, nc, a.ID, acc.CertificateID); j.Code != "" {
+			t.Fatalf("connection unusable after a telemetry publish: %+v", j)
+		}
+	})
+}
