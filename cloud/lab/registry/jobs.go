@@ -191,6 +191,7 @@ func (r *Registry) setStatusLocked(j *Job, e *JobExecution, status string, now t
 	if Terminal(status) {
 		e.StepTimeoutAt, e.InProgressTimeoutAt = time.Time{}, time.Time{}
 	}
+	r.trackTimeout(e)
 	r.touch()
 	r.logDecision("JobExecution", j.ID+"/"+e.ThingName, "status "+status, "old", old, "version", e.VersionNumber, "executionNumber", e.ExecutionNumber)
 	r.emit(JobExecutionChanged{Exec: copyExec(e), Job: copyJob(j), OldStatus: old})
@@ -217,22 +218,36 @@ func (r *Registry) maybeCompleteLocked(j *Job, now time.Time) {
 	r.logDecision("Job", j.ID, "completed")
 }
 
+// trackTimeout keeps r.timed in step with e.
+func (r *Registry) trackTimeout(e *JobExecution) {
+	if e.Status == ExecInProgress && !e.TimeoutAt().IsZero() {
+		r.timed[e] = true
+	} else {
+		delete(r.timed, e)
+	}
+}
+
 // expireLocked times out IN_PROGRESS executions whose step or in-progress
 // timer has run out
 // (https://docs.aws.amazon.com/iot/latest/developerguide/jobs-configurations-details.html#job-timeouts).
 func (r *Registry) expireLocked(now time.Time) {
-	for _, thing := range sortedKeys(r.st.Execs) {
-		for _, jobID := range sortedKeys(r.st.Execs[thing]) {
-			execs := r.st.Execs[thing][jobID]
-			e := execs[len(execs)-1]
-			if e.Status != ExecInProgress {
-				continue
-			}
-			if at := e.TimeoutAt(); !at.IsZero() && !now.Before(at) {
-				if j := r.st.Jobs[jobID]; j != nil {
-					r.setStatusLocked(j, e, ExecTimedOut, now)
-				}
-			}
+	var due []*JobExecution
+	for e := range r.timed {
+		if !now.Before(e.TimeoutAt()) {
+			due = append(due, e)
+		}
+	}
+	sort.Slice(due, func(a, b int) bool {
+		if due[a].ThingName != due[b].ThingName {
+			return due[a].ThingName < due[b].ThingName
+		}
+		return due[a].JobID < due[b].JobID
+	})
+	for _, e := range due {
+		if j := r.st.Jobs[e.JobID]; j != nil {
+			r.setStatusLocked(j, e, ExecTimedOut, now)
+		} else {
+			delete(r.timed, e)
 		}
 	}
 }
@@ -243,12 +258,9 @@ func (r *Registry) expireLocked(now time.Time) {
 func (r *Registry) ExpireTimeouts() time.Time {
 	var next time.Time
 	_ = r.do(func(time.Time) error {
-		for _, byJob := range r.st.Execs {
-			for _, execs := range byJob {
-				e := execs[len(execs)-1]
-				if at := e.TimeoutAt(); e.Status == ExecInProgress && !at.IsZero() && (next.IsZero() || at.Before(next)) {
-					next = at
-				}
+		for e := range r.timed {
+			if at := e.TimeoutAt(); next.IsZero() || at.Before(next) {
+				next = at
 			}
 		}
 		return nil

@@ -52,6 +52,16 @@ type Config struct {
 	// Issuer signs certificates for CreateCertificateFromCsr (the lab's
 	// issuing CA, cloud/lab/pki). Without it that operation fails.
 	Issuer Issuer
+	// WriteBehind makes mutations return before registry.json is written:
+	// a background writer saves the latest state, coalescing the changes
+	// made while it writes (one write per burst instead of one per
+	// mutation). A crash loses at most the changes of the write in flight;
+	// Close and Flush write synchronously. Without it (the default) every
+	// call returns after its change is on disk, concurrent callers sharing
+	// one write. Use it for fleets: with 1000 devices registered a write
+	// takes ~27 ms, six per JITR+activation
+	// (go test -bench JITRFlow ./cloud/lab/registry).
+	WriteBehind bool
 }
 
 // Issuer signs a device certificate for a CSR, like AWS IoT's own issuer.
@@ -186,6 +196,7 @@ type Registry struct {
 
 	mu        sync.Mutex
 	st        *state
+	timed     map[*JobExecution]bool // IN_PROGRESS executions with a timeout
 	changed   bool
 	events    []Event
 	seq       uint64 // mutations so far
@@ -194,6 +205,11 @@ type Registry struct {
 	writeMu   sync.Mutex
 	persisted uint64 // mutations persisted
 	writes    uint64
+	writeErr  error // last write-behind error
+
+	kick    chan struct{} // write-behind: there is something to write
+	stopped chan struct{} // write-behind writer has exited
+	closeMu sync.Once
 }
 
 // Open loads DIR/registry.json if it exists, or starts empty.
@@ -228,13 +244,61 @@ func Open(cfg Config) (*Registry, error) {
 			r.st = st
 		}
 	}
+	r.timed = map[*JobExecution]bool{}
+	for _, byJob := range r.st.Execs {
+		for _, execs := range byJob {
+			for _, e := range execs {
+				r.trackTimeout(e)
+			}
+		}
+	}
 	if r.st.RegistrationCode == "" {
 		r.st.RegistrationCode = randHex(32)
 		if err := r.write(); err != nil {
 			return nil, err
 		}
 	}
+	if cfg.WriteBehind && r.path != "" {
+		r.kick = make(chan struct{}, 1)
+		r.stopped = make(chan struct{})
+		go r.writer()
+	}
 	return r, nil
+}
+
+func (r *Registry) writer() {
+	defer close(r.stopped)
+	for range r.kick {
+		r.mu.Lock()
+		seq := r.seq
+		r.mu.Unlock()
+		if err := r.persist(seq); err != nil {
+			r.log.Error("registry write-behind failed", "err", err)
+			r.writeMu.Lock()
+			r.writeErr = err
+			r.writeMu.Unlock()
+		}
+	}
+}
+
+// Flush writes registry.json now if it lags behind (write-behind mode).
+func (r *Registry) Flush() error {
+	r.mu.Lock()
+	seq := r.seq
+	r.mu.Unlock()
+	return r.persist(seq)
+}
+
+// Close stops the write-behind writer and flushes. The registry must not
+// be used afterwards.
+func (r *Registry) Close() error {
+	r.closeMu.Do(func() {
+		if r.kick != nil {
+			close(r.kick)
+			<-r.stopped
+		}
+	})
+	return r.Flush()
 }
 
 // Region and AccountID the registry builds ARNs with.
@@ -281,7 +345,12 @@ func (r *Registry) do(fn func(now time.Time) error) error {
 	ls := r.listeners
 	r.mu.Unlock()
 	if changed {
-		if perr := r.persist(seq); perr != nil && err == nil {
+		if r.kick != nil {
+			select {
+			case r.kick <- struct{}{}:
+			default: // a write is already due; it will include this change
+			}
+		} else if perr := r.persist(seq); perr != nil && err == nil {
 			err = perr
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"sync"
 	"testing"
@@ -300,5 +301,25 @@ func TestStatusDetailsLimits(t *testing.T) {
 				t.Fatalf("err = %v", err)
 			}
 		})
+	}
+}
+
+func TestWriteBehindRestart(t *testing.T) {
+	dir := t.TempDir()
+	r, err := Open(Config{Dir: dir, WriteBehind: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if _, err := r.CreateThing(fmt.Sprintf("gw-%d", i), "", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r2 := open(t, dir, nil)
+	if got := len(r2.Snapshot().Things); got != 50 {
+		t.Fatalf("%d things after restart, want 50", got)
 	}
 }

@@ -201,6 +201,11 @@ func (r *Registry) DeleteThing(name string, expectedVersion *int64) error {
 				r.emit(ThingGroupMembershipChanged{Group: g, Thing: name, Added: false})
 			}
 		}
+		for _, execs := range r.st.Execs[name] {
+			for _, e := range execs {
+				delete(r.timed, e)
+			}
+		}
 		delete(r.st.Execs, name)
 		delete(r.st.Things, name)
 		r.touch()

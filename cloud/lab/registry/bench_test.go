@@ -1,0 +1,71 @@
+package registry
+
+import (
+	"fmt"
+	"testing"
+)
+
+// BenchmarkJITRFlow measures the registry side of one device's JITR and
+// activation (RegisterPendingCertificate, UpdateCertificate ACTIVE,
+// CreateThing, AttachThingPrincipal, AttachPolicy, AddThingToThingGroup with
+// a continuous job) with registry.json persisted after every mutation, on a
+// registry already holding `existing` devices. Run:
+//
+//	go test -run '^$' -bench JITRFlow -benchtime 200x ./cloud/lab/registry
+func BenchmarkJITRFlow(b *testing.B) {
+	for _, existing := range []int{0, 1000} {
+		for _, mode := range []string{"memory", "sync", "write-behind"} {
+			b.Run(fmt.Sprintf("existing=%d/%s", existing, mode), func(b *testing.B) {
+				dir := ""
+				if mode != "memory" {
+					dir = b.TempDir()
+				}
+				r, err := Open(Config{Dir: dir, Clock: &fakeClock{t: t0}, WriteBehind: mode == "write-behind"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ca := newCA(b, "factory")
+				cac := registerCA(b, r, ca)
+				setupRotation(b, r)
+				if _, err := r.CreatePolicy("bootcert-bootstrap", `{"Version":"2012-10-17","Statement":[]}`); err != nil {
+					b.Fatal(err)
+				}
+				ders := make([][]byte, existing+b.N)
+				for i := range ders {
+					ders[i], _ = ca.issue(b, fmt.Sprintf("gw-%d", i))
+				}
+				device := func(i int) {
+					c, _, err := r.RegisterPendingCertificate(ders[i], cac.ID)
+					if err != nil {
+						b.Fatal(err)
+					}
+					name := fmt.Sprintf("gw-%d", i)
+					for _, err := range []error{
+						r.UpdateCertificate(c.ID, StatusActive),
+						func() error { _, err := r.CreateThing(name, "bootcert-gateway", nil); return err }(),
+						r.AttachThingPrincipal(name, c.ARN),
+						r.AttachPolicy("bootcert-bootstrap", c.ARN),
+						r.AddThingToThingGroup("bootcert-rotation", name),
+					} {
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				for i := range existing {
+					device(i)
+				}
+				w0 := r.Writes()
+				b.ResetTimer()
+				for i := range b.N {
+					device(existing + i)
+				}
+				if err := r.Close(); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(r.Writes()-w0)/float64(b.N), "writes/device")
+			})
+		}
+	}
+}
