@@ -509,3 +509,114 @@ func TestLabPolicies(t *testing.T) {
 		}
 	})
 }
+
+func TestLabThrottled(t *testing.T) {
+	// One CreateCertificateFromCsr and two DescribeCertificate a second:
+	// three devices asking at once are throttled and still served, inside
+	// the function's deadline.
+	r := startLab(t, nil, `{"api":{"CreateCertificateFromCsr":1,"DescribeCertificate":2}}`)
+	now := time.Now()
+	var devs []*device
+	var entries []manifest.Entry
+	var raw []*testpki.Device
+	for _, id := range []string{"gw-t1", "gw-t2", "gw-t3"} {
+		d := r.ca.Issue(t, id, now)
+		raw = append(raw, d)
+		entries = append(entries, manifest.Entry{DeviceID: id})
+	}
+	r.setup(entries)
+	for _, d := range raw {
+		devs = append(devs, r.admit(d))
+	}
+	var conns []*conn
+	for _, d := range devs {
+		c := d.conn(d.DER, d.Key)
+		d.startJob(t, c)
+		conns = append(conns, c)
+	}
+	for i, d := range devs {
+		conns[i].publish(t, "certificates/"+d.ID+"/get", protocol.GetRequest{JobID: "bootcert-rotation", ClientToken: "t", CSR: string(testpki.CSR(t, d.ID, nil))})
+	}
+	for i, d := range devs {
+		topic, p := conns[i].wait(t, "certificates/"+d.ID+"/get/accepted", "certificates/"+d.ID+"/get/rejected")
+		if !strings.HasSuffix(topic, "accepted") {
+			t.Errorf("%s: %s", d.ID, p)
+		}
+	}
+}
+
+func TestLabPreProvisioned(t *testing.T) {
+	r := startLab(t, nil, "")
+	d0 := r.ca.Issue(t, "gw-pre", time.Now())
+	key := newKey(t)
+	csr := testpki.DER(testpki.CSR(t, d0.ID, key))
+	r.setup([]manifest.Entry{{DeviceID: d0.ID, FinalCSR: csr}})
+	d := r.admit(d0)
+	c := d.conn(d.DER, d.Key)
+	d.startJob(t, c)
+	acc, j := get(t, c, d.ID, "")
+	if acc.CertificateID == "" {
+		t.Fatalf("%+v", j)
+	}
+	blk, _ := pem.Decode([]byte(acc.CertificatePEM))
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil || !key.PublicKey.Equal(cert.PublicKey) {
+		t.Fatalf("certificate is not for the factory key: %v", err)
+	}
+	c.c.Disconnect(50)
+	nc := d.conn(blk.Bytes, key)
+	if a, j := ack(t, nc, d.ID, acc.CertificateID); a.CertificateID != acc.CertificateID {
+		t.Fatalf("ack %+v", j)
+	}
+}
+
+func TestLabExplicitActivationAndFailedRotation(t *testing.T) {
+	r := startLab(t, map[string]string{"EXPLICIT_ACTIVATION": "true"}, "")
+	d0 := r.ca.Issue(t, "gw-x", time.Now())
+	r.setup([]manifest.Entry{{DeviceID: d0.ID}})
+	if st := r.jitr(d0); st != "ACTIVE" {
+		t.Fatalf("jitr: %s", st)
+	}
+	d := &device{d0, r}
+	c := d.conn(d.DER, d.Key)
+	// Not activated: not in the group, no job, and the vendor says so.
+	ev, _ := json.Marshal(map[string]any{"thingName": d.ID, "operation": "get", "principal": d.CertID, "clientId": d.ID, "jobId": "bootcert-rotation", "clientToken": "x", "csr": string(testpki.CSR(t, d.ID, nil))})
+	if out, err := r.lab.Invoke(context.Background(), "VendorFunction", ev); err != nil || !strings.Contains(string(out), "NOT_ACTIVATED") {
+		t.Fatalf("before activation: %s %v", out, err)
+	}
+	c.wait(t, "certificates/"+d.ID+"/get/rejected")
+	// The activation API (API Gateway event, payload 2.0).
+	api := func(method, path string) map[string]any {
+		req, _ := json.Marshal(map[string]any{"version": "2.0", "routeKey": method + " " + path, "rawPath": path,
+			"requestContext": map[string]any{"http": map[string]string{"method": method, "path": path}}})
+		out, err := r.lab.Invoke(context.Background(), "ActivationFunction", req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		var resp map[string]any
+		json.Unmarshal(out, &resp)
+		return resp
+	}
+	if resp := api("GET", "/devices/gw-unknown"); resp["statusCode"] != float64(404) {
+		t.Errorf("GET unknown: %v", resp)
+	}
+	if resp := api("POST", "/devices/"+d.ID+"/activation"); resp["statusCode"] != float64(200) || !strings.Contains(resp["body"].(string), `"activated":true`) {
+		t.Fatalf("POST activation: %v", resp)
+	}
+	if resp := api("GET", "/devices/"+d.ID); !strings.Contains(resp["body"].(string), `"inRotationGroup":true`) {
+		t.Errorf("GET: %v", resp)
+	}
+	waitFor(t, "a job execution", func() bool { return r.jobStatus(d.ID) == "QUEUED" })
+	d.startJob(t, c)
+	acc, j := get(t, c, d.ID, string(testpki.CSR(t, d.ID, nil)))
+	if acc.CertificateID == "" {
+		t.Fatalf("%+v", j)
+	}
+	// The device fails to use the new certificate and reports FAILED: the
+	// reaper deletes the certificate that was never committed.
+	c.publish(t, "$aws/things/"+d.ID+"/jobs/bootcert-rotation/update", map[string]any{"status": "FAILED", "statusDetails": map[string]string{"reason": "rolled back"}})
+	waitFor(t, "the new certificate deleted", func() bool { return r.certStatus(acc.CertificateID) == "" })
+	if st := r.certStatus(d.CertID); st != "ACTIVE" {
+		t.Errorf("bootstrap %s after a failed rotation", st)
+	}
+}
