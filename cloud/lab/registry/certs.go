@@ -460,10 +460,8 @@ func (r *Registry) DeleteCertificate(id string, force bool) error {
 		if c.Status == StatusActive {
 			return newErr(CodeCertificateState, "cert "+id, "certificate is ACTIVE: set it INACTIVE first")
 		}
-		for thing, ps := range r.st.ThingPrincipals {
-			if ps[c.ARN] {
-				return newErr(CodeDeleteConflict, "cert "+id, "certificate is attached to thing %s: detach it first (DetachThingPrincipal)", thing)
-			}
+		if things := sortedKeys(r.byPrinc[c.ARN]); len(things) > 0 {
+			return newErr(CodeDeleteConflict, "cert "+id, "certificate is attached to thing %s: detach it first (DetachThingPrincipal)", things[0])
 		}
 		var attached []string
 		for _, p := range sortedKeys(r.st.PolicyTargets) {

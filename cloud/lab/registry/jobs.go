@@ -290,8 +290,16 @@ func (r *Registry) DescribeJob(jobID string) (Job, map[string]int, error) {
 
 // GetJobDocument returns a job's document.
 func (r *Registry) GetJobDocument(jobID string) (string, error) {
-	j, _, err := r.DescribeJob(jobID)
-	return j.Document, err
+	var doc string
+	err := r.do(func(time.Time) error {
+		j, ok := r.st.Jobs[jobID]
+		if !ok {
+			return notFound("job", jobID)
+		}
+		doc = j.Document
+		return nil
+	})
+	return doc, err
 }
 
 func (r *Registry) execLocked(thing, jobID string, num *int64) (*JobExecution, *Job, error) {

@@ -196,7 +196,8 @@ type Registry struct {
 
 	mu        sync.Mutex
 	st        *state
-	timed     map[*JobExecution]bool // IN_PROGRESS executions with a timeout
+	timed     map[*JobExecution]bool     // IN_PROGRESS executions with a timeout
+	byPrinc   map[string]map[string]bool // principal ARN -> things (index of st.ThingPrincipals)
 	changed   bool
 	events    []Event
 	seq       uint64 // mutations so far
@@ -245,6 +246,12 @@ func Open(cfg Config) (*Registry, error) {
 		}
 	}
 	r.timed = map[*JobExecution]bool{}
+	r.byPrinc = map[string]map[string]bool{}
+	for thing, ps := range r.st.ThingPrincipals {
+		for p := range ps {
+			addToSet(r.byPrinc, p, thing)
+		}
+	}
 	for _, byJob := range r.st.Execs {
 		for _, execs := range byJob {
 			for _, e := range execs {

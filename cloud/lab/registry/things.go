@@ -447,6 +447,7 @@ func (r *Registry) AttachThingPrincipal(thing, principal string) error {
 			return notFound("principal", principal)
 		}
 		if addToSet(r.st.ThingPrincipals, thing, principal) {
+			addToSet(r.byPrinc, principal, thing)
 			r.touch()
 			r.logDecision("AttachThingPrincipal", thing, "attached", "principal", principal)
 		}
@@ -461,6 +462,7 @@ func (r *Registry) DetachThingPrincipal(thing, principal string) error {
 			return notFound("thing", thing)
 		}
 		if removeFromSet(r.st.ThingPrincipals, thing, principal) {
+			removeFromSet(r.byPrinc, principal, thing)
 			r.touch()
 			r.logDecision("DetachThingPrincipal", thing, "detached", "principal", principal)
 		}
@@ -488,11 +490,7 @@ func (r *Registry) ListPrincipalThings(principal string) ([]string, error) {
 		if !r.principalExistsLocked(principal) {
 			return notFound("principal", principal)
 		}
-		for _, t := range sortedKeys(r.st.ThingPrincipals) {
-			if r.st.ThingPrincipals[t][principal] {
-				out = append(out, t)
-			}
-		}
+		out = sortedKeys(r.byPrinc[principal])
 		return nil
 	})
 	return out, err
