@@ -136,30 +136,37 @@ func safeCall(ctx context.Context, f Function, event json.RawMessage) (out json.
 	return f(ctx, event)
 }
 
-// InvokeAsync queues an invocation; when the queue is full it is dropped
-// and logged (AWS would retry an asynchronous invocation; the lab reports).
-func (iv *invoker) InvokeAsync(id string, event json.RawMessage, source string) {
-	iv.enqueue(invocation{id: id, event: event, source: source})
+// InvokeAsync queues an invocation. It fails when the function does not
+// exist or the queue is full (the invocation is dropped and logged; a rule
+// then runs its error action).
+func (iv *invoker) InvokeAsync(id string, event json.RawMessage, source string) error {
+	if !iv.has(id) {
+		iv.log.Error("invocation of a missing function", "function", id, "source", source)
+		return fmt.Errorf("invoking %s: %w", id, ErrNoFunction)
+	}
+	return iv.enqueue(invocation{id: id, event: event, source: source})
 }
 
 // Go queues other asynchronous work (republish) on the same pool.
-func (iv *invoker) Go(source string, fn func(context.Context) error) {
-	iv.enqueue(invocation{source: source, fn: fn})
+func (iv *invoker) Go(source string, fn func(context.Context) error) error {
+	return iv.enqueue(invocation{source: source, fn: fn})
 }
 
-func (iv *invoker) enqueue(inv invocation) {
+func (iv *invoker) enqueue(inv invocation) error {
 	select {
 	case <-iv.ctx.Done():
-		return
+		return context.Canceled
 	default:
 	}
 	select {
 	case iv.queue <- inv:
+		return nil
 	default:
 		iv.statsMu.Lock()
 		iv.stat(inv.id).Dropped++
 		iv.statsMu.Unlock()
 		iv.log.Error("invocation dropped", "function", inv.id, "source", inv.source, "err", ErrQueueFull)
+		return ErrQueueFull
 	}
 }
 

@@ -708,3 +708,40 @@ func TestConnectQuotas(t *testing.T) {
 		}
 	}
 }
+
+// TestRepublishAndErrorAction: a republish action with a WHERE clause and
+// ${topic(2)}, and a Lambda action to a function the lab does not have,
+// which makes the rule's error action publish AWS's error message.
+func TestRepublishAndErrorAction(t *testing.T) {
+	f := newFixture(t, Config{TemplatePath: filepath.Join("testdata", "lab-republish.yaml"), NoBuild: true})
+	leaf := f.ca.Issue(t, "dev-5")
+	f.registerActive(leaf, devicePolicy, "device")
+	watch := labtest.StartSub(t, f.admin, "alerts/#", "errors/#")
+	dev := f.client(leaf, "dev-5")
+	for _, p := range []string{`{"temp":20}`, `{"temp":35}`} {
+		if out, err := labtest.Pub(t, dev, "devices/dev-5/telemetry", p); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+	}
+	m := watch.WaitFor(t, "republished alert", labtest.Topic("alerts/dev-5"))
+	var got map[string]any
+	if err := json.Unmarshal([]byte(m.Payload), &got); err != nil || got["temp"] != 35.0 || got["device"] != "dev-5" || got["clientId"] != "dev-5" {
+		t.Fatalf("alert %s (%v)", m.Payload, err)
+	}
+	e := watch.WaitFor(t, "error action", labtest.Topic("errors/dev-5"))
+	var em struct {
+		RuleName string `json:"ruleName"`
+		Topic    string `json:"topic"`
+		Failures []struct {
+			FailedAction, FailedResource string
+		} `json:"failures"`
+	}
+	if err := json.Unmarshal([]byte(e.Payload), &em); err != nil || em.RuleName != "alerts" || em.Topic != "devices/dev-5/telemetry" || len(em.Failures) != 1 || em.Failures[0].FailedAction != "LambdaAction" {
+		t.Fatalf("error action message %s (%v)", e.Payload, err)
+	}
+	for _, m := range watch.Messages() {
+		if strings.Contains(m.Payload, `"temp":20`) {
+			t.Fatalf("the WHERE clause let temp 20 through: %v", m)
+		}
+	}
+}

@@ -2,8 +2,8 @@ package lab
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -31,6 +31,8 @@ type compiledRule struct {
 	matches func(topic string) bool
 	apply   func(m broker.Message) (out []byte, matched bool, err error)
 	actions []ruleAction
+	// errorAction runs when an action fails.
+	errorAction *ruleAction
 
 	matched, errors atomic.Int64
 }
@@ -68,21 +70,59 @@ func (e *ruleEngine) onMessage(m broker.Message) {
 		r.matched.Add(1)
 		e.log.Info("rule matched", "rule", r.name, "topic", m.Topic, "clientId", m.ClientID, "actions", len(r.actions))
 		for _, a := range r.actions {
-			switch a.kind {
-			case "lambda":
-				e.inv.InvokeAsync(a.function, json.RawMessage(out), "rule "+r.name)
-			case "republish":
-				topic, qos, out, name := republishTopic(a.topic, m), a.qos, out, r.name
-				e.inv.Go("rule "+name+" republish", func(context.Context) error {
-					if err := e.publish(topic, out, qos); err != nil {
-						return fmt.Errorf("republish to %s: %w", topic, err)
-					}
-					e.log.Info("rule republished", "rule", name, "topic", topic)
-					return nil
-				})
-			}
+			e.run(r, a, m, out, true)
 		}
 	}
+}
+
+// run runs one action; a failure runs the rule's error action (not for the
+// error action itself). Function errors of an asynchronous Lambda
+// invocation are not action failures (AWS: the invocation was accepted).
+func (e *ruleEngine) run(r *compiledRule, a ruleAction, m broker.Message, out []byte, withErrorAction bool) {
+	fail := func(kind, resource string, err error) {
+		r.errors.Add(1)
+		e.log.Warn("rule action failed", "rule", r.name, "action", kind, "resource", resource, "err", err)
+		if withErrorAction && r.errorAction != nil {
+			e.run(r, *r.errorAction, m, errorMessage(r.name, m, kind, resource, err), false)
+		}
+	}
+	switch a.kind {
+	case "lambda":
+		if err := e.inv.InvokeAsync(a.function, json.RawMessage(out), "rule "+r.name); err != nil {
+			fail("LambdaAction", a.function, err)
+		}
+	case "republish":
+		topic, qos, name := republishTopic(a.topic, m), a.qos, r.name
+		err := e.inv.Go("rule "+name+" republish", func(context.Context) error {
+			if err := e.publish(topic, out, qos); err != nil {
+				fail("RepublishAction", topic, err)
+				return nil
+			}
+			e.log.Info("rule republished", "rule", name, "topic", topic)
+			return nil
+		})
+		if err != nil {
+			fail("RepublishAction", topic, err)
+		}
+	}
+}
+
+// errorMessage is the payload AWS sends to a rule's error action
+// ("Error handling (error action)", rule-error-handling.html).
+func errorMessage(rule string, m broker.Message, kind, resource string, err error) []byte {
+	b, _ := json.Marshal(map[string]any{
+		"ruleName":              rule,
+		"topic":                 m.Topic,
+		"cloudwatchTraceId":     "",
+		"clientId":              m.ClientID,
+		"base64OriginalPayload": base64.StdEncoding.EncodeToString(m.Payload),
+		"failures": []map[string]string{{
+			"failedAction":   kind,
+			"failedResource": resource,
+			"errorMessage":   err.Error(),
+		}},
+	})
+	return b
 }
 
 // RuleStats is one rule in GET /lab/state.

@@ -110,18 +110,31 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 		cr.apply = func(m broker.Message) ([]byte, bool, error) {
 			return st.Apply(rules.Message{Topic: m.Topic, Payload: m.Payload, ClientID: m.ClientID, Principal: m.Principal, Timestamp: m.Timestamp})
 		}
-		for _, a := range r.Actions {
+		convert := func(a template.Action) (ruleAction, error) {
 			switch a.Kind {
 			case template.ActionLambda:
 				if !l.invoker.has(a.FunctionLogicalID) {
 					log.Warn("rule invokes a function the lab does not have", "rule", r.Name, "function", a.FunctionLogicalID)
 				}
-				cr.actions = append(cr.actions, ruleAction{kind: "lambda", function: a.FunctionLogicalID})
+				return ruleAction{kind: "lambda", function: a.FunctionLogicalID}, nil
 			case template.ActionRepublish:
-				cr.actions = append(cr.actions, ruleAction{kind: "republish", topic: a.Topic, qos: byte(a.QoS)})
-			default:
-				return fmt.Errorf("lab: template rule %s: action %q is not supported by the lab", r.Name, a.Kind)
+				return ruleAction{kind: "republish", topic: a.Topic, qos: byte(a.QoS)}, nil
 			}
+			return ruleAction{}, fmt.Errorf("lab: template rule %s: action %q is not supported by the lab", r.Name, a.Kind)
+		}
+		for _, a := range r.Actions {
+			ra, err := convert(a)
+			if err != nil {
+				return err
+			}
+			cr.actions = append(cr.actions, ra)
+		}
+		if r.ErrorAction != nil {
+			ra, err := convert(*r.ErrorAction)
+			if err != nil {
+				return err
+			}
+			cr.errorAction = &ra
 		}
 		compiled = append(compiled, cr)
 		log.Info("rule installed", "rule", r.Name, "sql", r.SQL, "actions", len(cr.actions))
