@@ -26,6 +26,9 @@ var ErrBadCertificate = errors.New("certificate refused")
 // ErrLocation is wrapped when a location URL may not be fetched.
 var ErrLocation = errors.New("certificate location refused")
 
+// AWSIssuedCN is the subject AWS IoT gives the certificates it issues.
+const AWSIssuedCN = "AWS IoT Certificate"
+
 // VerifyOptions are the checks a new certificate must pass.
 type VerifyOptions struct {
 	Thing        string
@@ -56,8 +59,11 @@ func VerifyCertificate(chain []*x509.Certificate, staged crypto.PublicKey, o Ver
 	if !o.Now.Before(leaf.NotAfter) {
 		return fmt.Errorf("%w: expired at %s", ErrBadCertificate, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
-	if leaf.Subject.CommonName != o.Thing {
-		return fmt.Errorf("%w: subject CN %q is not the thing name %q", ErrBadCertificate, leaf.Subject.CommonName, o.Thing)
+	// AWS IoT's CreateCertificateFromCsr does not copy the CSR's subject: its
+	// certificates say CN=AWS IoT Certificate. Such a certificate is bound to
+	// the device by the key match above; any other CN must be the thing name.
+	if cn := leaf.Subject.CommonName; cn != o.Thing && cn != AWSIssuedCN {
+		return fmt.Errorf("%w: subject CN %q is not the thing name %q", ErrBadCertificate, cn, o.Thing)
 	}
 	if len(o.IssuerSHA256) > 0 {
 		ok := false
