@@ -21,6 +21,7 @@
 package template
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -234,6 +235,9 @@ func parse(data []byte, isJSON bool, opts Options) (t *Template, err error) {
 		return nil, errors.Join(r.errs...)
 	}
 	if err != nil {
+		if len(r.unresolvedSeen) > 0 {
+			return nil, fmt.Errorf("%w: %v (values the lab could not resolve: %s)", ErrInvalid, err, strings.Join(r.unresolvedSeen, "; "))
+		}
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	return extract(cf, r)
@@ -341,11 +345,13 @@ func extract(cf *cloudformation.Template, r *resolver) (*Template, error) {
 		case nil:
 			return nil, fmt.Errorf("%w: policy %s: PolicyDocument is missing", ErrInvalid, id)
 		default:
-			b, err := json.Marshal(d)
-			if err != nil {
+			var b bytes.Buffer
+			enc := json.NewEncoder(&b)
+			enc.SetEscapeHTML(false)
+			if err := enc.Encode(d); err != nil {
 				return nil, fmt.Errorf("%w: policy %s: PolicyDocument: %v", ErrInvalid, id, err)
 			}
-			doc = b
+			doc = bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 		}
 		parsed, err := policy.Parse(doc)
 		if err != nil {
@@ -374,6 +380,9 @@ func extract(cf *cloudformation.Template, r *resolver) (*Template, error) {
 		t.Rules = append(t.Rules, rs...)
 	}
 	sort.Slice(t.Rules, func(i, j int) bool { return t.Rules[i].LogicalID < t.Rules[j].LogicalID })
+	if err := t.checkResolved(); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 
@@ -575,6 +584,8 @@ type resolver struct {
 	params    map[string]Parameter
 	errs      []error
 	depth     int
+
+	unresolvedSeen []string
 }
 
 func newResolver(raw map[string]any, opts Options) (*resolver, error) {
@@ -651,9 +662,11 @@ func scalar(v any) string {
 	return fmt.Sprint(v)
 }
 
+// fail records an error; the value it returns is a placeholder the load
+// never uses (Load returns the recorded errors first).
 func (r *resolver) fail(format string, args ...any) any {
 	r.errs = append(r.errs, fmt.Errorf(format, args...))
-	return ""
+	return nil
 }
 
 // handle is the goformation intrinsic handler for the functions the lab
@@ -697,7 +710,72 @@ func (r *resolver) handle(name string, input any, _ any) any {
 		}
 		return r.fail("%w: Fn::Sub takes a string or [string, {variables}], got %v", ErrInvalid, input)
 	}
-	return r.fail("%w: intrinsic function %s", ErrUnsupported, name)
+	if name == "Fn::If" {
+		return r.fail("%w: intrinsic function Fn::If (the lab does not evaluate template conditions)", ErrUnsupported)
+	}
+	return r.unresolved("intrinsic function " + name)
+}
+
+// Values the lab cannot resolve (an attribute it does not model, an
+// intrinsic it does not evaluate) become a marker instead of an error: they
+// only matter, and only fail the load, when they end up in something the lab
+// uses (policies, rules, functions, names), not in Outputs or a function's
+// IAM Policies.
+const unresolvedPrefix = "[lab-unresolved: "
+
+func (r *resolver) unresolved(what string) string {
+	r.unresolvedSeen = append(r.unresolvedSeen, what)
+	return unresolvedPrefix + what + "]"
+}
+
+var unresolvedRE = regexp.MustCompile(`\[lab-unresolved: [^\]]*\]`)
+
+// checkResolved fails when a value the lab uses holds an unresolved marker.
+func checkResolved(where, v string) error {
+	if m := unresolvedRE.FindString(v); m != "" {
+		return fmt.Errorf("%w: %s uses %s, which the lab cannot resolve", ErrUnsupported, where, strings.TrimSuffix(strings.TrimPrefix(m, unresolvedPrefix), "]"))
+	}
+	return nil
+}
+
+func (t *Template) checkResolved() error {
+	var errs []error
+	add := func(where, v string) {
+		if err := checkResolved(where, v); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range t.Policies {
+		add("policy "+p.LogicalID, p.Name+string(p.Document))
+	}
+	for _, f := range t.Functions {
+		add("function "+f.LogicalID, f.Name+" "+f.Handler+" "+f.Runtime)
+		for _, k := range sortedKeys(f.Env) {
+			add(fmt.Sprintf("function %s environment variable %s", f.LogicalID, k), f.Env[k])
+		}
+		for _, e := range f.Events {
+			add(fmt.Sprintf("function %s event %s", f.LogicalID, e.Name), e.Schedule+e.Path+e.Method+e.SQL)
+		}
+	}
+	for _, r := range t.Rules {
+		add("topic rule "+r.LogicalID, r.Name+r.SQL)
+		for _, a := range append(append([]Action{}, r.Actions...), derefAction(r.ErrorAction)...) {
+			add("topic rule "+r.LogicalID+" action", a.FunctionARN+a.Topic)
+		}
+	}
+	for _, id := range sortedKeys(t.Buckets) {
+		add("bucket "+id, t.Buckets[id])
+	}
+	add("thing types", strings.Join(t.ThingTypes, " "))
+	add("thing groups", strings.Join(t.ThingGroups, " "))
+	return errors.Join(errs...)
+}
+
+func derefAction(a *Action) []Action {
+	if a == nil {
+		return nil
+	}
+	return []Action{*a}
 }
 
 var subVar = regexp.MustCompile(`\$\{([^}]*)\}`)
@@ -900,5 +978,5 @@ func (r *resolver) getAtt(id, attr string) any {
 	case "AWS::IAM::Role.Arn":
 		return fmt.Sprintf("arn:aws:iam::%s:role/%s", acct, name)
 	}
-	return r.fail("%w: Fn::GetAtt %s.%s (resource type %s)", ErrUnsupported, id, attr, typ)
+	return r.unresolved(fmt.Sprintf("Fn::GetAtt %s.%s (resource type %s)", id, attr, typ))
 }

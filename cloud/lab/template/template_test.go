@@ -297,7 +297,11 @@ func TestLoadErrors(t *testing.T) {
 		{"fail/ref-unknown", "!Ref ManifestKey", "!Ref NoSuchThing", Options{},
 			ErrInvalid, []string{"NoSuchThing"}},
 		{"fail/getatt-unsupported", "!GetAtt PackageBucket.Arn", "!GetAtt PackageBucket.WebsiteURL", Options{},
-			ErrUnsupported, []string{"PackageBucket.WebsiteURL"}},
+			ErrUnsupported, []string{"PackageBucket.WebsiteURL", "VendorFunction environment variable PACKAGE_BUCKET_ARN"}},
+		{"fail/import-value-in-env", "MANIFEST_KEY: !Ref ManifestKey", "MANIFEST_KEY: !ImportValue shared-manifest-key", Options{},
+			ErrUnsupported, []string{"Fn::ImportValue", "ActivatorFunction environment variable MANIFEST_KEY"}},
+		{"fail/unresolved-in-policy", "client/${!iot:Connection.Thing.ThingName}", "client/${RulesRole.RoleId}", Options{},
+			ErrUnsupported, []string{"policy BootstrapPolicy", "RulesRole.RoleId"}},
 		{"fail/parameter-not-allowed", "", "", Options{Parameters: map[string]string{"RequireActivation": "maybe"}},
 			ErrInvalid, []string{"RequireActivation", "maybe"}},
 		{"fail/parameter-pattern", "", "", Options{Parameters: map[string]string{"PackageBucketName": "Bad_Bucket"}},
@@ -369,6 +373,36 @@ func TestParseJSONAndSubVariables(t *testing.T) {
 		Resource: "arn:aws:iot:us-east-1:123456789012:client/gw-x", Vars: policy.Vars{ClientID: "x"}})
 	if !d.Allowed {
 		t.Fatalf("%+v", d)
+	}
+}
+
+// What the lab cannot resolve but does not use (Outputs, a function's IAM
+// Policies) does not stop the load.
+func TestUnresolvedButUnused(t *testing.T) {
+	base, err := os.ReadFile(labTemplate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := strings.Replace(string(base), "Outputs:\n", `Outputs:
+  RoleId:
+    Value: !GetAtt RulesRole.RoleId
+  Imported:
+    Value: !ImportValue other-stack-output
+`, 1)
+	doc = strings.Replace(doc, "      Architectures: [x86_64]\n", `      Architectures: [x86_64]
+      Policies:
+        - Statement:
+            - Effect: Allow
+              Action: sqs:SendMessage
+              Resource: !GetAtt DeadLetters.Arn
+`, 1)
+	doc = strings.Replace(doc, "  RulesRole:\n", "  DeadLetters:\n    Type: AWS::SQS::Queue\n\n  RulesRole:\n", 1)
+	tp, err := Parse([]byte(doc), Options{})
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if len(tp.Functions) != 5 || len(tp.Rules) != 3 {
+		t.Fatalf("functions %d rules %d", len(tp.Functions), len(tp.Rules))
 	}
 }
 
