@@ -17,7 +17,11 @@
 //
 // The lab refuses, at load, anything it would not run exactly: topic rule
 // actions other than Lambda and Republish, SQL outside the rules package's
-// subset, SQL version "beta", invalid policy documents.
+// subset, SQL version "beta", invalid policy documents, resource Conditions
+// and Fn::If. A value it cannot resolve (a GetAtt attribute it does not
+// model, Fn::ImportValue, ...) fails the load only where the lab uses it
+// (policies, rules, function settings and environment, names); in Outputs
+// or a function's IAM Policies it is ignored.
 package template
 
 import (
