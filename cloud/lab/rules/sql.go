@@ -15,6 +15,13 @@
 // nested SELECT, array indexes, double-quoted strings, ...) is refused by
 // Parse with a *SyntaxError naming the token and its byte offset: a rule the
 // lab cannot evaluate exactly must fail at load, not behave differently.
+// Lab choices where AWS is more lenient: a function or literal in the
+// SELECT list needs an AS alias, and <> is the only not-equal operator.
+//
+// Evaluation follows the documented AWS semantics for the subset: a missing
+// field is Undefined and left out of the output; AND, OR and NOT with an
+// Undefined (or non-Boolean) operand are Undefined; a WHERE that is not true
+// does not fire the rule; see Statement.Apply for payload handling.
 package rules
 
 import (
