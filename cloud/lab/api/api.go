@@ -186,9 +186,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.cfg.Limiter != nil && !s.cfg.Limiter.AllowAPI(rt.op) {
-		// https://docs.aws.amazon.com/iot/latest/apireference/CommonErrors.html:
-		// ThrottlingException, "The request was denied due to request
-		// throttling", HTTP 400.
+		// AWS IoT answers ThrottlingException ("The rate exceeds the
+		// limit.") with HTTP status 400, e.g.
+		// https://docs.aws.amazon.com/iot/latest/apireference/API_CreateKeysAndCertificate.html
+		// (Errors); the SDK retries it by its error code.
 		s.fail(w, r, rt.op, "", &apiError{Type: "ThrottlingException", Status: 400, Message: "Rate exceeded for " + rt.op})
 		return
 	}

@@ -71,6 +71,7 @@ type labOpts struct {
 	dir     string
 	limiter *limits.Limiter
 	creds   *Credentials
+	clock   Clock
 }
 
 func startLab(t *testing.T, o labOpts) *lab {
@@ -87,7 +88,7 @@ func startLab(t *testing.T, o labOpts) *lab {
 		t.Fatal(err)
 	}
 	l := &lab{dir: o.dir, pki: p, reg: reg, pub: &recorder{}}
-	l.srv = New(Config{Registry: reg, Limiter: o.limiter, Credentials: o.creds, Publisher: l.pub,
+	l.srv = New(Config{Registry: reg, Limiter: o.limiter, Credentials: o.creds, Publisher: l.pub, Clock: o.clock,
 		Endpoints: map[string]string{"iot:Data-ATS": "127.0.0.1:8883"}})
 	l.http = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		l.requests.Add(1)
@@ -516,6 +517,14 @@ func TestCredentials(t *testing.T) {
 			}
 		})
 	}
+	t.Run("fail/expired", func(t *testing.T) {
+		// The lab's clock is 20 minutes ahead of the client's.
+		l2 := startLab(t, labOpts{creds: creds, clock: &fakeClock{t: time.Now().Add(20 * time.Minute)}})
+		_, err := l2.client(t, "AKIALAB", "lab-secret", 1).GetRegistrationCode(ctx, &iot.GetRegistrationCodeInput{})
+		if got := apiCode(err); got != "InvalidSignatureException" || !strings.Contains(err.Error(), "expired") {
+			t.Fatalf("error %v, code %q", err, got)
+		}
+	})
 	t.Run("fail/unsigned", func(t *testing.T) {
 		resp, err := l.httpClient(t).Get(l.http.URL + "/things/x")
 		if err != nil {

@@ -95,3 +95,22 @@ func BenchmarkAllowAPI(b *testing.B) {
 		l.AllowAPI("DescribeThing")
 	}
 }
+
+// FuzzParse: a limits file is outside input; Parse must not panic and what
+// it accepts must be usable.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(`{"api":{"CreateThing":10,"*":100},"connectsPerSecond":500}`))
+	f.Add([]byte(`{"api":{"x":1e309}}`))
+	f.Add([]byte(`{"connectsPerClientPerSecond":-0}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		l, err := Parse(data)
+		if err != nil {
+			return
+		}
+		lim := NewLimiter(l, &fakeClock{t: time.Unix(0, 0)})
+		for op := range l.API {
+			lim.AllowAPI(op)
+		}
+		lim.AllowConnect("c")
+	})
+}

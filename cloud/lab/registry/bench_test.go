@@ -11,9 +11,9 @@ import (
 // a continuous job) with registry.json persisted after every mutation, on a
 // registry already holding `existing` devices. Run:
 //
-//	go test -run '^$' -bench JITRFlow -benchtime 200x ./cloud/lab/registry
+//	go test -run '^$' -bench JITRFlow -benchtime 100x ./cloud/lab/registry
 func BenchmarkJITRFlow(b *testing.B) {
-	for _, existing := range []int{0, 1000} {
+	for _, existing := range []int{0, 500} {
 		for _, mode := range []string{"memory", "sync", "write-behind"} {
 			b.Run(fmt.Sprintf("existing=%d/%s", existing, mode), func(b *testing.B) {
 				dir := ""

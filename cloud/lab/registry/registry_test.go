@@ -323,3 +323,64 @@ func TestWriteBehindRestart(t *testing.T) {
 		t.Fatalf("%d things after restart, want 50", got)
 	}
 }
+
+// TestConcurrentJITR runs device registrations from many goroutines against
+// a persisted registry: every change must be there after a restart, and
+// events must arrive once per change.
+func TestConcurrentJITR(t *testing.T) {
+	dir := t.TempDir()
+	r := open(t, dir, &fakeClock{t: t0})
+	ca := newCA(t, "factory")
+	cac := registerCA(t, r, ca)
+	setupRotation(t, r)
+	var mu sync.Mutex
+	queued := 0
+	r.AddListener(func(e Event) {
+		if c, ok := e.(JobExecutionChanged); ok && c.OldStatus == "" {
+			mu.Lock()
+			queued++
+			mu.Unlock()
+		}
+	})
+	const n = 40
+	ders := make([][]byte, n)
+	for i := range ders {
+		ders[i], _ = ca.issue(t, fmt.Sprintf("gw-%d", i))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, _, err := r.RegisterPendingCertificate(ders[i], cac.ID)
+			if err != nil {
+				errs <- err
+				return
+			}
+			name := fmt.Sprintf("gw-%d", i)
+			if _, err := r.CreateThing(name, "bootcert-gateway", nil); err != nil {
+				errs <- err
+				return
+			}
+			for _, err := range []error{r.UpdateCertificate(c.ID, StatusActive), r.AttachThingPrincipal(name, c.ARN),
+				r.AddThingToThingGroup("bootcert-rotation", name)} {
+				if err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if queued != n {
+		t.Fatalf("%d executions queued, want %d", queued, n)
+	}
+	s := open(t, dir, nil).Snapshot()
+	if s.Counts["certificates.ACTIVE"] != n || s.Counts["jobExecutions.QUEUED"] != n || len(s.ThingPrincipals) != n {
+		t.Fatalf("after restart: %v", s.Counts)
+	}
+}
