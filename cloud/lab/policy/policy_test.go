@@ -378,3 +378,25 @@ func TestConditionKeyCaseInsensitive(t *testing.T) {
 		{"fail/unattached", ActionConnect, arn + "client/dev-1", unattached, false, -1},
 	})
 }
+
+// A parsed Document is read-only: the broker evaluates it from many
+// connections at once (run with -race).
+func TestEvaluateConcurrent(t *testing.T) {
+	d := mustParse(t, `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Publish","Resource":"arn:aws:iot:*:*:topic/${iot:ClientId}/*"}]}`)
+	done := make(chan bool)
+	for i := 0; i < 8; i++ {
+		go func() {
+			ok := true
+			for j := 0; j < 200; j++ {
+				v := Vars{ClientID: "c" + string(rune('a'+j%26))}
+				ok = ok && Evaluate([]Named{{"p", d}}, Request{Action: ActionPublish, Resource: arn + "topic/" + v.ClientID + "/x", Vars: v}).Allowed
+			}
+			done <- ok
+		}()
+	}
+	for i := 0; i < 8; i++ {
+		if !<-done {
+			t.Fatal("a concurrent evaluation was denied")
+		}
+	}
+}

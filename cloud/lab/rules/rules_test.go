@@ -303,3 +303,25 @@ func FuzzApply(f *testing.F) {
 		}
 	})
 }
+
+// A parsed Statement is read-only: the rule engine applies it from many
+// goroutines (run with -race).
+func TestApplyConcurrent(t *testing.T) {
+	s := mustParse(t, sqlVendor)
+	done := make(chan bool)
+	for i := 0; i < 8; i++ {
+		go func() {
+			ok := true
+			for j := 0; j < 200; j++ {
+				out, fired, err := s.Apply(Message{Topic: "certificates/gw/get", Payload: []byte(`{"jobId":"j"}`), ClientID: "gw", Timestamp: ts})
+				ok = ok && fired && err == nil && strings.Contains(string(out), `"thingName":"gw"`)
+			}
+			done <- ok
+		}()
+	}
+	for i := 0; i < 8; i++ {
+		if !<-done {
+			t.Fatal("a concurrent Apply failed")
+		}
+	}
+}
