@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 BIN   := bin
 GOTEST_FLAGS ?= -count=1 -timeout 12m
 
-.PHONY: all deps build test test-go vet bench bench-fleet bench-factory factory-demo demo lambdas packages clean
+.PHONY: all deps build test test-go vet bench bench-fleet bench-factory bench-lab factory-demo demo lambdas packages clean
 
 all: build
 
@@ -36,6 +36,10 @@ bench: deps
 FLEET_FLAGS ?= -clients 2000 -rate 500
 bench-fleet:
 	$(GO) run ./bench/fleet $(FLEET_FLAGS)
+
+## bench-lab: lab registry figures (JITR+activation flow: in memory, synced writes, write-behind; limiter)
+bench-lab:
+	$(GO) test -run '^$$' -bench . -benchtime 100x ./cloud/lab/registry ./cloud/lab/limits
 
 ## bench-factory: factory figures (issue, CRL, manifest append, provision on swtpm and SoftHSM2)
 bench-factory: deps
