@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -34,8 +35,21 @@ import (
 // certificate -> ack -> job SUCCEEDED -> bootstrap certificate INACTIVE.
 // The device side is a paho client driven by the test.
 func TestRotationWithCloudFunctions(t *testing.T) {
+	t.Run("ok/any credentials", func(t *testing.T) { rotation(t, "") })
+	t.Run("ok/--credentials", func(t *testing.T) {
+		// The functions must sign with the lab's one key pair.
+		p := filepath.Join(t.TempDir(), "credentials.json")
+		if err := os.WriteFile(p, []byte(`{"accessKeyId":"AKIATESTTESTTEST0001","secretAccessKey":"only-this-secret"}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		rotation(t, p)
+	})
+}
+
+func rotation(t *testing.T, credentialsPath string) {
 	tmplPath := filepath.Join("..", "template.yaml")
-	f := newFixture(t, Config{TemplatePath: tmplPath})
+	cfg := Config{TemplatePath: tmplPath, CredentialsPath: credentialsPath}
+	f := newFixture(t, cfg)
 	ctx := context.Background()
 	tmpl, err := template.Load(tmplPath, template.Options{})
 	if err != nil {
@@ -45,8 +59,7 @@ func TestRotationWithCloudFunctions(t *testing.T) {
 	for _, b := range tmpl.Buckets {
 		bucket = b
 	}
-	cfg := ClientConfig(f.lab.ServerCAPEM(), "us-east-1")
-	s3c := s3.NewFromConfig(cfg, func(o *s3.Options) { o.BaseEndpoint = aws.String(f.lab.Endpoints().S3); o.UsePathStyle = true })
+	s3c := s3.NewFromConfig(f.awsConfig(cfg), func(o *s3.Options) { o.BaseEndpoint = aws.String(f.lab.Endpoints().S3); o.UsePathStyle = true })
 
 	leaf := f.ca.Issue(t, "gw-1")
 	put := func(key string, body []byte) {

@@ -96,6 +96,7 @@ type Lab struct {
 	broker    *broker.Server
 	api       *api.Server
 	s3        *s3.Store
+	creds     *api.Credentials // --credentials: the functions sign with them
 	invoker   *invoker
 	rules     *ruleEngine
 	endpoints Endpoints
@@ -209,6 +210,7 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	var creds *api.Credentials
 	if cfg.CredentialsPath != "" {
 		creds, err = api.LoadCredentials(cfg.CredentialsPath)
+		l.creds = creds
 		if err != nil {
 			apiLn.Close()
 			s3Ln.Close()

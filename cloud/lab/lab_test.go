@@ -17,11 +17,13 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	cloudaws "github.com/bootcert/bootcert/cloud/aws"
+	"github.com/bootcert/bootcert/cloud/lab/api"
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
 	"github.com/bootcert/bootcert/protocol"
@@ -62,7 +64,7 @@ func newFixture(t *testing.T, cfg Config) *fixture {
 	f := &fixture{t: t, dir: t.TempDir()}
 	f.lab = start(t, cfg)
 	f.caFile = f.lab.Endpoints().ServerCA
-	f.api = iot.NewFromConfig(ClientConfig(f.lab.ServerCAPEM(), "us-east-1"), func(o *iot.Options) { o.BaseEndpoint = aws.String(f.lab.Endpoints().API) })
+	f.api = iot.NewFromConfig(f.awsConfig(cfg), func(o *iot.Options) { o.BaseEndpoint = aws.String(f.lab.Endpoints().API) })
 	f.ca = labtest.NewCA(t, "factory CA")
 	f.caID = registerCA(t, f.api, f.ca)
 	adminLeaf := f.ca.Issue(t, "admin")
@@ -70,6 +72,20 @@ func newFixture(t *testing.T, cfg Config) *fixture {
 	cf, kf := adminLeaf.Files(t, f.dir, "admin")
 	f.admin = labtest.Client{Addr: f.lab.Endpoints().MQTT, CAFile: f.caFile, CertFile: cf, KeyFile: kf, ClientID: "admin"}
 	return f
+}
+
+// awsConfig is the SDK configuration for the lab, with the key pair of
+// --credentials when the lab has one.
+func (f *fixture) awsConfig(cfg Config) aws.Config {
+	c := ClientConfig(f.lab.ServerCAPEM(), "us-east-1")
+	if cfg.CredentialsPath != "" {
+		creds, err := api.LoadCredentials(cfg.CredentialsPath)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		c.Credentials = credentials.NewStaticCredentialsProvider(creds.AccessKeyID, creds.SecretAccessKey, "")
+	}
+	return c
 }
 
 func registerCA(t *testing.T, api *iot.Client, ca *labtest.CA) string {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/credentials"
+
 	"github.com/bootcert/bootcert/cloud"
 	"github.com/bootcert/bootcert/cloud/lab/broker"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
@@ -64,8 +66,12 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 		}
 	}
 
+	awsCfg := ClientConfig(l.pki.ServerCAPEM(), l.cfg.Region)
+	if l.creds != nil {
+		awsCfg.Credentials = credentials.NewStaticCredentialsProvider(l.creds.AccessKeyID, l.creds.SecretAccessKey, "")
+	}
 	deps := cloud.Deps{
-		AWS: ClientConfig(l.pki.ServerCAPEM(), l.cfg.Region),
+		AWS: awsCfg,
 		Endpoints: cloud.Endpoints{
 			IoT: l.endpoints.API, S3: l.endpoints.S3, IoTData: l.endpoints.API,
 		},
