@@ -421,6 +421,8 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+type engineStatus = engine.Status
+
 func operational(gen int) func(engine.Status) bool {
 	return func(s engine.Status) bool {
 		return s.Phase == "idle" && s.Connection == "connected" && s.ConnectedWith == gen && s.Active.Generation == gen

@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"encoding/json"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/iot/types"
+
+	"github.com/bootcert/bootcert/daemon/credset"
+	"github.com/bootcert/bootcert/daemon/journal"
+	"github.com/bootcert/bootcert/internal/testenv"
+)
+
+// TestCrashMatrix SIGKILLs the real bootcertd at observed journal
+// transitions and at random instants while it rotates (keys in swtpm), at
+// least 50 times, restarting it each time. After every kill the device must
+// hold a credential the broker accepts, and in the end it must converge:
+// operational, job SUCCEEDED, only the active operational key left.
+func TestCrashMatrix(t *testing.T) {
+	kills := 50
+	if v := os.Getenv("BOOTCERT_CRASH_KILLS"); v != "" {
+		kills, _ = strconv.Atoi(v)
+	}
+	if testing.Short() {
+		kills = 10
+	}
+	c := newCloud(t)
+	d := newDevice(t, c, "gw-crash", deviceOpts{kind: onTPM})
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	targets := []journal.Phase{journal.KeyStaged, journal.CertStaged, journal.Switched, journal.Committed, journal.Idle}
+	hits := map[string]int{}
+	rotations := 0
+	for k := 0; k < kills; k++ {
+		d.start()
+		var what string
+		if k%2 == 0 {
+			target := targets[(k/2)%len(targets)]
+			what = "at " + string(target)
+			if d.waitPhase(target, 3*time.Second) {
+				hits[string(target)]++
+			} else {
+				what = "at timeout (phase " + string(target) + " not seen)"
+				hits["missed "+string(target)]++
+			}
+		} else {
+			delay := time.Duration(rng.Int64N(int64(400 * time.Millisecond)))
+			what = "at random " + delay.String()
+			time.Sleep(delay)
+			hits["random"]++
+		}
+		d.kill()
+		if ok, why := d.hasAcceptedCredential(); !ok {
+			t.Fatalf("kill %d (%s): no credential the broker accepts: %s\nlog:\n%s", k, what, why, tail(d.Log(), 40))
+		}
+		// when a rotation finished, ask for another one
+		if e := d.journalEntry(); e.Phase == journal.Idle && e.Result == "SUCCEEDED" {
+			if st, _ := c.jobStatus(d.name); st == types.JobExecutionStatusSucceeded {
+				rotations++
+				c.addToRotation(d.name)
+			}
+		}
+	}
+	t.Logf("%d kills: %v; %d rotations completed under fire", kills, hits, rotations)
+	d.start()
+	st := d.waitFor("convergence", func(s engineStatus) bool {
+		return s.Phase == journal.Idle && s.Connection == "connected" && s.Active.Generation > 0 && s.ConnectedWith == s.Active.Generation
+	})
+	d.waitFor("job settled", func(engineStatus) bool {
+		s, _ := c.jobStatus(d.name)
+		return s == types.JobExecutionStatusSucceeded || s == types.JobExecutionStatusFailed
+	})
+	if got := c.certStatus(st.Active.CertificateID); got != types.CertificateStatusActive {
+		t.Errorf("active certificate is %s", got)
+	}
+	// only the active generation's key (and the bootstrap key) remain
+	keys, _ := filepath.Glob(filepath.Join(d.dir, "keys", "op-*.tpmkey"))
+	want := filepath.Join(d.dir, "keys", "op-"+strconv.Itoa(st.Active.Generation)+".tpmkey")
+	for _, k := range keys {
+		if k != want {
+			t.Logf("leftover operational key %s (active %d)", filepath.Base(k), st.Active.Generation)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(d.dir, "keys", "bootstrap.tpmkey")); err != nil {
+		t.Errorf("bootstrap key gone: %v", err)
+	}
+	d.stop()
+}
+
+// waitPhase polls the journal file until it shows phase p.
+func (d *device) waitPhase(p journal.Phase, max time.Duration) bool {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) {
+		if d.journalEntry().Phase == p {
+			return true
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	return false
+}
+
+func (d *device) journalEntry() journal.Entry {
+	data, err := os.ReadFile(filepath.Join(d.state, journal.FileName))
+	if err != nil {
+		return journal.Entry{Phase: journal.Idle}
+	}
+	e, _ := journal.Decode(data)
+	return e
+}
+
+// hasAcceptedCredential: the credential the daemon will try first (the
+// active one), or the bootstrap one it falls back to, is ACTIVE in the
+// registry.
+func (d *device) hasAcceptedCredential() (bool, string) {
+	store, err := credset.Open(d.state)
+	if err != nil {
+		return false, err.Error()
+	}
+	ptr, err := store.Pointer()
+	if err != nil {
+		return false, err.Error()
+	}
+	ids := map[string]string{}
+	if ptr.Active > 0 {
+		cr, err := store.Get(ptr.Active)
+		if err != nil {
+			return false, "active generation unreadable: " + err.Error()
+		}
+		ids["active"] = credset.CertificateID(cr.Leaf())
+		if d.cloud.certStatus(ids["active"]) == types.CertificateStatusActive {
+			return true, ""
+		}
+	}
+	ids["bootstrap"] = d.bootID
+	if d.cloud.certStatus(d.bootID) == types.CertificateStatusActive {
+		return true, ""
+	}
+	b, _ := json.Marshal(map[string]any{"pointer": ptr, "ids": ids, "journal": d.journalEntry(),
+		"activeStatus": d.cloud.certStatus(ids["active"]), "bootStatus": d.cloud.certStatus(d.bootID)})
+	return false, string(b)
+}
+
+var _ = testenv.CI
