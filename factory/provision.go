@@ -262,6 +262,11 @@ func (p *Provisioner) Provision(ctx context.Context, r Provisioning) (rep *Repor
 		rep.FinalCSRSHA256 = hex.EncodeToString(sum[:])
 	}
 
+	// Interrupted (Ctrl-C, SIGTERM): commit nothing, undo what was made.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("device %s: interrupted before writing the certificate; nothing kept: %w", r.DeviceID, err)
+	}
+
 	// 4. certificate file, atomically
 	pemCert := EncodeCertificate(cert)
 	if certExists {

@@ -324,3 +324,17 @@ func TestProvisionExistsOtherCA(t *testing.T) {
 	}
 	sameFiles(t, before, s.snapshot(t))
 }
+
+func TestProvisionInterruptedKeepsNothing(t *testing.T) {
+	s := newStation(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// the signal arrives while the key is being checked
+	s.prov.Keys = faultKeys{after: func(string) { cancel() }}
+	before := s.snapshot(t)
+	_, err := s.prov.Provision(ctx, s.req("gw-int"))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v", err)
+	}
+	sameFiles(t, before, s.snapshot(t))
+}
