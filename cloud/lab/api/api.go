@@ -16,6 +16,8 @@
 package api
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -155,6 +157,7 @@ func errInvalid(format string, args ...any) error {
 
 // ServeHTTP routes a request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Amzn-RequestId", requestID())
 	if strings.HasPrefix(r.URL.Path, "/lab/") {
 		s.mu.Lock()
 		lab := s.lab
@@ -219,6 +222,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 type rawResponse []byte
+
+func requestID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	h := hex.EncodeToString(b)
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
 
 // fail answers err as X-Amzn-ErrorType + {"message"}.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, op, resource string, err error) {

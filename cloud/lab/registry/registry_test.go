@@ -6,10 +6,14 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -382,5 +386,67 @@ func TestConcurrentJITR(t *testing.T) {
 	s := open(t, dir, nil).Snapshot()
 	if s.Counts["certificates.ACTIVE"] != n || s.Counts["jobExecutions.QUEUED"] != n || len(s.ThingPrincipals) != n {
 		t.Fatalf("after restart: %v", s.Counts)
+	}
+}
+
+// TestRestartKeepsEverything: every kind of state survives a reopen
+// unchanged.
+func TestRestartKeepsEverything(t *testing.T) {
+	dir := t.TempDir()
+	clk := &fakeClock{t: t0}
+	r := open(t, dir, clk)
+	ca := newCA(t, "factory")
+	cac := registerCA(t, r, ca)
+	setupRotation(t, r)
+	der, _ := ca.issue(t, "gw-1")
+	c, _, err := r.RegisterPendingCertificate(der, cac.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []error{
+		func() error {
+			_, err := r.CreateThing("gw-1", "bootcert-gateway", map[string]string{"a": "b"})
+			return err
+		}(),
+		func() error { _, err := r.CreatePolicy("bootcert-bootstrap", `{"Statement":[]}`); return err }(),
+		func() error { _, err := r.CreateThingGroup("child", "bootcert-rotation", "d", nil); return err }(),
+		r.AttachThingPrincipal("gw-1", c.ARN),
+		r.AttachPolicy("bootcert-bootstrap", c.ARN),
+		r.AttachPolicy("bootcert-bootstrap", r.ThingGroupARN("child")),
+		r.AddThingToThingGroup("child", "gw-1"), // parent group's continuous job applies
+	}
+	for _, err := range steps {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := int64(10)
+	if _, _, ok, err := r.StartNextPendingJobExecution("gw-1", map[string]string{"progress": "started"}, &st); err != nil || !ok {
+		t.Fatalf("start-next through the parent group: %v %v", ok, err)
+	}
+	before, _ := json.Marshal(r.Snapshot())
+	r2 := open(t, dir, clk)
+	after, _ := json.Marshal(r2.Snapshot())
+	if string(before) != string(after) {
+		t.Fatalf("state changed across restart:\nbefore %s\nafter  %s", before, after)
+	}
+	// The step timeout still fires after the restart.
+	clk.Advance(11 * time.Minute)
+	if e, _ := r2.DescribeJobExecution("bootcert-rotation", "gw-1", nil); e.Status != ExecTimedOut {
+		t.Fatalf("after restart and step timeout: %s", e.Status)
+	}
+}
+
+func TestCorruptStateFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, FileName), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(Config{Dir: dir})
+	if err == nil || !strings.Contains(err.Error(), FileName) {
+		t.Fatalf("corrupt registry.json: %v", err)
+	}
+	if data, _ := os.ReadFile(filepath.Join(dir, FileName)); string(data) != "{not json" {
+		t.Fatal("the corrupt file was overwritten")
 	}
 }
