@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
@@ -121,7 +122,7 @@ ca.key is never overwritten.`,
 		}
 		undo := func() {
 			if generated {
-				keystore.Delete(ctx, keyURI)
+				keystore.Delete(context.WithoutCancel(ctx), keyURI)
 			}
 		}
 		ca, err := factory.CreateCA(signer, cn, days, factoryNow())
