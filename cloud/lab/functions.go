@@ -29,8 +29,9 @@ type invoker struct {
 	log     *slog.Logger
 	timeout time.Duration
 
-	mu  sync.RWMutex
-	fns map[string]Function
+	mu       sync.RWMutex
+	fns      map[string]Function
+	timeouts map[string]time.Duration // per function (the template's Timeout)
 
 	queue  chan invocation
 	wg     sync.WaitGroup
@@ -58,7 +59,7 @@ type invocation struct {
 
 func newInvoker(log *slog.Logger, workers, queue int, timeout time.Duration) *invoker {
 	ctx, cancel := context.WithCancel(context.Background())
-	iv := &invoker{log: log.With("component", "functions"), timeout: timeout, fns: map[string]Function{},
+	iv := &invoker{log: log.With("component", "functions"), timeout: timeout, fns: map[string]Function{}, timeouts: map[string]time.Duration{},
 		queue: make(chan invocation, queue), ctx: ctx, cancel: cancel, stats: map[string]*FunctionStats{}}
 	for i := 0; i < workers; i++ {
 		iv.wg.Add(1)
@@ -70,6 +71,13 @@ func newInvoker(log *slog.Logger, workers, queue int, timeout time.Duration) *in
 func (iv *invoker) set(id string, f Function) {
 	iv.mu.Lock()
 	iv.fns[id] = f
+	iv.mu.Unlock()
+}
+
+// setTimeout bounds one function's invocations (Lambda's Timeout).
+func (iv *invoker) setTimeout(id string, d time.Duration) {
+	iv.mu.Lock()
+	iv.timeouts[id] = d
 	iv.mu.Unlock()
 }
 
@@ -103,11 +111,15 @@ func (iv *invoker) stat(id string) *FunctionStats {
 func (iv *invoker) Invoke(ctx context.Context, id string, event json.RawMessage, source string) (json.RawMessage, error) {
 	iv.mu.RLock()
 	f := iv.fns[id]
+	timeout := iv.timeouts[id]
 	iv.mu.RUnlock()
 	if f == nil {
-		return nil, fmt.Errorf("invoking %s: %w (the template declares %v)", id, ErrNoFunction, iv.names())
+		return nil, fmt.Errorf("invoking %s: %w (the lab has %v)", id, ErrNoFunction, iv.names())
 	}
-	ctx, cancel := context.WithTimeout(ctx, iv.timeout)
+	if timeout <= 0 {
+		timeout = iv.timeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
 	out, err := safeCall(ctx, f, event)

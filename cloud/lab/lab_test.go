@@ -184,6 +184,17 @@ func TestJITRAndPolicies(t *testing.T) {
 	}
 	events.WaitFor(t, "registered event", labtest.Contains("$aws/events/certificates/registered/"+f.caID, leaf.ID))
 
+	// The chain a device sends may include the CA: JITR registers the leaf.
+	chained := f.ca.Issue(t, "dev-chain")
+	cc := f.client(chained, "dev-chain")
+	if err := os.WriteFile(cc.CertFile, append(append([]byte{}, chained.CertPEM...), f.ca.PEM...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := labtest.Pub(t, cc, "devices/dev-chain/hello", "x"); err == nil {
+		t.Fatalf("unknown certificate (with its CA in the chain) connected: %s", out)
+	}
+	events.WaitFor(t, "registered event for a chain with the CA", labtest.Contains("$aws/events/certificates/registered/"+f.caID, chained.ID))
+
 	if _, err := f.api.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(leaf.ID), NewStatus: types.CertificateStatusActive}); err != nil {
 		t.Fatal(err)
 	}

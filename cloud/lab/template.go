@@ -79,6 +79,9 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 		Logger: l.log.With("component", "function"),
 	}
 	for _, f := range t.Functions {
+		if f.Timeout > 0 {
+			l.invoker.setTimeout(f.LogicalID, time.Duration(f.Timeout)*time.Second)
+		}
 		if l.cfg.Functions[f.LogicalID] != nil {
 			log.Info("function from Config.Functions", "function", f.LogicalID)
 			continue
