@@ -24,6 +24,7 @@ func (s *Server) table() []route {
 		r("POST", "/certificate/register-no-ca", "RegisterCertificateWithoutCA", s.registerCertificateWithoutCA),
 		r("POST", "/things/{thingName}", "CreateThing", s.createThing),
 		r("GET", "/things/{thingName}", "DescribeThing", s.describeThing),
+		r("GET", "/things", "ListThings", s.listThings),
 		r("PATCH", "/things/{thingName}", "UpdateThing", s.updateThing),
 		r("DELETE", "/things/{thingName}", "DeleteThing", s.deleteThing),
 		r("PUT", "/things/{thingName}/principals", "AttachThingPrincipal", s.attachThingPrincipal),
@@ -242,6 +243,27 @@ func (s *Server) describeThing(q *request) (any, error) {
 	}
 	return map[string]any{"defaultClientId": t.Name, "thingName": t.Name, "thingId": t.ID, "thingArn": t.ARN,
 		"thingTypeName": strPtr(t.TypeName), "attributes": t.Attributes, "version": t.Version}, nil
+}
+
+func (s *Server) listThings(q *request) (any, error) {
+	things, err := s.reg.ListThings(q.query.Get("thingTypeName"))
+	if err != nil {
+		return nil, err
+	}
+	max, err := q.intQuery("maxResults")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(things, q.query.Get("nextToken"), max)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]map[string]any, 0, len(pg))
+	for _, t := range pg {
+		out = append(out, map[string]any{"thingName": t.Name, "thingArn": t.ARN, "thingTypeName": strPtr(t.TypeName),
+			"attributes": t.Attributes, "version": t.Version})
+	}
+	return map[string]any{"things": out, "nextToken": strPtr(next)}, nil
 }
 
 func (s *Server) updateThing(q *request) (any, error) {

@@ -6,11 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -92,42 +94,121 @@ func parseAuthorization(h string) (*sigV4Auth, error) {
 
 // authenticate checks the SigV4 signature of r.
 func (s *Server) authenticate(r *http.Request, body []byte) error {
-	a, err := parseAuthorization(r.Header.Get("Authorization"))
-	if err != nil {
-		return err
-	}
 	if s.cfg.Credentials == nil {
+		// Any well-formed Authorization header.
+		if _, err := parseAuthorization(r.Header.Get("Authorization")); err != nil {
+			return err
+		}
 		return nil
 	}
-	if a.accessKey != s.cfg.Credentials.AccessKeyID {
-		return authErr("UnrecognizedClientException", "The security token included in the request is invalid (unknown access key)")
+	if err := VerifySigV4(r, body, *s.cfg.Credentials, s.clock.Now(), false); err != nil {
+		var ae *AuthError
+		if errors.As(err, &ae) {
+			return authErr(ae.Code, ae.Message)
+		}
+		return err
 	}
-	amzDate := r.Header.Get("X-Amz-Date")
-	t, err := time.Parse("20060102T150405Z", amzDate)
-	if err != nil {
-		return authErr("IncompleteSignatureException", "X-Amz-Date header missing or malformed")
+	return nil
+}
+
+// AuthError is a SigV4 verification failure. Code is the AWS JSON-protocol
+// exception name (MissingAuthenticationTokenException,
+// IncompleteSignatureException, UnrecognizedClientException,
+// InvalidSignatureException); Expired marks a presigned URL past its expiry.
+type AuthError struct {
+	Code    string
+	Message string
+	Expired bool
+}
+
+func (e *AuthError) Error() string { return e.Code + ": " + e.Message }
+
+// MaxPresignExpiry is the longest X-Amz-Expires AWS accepts (7 days).
+const MaxPresignExpiry = 7 * 24 * time.Hour
+
+// VerifySigV4 verifies r's AWS Signature Version 4 against creds: the
+// Authorization header, or the query string of a presigned URL. body is the
+// request body when there is no X-Amz-Content-Sha256 header (ignored
+// otherwise). s3 selects S3's canonical URI (the path is not escaped a
+// second time); otherwise both forms are accepted, because the SDKs
+// double-escape and curl does not.
+// (https://docs.aws.amazon.com/IAM/latest/UserGuide/create-signed-request.html)
+func VerifySigV4(r *http.Request, body []byte, creds Credentials, now time.Time, s3 bool) error {
+	q := r.URL.Query()
+	var a *sigV4Auth
+	var amzDate, payloadHash string
+	presigned := q.Has("X-Amz-Signature")
+	if presigned {
+		if q.Get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256" {
+			return &AuthError{Code: "IncompleteSignatureException", Message: "X-Amz-Algorithm must be AWS4-HMAC-SHA256"}
+		}
+		var err error
+		a, err = parseAuthorization("AWS4-HMAC-SHA256 Credential=" + q.Get("X-Amz-Credential") +
+			", SignedHeaders=" + q.Get("X-Amz-SignedHeaders") + ", Signature=" + q.Get("X-Amz-Signature"))
+		if err != nil {
+			return toAuthError(err)
+		}
+		amzDate = q.Get("X-Amz-Date")
+		t, err := time.Parse("20060102T150405Z", amzDate)
+		if err != nil {
+			return &AuthError{Code: "IncompleteSignatureException", Message: "X-Amz-Date missing or malformed"}
+		}
+		exp, err := strconv.Atoi(q.Get("X-Amz-Expires"))
+		if err != nil || exp < 1 || time.Duration(exp)*time.Second > MaxPresignExpiry {
+			return &AuthError{Code: "IncompleteSignatureException", Message: "X-Amz-Expires must be 1 to 604800 seconds"}
+		}
+		if now.After(t.Add(time.Duration(exp) * time.Second)) {
+			return &AuthError{Code: "InvalidSignatureException", Message: "Request has expired", Expired: true}
+		}
+		if now.Before(t.Add(-MaxClockSkew)) {
+			return &AuthError{Code: "InvalidSignatureException", Message: "Request is not yet valid"}
+		}
+		payloadHash = q.Get("X-Amz-Content-Sha256")
+		if payloadHash == "" {
+			payloadHash = "UNSIGNED-PAYLOAD"
+		}
+		q.Del("X-Amz-Signature")
+	} else {
+		var err error
+		a, err = parseAuthorization(r.Header.Get("Authorization"))
+		if err != nil {
+			return toAuthError(err)
+		}
+		amzDate = r.Header.Get("X-Amz-Date")
+		t, err := time.Parse("20060102T150405Z", amzDate)
+		if err != nil {
+			return &AuthError{Code: "IncompleteSignatureException", Message: "X-Amz-Date header missing or malformed"}
+		}
+		if d := now.Sub(t); d > MaxClockSkew || d < -MaxClockSkew {
+			return &AuthError{Code: "InvalidSignatureException", Message: "Signature expired: X-Amz-Date is more than 15 minutes from the lab's time", Expired: true}
+		}
+		payloadHash = r.Header.Get("X-Amz-Content-Sha256")
+		if payloadHash == "" {
+			if s3 {
+				return &AuthError{Code: "IncompleteSignatureException", Message: "S3 requests need an X-Amz-Content-Sha256 header"}
+			}
+			sum := sha256.Sum256(body)
+			payloadHash = hex.EncodeToString(sum[:])
+		}
 	}
-	if d := s.clock.Now().Sub(t); d > MaxClockSkew || d < -MaxClockSkew {
-		return authErr("InvalidSignatureException", "Signature expired: X-Amz-Date is more than 15 minutes from the lab's time")
+	if a.accessKey != creds.AccessKeyID {
+		return &AuthError{Code: "UnrecognizedClientException", Message: "The security token included in the request is invalid (unknown access key)"}
 	}
 	if a.date != amzDate[:8] {
-		return authErr("InvalidSignatureException", "credential scope date does not match X-Amz-Date")
+		return &AuthError{Code: "InvalidSignatureException", Message: "credential scope date does not match X-Amz-Date"}
 	}
-	payloadHash := r.Header.Get("X-Amz-Content-Sha256")
-	if payloadHash == "" {
-		sum := sha256.Sum256(body)
-		payloadHash = hex.EncodeToString(sum[:])
-	}
-	key := signingKey(s.cfg.Credentials.SecretAccessKey, a.date, a.region, a.service)
+	key := signingKey(creds.SecretAccessKey, a.date, a.region, a.service)
 	scope := strings.Join([]string{a.date, a.region, a.service, "aws4_request"}, "/")
-	// The SDKs escape the already escaped path once more for every service
-	// but S3; curl does not: accept either canonical URI.
 	path := r.URL.EscapedPath()
 	if path == "" {
 		path = "/"
 	}
-	for _, uri := range []string{escapePath(path), path} {
-		creq := canonicalRequest(r, uri, a.signedHeaders, payloadHash)
+	uris := []string{escapePath(path), path}
+	if s3 {
+		uris = []string{path}
+	}
+	for _, uri := range uris {
+		creq := canonicalRequest(r, uri, q, a.signedHeaders, payloadHash)
 		sum := sha256.Sum256([]byte(creq))
 		sts := "AWS4-HMAC-SHA256\n" + amzDate + "\n" + scope + "\n" + hex.EncodeToString(sum[:])
 		sig := hex.EncodeToString(hmacSHA256(key, sts))
@@ -135,7 +216,15 @@ func (s *Server) authenticate(r *http.Request, body []byte) error {
 			return nil
 		}
 	}
-	return authErr("InvalidSignatureException", "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.")
+	return &AuthError{Code: "InvalidSignatureException", Message: "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method."}
+}
+
+func toAuthError(err error) error {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return &AuthError{Code: ae.Type, Message: ae.Message}
+	}
+	return err
 }
 
 func hmacSHA256(key []byte, data string) []byte {
@@ -151,9 +240,9 @@ func signingKey(secret, date, region, service string) []byte {
 	return hmacSHA256(k, "aws4_request")
 }
 
-func canonicalRequest(r *http.Request, uri string, signed []string, payloadHash string) string {
+func canonicalRequest(r *http.Request, uri string, query url.Values, signed []string, payloadHash string) string {
 	var b strings.Builder
-	b.WriteString(r.Method + "\n" + uri + "\n" + canonicalQuery(r.URL.Query()) + "\n")
+	b.WriteString(r.Method + "\n" + uri + "\n" + canonicalQuery(query) + "\n")
 	for _, h := range signed {
 		var v string
 		switch h {

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/bootcert/bootcert/cloud/lab/api"
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3bolt"
 	bolt "go.etcd.io/bbolt"
@@ -42,6 +43,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Buckets are created at start if missing.
 	Buckets []string
+	// Credentials, when set, is the one key pair whose SigV4 signatures
+	// (Authorization header or presigned URL) are accepted; nil accepts
+	// every request, signed or not (presigned URLs still expire).
+	Credentials *api.Credentials
 }
 
 // Store is the lab's S3.
@@ -51,6 +56,7 @@ type Store struct {
 	fake    *gofakes3.GoFakeS3
 	clock   Clock
 	log     *slog.Logger
+	creds   *api.Credentials
 }
 
 type timeSource struct{ c Clock }
@@ -76,7 +82,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	ts := timeSource{cfg.Clock}
 	backend := s3bolt.New(db, s3bolt.WithTimeSource(ts))
-	s := &Store{db: db, backend: backend, clock: cfg.Clock, log: cfg.Logger,
+	s := &Store{db: db, backend: backend, clock: cfg.Clock, log: cfg.Logger, creds: cfg.Credentials,
 		fake: gofakes3.New(backend, gofakes3.WithTimeSource(ts), gofakes3.WithTimeSkewLimit(15*time.Minute),
 			gofakes3.WithLogger(gofakes3.DiscardLog()))}
 	for _, b := range cfg.Buckets {
@@ -116,9 +122,10 @@ func (s *Store) Handler() http.Handler {
 	inner := s.fake.Server()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rw := &statusWriter{ResponseWriter: w, status: 200}
-		if err := s.checkPresigned(r); err != nil {
-			rw.WriteHeader(http.StatusForbidden)
-			writeS3Error(rw, "AccessDenied", err.Error())
+		if code, status, err := s.authorize(r); err != nil {
+			rw.Header().Set("Content-Type", "application/xml")
+			rw.WriteHeader(status)
+			writeS3Error(rw, code, err.Error())
 		} else {
 			inner.ServeHTTP(rw, r)
 		}
@@ -129,6 +136,39 @@ func (s *Store) Handler() http.Handler {
 
 // ErrExpired is returned for presigned requests past their expiry.
 var ErrExpired = errors.New("Request has expired")
+
+// authorize verifies the request's signature when the store has
+// credentials, and the expiry of presigned URLs always; it returns the S3
+// error code and HTTP status of a refusal
+// (https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html).
+func (s *Store) authorize(r *http.Request) (string, int, error) {
+	if s.creds == nil {
+		if err := s.checkPresigned(r); err != nil {
+			return "AccessDenied", http.StatusForbidden, err
+		}
+		return "", 0, nil
+	}
+	err := api.VerifySigV4(r, nil, *s.creds, s.clock.Now(), true)
+	if err == nil {
+		return "", 0, nil
+	}
+	var ae *api.AuthError
+	if !errors.As(err, &ae) {
+		return "InternalError", http.StatusInternalServerError, err
+	}
+	switch {
+	case ae.Expired:
+		return "AccessDenied", http.StatusForbidden, ErrExpired
+	case ae.Code == "UnrecognizedClientException":
+		return "InvalidAccessKeyId", http.StatusForbidden, errors.New("The AWS Access Key Id you provided does not exist in our records.")
+	case ae.Code == "InvalidSignatureException":
+		return "SignatureDoesNotMatch", http.StatusForbidden, errors.New("The request signature we calculated does not match the signature you provided.")
+	case ae.Code == "MissingAuthenticationTokenException":
+		return "AccessDenied", http.StatusForbidden, errors.New("Access Denied: the lab's S3 needs signed requests")
+	default:
+		return "AuthorizationHeaderMalformed", http.StatusBadRequest, errors.New(ae.Message)
+	}
+}
 
 func (s *Store) checkPresigned(r *http.Request) error {
 	q := r.URL.Query()
@@ -169,9 +209,6 @@ type statusWriter struct {
 func (w *statusWriter) WriteHeader(code int) {
 	if !w.wroteHeader {
 		w.status, w.wroteHeader = code, true
-		if code == http.StatusForbidden {
-			w.Header().Set("Content-Type", "application/xml")
-		}
 	}
 	w.ResponseWriter.WriteHeader(code)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/bootcert/bootcert/cloud/lab/api"
 	"github.com/bootcert/bootcert/cloud/lab/pki"
 )
 
@@ -41,12 +42,16 @@ type env struct {
 }
 
 func start(t *testing.T, dir string, clk Clock) *env {
+	return startWith(t, dir, clk, nil, "AK", "SK")
+}
+
+func startWith(t *testing.T, dir string, clk Clock, creds *api.Credentials, ak, sk string) *env {
 	t.Helper()
 	p, err := pki.Load(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := Open(Config{Dir: dir, Clock: clk, Buckets: []string{"bootcert-certs"}})
+	st, err := Open(Config{Dir: dir, Clock: clk, Buckets: []string{"bootcert-certs"}, Credentials: creds})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +60,7 @@ func start(t *testing.T, dir string, clk Clock) *env {
 	srv.StartTLS()
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.ServerCAPool()}}}
 	c := awss3.NewFromConfig(aws.Config{Region: "us-east-1", HTTPClient: hc,
-		Credentials: credentials.NewStaticCredentialsProvider("AK", "SK", "")}, func(o *awss3.Options) {
+		Credentials: credentials.NewStaticCredentialsProvider(ak, sk, "")}, func(o *awss3.Options) {
 		o.BaseEndpoint = aws.String(srv.URL)
 		o.UsePathStyle = true
 	})
@@ -138,5 +143,51 @@ func TestBadBucketName(t *testing.T) {
 	defer st.Close()
 	if err := st.CreateBucket("Bad_Bucket"); err == nil {
 		t.Fatal("invalid bucket name accepted")
+	}
+}
+
+// TestCredentials: with a key pair configured, the SDK's header-signed
+// requests (including the chunked, checksummed PutObject) and presigned URLs
+// pass with the right secret and fail with a wrong one.
+func TestCredentials(t *testing.T) {
+	ctx := context.Background()
+	creds := &api.Credentials{AccessKeyID: "AKIALAB", SecretAccessKey: "lab-secret"}
+	clk := &fakeClock{t: time.Now()}
+	dir := t.TempDir()
+	good := startWith(t, dir, clk, creds, "AKIALAB", "lab-secret")
+	put := func(e *env) error {
+		_, err := e.client.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("k"),
+			Body: strings.NewReader("v"), Metadata: map[string]string{"certificateid": "x"}})
+		return err
+	}
+	if err := put(good); err != nil {
+		t.Fatalf("signed PutObject: %v", err)
+	}
+	ps, err := awss3.NewPresignClient(good.client).PresignGetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("k")},
+		awss3.WithPresignExpires(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(u string) int {
+		resp, err := good.http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(ps.URL); code != 200 {
+		t.Fatalf("presigned GET: %d", code)
+	}
+	if code := get(strings.Replace(ps.URL, "X-Amz-Signature=", "X-Amz-Signature=0", 1)); code != 403 {
+		t.Fatalf("tampered presigned GET: %d", code)
+	}
+	if code := get(good.srv.URL + "/bootcert-certs/k"); code != 403 {
+		t.Fatalf("unsigned GET: %d", code)
+	}
+	good.close()
+	bad := startWith(t, dir, clk, creds, "AKIALAB", "wrong")
+	if err := put(bad); err == nil || !strings.Contains(err.Error(), "SignatureDoesNotMatch") {
+		t.Fatalf("PutObject with a wrong secret: %v", err)
 	}
 }
