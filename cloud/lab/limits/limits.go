@@ -83,6 +83,7 @@ func AWSDefault() Limits {
 			"ListPrincipalThings":          10,
 			"ListThingGroupsForThing":      100,
 			"ListThingPrincipals":          10,
+			"ListThings":                   10,
 			"ListThingsInThingGroup":       25,
 			"Publish":                      20000,
 			"RegisterCACertificate":        10,

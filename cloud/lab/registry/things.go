@@ -116,6 +116,22 @@ func (r *Registry) DescribeThing(name string) (Thing, error) {
 	return out, err
 }
 
+// ListThings lists things by name, optionally only those of one thing type.
+func (r *Registry) ListThings(thingType string) ([]Thing, error) {
+	var out []Thing
+	err := r.do(func(time.Time) error {
+		for _, name := range sortedKeys(r.st.Things) {
+			t := r.st.Things[name]
+			if thingType != "" && t.TypeName != thingType {
+				continue
+			}
+			out = append(out, copyThing(t))
+		}
+		return nil
+	})
+	return out, err
+}
+
 // UpdateThingInput is UpdateThing's input. Nil/false fields leave the thing
 // unchanged.
 type UpdateThingInput struct {
