@@ -619,4 +619,16 @@ func TestLabExplicitActivationAndFailedRotation(t *testing.T) {
 	if st := r.certStatus(d.CertID); st != "ACTIVE" {
 		t.Errorf("bootstrap %s after a failed rotation", st)
 	}
+	// A failed rotation does not drop the device: the renewal scan adds it
+	// to the rotation group again and the continuous job queues a new
+	// execution.
+	waitFor(t, "the thing out of the rotation group", func() bool {
+		g, err := r.iot.ListThingGroupsForThing(context.Background(), &iot.ListThingGroupsForThingInput{ThingName: aws.String(d.ID)})
+		return err == nil && len(g.ThingGroups) == 0
+	})
+	out, err := r.lab.Invoke(context.Background(), "RenewalFunction", json.RawMessage(`{"source":"aws.events","detail-type":"Scheduled Event"}`))
+	if err != nil || !strings.Contains(string(out), `"added":["`+d.ID+`"]`) {
+		t.Fatalf("renewal: %s %v", out, err)
+	}
+	waitFor(t, "a new job execution", func() bool { return r.jobStatus(d.ID) == "QUEUED" })
 }
