@@ -193,10 +193,14 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if lim.ConnectsPerSecond > 0 || lim.ConnectsPerClientPerSecond > 0 {
 		limiterForBroker = limiter
 	}
+	var publishLimiter broker.PublishLimiter
+	if lim.PublishesPerConnectionPerSecond > 0 {
+		publishLimiter = limiter
+	}
 	l.broker, err = broker.Start(broker.Config{
 		Listener: mqttLn, ServerCert: l.pki.ServerCertificate(),
 		Registry: brokerRegistry{l.reg}, Authorizer: newAuthorizer(l.reg, cfg.Logger.With("component", "policy")),
-		Jobs: brokerJobs{l.reg}, Limiter: limiterForBroker, OnMessage: l.rules.onMessage,
+		Jobs: brokerJobs{l.reg}, Limiter: limiterForBroker, Publishes: publishLimiter, OnMessage: l.rules.onMessage,
 		Region: cfg.Region, AccountID: cfg.AccountID, Clock: cfg.Clock, Logger: cfg.Logger,
 	})
 	if err != nil {

@@ -95,6 +95,13 @@ type ConnectLimiter interface {
 	AllowConnect(clientID string) bool
 }
 
+// PublishLimiter throttles publishes per connection (AWS's "Publish
+// requests per second per connection"). A throttled publish is dropped
+// without a PUBACK and the connection stays open, as AWS IoT Core does.
+type PublishLimiter interface {
+	AllowPublish(connection string) bool
+}
+
 // Message is a message the broker accepted, as the rule engine sees it.
 // Principal and ClientID are empty for messages the lab itself published.
 type Message struct {
@@ -126,6 +133,7 @@ type Config struct {
 	Authorizer Authorizer
 	Jobs       Jobs           // optional: the Jobs MQTT API is refused without it
 	Limiter    ConnectLimiter // optional
+	Publishes  PublishLimiter // optional
 	// OnMessage receives every accepted message (device or lab published);
 	// it must not block (the rule engine queues its work).
 	OnMessage func(Message)
@@ -151,7 +159,7 @@ type Server struct {
 	byCert map[string]map[*mqtt.Client]struct{} // certificate ID -> live clients
 
 	stats struct {
-		connects, refused, jitr atomic.Int64
+		connects, refused, jitr, throttled atomic.Int64
 	}
 	closeOnce sync.Once
 }
@@ -289,6 +297,8 @@ type Stats struct {
 	Connects int64    `json:"connects"`
 	Refused  int64    `json:"refused"`
 	JITR     int64    `json:"jitrRegistrations"`
+	// Throttled counts publishes dropped by the publish quota.
+	Throttled int64 `json:"throttledPublishes"`
 }
 
 // Client is one connected client in Stats.
@@ -300,7 +310,7 @@ type Client struct {
 
 // Stats returns counters and the connected clients.
 func (s *Server) Stats() Stats {
-	st := Stats{Addr: s.addr, Connects: s.stats.connects.Load(), Refused: s.stats.refused.Load(), JITR: s.stats.jitr.Load(), Clients: []Client{}}
+	st := Stats{Addr: s.addr, Connects: s.stats.connects.Load(), Refused: s.stats.refused.Load(), JITR: s.stats.jitr.Load(), Throttled: s.stats.throttled.Load(), Clients: []Client{}}
 	s.sessions.Range(func(k, v any) bool {
 		cl := k.(*mqtt.Client)
 		st.Clients = append(st.Clients, Client{ClientID: cl.ID, CertificateID: v.(*session).principal.CertificateID, Remote: cl.Net.Remote})

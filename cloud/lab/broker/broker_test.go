@@ -154,6 +154,19 @@ func (j *fakeJobs) Update(thing, jobID string, req UpdateRequest) (*JobExecution
 	return &e, nil
 }
 
+// countLimiter allows the first n publishes.
+type countLimiter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countLimiter) AllowPublish(string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n--
+	return c.n >= 0
+}
+
 type env struct {
 	t      *testing.T
 	srv    *Server
@@ -165,7 +178,7 @@ type env struct {
 	msgs   chan Message
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, opts ...func(*Config)) *env {
 	t.Helper()
 	labtest.RequireMosquitto(t)
 	dir := t.TempDir()
@@ -182,7 +195,7 @@ func newEnv(t *testing.T) *env {
 	deviceCA := labtest.NewCA(t, "factory CA")
 	reg := &fakeRegistry{status: map[string]string{}, cas: map[string]*x509.Certificate{"ca1": deviceCA.Cert}, auto: map[string]bool{"ca1": true}}
 	e := &env{t: t, reg: reg, ca: deviceCA, dir: dir, caFile: caFile, jobs: &fakeJobs{}, msgs: make(chan Message, 100)}
-	e.srv, err = Start(Config{
+	cfg := Config{
 		Addr: "127.0.0.1:0", ServerCert: cert, Registry: reg, Authorizer: fakeAuthorizer{}, Jobs: e.jobs,
 		OnMessage: func(m Message) {
 			select {
@@ -190,7 +203,11 @@ func newEnv(t *testing.T) *env {
 			default:
 			}
 		},
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	e.srv, err = Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,4 +471,39 @@ func FuzzJobsRequest(f *testing.F) {
 		_ = strictJSON(payload, &sn)
 		parseJobsTopic("$aws/things/t/jobs/" + op)
 	})
+}
+
+// TestPublishThrottled: beyond the publish quota a message is dropped (no
+// PUBACK, so mosquitto_pub -q 1 fails) but the connection stays open.
+func TestPublishThrottled(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Publishes = &countLimiter{n: 2} })
+	admin, _ := e.device("admin", StatusActive)
+	s := labtest.StartSub(t, admin, "devices/#")
+	dev, _ := e.device("dev-1", StatusActive)
+	// admin's subscription used no publish; dev-1 publishes twice within quota.
+	for _, p := range []string{"one", "two"} {
+		if out, err := labtest.Pub(t, dev, "devices/dev-1/t", p); err != nil {
+			t.Fatalf("publish %s: %v %s", p, err, out)
+		}
+	}
+	s.WaitFor(t, "second message", labtest.Contains("devices/dev-1/t", "two"))
+	out, err := labtestPubTimeout(t, dev, "devices/dev-1/t", "three")
+	if err == nil {
+		t.Fatalf("throttled QoS 1 publish was acknowledged: %s", out)
+	}
+	if st := e.srv.Stats(); st.Throttled != 1 {
+		t.Fatalf("throttled %d, want 1", st.Throttled)
+	}
+	for _, m := range s.Messages() {
+		if m.Payload == "three" {
+			t.Fatal("throttled message delivered")
+		}
+	}
+}
+
+// labtestPubTimeout is mosquitto_pub -q 1 that gives up waiting for the
+// PUBACK after 3s (a correct lab never sends it; a wrong one sends it at once).
+func labtestPubTimeout(t *testing.T, c labtest.Client, topic, msg string) (string, error) {
+	t.Helper()
+	return labtest.PubArgs(t, c, 3*time.Second, "-t", topic, "-m", msg, "-q", "1")
 }

@@ -230,6 +230,11 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 		m.ClientID = sess.principal.ClientID
 		m.Principal = sess.principal.CertificateID
+		if s.cfg.Publishes != nil && !s.cfg.Publishes.AllowPublish(cl.ID) {
+			s.stats.throttled.Add(1)
+			s.log.Info("publish throttled, message dropped", "clientId", cl.ID, "topic", pk.TopicName)
+			return pk, packets.ErrRejectPacket
+		}
 		if thing, op, ok := parseJobsTopic(pk.TopicName); ok {
 			s.handleJobs(thing, op, pk.Payload)
 		}

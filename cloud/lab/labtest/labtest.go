@@ -188,6 +188,16 @@ func Pub(t testing.TB, c Client, topic, message string) (string, error) {
 	return string(out), err
 }
 
+// PubArgs runs mosquitto_pub with the client's connection options and
+// args, killing it after timeout (mosquitto_pub waits for a PUBACK forever).
+func PubArgs(t testing.TB, c Client, timeout time.Duration, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "mosquitto_pub", append(c.args(), args...)...).CombinedOutput()
+	return string(out), err
+}
+
 // Sub is a running mosquitto_sub.
 type Sub struct {
 	cmd      *exec.Cmd
