@@ -82,11 +82,20 @@ type cloudEnv struct {
 	data   string
 	allow  []string
 	mu     sync.Mutex
+
+	functions map[string]lab.Function
 }
 
-func newCloud(t *testing.T) *cloudEnv {
+func newCloud(t *testing.T) *cloudEnv { return newCloudWith(t, cloudOpts{}) }
+
+type cloudOpts struct {
+	functions map[string]lab.Function
+	doc       string // job document; "" = protocol.DefaultJobDocument()
+}
+
+func newCloudWith(t *testing.T, o cloudOpts) *cloudEnv {
 	t.Helper()
-	c := &cloudEnv{t: t, dir: t.TempDir(), data: t.TempDir()}
+	c := &cloudEnv{t: t, dir: t.TempDir(), data: t.TempDir(), functions: o.functions}
 	c.start()
 	ctx := context.Background()
 	tmpl, err := template.Load(templatePath(), template.Options{})
@@ -111,6 +120,9 @@ func newCloud(t *testing.T) *cloudEnv {
 	c.put("trust/factory-ca.pem", c.ca.PEM)
 	c.put("trust/allow-list.csv", []byte("device_id,bootstrap_sha256,final_csr\n"))
 	doc, _ := json.Marshal(protocol.DefaultJobDocument())
+	if o.doc != "" {
+		doc = []byte(o.doc)
+	}
 	if _, err := c.api.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("bootcert-rotation"), Document: aws.String(string(doc)),
 		Targets: []string{acct + "thinggroup/bootcert-rotation"}, TargetSelection: types.TargetSelectionContinuous}); err != nil {
 		t.Fatalf("CreateJob: %v", err)
@@ -123,7 +135,7 @@ func templatePath() string { return filepath.Join("..", "..", "cloud", "template
 // start (re)starts the lab on the same data directory and ports.
 func (c *cloudEnv) start() {
 	c.t.Helper()
-	cfg := lab.Config{DataDir: c.data, TemplatePath: templatePath(), MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0"}
+	cfg := lab.Config{DataDir: c.data, TemplatePath: templatePath(), MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0", Functions: c.functions}
 	if c.lab != nil {
 		ep := c.lab.Endpoints()
 		cfg.MQTTAddr = ep.MQTT
