@@ -313,6 +313,12 @@ func (s *Server) Stats() Stats {
 	st := Stats{Addr: s.addr, Connects: s.stats.connects.Load(), Refused: s.stats.refused.Load(), JITR: s.stats.jitr.Load(), Throttled: s.stats.throttled.Load(), Clients: []Client{}}
 	s.sessions.Range(func(k, v any) bool {
 		cl := k.(*mqtt.Client)
+		if cl.Closed() {
+			// A connection that ended before its read loop (mochi
+			// then calls no OnDisconnect).
+			s.removeSession(cl)
+			return true
+		}
 		st.Clients = append(st.Clients, Client{ClientID: cl.ID, CertificateID: v.(*session).principal.CertificateID, Remote: cl.Net.Remote})
 		return true
 	})
