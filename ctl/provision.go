@@ -47,7 +47,7 @@ Several stations may share one manifest file: appends take a lock.`,
     --manifest /srv/factory/manifest.csv
 
   # pre-provisioned mode: the operational key too
-  bootcertctl provision ... --final-key 'tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/op-1.tpmkey'
+  bootcertctl provision ... --final-key 'tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/factory-op.tpmkey'
 
   # development with a software key
   bootcertctl provision --allow-software-key --device-id dev-1 --key file:$PWD/dev-1.key \
