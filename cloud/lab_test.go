@@ -12,6 +12,8 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -339,8 +341,22 @@ func TestLabRotation(t *testing.T) {
 	if acc.CertificateID == "" {
 		t.Fatalf("get rejected: %+v", rej)
 	}
+	// The presigned location serves the same certificate (the seed's
+	// delivery path), over HTTPS.
 	if !strings.HasPrefix(acc.Location, "https://") {
-		t.Errorf("location %q", acc.Location)
+		t.Fatalf("location is not HTTPS")
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(r.lab.ServerCAPEM())
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 20 * time.Second}
+	resp, err := hc.Get(acc.Location)
+	if err != nil {
+		t.Fatalf("fetching the presigned location: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != acc.CertificatePEM {
+		t.Fatalf("presigned location: HTTP %d, body matches: %v", resp.StatusCode, string(body) == acc.CertificatePEM)
 	}
 	again, _ := get(t, c, d.ID, csr)
 	if again.CertificateID != acc.CertificateID {

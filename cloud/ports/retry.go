@@ -65,7 +65,7 @@ func (b Backoff) Do(ctx context.Context, what string, fn func() error) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s: %w (while throttled: %v)", what, ctx.Err(), err)
+			return fmt.Errorf("%s: %w (while throttled: %w)", what, ctx.Err(), err)
 		case <-b.Clock.After(wait):
 		}
 		if limit *= 2; limit > b.Max {

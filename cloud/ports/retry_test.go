@@ -1,0 +1,89 @@
+package ports_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/bootcert/bootcert/cloud/internal/fake"
+	"github.com/bootcert/bootcert/cloud/ports"
+)
+
+func TestBackoff(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	throttled := fmt.Errorf("x: %w", ports.ErrThrottled)
+	t.Run("ok/retries-until-success", func(t *testing.T) {
+		c := &fake.Clock{T: start}
+		n := 0
+		err := ports.Backoff{Clock: c}.Do(context.Background(), "op", func() error {
+			if n++; n < 5 {
+				return throttled
+			}
+			return nil
+		})
+		if err != nil || n != 5 {
+			t.Fatalf("err %v after %d calls", err, n)
+		}
+	})
+	t.Run("ok/other-errors-not-retried", func(t *testing.T) {
+		n := 0
+		boom := errors.New("boom")
+		err := ports.Backoff{Clock: &fake.Clock{T: start}}.Do(context.Background(), "op", func() error { n++; return boom })
+		if !errors.Is(err, boom) || n != 1 {
+			t.Fatalf("err %v after %d calls", err, n)
+		}
+	})
+	t.Run("fail/gives-up-before-the-deadline", func(t *testing.T) {
+		start := time.Now() // the context's deadline runs on the real clock
+		c := &fake.Clock{T: start}
+		ctx, cancel := context.WithDeadline(context.Background(), start.Add(3*time.Second))
+		defer cancel()
+		n := 0
+		err := ports.Backoff{Clock: c, Rand: func(n int64) int64 { return n - 1 }}.Do(ctx, "op", func() error { n++; return throttled })
+		if !errors.Is(err, ports.ErrThrottled) {
+			t.Fatalf("err %v", err)
+		}
+		if c.Now().After(start.Add(3*time.Second - 500*time.Millisecond)) {
+			t.Errorf("slept past the margin: %v", c.Now().Sub(start))
+		}
+		// Full jitter with the maximum draw: 50+100+200+400+800 ms = 1.55 s,
+		// then 1.6 s would pass the 2.5 s budget.
+		if n != 6 {
+			t.Errorf("%d calls, want 6", n)
+		}
+	})
+	t.Run("ok/caps-the-wait", func(t *testing.T) {
+		c := &fake.Clock{T: start}
+		var waits []time.Duration
+		last := start
+		n := 0
+		ports.Backoff{Clock: c, Budget: time.Hour, Max: 400 * time.Millisecond, Rand: func(n int64) int64 { return n - 1 }}.Do(context.Background(), "op", func() error {
+			waits = append(waits, c.Now().Sub(last))
+			last = c.Now()
+			if n++; n < 8 {
+				return throttled
+			}
+			return nil
+		})
+		for _, w := range waits {
+			if w > 400*time.Millisecond {
+				t.Fatalf("waited %v, cap 400ms", w)
+			}
+		}
+	})
+}
+
+func TestRetryingRegistry(t *testing.T) {
+	r := fake.NewRegistry()
+	r.CreateThing(context.Background(), "gw", "", nil)
+	r.Throttle = 3
+	reg := ports.RetryingRegistry(r, ports.Backoff{Clock: &fake.Clock{T: time.Unix(0, 0)}})
+	if _, err := reg.DescribeThing(context.Background(), "gw"); err != nil {
+		t.Fatal(err)
+	}
+	if r.Calls != 5 { // CreateThing + 3 throttled + 1
+		t.Errorf("%d calls", r.Calls)
+	}
+}
