@@ -24,7 +24,7 @@ type rig struct {
 }
 
 // newRig admits a device through the activator and queues its rotation.
-func newRig(t *testing.T, env map[string]string, entry func(d *testpki.Device) manifest.Entry) *rig {
+func newRig(t testing.TB, env map[string]string, entry func(d *testpki.Device) manifest.Entry) *rig {
 	t.Helper()
 	b := testbed.New(t, env)
 	d := b.CA.Issue(t, "gw-0001", b.Clock.Now())
