@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net/http"
@@ -606,4 +607,95 @@ func TestPublishAndState(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || st.Broker["sessions"] != 2 || st.Registry.AccountID != "123456789012" {
 		t.Fatalf("state: %+v %v", st, err)
 	}
+}
+
+// TestMoreOperations covers the operations other parts of bootcert call
+// besides the list in the issue: policy versions (the e2e tests deny by a
+// new default version), ListThings (renewal), ListCACertificates,
+// GetJobDocument, event configurations (cloud setup).
+func TestMoreOperations(t *testing.T) {
+	l := startLab(t, labOpts{})
+	c := l.client(t, "AKID", "secret", 1)
+	if _, err := c.CreatePolicy(ctx, &iot.CreatePolicyInput{PolicyName: aws.String("p"), PolicyDocument: aws.String(policyDoc)}); err != nil {
+		t.Fatal(err)
+	}
+	deny := strings.Replace(policyDoc, "Allow", "Deny", 1)
+	v, err := c.CreatePolicyVersion(ctx, &iot.CreatePolicyVersionInput{PolicyName: aws.String("p"), PolicyDocument: aws.String(deny), SetAsDefault: true})
+	if err != nil || *v.PolicyVersionId != "2" || !v.IsDefaultVersion {
+		t.Fatalf("CreatePolicyVersion: %+v %v", v, err)
+	}
+	gp, _ := c.GetPolicy(ctx, &iot.GetPolicyInput{PolicyName: aws.String("p")})
+	if *gp.PolicyDocument != deny || *gp.DefaultVersionId != "2" {
+		t.Fatalf("default version not applied: %+v", gp)
+	}
+	for range 3 {
+		if _, err := c.CreatePolicyVersion(ctx, &iot.CreatePolicyVersionInput{PolicyName: aws.String("p"), PolicyDocument: aws.String(policyDoc)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = c.CreatePolicyVersion(ctx, &iot.CreatePolicyVersionInput{PolicyName: aws.String("p"), PolicyDocument: aws.String(policyDoc)})
+	mustAs[*types.VersionsLimitExceededException](t, err)
+	if _, err := c.SetDefaultPolicyVersion(ctx, &iot.SetDefaultPolicyVersionInput{PolicyName: aws.String("p"), PolicyVersionId: aws.String("1")}); err != nil {
+		t.Fatal(err)
+	}
+	gp, _ = c.GetPolicy(ctx, &iot.GetPolicyInput{PolicyName: aws.String("p")})
+	if *gp.PolicyDocument != policyDoc {
+		t.Fatal("SetDefaultPolicyVersion did not restore version 1")
+	}
+
+	if _, err := c.CreateThingType(ctx, &iot.CreateThingTypeInput{ThingTypeName: aws.String("gw")}); err != nil {
+		t.Fatal(err)
+	}
+	for i, tt := range []string{"gw", "", "gw"} {
+		in := &iot.CreateThingInput{ThingName: aws.String(fmt.Sprintf("t-%d", i))}
+		if tt != "" {
+			in.ThingTypeName = aws.String(tt)
+		}
+		if _, err := c.CreateThing(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var names []string
+	pager := iot.NewListThingsPaginator(c, &iot.ListThingsInput{ThingTypeName: aws.String("gw"), MaxResults: aws.Int32(1)})
+	for pager.HasMorePages() {
+		pg, err := pager.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, th := range pg.Things {
+			names = append(names, *th.ThingName)
+		}
+	}
+	if strings.Join(names, ",") != "t-0,t-2" {
+		t.Fatalf("ListThings by type, paged: %v", names)
+	}
+
+	cas, err := c.ListCACertificates(ctx, &iot.ListCACertificatesInput{})
+	if err != nil || len(cas.Certificates) != 0 {
+		t.Fatalf("ListCACertificates: %+v %v", cas, err)
+	}
+
+	if _, err := c.CreateThingGroup(ctx, &iot.CreateThingGroupInput{ThingGroupName: aws.String("g")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("j"), Document: aws.String(`{"a":1}`), Targets: []string{l.reg.ThingGroupARN("g")}}); err != nil {
+		t.Fatal(err)
+	}
+	jd, err := c.GetJobDocument(ctx, &iot.GetJobDocumentInput{JobId: aws.String("j")})
+	if err != nil || *jd.Document != `{"a":1}` {
+		t.Fatalf("GetJobDocument: %v %v", jd, err)
+	}
+
+	ev, err := c.DescribeEventConfigurations(ctx, &iot.DescribeEventConfigurationsInput{})
+	if err != nil || ev.EventConfigurations["JOB_EXECUTION"].Enabled {
+		t.Fatalf("events before: %+v %v", ev, err)
+	}
+	if _, err := c.UpdateEventConfigurations(ctx, &iot.UpdateEventConfigurationsInput{EventConfigurations: map[string]types.Configuration{"JOB_EXECUTION": {Enabled: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	if !l.reg.EventEnabled("JOB_EXECUTION") || l.reg.EventEnabled("THING") {
+		t.Fatal("event configuration not stored")
+	}
+	_, err = c.UpdateEventConfigurations(ctx, &iot.UpdateEventConfigurationsInput{EventConfigurations: map[string]types.Configuration{"NOPE": {Enabled: true}}})
+	mustAs[*types.InvalidRequestException](t, err)
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"sort"
 	"strconv"
 	"strings"
 
@@ -33,6 +34,12 @@ func (s *Server) table() []route {
 		r("GET", "/principals/things", "ListPrincipalThings", s.listPrincipalThings),
 		r("POST", "/policies/{policyName}", "CreatePolicy", s.createPolicy),
 		r("GET", "/policies/{policyName}", "GetPolicy", s.getPolicy),
+		r("POST", "/policies/{policyName}/version", "CreatePolicyVersion", s.createPolicyVersion),
+		r("PATCH", "/policies/{policyName}/version/{policyVersionId}", "SetDefaultPolicyVersion", s.setDefaultPolicyVersion),
+		r("GET", "/cacertificates", "ListCACertificates", s.listCACertificates),
+		r("GET", "/jobs/{jobId}/job-document", "GetJobDocument", s.getJobDocument),
+		r("PATCH", "/event-configurations", "UpdateEventConfigurations", s.updateEventConfigurations),
+		r("GET", "/event-configurations", "DescribeEventConfigurations", s.describeEventConfigurations),
 		r("PUT", "/target-policies/{policyName}", "AttachPolicy", s.attachPolicy),
 		r("POST", "/target-policies/{policyName}", "DetachPolicy", s.detachPolicy),
 		r("POST", "/attached-policies/{target}", "ListAttachedPolicies", s.listAttachedPolicies),
@@ -770,4 +777,99 @@ func (s *Server) publish(q *request) (any, error) {
 		return nil, &apiError{Type: "InternalFailureException", Status: 500, Message: "publishing to " + topic + ": " + err.Error()}
 	}
 	return rawResponse(nil), nil
+}
+
+func (s *Server) createPolicyVersion(q *request) (any, error) {
+	var in struct {
+		PolicyDocument string `json:"policyDocument"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	if in.PolicyDocument == "" {
+		return nil, errInvalid("policyDocument is required")
+	}
+	def, err := q.boolQuery("setAsDefault")
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.reg.CreatePolicyVersion(q.v("policyName"), in.PolicyDocument, def)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.reg.GetPolicy(q.v("policyName"))
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"policyArn": p.ARN, "policyDocument": v.Document, "policyVersionId": v.ID,
+		"isDefaultVersion": p.DefaultVersionID == v.ID}, nil
+}
+
+func (s *Server) setDefaultPolicyVersion(q *request) (any, error) {
+	return nil, s.reg.SetDefaultPolicyVersion(q.v("policyName"), q.v("policyVersionId"))
+}
+
+func (s *Server) listCACertificates(q *request) (any, error) {
+	cas := s.reg.CACertificates()
+	asc, err := q.boolQuery("isAscendingOrder")
+	if err != nil {
+		return nil, err
+	}
+	sort.SliceStable(cas, func(a, b int) bool {
+		if asc {
+			return cas[a].CreationDate.Before(cas[b].CreationDate)
+		}
+		return cas[a].CreationDate.After(cas[b].CreationDate)
+	})
+	type ca struct {
+		ARN     string   `json:"certificateArn"`
+		ID      string   `json:"certificateId"`
+		Status  string   `json:"status"`
+		Created *float64 `json:"creationDate,omitempty"`
+	}
+	list := make([]ca, len(cas))
+	for i, c := range cas {
+		list[i] = ca{c.ARN, c.ID, c.Status, epoch(c.CreationDate)}
+	}
+	size, err := q.intQuery("pageSize")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(list, q.query.Get("marker"), size)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"certificates": pg, "nextMarker": strPtr(next)}, nil
+}
+
+func (s *Server) getJobDocument(q *request) (any, error) {
+	doc, err := s.reg.GetJobDocument(q.v("jobId"))
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"document": doc}, nil
+}
+
+func (s *Server) updateEventConfigurations(q *request) (any, error) {
+	var in struct {
+		EventConfigurations map[string]struct {
+			Enabled bool `json:"Enabled"`
+		} `json:"eventConfigurations"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	cfg := map[string]bool{}
+	for k, v := range in.EventConfigurations {
+		cfg[k] = v.Enabled
+	}
+	return nil, s.reg.UpdateEventConfigurations(cfg)
+}
+
+func (s *Server) describeEventConfigurations(q *request) (any, error) {
+	out := map[string]map[string]bool{}
+	for k, v := range s.reg.EventConfigurations() {
+		out[k] = map[string]bool{"Enabled": v}
+	}
+	return map[string]any{"eventConfigurations": out}, nil
 }

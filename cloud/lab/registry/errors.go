@@ -29,6 +29,7 @@ const (
 	CodeMalformedPolicy        Code = "MalformedPolicy"
 	CodeLimitExceeded          Code = "LimitExceeded"
 	CodeConflict               Code = "Conflict"
+	CodeVersionsLimitExceeded  Code = "VersionsLimitExceeded"
 	CodeInternal               Code = "InternalError"
 )
 
@@ -148,6 +149,8 @@ func RESTException(err error) (name string, status int) {
 		return "LimitExceededException", 410
 	case CodeConflict:
 		return "ConflictException", 409
+	case CodeVersionsLimitExceeded:
+		return "VersionsLimitExceededException", 409
 	default:
 		return "InternalFailureException", 500
 	}

@@ -128,7 +128,8 @@ type state struct {
 	PolicyTargets    map[string]map[string]bool            `json:"policyTargets"`   // policy -> target ARNs
 	ThingPrincipals  map[string]map[string]bool            `json:"thingPrincipals"` // thing -> principal ARNs
 	Jobs             map[string]*Job                       `json:"jobs"`
-	Execs            map[string]map[string][]*JobExecution `json:"jobExecutions"` // thing -> job -> executions, oldest first
+	Execs            map[string]map[string][]*JobExecution `json:"jobExecutions"`       // thing -> job -> executions, oldest first
+	Events           map[string]bool                       `json:"eventConfigurations"` // event type -> enabled
 }
 
 func newState() *state {
@@ -145,6 +146,7 @@ func newState() *state {
 		ThingPrincipals: map[string]map[string]bool{},
 		Jobs:            map[string]*Job{},
 		Execs:           map[string]map[string][]*JobExecution{},
+		Events:          map[string]bool{},
 	}
 }
 
@@ -183,6 +185,9 @@ func (s *state) fill() {
 	}
 	if s.Execs == nil {
 		s.Execs = n.Execs
+	}
+	if s.Events == nil {
+		s.Events = n.Events
 	}
 }
 
@@ -472,6 +477,10 @@ func (r *Registry) Snapshot() Snapshot {
 					s.JobExecutions = append(s.JobExecutions, copyExec(e))
 				}
 			}
+		}
+		s.EventConfigurations = map[string]bool{}
+		for k, v := range st.Events {
+			s.EventConfigurations[k] = v
 		}
 		s.Counts["caCertificates"] = len(s.CACertificates)
 		s.Counts["certificates"] = len(s.Certificates)

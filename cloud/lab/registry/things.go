@@ -527,6 +527,7 @@ func (r *Registry) CreatePolicy(name, document string) (Policy, error) {
 			return newErr(CodeAlreadyExists, "policy "+name, "policy %s already exists", name)
 		}
 		p := &Policy{Name: name, ARN: r.arn("policy", name), Document: document, DefaultVersionID: "1",
+			Versions:     []PolicyVersion{{ID: "1", Document: document, CreateDate: now}},
 			CreationDate: now, LastModifiedDate: now, GenerationID: newUUID()}
 		r.st.Policies[name] = p
 		r.touch()
@@ -573,7 +574,7 @@ func (r *Registry) GetPolicy(name string) (Policy, error) {
 		if !ok {
 			return notFound("policy", name)
 		}
-		out = *p
+		out = copyPolicy(p)
 		return nil
 	})
 	return out, err

@@ -116,15 +116,23 @@ type ThingGroup struct {
 	LastModifiedDate time.Time         `json:"lastModifiedDate"`
 }
 
-// Policy is an IoT policy. The lab keeps one version (the default, "1").
+// Policy is an IoT policy. Document is the default version's document.
 type Policy struct {
-	Name             string    `json:"policyName"`
-	ARN              string    `json:"policyArn"`
-	Document         string    `json:"policyDocument"`
-	DefaultVersionID string    `json:"defaultVersionId"`
-	CreationDate     time.Time `json:"creationDate"`
-	LastModifiedDate time.Time `json:"lastModifiedDate"`
-	GenerationID     string    `json:"generationId"`
+	Name             string          `json:"policyName"`
+	ARN              string          `json:"policyArn"`
+	Document         string          `json:"policyDocument"`
+	DefaultVersionID string          `json:"defaultVersionId"`
+	Versions         []PolicyVersion `json:"versions,omitempty"`
+	CreationDate     time.Time       `json:"creationDate"`
+	LastModifiedDate time.Time       `json:"lastModifiedDate"`
+	GenerationID     string          `json:"generationId"`
+}
+
+// PolicyVersion is one version of a policy.
+type PolicyVersion struct {
+	ID         string    `json:"versionId"`
+	Document   string    `json:"document"`
+	CreateDate time.Time `json:"createDate"`
 }
 
 // Job is an IoT job targeting thing groups (or things).
@@ -200,19 +208,20 @@ func (e JobExecution) Summary() JobExecutionSummary {
 
 // Snapshot is a read-only copy of the whole registry (GET /lab/state).
 type Snapshot struct {
-	Region           string              `json:"region"`
-	AccountID        string              `json:"accountId"`
-	RegistrationCode string              `json:"registrationCode"`
-	CACertificates   []CACertificate     `json:"caCertificates"`
-	Certificates     []Certificate       `json:"certificates"`
-	Things           []Thing             `json:"things"`
-	ThingTypes       []ThingType         `json:"thingTypes"`
-	ThingGroups      []ThingGroup        `json:"thingGroups"`
-	GroupMembers     map[string][]string `json:"groupMembers"`
-	Policies         []Policy            `json:"policies"`
-	PolicyTargets    map[string][]string `json:"policyTargets"`
-	ThingPrincipals  map[string][]string `json:"thingPrincipals"`
-	Jobs             []Job               `json:"jobs"`
-	JobExecutions    []JobExecution      `json:"jobExecutions"`
-	Counts           map[string]int      `json:"counts"`
+	Region              string              `json:"region"`
+	AccountID           string              `json:"accountId"`
+	RegistrationCode    string              `json:"registrationCode"`
+	CACertificates      []CACertificate     `json:"caCertificates"`
+	Certificates        []Certificate       `json:"certificates"`
+	Things              []Thing             `json:"things"`
+	ThingTypes          []ThingType         `json:"thingTypes"`
+	ThingGroups         []ThingGroup        `json:"thingGroups"`
+	GroupMembers        map[string][]string `json:"groupMembers"`
+	Policies            []Policy            `json:"policies"`
+	PolicyTargets       map[string][]string `json:"policyTargets"`
+	ThingPrincipals     map[string][]string `json:"thingPrincipals"`
+	Jobs                []Job               `json:"jobs"`
+	JobExecutions       []JobExecution      `json:"jobExecutions"`
+	EventConfigurations map[string]bool     `json:"eventConfigurations"`
+	Counts              map[string]int      `json:"counts"`
 }
