@@ -104,11 +104,13 @@ func rej(code protocol.Code, format string, a ...any) *rejection {
 }
 
 // HandleEvent decodes, handles and replies. Events without a valid thing
-// name or operation are dropped with an error (nobody to answer).
+// name or operation are dropped and logged (there is nobody to answer, and
+// an error would only make Lambda retry them).
 func (v *Vendor) HandleEvent(ctx context.Context, b []byte) (Reply, error) {
 	ev, err := ParseEvent(b)
 	if err != nil {
-		return Reply{}, err
+		v.Log.Warn("request dropped", "err", err.Error())
+		return Reply{}, nil
 	}
 	return v.Handle(ctx, ev)
 }
