@@ -37,9 +37,9 @@ FLEET_FLAGS ?= -clients 2000 -rate 500
 bench-fleet:
 	$(GO) run ./bench/fleet $(FLEET_FLAGS)
 
-## bench-lab: lab registry figures (JITR+activation flow: in memory, synced writes, write-behind; limiter)
+## bench-lab: lab figures (registry JITR+activation flow: in memory, synced writes, write-behind; limiter; SDK calls over TLS)
 bench-lab:
-	$(GO) test -run '^$$' -bench . -benchtime 100x ./cloud/lab/registry ./cloud/lab/limits
+	$(GO) test -run '^$$' -bench . -benchtime 100x ./cloud/lab/registry ./cloud/lab/limits ./cloud/lab/api
 
 ## bench-factory: factory figures (issue, CRL, manifest append, provision on swtpm and SoftHSM2)
 bench-factory: deps

@@ -75,7 +75,7 @@ type labOpts struct {
 	clock   Clock
 }
 
-func startLab(t *testing.T, o labOpts) *lab {
+func startLab(t testing.TB, o labOpts) *lab {
 	t.Helper()
 	if o.dir == "" {
 		o.dir = t.TempDir()
@@ -102,7 +102,7 @@ func startLab(t *testing.T, o labOpts) *lab {
 }
 
 // httpClient trusts only DIR/server-ca.pem, as a lab client does.
-func (l *lab) httpClient(t *testing.T) *http.Client {
+func (l *lab) httpClient(t testing.TB) *http.Client {
 	pemData, err := os.ReadFile(filepath.Join(l.dir, pki.ServerCAFile))
 	if err != nil {
 		t.Fatal(err)
@@ -114,7 +114,7 @@ func (l *lab) httpClient(t *testing.T) *http.Client {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 }
 
-func (l *lab) client(t *testing.T, ak, sk string, attempts int) *iot.Client {
+func (l *lab) client(t testing.TB, ak, sk string, attempts int) *iot.Client {
 	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider(ak, sk, ""),
 		HTTPClient: l.httpClient(t)}
 	return iot.NewFromConfig(cfg, func(o *iot.Options) {
