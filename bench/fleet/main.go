@@ -241,6 +241,7 @@ func run(o options) error {
 	var failed atomic.Int64
 	var firstErr atomic.Value
 	cpu0, _ := procCPU(pid)
+	self0, _ := procCPU(os.Getpid())
 	t0 := time.Now()
 	var wg sync.WaitGroup
 	interval := time.Duration(float64(time.Second) / o.rate)
@@ -265,6 +266,7 @@ func run(o options) error {
 	wg.Wait()
 	connectWall := time.Since(t0)
 	cpu1, _ := procCPU(pid)
+	self1, _ := procCPU(os.Getpid())
 	rssConnected, _ := procRSS(pid)
 
 	connected := 0
@@ -338,6 +340,7 @@ func run(o options) error {
 	fmt.Fprintf(w, "still connected after %s hold\t%d\n", o.hold, alive)
 	fmt.Fprintf(w, "sample publish round trip (QoS 1, own subscription)\t%d ok, %d failed; p50 %s  p95 %s\n", len(rtt), sampleFail, pct(rtt, 50), pct(rtt, 95))
 	fmt.Fprintf(w, "lab CPU during connects\t%.0f%% of one core\n", 100*(cpu1-cpu0)/connectWall.Seconds())
+	fmt.Fprintf(w, "harness CPU during connects (client side TLS)\t%.0f%% of one core\n", 100*(self1-self0)/connectWall.Seconds())
 	fmt.Fprintf(w, "lab CPU while holding\t%.1f%% of one core\n", 100*(cpu2-cpu1)/o.hold.Seconds())
 	fmt.Fprintf(w, "lab RSS\t%.0f MiB with %d connections, %.0f MiB after the sample\n", float64(rssConnected)/(1<<20), connected, float64(rssEnd)/(1<<20))
 	w.Flush()
