@@ -21,8 +21,8 @@ import (
 	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/engine"
 	"github.com/bootcert/bootcert/daemon/session"
+	"github.com/bootcert/bootcert/daemon/thingname"
 	"github.com/bootcert/bootcert/keystore"
-	"github.com/bootcert/bootcert/manifest"
 )
 
 // Check validates a configuration and the files it names, without touching
@@ -75,7 +75,7 @@ func thingName(c *config.Config, leaf *x509.Certificate) (string, error) {
 		return c.Identity.ThingName, nil
 	}
 	cn := leaf.Subject.CommonName
-	if err := manifest.ValidDeviceID(cn); err != nil {
+	if err := thingname.Valid(cn); err != nil {
 		return "", fmt.Errorf("bootstrap certificate %s: its CN cannot be the thing name: %w (set identity.thing_name)", c.Identity.BootstrapCert, err)
 	}
 	return cn, nil

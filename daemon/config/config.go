@@ -10,14 +10,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/bootcert/bootcert/daemon/thingname"
 	"github.com/bootcert/bootcert/keystore"
-	"github.com/bootcert/bootcert/manifest"
 )
 
 // DefaultPath is where bootcertd looks for its configuration.
@@ -179,7 +178,15 @@ func (e *Error) Error() string {
 // Unwrap makes errors.Is(err, ErrInvalid) true.
 func (e *Error) Unwrap() error { return ErrInvalid }
 
-var lastKey = regexp.MustCompile(`\(last key "([^"]*)"\)`)
+// lastKey finds `(last key "a.b")` in a toml error message.
+func lastKey(msg string) string {
+	_, rest, ok := strings.Cut(msg, `(last key "`)
+	if !ok {
+		return ""
+	}
+	k, _, _ := strings.Cut(rest, `")`)
+	return k
+}
 
 // Load reads and validates a configuration file.
 func Load(path string) (*Config, error) {
@@ -210,10 +217,7 @@ func Parse(name string, data []byte) (*Config, error) {
 			}
 			return nil, &Error{File: name, Key: pe.LastKey, Reason: fmt.Sprintf("line %d: %s", pe.Position.Line, msg)}
 		}
-		key := ""
-		if m := lastKey.FindStringSubmatch(err.Error()); m != nil {
-			key = m[1]
-		}
+		key := lastKey(err.Error())
 		return nil, &Error{File: name, Key: key, Reason: strings.TrimPrefix(err.Error(), "toml: ")}
 	}
 	if und := md.Undecoded(); len(und) > 0 {
@@ -261,7 +265,7 @@ func (c *Config) validate(md toml.MetaData) error {
 	}
 	id := &c.Identity
 	if id.ThingName != "" {
-		if err := manifest.ValidDeviceID(id.ThingName); err != nil {
+		if err := thingname.Valid(id.ThingName); err != nil {
 			return bad("identity.thing_name", "%v; leave it out to use the bootstrap certificate's CN", err)
 		}
 	}

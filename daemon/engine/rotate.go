@@ -529,7 +529,7 @@ func (e *Engine) finishCommit(ctx context.Context) error {
 		return err
 	}
 	now := e.clock.Now()
-	done := journal.Entry{Phase: journal.Idle, Generation: j.Generation, Result: "SUCCEEDED", JobID: j.JobID, CertificateID: j.CertificateID, FinishedAt: now, UpdatedAt: now}
+	done := journal.Entry{Phase: journal.Idle, Generation: j.Generation, Result: "SUCCEEDED", JobID: j.JobID, CertificateID: j.CertificateID, StartedAt: j.StartedAt, FinishedAt: now, UpdatedAt: now}
 	if err := e.journal.Write(done); err != nil {
 		return err
 	}
