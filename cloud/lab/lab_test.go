@@ -309,6 +309,11 @@ func TestJobsOverMQTT(t *testing.T) {
 		t.Fatalf("job document in start-next/accepted: %v (%s)", err, m.Payload)
 	}
 	jobs.WaitFor(t, "in_progress event", labtest.Topic("$aws/events/jobExecution/bootcert-rotation/in_progress"))
+	pub("$next/get", `{"clientToken":"n1","includeJobDocument":false}`)
+	m = jobs.WaitFor(t, "$next/get/accepted", labtest.Contains(base+"$next/get/accepted", `"n1"`))
+	if !strings.Contains(m.Payload, `"status":"IN_PROGRESS"`) || strings.Contains(m.Payload, "jobDocument") {
+		t.Fatalf("$next/get/accepted %s", m.Payload)
+	}
 
 	pub("bootcert-rotation/update", `{"clientToken":"c3","status":"SUCCEEDED","expectedVersion":99}`)
 	m = jobs.WaitFor(t, "VersionMismatch", labtest.Contains(base+"bootcert-rotation/update/rejected", `"c3"`))

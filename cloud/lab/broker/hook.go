@@ -11,10 +11,15 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// Reasons a connection is closed before CONNACK. AWS IoT Core closes the
-// connection for an unauthorized CONNECT (MQTT 3.1.1), it does not send a
-// refusing CONNACK; the lab does the same.
-// (AWS IoT Core developer guide, "MQTT" > "MQTT specification differences".)
+// Reasons a connection is closed before CONNACK. For MQTT 3.1.1 the lab
+// follows AWS IoT Core: an unauthorized CONNECT closes the connection (no
+// refusing CONNACK), an unauthorized PUBLISH disconnects the client, an
+// unauthorized SUBSCRIBE gets a SUBACK failure (0x80) for that filter and a
+// message the subscriber may not receive is not delivered. AWS reports such
+// disconnects with disconnectReason AUTH_ERROR, "the client failed to
+// authenticate or authorization failed" (AWS IoT Core developer guide,
+// "Lifecycle events", life-cycle-events.html); MQTT differences:
+// "AWS IoT differences from MQTT specifications" (mqtt.html).
 var (
 	ErrNoClientCertificate = errors.New("no client certificate")
 	ErrUnknownCertificate  = errors.New("certificate not registered and not issued by a registered CA with auto-registration")
