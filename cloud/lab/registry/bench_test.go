@@ -2,6 +2,7 @@ package registry
 
 import (
 	"fmt"
+	"sync/atomic"
 	"testing"
 )
 
@@ -68,4 +69,44 @@ func BenchmarkJITRFlow(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkJITRFlowParallel is BenchmarkJITRFlow from 16 goroutines with
+// synced writes: concurrent callers share writes (group commit).
+func BenchmarkJITRFlowParallel(b *testing.B) {
+	r, err := Open(Config{Dir: b.TempDir(), Clock: &fakeClock{t: t0}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ca := newCA(b, "factory")
+	cac := registerCA(b, r, ca)
+	setupRotation(b, r)
+	ders := make([][]byte, b.N)
+	for i := range ders {
+		ders[i], _ = ca.issue(b, fmt.Sprintf("gw-%d", i))
+	}
+	var next atomic.Int64
+	w0 := r.Writes()
+	b.SetParallelism(8) // 8 x GOMAXPROCS goroutines
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := int(next.Add(1) - 1)
+			c, _, err := r.RegisterPendingCertificate(ders[i], cac.ID)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			name := fmt.Sprintf("gw-%d", i)
+			_, err = r.CreateThing(name, "bootcert-gateway", nil)
+			for _, err := range []error{err, r.UpdateCertificate(c.ID, StatusActive), r.AttachThingPrincipal(name, c.ARN),
+				r.AddThingToThingGroup("bootcert-rotation", name)} {
+				if err != nil {
+					b.Error(err)
+				}
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(r.Writes()-w0)/float64(b.N), "writes/device")
 }
