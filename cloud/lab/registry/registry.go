@@ -109,9 +109,12 @@ func (CertificateStatusChanged) event()    {}
 func (JobExecutionChanged) event()         {}
 func (ThingGroupMembershipChanged) event() {}
 
-// Listener receives events after the change is made and persisted, outside
-// the registry's lock (it may call back into the registry), in the order of
-// the changes of one call.
+// Listener receives events after the change is made and persisted (in
+// WriteBehind mode: queued for writing), synchronously on the goroutine of
+// the call that made the change, outside the registry's lock, so it may
+// call back into the registry. Events of one call arrive in order; events
+// of concurrent calls may interleave, so a listener that publishes "what is
+// next" should read the current state rather than trust the event order.
 type Listener func(Event)
 
 // state is what registry.json holds.
