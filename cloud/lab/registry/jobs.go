@@ -150,9 +150,16 @@ func (r *Registry) targetsLocked(j *Job, thing string) bool {
 }
 
 // queueLocked queues an execution of j for thing unless one is pending.
-// After a terminal execution, a continuous job queues a new one (the next
-// executionNumber) when the thing joins a target group again: this is how
-// bootcert renews (DESIGN.md "Renewal"); a snapshot job runs once per thing.
+// AWS: "If continuous, the job may also be run on a thing when a change is
+// detected in a target. For example, a job will run on a thing when the
+// thing is added to a target group, even after the job was completed by all
+// things originally in the group"
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_JobSummary.html,
+// targetSelection). The page does not say what happens when the same thing
+// leaves and joins again after its execution ended; the lab queues a new
+// execution (the next executionNumber), which is what bootcert's renewal
+// relies on (DESIGN.md "Renewal") -- verify on AWS before depending on it.
+// A snapshot job runs once per thing.
 func (r *Registry) queueLocked(j *Job, thing string, now time.Time) {
 	byJob := r.st.Execs[thing]
 	if byJob == nil {
