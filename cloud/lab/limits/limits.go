@@ -39,16 +39,16 @@ type Limits struct {
 // PresetAWSDefault names AWS IoT Core's default quotas.
 const PresetAWSDefault = "aws-default"
 
-// AWSDefault returns AWS IoT Core's default quotas for us-east-1 from
-// "AWS IoT Core endpoints and quotas"
-// (https://docs.aws.amazon.com/general/latest/gr/iot-core.html): message
-// broker "Connect requests per second per account" 500 (adjustable),
-// "Connect requests per second per client ID" 1 (not adjustable),
-// "Publish requests per second per connection" 100; and the control-plane
-// API throttles of the "AWS IoT Core API throttling limits" table for the
-// operations the lab serves. The API figures were taken from that table as
-// the lab's authors read it; check the page for your region before relying
-// on an exact figure.
+// AWSDefault returns AWS IoT Core's default quotas (us-east-1). Message
+// broker, from "AWS IoT Core endpoints and quotas"
+// (https://docs.aws.amazon.com/general/latest/gr/iot-core.html, and the
+// older https://docs.aws.amazon.com/iot/latest/developerguide/limits-iot.html):
+// "Connect requests per second per account" 500 (adjustable), "Connect
+// requests per second per client ID" 1 (not adjustable), "Publish requests
+// per second per connection" 100. The control-plane TPS figures follow the
+// "API throttling limits" table of the first page as the lab's authors
+// remember it; they were not re-checked against the live page: check it for
+// your region before relying on an exact figure.
 func AWSDefault() Limits {
 	return Limits{
 		ConnectsPerSecond:               500,
