@@ -450,3 +450,35 @@ func TestCorruptStateFile(t *testing.T) {
 		t.Fatal("the corrupt file was overwritten")
 	}
 }
+
+func TestGroupQuotas(t *testing.T) {
+	r := open(t, "", nil)
+	if _, err := r.CreateThing("gw", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range MaxGroupsPerThing + 1 {
+		name := fmt.Sprintf("g%d", i)
+		if _, err := r.CreateThingGroup(name, "", "", nil); err != nil {
+			t.Fatal(err)
+		}
+		err := r.AddThingToThingGroup(name, "gw")
+		if i < MaxGroupsPerThing && err != nil {
+			t.Fatal(err)
+		}
+		if i == MaxGroupsPerThing && !errors.Is(err, ErrInvalidRequest) {
+			t.Fatalf("11th group: %v", err)
+		}
+	}
+	parent := ""
+	for i := range MaxGroupDepth + 1 {
+		name := fmt.Sprintf("level%d", i)
+		_, err := r.CreateThingGroup(name, parent, "", nil)
+		if i < MaxGroupDepth && err != nil {
+			t.Fatalf("level %d: %v", i, err)
+		}
+		if i == MaxGroupDepth && !errors.Is(err, ErrInvalidRequest) {
+			t.Fatalf("level %d: %v", i, err)
+		}
+		parent = name
+	}
+}

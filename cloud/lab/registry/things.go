@@ -273,6 +273,14 @@ func (r *Registry) DescribeThingType(name string) (ThingType, error) {
 	return out, err
 }
 
+// Thing group quotas (https://docs.aws.amazon.com/general/latest/gr/iot-core.html,
+// "Thing group" quotas: a thing belongs to at most 10 static groups; a
+// hierarchy is at most 7 levels deep).
+const (
+	MaxGroupsPerThing = 10
+	MaxGroupDepth     = 7
+)
+
 // CreateThingGroup creates a static thing group; the same name with the same
 // configuration succeeds again.
 func (r *Registry) CreateThingGroup(name, parent, description string, attrs map[string]string) (ThingGroup, error) {
@@ -284,6 +292,13 @@ func (r *Registry) CreateThingGroup(name, parent, description string, attrs map[
 		if parent != "" {
 			if _, ok := r.st.Groups[parent]; !ok {
 				return notFound("thing group", parent)
+			}
+			depth := 1
+			for cur := parent; cur != "" && depth <= MaxGroupDepth; depth++ {
+				cur = r.st.Groups[cur].ParentGroupName
+			}
+			if depth > MaxGroupDepth {
+				return invalid("parentGroupName", "a thing group hierarchy is at most %d levels deep", MaxGroupDepth)
 			}
 		}
 		if g, ok := r.st.Groups[name]; ok {
@@ -332,9 +347,19 @@ func (r *Registry) AddThingToThingGroup(group, thing string) error {
 		if _, ok := r.st.Things[thing]; !ok {
 			return notFound("thing", thing)
 		}
-		if !addToSet(r.st.Members, group, thing) {
+		if r.st.Members[group][thing] {
 			return nil
 		}
+		n := 0
+		for _, m := range r.st.Members {
+			if m[thing] {
+				n++
+			}
+		}
+		if n >= MaxGroupsPerThing {
+			return invalid("thing "+thing, "thing is in %d thing groups already, the maximum", n)
+		}
+		addToSet(r.st.Members, group, thing)
 		r.touch()
 		r.logDecision("AddThingToThingGroup", thing, "joined", "group", group)
 		r.emit(ThingGroupMembershipChanged{Group: group, Thing: thing, Added: true})
