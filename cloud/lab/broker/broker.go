@@ -223,6 +223,10 @@ func Start(cfg Config) (*Server, error) {
 	caps.MaximumInflight = 256
 	caps.ReceiveMaximum = 100 // AWS: 100 in-flight unacknowledged messages
 	caps.SharedSubAvailable = 0
+	// AWS keeps a persistent session (clean session false) for 1 hour
+	// after the client disconnects (default "Persistent session expiry
+	// period" quota).
+	caps.MaximumSessionExpiryInterval = 3600
 	s.mq = mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true,
