@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Code classifies a registry error. The names follow the AWS IoT Jobs MQTT
@@ -43,7 +44,7 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	if e.Resource == "" {
+	if e.Resource == "" || strings.Contains(e.Message, e.Resource) {
 		return e.Message
 	}
 	if e.Message == "" {
