@@ -217,6 +217,7 @@ type Registry struct {
 	writeErr  error // last write-behind error
 
 	kick    chan struct{} // write-behind: there is something to write
+	closed  bool          // Close was called (under mu)
 	stopped chan struct{} // write-behind writer has exited
 	closeMu sync.Once
 }
@@ -304,12 +305,15 @@ func (r *Registry) Flush() error {
 	return r.persist(seq)
 }
 
-// Close stops the write-behind writer and flushes. The registry must not
-// be used afterwards.
+// Close stops the write-behind writer and flushes. Changes made after
+// Close are written synchronously.
 func (r *Registry) Close() error {
 	r.closeMu.Do(func() {
 		if r.kick != nil {
+			r.mu.Lock()
+			r.closed = true // later changes are written synchronously
 			close(r.kick)
+			r.mu.Unlock()
 			<-r.stopped
 		}
 	})
@@ -358,14 +362,17 @@ func (r *Registry) do(fn func(now time.Time) error) error {
 	}
 	seq := r.seq
 	ls := r.listeners
+	behind := false
+	if changed && r.kick != nil && !r.closed {
+		behind = true
+		select { // under r.mu, so Close cannot close the channel meanwhile
+		case r.kick <- struct{}{}:
+		default: // a write is already due; it will include this change
+		}
+	}
 	r.mu.Unlock()
-	if changed {
-		if r.kick != nil {
-			select {
-			case r.kick <- struct{}{}:
-			default: // a write is already due; it will include this change
-			}
-		} else if perr := r.persist(seq); perr != nil && err == nil {
+	if changed && !behind {
+		if perr := r.persist(seq); perr != nil && err == nil {
 			err = perr
 		}
 	}

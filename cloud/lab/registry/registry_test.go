@@ -482,3 +482,30 @@ func TestGroupQuotas(t *testing.T) {
 		parent = name
 	}
 }
+
+// TestWriteBehindCloseWhileBusy: changes racing with Close neither panic
+// nor get lost.
+func TestWriteBehindCloseWhileBusy(t *testing.T) {
+	dir := t.TempDir()
+	r, err := Open(Config{Dir: dir, WriteBehind: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := r.CreateThing(fmt.Sprintf("gw-%d", i), "", nil); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if got := len(open(t, dir, nil).Snapshot().Things); got != 20 {
+		t.Fatalf("%d things after restart, want 20", got)
+	}
+}
