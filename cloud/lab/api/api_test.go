@@ -670,9 +670,30 @@ func TestMoreOperations(t *testing.T) {
 		t.Fatalf("ListThings by type, paged: %v", names)
 	}
 
+	dtt, err := c.DescribeThingType(ctx, &iot.DescribeThingTypeInput{ThingTypeName: aws.String("gw")})
+	if err != nil || *dtt.ThingTypeArn != "arn:aws:iot:us-east-1:123456789012:thingtype/gw" {
+		t.Fatalf("DescribeThingType: %+v %v", dtt, err)
+	}
+
+	caKey := newKey(t)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "sni CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().AddDate(1, 0, 0), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caPEM, _ := certPEM(t, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	rc, err := c.RegisterCACertificate(ctx, &iot.RegisterCACertificateInput{CaCertificate: &caPEM, CertificateMode: types.CertificateModeSniOnly, SetAsActive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	cas, err := c.ListCACertificates(ctx, &iot.ListCACertificatesInput{})
-	if err != nil || len(cas.Certificates) != 0 {
+	if err != nil || len(cas.Certificates) != 1 || *cas.Certificates[0].CertificateId != *rc.CertificateId {
 		t.Fatalf("ListCACertificates: %+v %v", cas, err)
+	}
+	_, err = c.DeleteCACertificate(ctx, &iot.DeleteCACertificateInput{CertificateId: rc.CertificateId})
+	mustAs[*types.CertificateStateException](t, err)
+	if _, err := c.UpdateCACertificate(ctx, &iot.UpdateCACertificateInput{CertificateId: rc.CertificateId, NewStatus: types.CACertificateStatusInactive}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteCACertificate(ctx, &iot.DeleteCACertificateInput{CertificateId: rc.CertificateId}); err != nil {
+		t.Fatal(err)
 	}
 
 	if _, err := c.CreateThingGroup(ctx, &iot.CreateThingGroupInput{ThingGroupName: aws.String("g")}); err != nil {
