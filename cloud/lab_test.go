@@ -77,7 +77,7 @@ func (r *labRig) setup(entries []manifest.Entry, revoked ...*testpki.Device) set
 		certs = append(certs, d.Cert)
 	}
 	res, err := setup.Run(context.Background(), r.iot, r.s3, setup.Options{Bucket: bucket, CACert: r.ca.Cert, CASigner: r.ca.Key,
-		AllowList: testpki.AllowList(r.t, entries...), CRL: r.ca.CRL(r.t, time.Now(), certs...), SkipEventConfig: true})
+		AllowList: testpki.AllowList(r.t, entries...), CRL: r.ca.CRL(r.t, time.Now(), certs...)})
 	if err != nil {
 		r.t.Fatalf("setup: %v", err)
 	}

@@ -101,7 +101,7 @@ AWS endpoints and credentials come from the standard AWS configuration
 	fl.StringVar(&f.region, "region", "", "AWS region (default from the AWS configuration)")
 	fl.StringVar(&f.jobID, "job-id", "bootcert-rotation", "continuous job ID")
 	fl.StringVar(&f.group, "group", "bootcert-rotation", "rotation thing group")
-	fl.BoolVar(&f.skipEvents, "skip-event-config", false, "do not call UpdateEventConfigurations (JOB_EXECUTION events)")
+	fl.BoolVar(&f.skipEvents, "skip-event-config", false, "do not call UpdateEventConfigurations (JOB_EXECUTION events; the reaper needs them)")
 	asJSON = addJSONFlag(cmd)
 	cmd.MarkFlagRequired("bucket")
 	cmd.MarkFlagRequired("ca-cert")
@@ -138,7 +138,6 @@ func runCloudSetup(ctx context.Context, f cloudSetupFlags) (setup.Result, error)
 		if f.region == "" {
 			f.region = ep.Region
 		}
-		f.skipEvents = true // the lab always publishes job execution events
 	}
 	caCert, err := factory.ReadCertificate(f.caCert)
 	if err != nil {

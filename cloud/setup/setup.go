@@ -50,8 +50,8 @@ type Options struct {
 	AllowListKey, CRLKey, CAKey string
 	JobID                       string // default bootcert-rotation
 	Group                       string // default bootcert-rotation
-	// SkipEventConfig skips UpdateEventConfigurations (the lab publishes
-	// job execution events without it).
+	// SkipEventConfig skips UpdateEventConfigurations (JOB_EXECUTION
+	// events, the reaper's input).
 	SkipEventConfig bool
 	Now             func() time.Time
 }
