@@ -31,6 +31,7 @@ vet:
 ## bench: benchmark tables (figures, not assertions)
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./keystore/...
+	$(GO) test -run '^$$' -bench . -benchmem ./cloud/lab/...
 
 ## bench-fleet: the lab's fleet load harness (2,000 TLS MQTT clients at 500 connects/s; see bench/README.md)
 FLEET_FLAGS ?= -clients 2000 -rate 500
