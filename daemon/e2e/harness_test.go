@@ -72,7 +72,7 @@ func TestMain(m *testing.M) {
 // cloudEnv is a lab with the real template, a registered factory CA and the
 // continuous rotation job.
 type cloudEnv struct {
-	t      *testing.T
+	t      testing.TB
 	lab    *lab.Lab
 	api    *iot.Client
 	s3     *s3.Client
@@ -86,14 +86,14 @@ type cloudEnv struct {
 	functions map[string]lab.Function
 }
 
-func newCloud(t *testing.T) *cloudEnv { return newCloudWith(t, cloudOpts{}) }
+func newCloud(t testing.TB) *cloudEnv { return newCloudWith(t, cloudOpts{}) }
 
 type cloudOpts struct {
 	functions map[string]lab.Function
 	doc       string // job document; "" = protocol.DefaultJobDocument()
 }
 
-func newCloudWith(t *testing.T, o cloudOpts) *cloudEnv {
+func newCloudWith(t testing.TB, o cloudOpts) *cloudEnv {
 	t.Helper()
 	c := &cloudEnv{t: t, dir: t.TempDir(), data: t.TempDir(), functions: o.functions}
 	c.start()
@@ -213,7 +213,7 @@ func (c *cloudEnv) issue(cn string, pub crypto.PublicKey, nb, na time.Time) *x50
 
 // device is one gateway: keys in hardware, a config, a bootcertd process.
 type device struct {
-	t         *testing.T
+	t         testing.TB
 	cloud     *cloudEnv
 	name      string
 	dir       string
@@ -227,6 +227,7 @@ type device struct {
 	log       *bytes.Buffer
 	logMu     sync.Mutex
 	extraConf string
+	binary    string // default: the bootcertd built by TestMain
 }
 
 type keyKind int
@@ -244,7 +245,7 @@ type deviceOpts struct {
 	notAllowed     bool
 }
 
-func newDevice(t *testing.T, c *cloudEnv, name string, o deviceOpts) *device {
+func newDevice(t testing.TB, c *cloudEnv, name string, o deviceOpts) *device {
 	t.Helper()
 	d := &device{t: t, cloud: c, name: name, dir: t.TempDir(), log: &bytes.Buffer{}}
 	d.state = filepath.Join(d.dir, "state")
@@ -360,7 +361,11 @@ func (w syncWriter) Write(p []byte) (int, error) {
 
 func (d *device) start() {
 	d.t.Helper()
-	d.cmd = exec.Command(bootcertd, "--config", d.cfgPath)
+	bin := bootcertd
+	if d.binary != "" {
+		bin = d.binary
+	}
+	d.cmd = exec.Command(bin, "--config", d.cfgPath)
 	w := syncWriter{&d.logMu, d.log}
 	d.cmd.Stdout, d.cmd.Stderr = w, w
 	d.cmd.Env = os.Environ()

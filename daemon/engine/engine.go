@@ -98,6 +98,8 @@ type Engine struct {
 	retryAt    <-chan time.Time
 	refusals   []time.Time
 	startToken string
+	laps       map[string]time.Duration // where the rotation's time went
+	lapMark    time.Time
 	bg         sync.WaitGroup // key generation in flight
 }
 
@@ -243,6 +245,16 @@ func (e *Engine) Run(ctx context.Context) error {
 }
 
 var errSwitch = errors.New("switching credentials")
+
+// lap adds the time since the last mark to a named step of the rotation.
+func (e *Engine) lap(name string) {
+	if e.laps == nil {
+		return
+	}
+	now := time.Now()
+	e.laps[name] += now.Sub(e.lapMark)
+	e.lapMark = now
+}
 
 func isRefused(err error) bool {
 	var r interface{ Refused() bool }

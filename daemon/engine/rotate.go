@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/journal"
@@ -154,6 +155,7 @@ func (e *Engine) resume(ctx context.Context) error {
 		return e.swap(ctx)
 	case journal.Switched:
 		if e.connCred.Generation == j.Generation {
+			e.lap("reconnect")
 			return e.sendAck(ctx)
 		}
 	case journal.Committed:
@@ -281,6 +283,7 @@ func (e *Engine) begin(ctx context.Context, x *jobExecution) error {
 		return fmt.Errorf("starting rotation: %w", err)
 	}
 	e.startToken = ""
+	e.laps, e.lapMark = map[string]time.Duration{}, time.Now()
 	e.refreshStatus()
 	e.log.Info("rotation started", "job", x.JobID, "generation", gen)
 	e.startKeygen(gen, keyURI)
@@ -325,6 +328,7 @@ func (e *Engine) onKeygen(ctx context.Context, r keygenResult) error {
 		return e.fail(ctx, fmt.Sprintf("staging key %s: %v", redactURI(j.KeyURI), r.err))
 	}
 	e.staged = r.signer
+	e.lap("key")
 	e.updateJob(ctx, j.JobID, "IN_PROGRESS", map[string]string{"progress": "key-staged"})
 	return e.sendGet(ctx)
 }
@@ -346,6 +350,7 @@ func (e *Engine) sendGet(ctx context.Context) error {
 	if err := e.publishJSON(ctx, get.Publish, req); err != nil {
 		return err
 	}
+	e.lap("csr+publish")
 	e.retryAt = e.clock.After(e.cfg.ReplyTimeout)
 	return nil
 }
@@ -381,6 +386,7 @@ func (e *Engine) onGetReply(ctx context.Context, suffix string, payload []byte) 
 	if a.ClientToken != j.ClientToken {
 		return nil
 	}
+	e.lap("wait-get")
 	pemData := []byte(a.CertificatePEM)
 	if len(pemData) == 0 {
 		if a.Location == "" {
@@ -455,6 +461,7 @@ func (e *Engine) swap(ctx context.Context) error {
 	e.refusals = nil
 	e.refreshStatus()
 	e.updateJob(ctx, j.JobID, "IN_PROGRESS", map[string]string{"progress": "switched", "certificateId": j.CertificateID})
+	e.lap("verify+store+swap")
 	e.log.Info("switched credentials", "generation", j.Generation)
 	if e.staged != nil {
 		keystore.CloseSigner(e.staged)
@@ -493,6 +500,7 @@ func (e *Engine) onAckReply(ctx context.Context, suffix string, payload []byte) 
 			return err
 		}
 		e.retryAt = nil
+		e.lap("wait-ack")
 		e.log.Info("rotation committed", "job", j.JobID, "generation", j.Generation)
 		return e.finishCommit(ctx)
 	case protocol.SuffixRejected:
@@ -532,6 +540,15 @@ func (e *Engine) finishCommit(ctx context.Context) error {
 	done := journal.Entry{Phase: journal.Idle, Generation: j.Generation, Result: "SUCCEEDED", JobID: j.JobID, CertificateID: j.CertificateID, StartedAt: j.StartedAt, FinishedAt: now, UpdatedAt: now}
 	if err := e.journal.Write(done); err != nil {
 		return err
+	}
+	if e.laps != nil {
+		e.lap("commit")
+		laps := map[string]float64{}
+		for k, v := range e.laps {
+			laps[k] = float64(v.Microseconds()) / 1000
+		}
+		e.laps = nil
+		e.update(func(s *Status) { s.LastTimings = laps })
 	}
 	e.setPending("")
 	e.refreshStatus()

@@ -25,6 +25,9 @@ type Status struct {
 	LastError     string    `json:"lastError,omitempty"`
 	Advice        string    `json:"advice,omitempty"`
 	LastErrorAt   time.Time `json:"lastErrorAt,omitzero"`
+	// LastTimings says where the last rotation's time went, in ms (key,
+	// csr+publish, wait-get, verify+store+swap, reconnect, wait-ack, commit).
+	LastTimings map[string]float64 `json:"lastTimings,omitempty"`
 	// Summary is the one-line state for systemd's STATUS=.
 	Summary string `json:"summary"`
 }
