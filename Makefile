@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 BIN   := bin
 GOTEST_FLAGS ?= -count=1 -timeout 12m
 
-.PHONY: all deps build test test-go vet bench bench-fleet bench-factory bench-lab factory-demo demo lambdas packages clean
+.PHONY: all deps build test test-go vet bench bench-daemon bench-fleet bench-factory bench-lab factory-demo demo lambdas packages clean
 
 all: build
 
@@ -32,6 +32,11 @@ vet:
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./keystore/...
 	$(GO) test -run '^$$' -bench . -benchmem ./cloud/lab/...
+	$(GO) test -run '^$$' -bench . -benchtime 20x -v ./daemon/e2e 2>&1 | grep -v 'level='
+
+## bench-daemon: bootcertd figures (bootstrap-to-operational p50/p95 over 20 runs on swtpm, TPM commands per rotation, idle RSS, stripped size)
+bench-daemon: deps
+	$(GO) test -run '^$$' -bench . -benchtime 20x -v ./daemon/e2e 2>&1 | grep -v 'level='
 
 ## bench-fleet: the lab's fleet load harness (2,000 TLS MQTT clients at 500 connects/s; see bench/README.md)
 FLEET_FLAGS ?= -clients 2000 -rate 500
