@@ -32,11 +32,11 @@ vet:
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./keystore/...
 	$(GO) test -run '^$$' -bench . -benchmem ./cloud/lab/...
-	$(GO) test -run '^$$' -bench . -benchtime 20x -v ./daemon/e2e 2>&1 | grep -v 'level='
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./daemon/e2e
 
 ## bench-daemon: bootcertd figures (bootstrap-to-operational p50/p95 over 20 runs on swtpm, TPM commands per rotation, idle RSS, stripped size)
 bench-daemon: deps
-	$(GO) test -run '^$$' -bench . -benchtime 20x -v ./daemon/e2e 2>&1 | grep -v 'level='
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./daemon/e2e
 
 ## bench-fleet: the lab's fleet load harness (2,000 TLS MQTT clients at 500 connects/s; see bench/README.md)
 FLEET_FLAGS ?= -clients 2000 -rate 500
