@@ -156,9 +156,13 @@ func (s *Store) Put(c *Credential) error {
 		{"key.uri", []byte(c.KeyURI + "\n")},
 		{"meta.json", append(meta, '\n')},
 	} {
-		if err := atomicfile.WriteFile(filepath.Join(tmp, f.name), f.data, 0o600); err != nil {
+		// the directory is private until renamed: plain writes + fsync
+		if err := writeSynced(filepath.Join(tmp, f.name), f.data); err != nil {
 			return fmt.Errorf("storing credential generation %d: %w", c.Generation, err)
 		}
+	}
+	if err := atomicfile.SyncDir(tmp); err != nil {
+		return err
 	}
 	if err := os.Chmod(tmp, 0o700); err != nil {
 		return err
@@ -167,6 +171,22 @@ func (s *Store) Put(c *Credential) error {
 		return fmt.Errorf("storing credential generation %d in %s: %w", c.Generation, final, err)
 	}
 	return atomicfile.SyncDir(s.dir)
+}
+
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // Get loads generation n (n >= 1).

@@ -146,6 +146,10 @@ func (c *fakeConn) deliver(topic string, payload []byte) {
 	}
 }
 
+func (c *fakeConn) PublishNoWait(topic string, payload []byte) error {
+	return c.Publish(context.Background(), topic, payload)
+}
+
 func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) error {
 	select {
 	case <-c.done:

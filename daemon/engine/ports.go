@@ -14,6 +14,9 @@ import (
 type Conn interface {
 	Subscribe(ctx context.Context, filter string, h func(topic string, payload []byte)) error
 	Publish(ctx context.Context, topic string, payload []byte) error
+	// PublishNoWait queues a QoS 1 publish in order without waiting for
+	// the PUBACK (job status updates: nothing waits on them).
+	PublishNoWait(topic string, payload []byte) error
 	Done() <-chan struct{}
 	Err() error
 	Close(quiesce time.Duration)

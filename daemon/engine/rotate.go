@@ -138,7 +138,11 @@ func (e *Engine) updateJob(ctx context.Context, jobID, status string, details ma
 			details[k] = v[:512]
 		}
 	}
-	return e.publishJSON(ctx, e.jobsTopic(jobID+"/update"), map[string]any{"status": status, "statusDetails": details})
+	b, err := json.Marshal(map[string]any{"status": status, "statusDetails": details})
+	if err != nil {
+		return err
+	}
+	return e.conn.PublishNoWait(e.jobsTopic(jobID+"/update"), b)
 }
 
 // resume continues a rotation the journal says is in progress.

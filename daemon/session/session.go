@@ -242,6 +242,18 @@ func (s *Session) Publish(ctx context.Context, topic string, payload []byte) err
 	return s.wait(ctx, "publishing to "+topic, s.client.Publish(topic, 1, false, payload))
 }
 
+// PublishNoWait queues a QoS 1 publish without waiting for the PUBACK;
+// publishes leave in the order they are queued.
+func (s *Session) PublishNoWait(topic string, payload []byte) error {
+	select {
+	case <-s.done:
+		return fmt.Errorf("publishing to %s: %w", topic, ErrClosed)
+	default:
+	}
+	s.client.Publish(topic, 1, false, payload)
+	return nil
+}
+
 // Close disconnects gracefully (DISCONNECT, waiting up to quiesce for
 // in-flight work).
 func (s *Session) Close(quiesce time.Duration) {
