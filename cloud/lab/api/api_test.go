@@ -720,3 +720,85 @@ func TestMoreOperations(t *testing.T) {
 	_, err = c.UpdateEventConfigurations(ctx, &iot.UpdateEventConfigurationsInput{EventConfigurations: map[string]types.Configuration{"NOPE": {Enabled: true}}})
 	mustAs[*types.InvalidRequestException](t, err)
 }
+
+// TestAdminOperations covers listing and deleting (operators' tools).
+func TestAdminOperations(t *testing.T) {
+	l := startLab(t, labOpts{})
+	c := l.client(t, "AKID", "secret", 1)
+	must := func(_ any, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(c.CreateThingGroup(ctx, &iot.CreateThingGroupInput{ThingGroupName: aws.String("parent")}))
+	must(c.CreateThingGroup(ctx, &iot.CreateThingGroupInput{ThingGroupName: aws.String("child"), ParentGroupName: aws.String("parent")}))
+	must(c.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("gw-1")}))
+	must(c.AddThingToThingGroup(ctx, &iot.AddThingToThingGroupInput{ThingGroupName: aws.String("child"), ThingName: aws.String("gw-1")}))
+	must(c.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("rot"), Document: aws.String(`{}`), TargetSelection: types.TargetSelectionContinuous,
+		Targets: []string{l.reg.ThingGroupARN("parent")}}))
+
+	lg, err := c.ListThingGroups(ctx, &iot.ListThingGroupsInput{ParentGroup: aws.String("parent")})
+	if err != nil || len(lg.ThingGroups) != 1 || *lg.ThingGroups[0].GroupName != "child" {
+		t.Fatalf("ListThingGroups: %+v %v", lg, err)
+	}
+	_, err = c.DeleteThingGroup(ctx, &iot.DeleteThingGroupInput{ThingGroupName: aws.String("parent")})
+	mustAs[*types.InvalidRequestException](t, err) // has a child
+	must(c.DeleteThingGroup(ctx, &iot.DeleteThingGroupInput{ThingGroupName: aws.String("child")}))
+	de, _ := c.DescribeJobExecution(ctx, &iot.DescribeJobExecutionInput{JobId: aws.String("rot"), ThingName: aws.String("gw-1")})
+	if de.Execution.Status != types.JobExecutionStatusRemoved {
+		t.Fatalf("execution after its group was deleted: %s", de.Execution.Status)
+	}
+
+	lj, err := c.ListJobs(ctx, &iot.ListJobsInput{TargetSelection: types.TargetSelectionContinuous})
+	if err != nil || len(lj.Jobs) != 1 || *lj.Jobs[0].JobId != "rot" {
+		t.Fatalf("ListJobs: %+v %v", lj, err)
+	}
+	must(c.CancelJob(ctx, &iot.CancelJobInput{JobId: aws.String("rot"), Comment: aws.String("stop")}))
+	_, err = c.CancelJob(ctx, &iot.CancelJobInput{JobId: aws.String("rot")})
+	mustAs[*types.InvalidRequestException](t, err) // already canceled
+	dj, _ := c.DescribeJob(ctx, &iot.DescribeJobInput{JobId: aws.String("rot")})
+	if dj.Job.Status != types.JobStatusCanceled {
+		t.Fatalf("job after CancelJob: %s", dj.Job.Status)
+	}
+
+	k := newKey(t)
+	for _, cn := range []string{"a", "b"} {
+		tmpl := leafTmpl(cn)
+		p, _ := certPEM(t, tmpl, tmpl, &k.PublicKey, k)
+		must(c.RegisterCertificateWithoutCA(ctx, &iot.RegisterCertificateWithoutCAInput{CertificatePem: &p}))
+	}
+	lc, err := c.ListCertificates(ctx, &iot.ListCertificatesInput{PageSize: aws.Int32(1)})
+	if err != nil || len(lc.Certificates) != 1 || lc.NextMarker == nil {
+		t.Fatalf("ListCertificates page 1: %+v %v", lc, err)
+	}
+	lc2, err := c.ListCertificates(ctx, &iot.ListCertificatesInput{PageSize: aws.Int32(1), Marker: lc.NextMarker})
+	if err != nil || len(lc2.Certificates) != 1 || lc2.NextMarker != nil || *lc2.Certificates[0].CertificateId == *lc.Certificates[0].CertificateId {
+		t.Fatalf("ListCertificates page 2: %+v %v", lc2, err)
+	}
+	byCA, err := c.ListCertificatesByCA(ctx, &iot.ListCertificatesByCAInput{CaCertificateId: aws.String("00")})
+	if err != nil || len(byCA.Certificates) != 0 {
+		t.Fatalf("ListCertificatesByCA of an unknown CA: %+v %v", byCA, err)
+	}
+	_, err = c.CreateThingGroup(ctx, &iot.CreateThingGroupInput{ThingGroupName: aws.String("orphan"), ParentGroupName: aws.String("nope")})
+	mustAs[*types.InvalidRequestException](t, err)
+
+	must(c.CreatePolicy(ctx, &iot.CreatePolicyInput{PolicyName: aws.String("p"), PolicyDocument: aws.String(policyDoc)}))
+	must(c.CreatePolicyVersion(ctx, &iot.CreatePolicyVersionInput{PolicyName: aws.String("p"), PolicyDocument: aws.String(policyDoc)}))
+	lv, err := c.ListPolicyVersions(ctx, &iot.ListPolicyVersionsInput{PolicyName: aws.String("p")})
+	if err != nil || len(lv.PolicyVersions) != 2 || !lv.PolicyVersions[0].IsDefaultVersion {
+		t.Fatalf("ListPolicyVersions: %+v %v", lv, err)
+	}
+	_, err = c.DeletePolicy(ctx, &iot.DeletePolicyInput{PolicyName: aws.String("p")})
+	mustAs[*types.DeleteConflictException](t, err) // two versions
+	_, err = c.DeletePolicyVersion(ctx, &iot.DeletePolicyVersionInput{PolicyName: aws.String("p"), PolicyVersionId: aws.String("1")})
+	mustAs[*types.DeleteConflictException](t, err) // the default
+	must(c.DeletePolicyVersion(ctx, &iot.DeletePolicyVersionInput{PolicyName: aws.String("p"), PolicyVersionId: aws.String("2")}))
+	lp, err := c.ListPolicies(ctx, &iot.ListPoliciesInput{})
+	if err != nil || len(lp.Policies) != 1 {
+		t.Fatalf("ListPolicies: %+v %v", lp, err)
+	}
+	must(c.DeletePolicy(ctx, &iot.DeletePolicyInput{PolicyName: aws.String("p")}))
+	_, err = c.GetPolicy(ctx, &iot.GetPolicyInput{PolicyName: aws.String("p")})
+	mustAs[*types.ResourceNotFoundException](t, err)
+}

@@ -57,6 +57,16 @@ func (s *Server) table() []route {
 		r("GET", "/things/{thingName}/jobs", "ListJobExecutionsForThing", s.listJobExecutionsForThing),
 		r("PUT", "/things/{thingName}/jobs/{jobId}/cancel", "CancelJobExecution", s.cancelJobExecution),
 		r("GET", "/endpoint", "DescribeEndpoint", s.describeEndpoint),
+		r("PUT", "/jobs/{jobId}/cancel", "CancelJob", s.cancelJob),
+		r("GET", "/jobs", "ListJobs", s.listJobs),
+		r("GET", "/certificates", "ListCertificates", s.listCertificates),
+		r("GET", "/certificates-by-ca/{caCertificateId}", "ListCertificatesByCA", s.listCertificates),
+		r("GET", "/policies", "ListPolicies", s.listPolicies),
+		r("DELETE", "/policies/{policyName}", "DeletePolicy", s.deletePolicy),
+		r("GET", "/policies/{policyName}/version", "ListPolicyVersions", s.listPolicyVersions),
+		r("DELETE", "/policies/{policyName}/version/{policyVersionId}", "DeletePolicyVersion", s.deletePolicyVersion),
+		r("GET", "/thing-groups", "ListThingGroups", s.listThingGroups),
+		r("DELETE", "/thing-groups/{thingGroupName}", "DeleteThingGroup", s.deleteThingGroup),
 		r("POST", "/topics/{topic+}", "Publish", s.publish),
 	}
 }
@@ -872,4 +882,144 @@ func (s *Server) describeEventConfigurations(q *request) (any, error) {
 		out[k] = map[string]bool{"Enabled": v}
 	}
 	return map[string]any{"eventConfigurations": out}, nil
+}
+
+func (s *Server) cancelJob(q *request) (any, error) {
+	var in struct {
+		Comment    string `json:"comment"`
+		ReasonCode string `json:"reasonCode"`
+	}
+	if err := q.decode(&in); err != nil {
+		return nil, err
+	}
+	force, err := q.boolQuery("force")
+	if err != nil {
+		return nil, err
+	}
+	j, err := s.reg.CancelJob(q.v("jobId"), force, in.Comment, in.ReasonCode)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"jobArn": j.ARN, "jobId": j.ID, "description": strPtr(j.Description)}, nil
+}
+
+func (s *Server) listJobs(q *request) (any, error) {
+	jobs := s.reg.ListJobs(q.query.Get("status"), q.query.Get("targetSelection"), q.query.Get("thingGroupName"))
+	list := make([]map[string]any, len(jobs))
+	for i, j := range jobs {
+		list[i] = map[string]any{"jobArn": j.ARN, "jobId": j.ID, "targetSelection": j.TargetSelection, "status": j.Status,
+			"createdAt": epoch(j.CreatedAt), "lastUpdatedAt": epoch(j.LastUpdatedAt), "completedAt": epoch(j.CompletedAt)}
+	}
+	max, err := q.intQuery("maxResults")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(list, q.query.Get("nextToken"), max)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"jobs": pg, "nextToken": strPtr(next)}, nil
+}
+
+// listCertificates serves ListCertificates and ListCertificatesByCA.
+func (s *Server) listCertificates(q *request) (any, error) {
+	caID := q.v("caCertificateId") // ListCertificatesByCA; an unknown CA lists nothing
+	certs := s.reg.ListCertificates(caID)
+	asc, err := q.boolQuery("isAscendingOrder")
+	if err != nil {
+		return nil, err
+	}
+	if !asc { // AWS lists newest first unless isAscendingOrder
+		for i, k := 0, len(certs)-1; i < k; i, k = i+1, k-1 {
+			certs[i], certs[k] = certs[k], certs[i]
+		}
+	}
+	list := make([]map[string]any, len(certs))
+	for i, c := range certs {
+		list[i] = map[string]any{"certificateArn": c.ARN, "certificateId": c.ID, "status": c.Status,
+			"certificateMode": c.CertificateMode, "creationDate": epoch(c.CreationDate)}
+	}
+	size, err := q.intQuery("pageSize")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(list, q.query.Get("marker"), size)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"certificates": pg, "nextMarker": strPtr(next)}, nil
+}
+
+func (s *Server) listPolicies(q *request) (any, error) {
+	ps := s.reg.ListPolicies()
+	type pol struct {
+		Name string `json:"policyName"`
+		ARN  string `json:"policyArn"`
+	}
+	list := make([]pol, len(ps))
+	for i, p := range ps {
+		list[i] = pol{p.Name, p.ARN}
+	}
+	size, err := q.intQuery("pageSize")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(list, q.query.Get("marker"), size)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"policies": pg, "nextMarker": strPtr(next)}, nil
+}
+
+func (s *Server) deletePolicy(q *request) (any, error) {
+	return nil, s.reg.DeletePolicy(q.v("policyName"))
+}
+
+func (s *Server) listPolicyVersions(q *request) (any, error) {
+	p, err := s.reg.ListPolicyVersions(q.v("policyName"))
+	if err != nil {
+		return nil, err
+	}
+	list := make([]map[string]any, len(p.Versions))
+	for i, v := range p.Versions {
+		list[i] = map[string]any{"versionId": v.ID, "isDefaultVersion": v.ID == p.DefaultVersionID, "createDate": epoch(v.CreateDate)}
+	}
+	return map[string]any{"policyVersions": list}, nil
+}
+
+func (s *Server) deletePolicyVersion(q *request) (any, error) {
+	return nil, s.reg.DeletePolicyVersion(q.v("policyName"), q.v("policyVersionId"))
+}
+
+func (s *Server) listThingGroups(q *request) (any, error) {
+	rec, err := q.boolQuery("recursive")
+	if err != nil {
+		return nil, err
+	}
+	gs := s.reg.ListThingGroups(q.query.Get("parentGroup"), q.query.Get("namePrefixFilter"), rec)
+	type ga struct {
+		Name string `json:"groupName"`
+		ARN  string `json:"groupArn"`
+	}
+	list := make([]ga, len(gs))
+	for i, g := range gs {
+		list[i] = ga{g.Name, g.ARN}
+	}
+	max, err := q.intQuery("maxResults")
+	if err != nil {
+		return nil, err
+	}
+	pg, next, err := page(list, q.query.Get("nextToken"), max)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"thingGroups": pg, "nextToken": strPtr(next)}, nil
+}
+
+func (s *Server) deleteThingGroup(q *request) (any, error) {
+	ev, err := q.intQuery("expectedVersion")
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.reg.DeleteThingGroup(q.v("thingGroupName"), ev)
 }

@@ -291,7 +291,8 @@ func (r *Registry) CreateThingGroup(name, parent, description string, attrs map[
 	err := r.do(func(now time.Time) error {
 		if parent != "" {
 			if _, ok := r.st.Groups[parent]; !ok {
-				return notFound("thing group", parent)
+				// CreateThingGroup has no ResourceNotFoundException.
+				return invalid("parentGroupName", "parent thing group %s does not exist", parent)
 			}
 			depth := 1
 			for cur := parent; cur != "" && depth <= MaxGroupDepth; depth++ {
@@ -392,16 +393,7 @@ func (r *Registry) RemoveThingFromThingGroup(group, thing string) error {
 		r.touch()
 		r.logDecision("RemoveThingFromThingGroup", thing, "left", "group", group)
 		r.emit(ThingGroupMembershipChanged{Group: group, Thing: thing, Added: false})
-		for jobID, execs := range r.st.Execs[thing] {
-			j := r.st.Jobs[jobID]
-			if j == nil || j.TargetSelection != TargetContinuous || r.targetsLocked(j, thing) {
-				continue
-			}
-			e := execs[len(execs)-1]
-			if e.Status == ExecQueued {
-				r.setStatusLocked(j, e, ExecRemoved, now)
-			}
-		}
+		r.dropUntargetedLocked(thing, now)
 		return nil
 	})
 }
