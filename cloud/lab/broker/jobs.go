@@ -263,15 +263,12 @@ func (s *Server) handleJobs(thing, op string, payload []byte) {
 	}
 }
 
-// strictJSON decodes a request; wrong types are InvalidJson, unknown fields
-// InvalidRequest (AWS rejects unexpected fields).
+// strictJSON decodes a request: wrong types and trailing data are
+// InvalidJson. Unknown fields are ignored, as AWS's JSON services ignore
+// members they do not know.
 func strictJSON(payload []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(payload))
-	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		if strings.Contains(err.Error(), "unknown field") {
-			return &JobError{Code: CodeInvalidRequest, Message: err.Error()}
-		}
 		return &JobError{Code: CodeInvalidJSON, Message: err.Error()}
 	}
 	if dec.More() {
