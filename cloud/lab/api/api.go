@@ -116,8 +116,20 @@ func (s *Server) AddStateSection(name string, fn func() any) {
 	s.sections[name] = fn
 }
 
+// serveState answers GET /lab/state: the registry snapshot plus the
+// sections the assembly added. ?pem=false leaves out certificate PEMs (large
+// fleets).
 func (s *Server) serveState(w http.ResponseWriter, r *http.Request) {
-	out := map[string]any{"registry": s.reg.Snapshot()}
+	snap := s.reg.Snapshot()
+	if r.URL.Query().Get("pem") == "false" {
+		for i := range snap.Certificates {
+			snap.Certificates[i].PEM = ""
+		}
+		for i := range snap.CACertificates {
+			snap.CACertificates[i].PEM = ""
+		}
+	}
+	out := map[string]any{"registry": snap}
 	s.mu.Lock()
 	names := make([]string, 0, len(s.sections))
 	for n := range s.sections {

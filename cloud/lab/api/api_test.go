@@ -607,6 +607,21 @@ func TestPublishAndState(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || st.Broker["sessions"] != 2 || st.Registry.AccountID != "123456789012" {
 		t.Fatalf("state: %+v %v", st, err)
 	}
+	if _, err := l.reg.RegisterCertificateWithoutCA(selfSignedPEM(t), ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"", "?pem=false"} {
+		resp, err := l.httpClient(t).Get(l.http.URL + "/lab/state" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st struct{ Registry registry.Snapshot }
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil || len(st.Registry.Certificates) != 1 || (st.Registry.Certificates[0].PEM == "") != (q != "") {
+			t.Fatalf("state%s: %+v %v", q, st.Registry.Certificates, err)
+		}
+	}
 }
 
 // TestMoreOperations covers the operations other parts of bootcert call
@@ -801,4 +816,11 @@ func TestAdminOperations(t *testing.T) {
 	must(c.DeletePolicy(ctx, &iot.DeletePolicyInput{PolicyName: aws.String("p")}))
 	_, err = c.GetPolicy(ctx, &iot.GetPolicyInput{PolicyName: aws.String("p")})
 	mustAs[*types.ResourceNotFoundException](t, err)
+}
+
+func selfSignedPEM(t testing.TB) string {
+	k := newKey(t)
+	tmpl := leafTmpl("self")
+	p, _ := certPEM(t, tmpl, tmpl, &k.PublicKey, k)
+	return p
 }
