@@ -1,14 +1,3 @@
-// Package lab assembles bootcert-lab, a local stand-in for the AWS IoT Core,
-// Jobs and S3 features bootcert uses: the registry (state in DIR), the lab
-// PKI, the IoT REST API and data-plane Publish, S3, the MQTT broker with
-// JITR, policies and the Jobs API, and the topic rules of the template whose
-// Lambda actions call the cloud functions in-process.
-//
-// Tests start one with Start on port 0 in a temporary directory:
-//
-//	l, err := lab.Start(ctx, lab.Config{DataDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0"})
-//	defer l.Close()
-//	l.Endpoints().MQTT, l.ServerCAPEM()
 package lab
 
 import (
