@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -382,4 +383,54 @@ func TestCheckLocation(t *testing.T) {
 			t.Errorf("error %v not ErrLocation", err)
 		}
 	}
+}
+
+// slowKeys blocks key generation until released, like an RSA keygen on a
+// discrete TPM.
+type slowKeys struct {
+	KeystoreKeys
+	release chan struct{}
+	started chan struct{}
+}
+
+func (k *slowKeys) Generate(ctx context.Context, uri string, alg keystore.Algorithm) (crypto.Signer, error) {
+	close(k.started)
+	<-k.release
+	return k.KeystoreKeys.Generate(ctx, uri, alg)
+}
+
+// TestKeygenOffTheMQTTPath: while the hardware makes the staged key, the
+// engine keeps handling the session (here: a rotate request reaches the
+// broker as a start-next publish).
+func TestKeygenOffTheMQTTPath(t *testing.T) {
+	r := newRig(t)
+	keys := &slowKeys{release: make(chan struct{}), started: make(chan struct{})}
+	eng, err := New(r.cfg, r.cloud, keys, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.eng = eng
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	r.waitFor("bootstrap connection", func(s Status) bool { return s.Connection == "connected" })
+	r.cloud.queueJob("rot-1")
+	select {
+	case <-keys.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("key generation never started")
+	}
+	before := r.cloud.startNexts()
+	eng.RotateNow()
+	deadline := time.After(30 * time.Second)
+	for r.cloud.startNexts() == before {
+		select {
+		case <-deadline:
+			t.Fatal("the engine did not handle a request while the key was being generated")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	close(keys.release)
+	r.waitFor("generation 1", operational(1))
 }

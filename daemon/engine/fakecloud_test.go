@@ -35,6 +35,7 @@ type fakeCloud struct {
 	conns    []*fakeConn
 	dials    int
 	refusals int
+	nexts    int
 
 	// hooks to misbehave
 	getReply   func(req protocol.GetRequest, pub any) (suffix string, payload []byte, ok bool)
@@ -66,6 +67,12 @@ func (f *fakeCloud) queueJobDoc(id string, doc json.RawMessage) {
 	for _, c := range conns {
 		c.deliver(c.jobs("notify-next"), []byte(`{"execution":{"jobId":"`+id+`"}}`))
 	}
+}
+
+func (f *fakeCloud) startNexts() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.nexts
 }
 
 func (f *fakeCloud) jobUpdates() []string {
@@ -161,6 +168,7 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 	switch {
 	case topic == c.jobs("start-next"):
 		f.mu.Lock()
+		f.nexts++
 		job, doc := f.job, f.doc
 		f.mu.Unlock()
 		var req struct {
