@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -73,6 +74,7 @@ type labOpts struct {
 	limiter *limits.Limiter
 	creds   *Credentials
 	clock   Clock
+	log     *slog.Logger
 }
 
 func startLab(t testing.TB, o labOpts) *lab {
@@ -89,7 +91,7 @@ func startLab(t testing.TB, o labOpts) *lab {
 		t.Fatal(err)
 	}
 	l := &lab{dir: o.dir, pki: p, reg: reg, pub: &recorder{}}
-	l.srv = New(Config{Registry: reg, Limiter: o.limiter, Credentials: o.creds, Publisher: l.pub, Clock: o.clock,
+	l.srv = New(Config{Registry: reg, Limiter: o.limiter, Credentials: o.creds, Publisher: l.pub, Clock: o.clock, Logger: o.log,
 		Endpoints: map[string]string{"iot:Data-ATS": "127.0.0.1:8883"}})
 	l.http = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		l.requests.Add(1)
@@ -823,4 +825,43 @@ func selfSignedPEM(t testing.TB) string {
 	tmpl := leafTmpl("self")
 	p, _ := certPEM(t, tmpl, tmpl, &k.PublicKey, k)
 	return p
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestLogs: every request is logged with operation, resource and outcome;
+// no signature or secret appears.
+func TestLogs(t *testing.T) {
+	var buf syncBuffer
+	l := startLab(t, labOpts{creds: &Credentials{AccessKeyID: "AKIALAB", SecretAccessKey: "lab-secret"}, log: slog.New(slog.NewJSONHandler(&buf, nil))})
+	if _, err := l.client(t, "AKIALAB", "lab-secret", 1).CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("gw-9")}); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = l.client(t, "AKIALAB", "wrong-secret", 1).DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String("gw-9")})
+	logs := buf.String()
+	for _, want := range []string{`"op":"CreateThing","resource":"gw-9","outcome":"ok"`, `"op":"DescribeThing"`, `"outcome":"InvalidSignatureException"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %s:\n%s", want, logs)
+		}
+	}
+	for _, secret := range []string{"lab-secret", "wrong-secret", "Signature="} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("logs contain %q", secret)
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -46,12 +47,16 @@ func start(t *testing.T, dir string, clk Clock) *env {
 }
 
 func startWith(t *testing.T, dir string, clk Clock, creds *api.Credentials, ak, sk string) *env {
+	return startLogged(t, dir, clk, creds, ak, sk, nil)
+}
+
+func startLogged(t *testing.T, dir string, clk Clock, creds *api.Credentials, ak, sk string, log *slog.Logger) *env {
 	t.Helper()
 	p, err := pki.Load(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := Open(Config{Dir: dir, Clock: clk, Buckets: []string{"bootcert-certs"}, Credentials: creds})
+	st, err := Open(Config{Dir: dir, Clock: clk, Buckets: []string{"bootcert-certs"}, Credentials: creds, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,4 +195,48 @@ func TestCredentials(t *testing.T) {
 	if err := put(bad); err == nil || !strings.Contains(err.Error(), "SignatureDoesNotMatch") {
 		t.Fatalf("PutObject with a wrong secret: %v", err)
 	}
+}
+
+// TestNoSecretsInLogs: the log of a presigned GET names the object but not
+// the presigned query string (a bearer credential).
+func TestNoSecretsInLogs(t *testing.T) {
+	ctx := context.Background()
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewJSONHandler(&lockedWriter{w: &buf, mu: &mu}, nil))
+	e := startLogged(t, t.TempDir(), &fakeClock{t: time.Now()}, &api.Credentials{AccessKeyID: "AK", SecretAccessKey: "SK"}, "AK", "SK", log)
+	if _, err := e.client.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("pkg"), Body: strings.NewReader("x")}); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := awss3.NewPresignClient(e.client).PresignGetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("pkg")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.http.Get(ps.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	mu.Lock()
+	logs := buf.String()
+	mu.Unlock()
+	if !strings.Contains(logs, "/bootcert-certs/pkg") {
+		t.Fatalf("the request is not logged: %s", logs)
+	}
+	for _, secret := range []string{"X-Amz-Signature", "X-Amz-Credential", "Signature="} {
+		if strings.Contains(logs, secret) {
+			t.Fatalf("log contains %s: %s", secret, logs)
+		}
+	}
+}
+
+type lockedWriter struct {
+	w  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
