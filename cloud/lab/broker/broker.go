@@ -167,6 +167,7 @@ type Server struct {
 // session is what the broker knows about one connected client.
 type session struct {
 	principal Principal
+	id        string // sessionIdentifier of the lifecycle events
 
 	mu    sync.Mutex
 	subOK map[string]int // filters OnSubscribe allowed, consumed by the ACL check
@@ -290,7 +291,7 @@ func (s *Server) CertificateStatusChanged(certID, status string) {
 	s.mu.Unlock()
 	for _, cl := range victims {
 		s.log.Info("disconnect", "reason", "certificate "+status, "certificateId", certID, "clientId", cl.ID)
-		cl.Stop(fmt.Errorf("certificate %s is %s", certID, status))
+		cl.Stop(errStatus{fmt.Sprintf("certificate %s is %s", certID, status)})
 	}
 }
 

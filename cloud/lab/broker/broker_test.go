@@ -507,3 +507,26 @@ func labtestPubTimeout(t *testing.T, c labtest.Client, topic, msg string) (strin
 	t.Helper()
 	return labtest.PubArgs(t, c, 3*time.Second, "-t", topic, "-m", msg, "-q", "1")
 }
+
+func TestLifecycleEvents(t *testing.T) {
+	e := newEnv(t)
+	admin, _ := e.device("admin", StatusActive)
+	s := labtest.StartSub(t, admin, "$aws/events/presence/+/dev-1")
+	dev, leaf := e.device("dev-1", StatusActive)
+	if out, err := labtest.Pub(t, dev, "devices/dev-1/x", "x"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	c := s.WaitFor(t, "connected", labtest.Topic("$aws/events/presence/connected/dev-1"))
+	d := s.WaitFor(t, "disconnected", labtest.Contains("$aws/events/presence/disconnected/dev-1", "CLIENT_INITIATED_DISCONNECT"))
+	var ev map[string]any
+	if err := json.Unmarshal([]byte(c.Payload), &ev); err != nil || ev["principalIdentifier"] != leaf.ID || ev["eventType"] != "connected" || ev["ipAddress"] != "127.0.0.1" {
+		t.Fatalf("connected event %s (%v)", c.Payload, err)
+	}
+	if !strings.Contains(d.Payload, `"clientInitiatedDisconnect":true`) {
+		t.Fatalf("disconnected event %s", d.Payload)
+	}
+	if _, err := labtest.Pub(t, dev, "devices/dev-2/x", "x"); err == nil {
+		t.Fatal("denied publish succeeded")
+	}
+	s.WaitFor(t, "AUTH_ERROR", labtest.Contains("$aws/events/presence/disconnected/dev-1", `"disconnectReason":"AUTH_ERROR"`))
+}

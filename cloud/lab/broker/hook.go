@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"net"
 	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -122,9 +123,62 @@ func (s *Server) connect(cl *mqtt.Client) error {
 		logDecision(log, "connect refused", ActionConnect, s.arn("client", cl.ID), d)
 		return ErrConnectDenied
 	}
-	s.addSession(cl, &session{principal: p, subOK: map[string]int{}})
+	sess := &session{principal: p, subOK: map[string]int{}, id: randomID()}
+	s.addSession(cl, sess)
 	log.Info("connected", "policy", d.Policy, "statement", d.Statement)
+	s.publishPresence(cl, sess, "connected", nil)
 	return nil
+}
+
+// publishPresence publishes AWS's lifecycle events,
+// $aws/events/presence/{connected|disconnected}/{clientId} ("Lifecycle
+// events", life-cycle-events.html).
+func (s *Server) publishPresence(cl *mqtt.Client, sess *session, kind string, cause error) {
+	ev := map[string]any{
+		"clientId":            cl.ID,
+		"timestamp":           s.cfg.Clock.Now().UnixMilli(),
+		"eventType":           kind,
+		"sessionIdentifier":   sess.id,
+		"principalIdentifier": sess.principal.CertificateID,
+		"versionNumber":       0,
+	}
+	if host, _, err := net.SplitHostPort(cl.Net.Remote); err == nil {
+		ev["ipAddress"] = host
+	}
+	if kind == "disconnected" {
+		reason := disconnectReason(cause)
+		ev["clientInitiatedDisconnect"] = reason == "CLIENT_INITIATED_DISCONNECT"
+		ev["disconnectReason"] = reason
+	}
+	b, _ := json.Marshal(ev)
+	if strings.ContainsAny(cl.ID, "#+") {
+		return // AWS: client IDs with # or + get no lifecycle events
+	}
+	if err := s.Publish("$aws/events/presence/"+kind+"/"+cl.ID, b, 1); err != nil {
+		s.log.Debug("publishing lifecycle event", "err", err)
+	}
+}
+
+// errStatus ends sessions whose certificate is no longer ACTIVE.
+type errStatus struct{ msg string }
+
+func (e errStatus) Error() string { return e.msg }
+
+func disconnectReason(cause error) string {
+	var st errStatus
+	switch {
+	case cause == nil, errors.Is(cause, packets.CodeDisconnect):
+		return "CLIENT_INITIATED_DISCONNECT"
+	case errors.Is(cause, packets.ErrNotAuthorized), errors.As(cause, &st):
+		return "AUTH_ERROR"
+	case errors.Is(cause, packets.ErrSessionTakenOver):
+		return "DUPLICATE_CLIENTID"
+	case errors.Is(cause, packets.ErrKeepAliveTimeout):
+		return "MQTT_KEEP_ALIVE_TIMEOUT"
+	case errors.Is(cause, packets.ErrServerShuttingDown):
+		return "SERVER_INITIATED_DISCONNECT"
+	}
+	return "CONNECTION_LOST"
 }
 
 func logDecision(log interface {
@@ -140,9 +194,11 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if sess := h.s.sessionOf(cl); sess != nil {
-		h.s.log.Info("disconnected", "clientId", cl.ID, "certificateId", sess.principal.CertificateID, "cause", errString(cl.StopCause()))
+		cause := cl.StopCause()
+		h.s.log.Info("disconnected", "clientId", cl.ID, "certificateId", sess.principal.CertificateID, "cause", errString(cause), "reason", disconnectReason(cause))
+		h.s.removeSession(cl)
+		h.s.publishPresence(cl, sess, "disconnected", cause)
 	}
-	h.s.removeSession(cl)
 }
 
 func errString(err error) string {
