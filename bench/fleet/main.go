@@ -347,6 +347,9 @@ func run(o options) error {
 	if connected < o.clients {
 		return fmt.Errorf("%d of %d clients failed to connect", o.clients-connected, o.clients)
 	}
+	if sampleFail > 0 || alive < connected {
+		return fmt.Errorf("%d sample round trips failed, %d of %d connections dropped during the hold", sampleFail, connected-alive, connected)
+	}
 	return nil
 }
 
