@@ -636,6 +636,33 @@ func TestTemplateRules(t *testing.T) {
 		t.Fatal("unauthorized publish did not disconnect the client")
 	}
 
+	// The real bootstrap policy, enforced with mosquitto: connect only as
+	// its own thing, its own topics only.
+	dev := f.client(leaf, "gw-7")
+	for _, tc := range []struct {
+		name, clientID, topic string
+		ok                    bool
+	}{
+		{"ok/own get topic", "gw-7", "certificates/gw-7/get", true},
+		{"fail/another thing's get topic", "gw-7", "certificates/gw-8/get", false},
+		{"fail/connect as another thing", "gw-8", "certificates/gw-8/get", false},
+		{"fail/telemetry", "gw-7", "telemetry/gw-7/t", false},
+		{"ok/own jobs topic", "gw-7", "$aws/things/gw-7/jobs/get", true},
+		{"fail/another thing's jobs topic", "gw-7", "$aws/things/gw-8/jobs/get", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := labtest.Pub(t, withID(dev, tc.clientID), tc.topic, `{"clientToken":"x"}`)
+			if tc.ok != (err == nil) {
+				t.Fatalf("publish %s as %s: %v %s", tc.topic, tc.clientID, err, out)
+			}
+		})
+	}
+	s := labtest.StartSub(t, dev, "$aws/things/gw-8/jobs/#", "certificates/gw-7/get/+")
+	if g := s.Granted(); len(g) != 2 || g[0] != 128 || g[1] != 1 {
+		t.Fatalf("SUBACK %v, want [128 1]", g)
+	}
+	s.Stop()
+
 	// Job execution events reach the reaper.
 	r := l.Registry()
 	doc, _ := json.Marshal(protocol.DefaultJobDocument())
