@@ -300,8 +300,8 @@ func Terminal(status string) bool {
 // JobExecutionChanged publishes what AWS publishes when a job execution
 // changes: $aws/events/jobExecution/{jobId}/{status} (in AWS only with job
 // event configurations enabled; the lab always publishes it), and to the
-// device .../jobs/notify with its pending list and, for a new execution and
-// after a terminal one, .../jobs/notify-next with the next pending execution.
+// device, when an execution is new or became terminal, .../jobs/notify with
+// its pending list and .../jobs/notify-next with the next pending execution.
 func (s *Server) JobExecutionChanged(ev JobExecutionEvent) {
 	now := s.cfg.Clock.Now()
 	event := map[string]any{
@@ -321,7 +321,11 @@ func (s *Server) JobExecutionChanged(ev JobExecutionEvent) {
 	if err := s.Publish("$aws/events/jobExecution/"+ev.JobID+"/"+strings.ToLower(ev.Status), b, 1); err != nil {
 		s.log.Error("publishing job execution event", "err", err)
 	}
-	if s.cfg.Jobs == nil {
+	// notify and notify-next go out when an execution joins or leaves the
+	// thing's pending list ("Jobs device MQTT API": notify "whenever a job
+	// execution is added to or removed from the list of pending job
+	// executions").
+	if s.cfg.Jobs == nil || !(ev.OldStatus == "" || Terminal(ev.Status)) {
 		return
 	}
 	inProgress, queued, err := s.cfg.Jobs.Pending(ev.ThingName)
@@ -340,9 +344,7 @@ func (s *Server) JobExecutionChanged(ev JobExecutionEvent) {
 	if err := s.Publish(s.jobsTopic(ev.ThingName, "notify"), b, 1); err != nil {
 		s.log.Error("publishing notify", "err", err)
 	}
-	if ev.OldStatus == "" || Terminal(ev.Status) {
-		s.NotifyNext(ev.ThingName)
-	}
+	s.NotifyNext(ev.ThingName)
 }
 
 // NotifyNext publishes .../jobs/notify-next with the thing's next pending
