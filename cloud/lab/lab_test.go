@@ -804,3 +804,32 @@ func TestRepublishAndErrorAction(t *testing.T) {
 		}
 	}
 }
+
+// TestJITRNeedsActiveCAWithAutoRegistration: a CA with auto-registration
+// disabled, or INACTIVE, registers nothing.
+func TestJITRNeedsActiveCAWithAutoRegistration(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		in   iot.UpdateCACertificateInput
+	}{
+		{"fail/auto-registration disabled", iot.UpdateCACertificateInput{NewAutoRegistrationStatus: types.AutoRegistrationStatusDisable}},
+		{"fail/CA inactive", iot.UpdateCACertificateInput{NewStatus: types.CACertificateStatusInactive, NewAutoRegistrationStatus: types.AutoRegistrationStatusEnable}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := tc.in
+			in.CertificateId = aws.String(f.caID)
+			if _, err := f.api.UpdateCACertificate(ctx, &in); err != nil {
+				t.Fatalf("UpdateCACertificate: %v", err)
+			}
+			leaf := f.ca.Issue(t, "dev-x")
+			if out, err := labtest.Pub(t, f.client(leaf, "dev-x"), "devices/dev-x/a", "x"); err == nil {
+				t.Fatalf("connected: %s", out)
+			}
+			if _, err := f.api.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(leaf.ID)}); err == nil {
+				t.Fatal("certificate registered although JITR is off for its CA")
+			}
+		})
+	}
+}
