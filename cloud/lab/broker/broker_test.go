@@ -459,17 +459,31 @@ func TestParseJobsTopic(t *testing.T) {
 	}
 }
 
+// FuzzJobsRequest drives the Jobs API router with arbitrary topics and
+// payloads (outside input from devices): it must answer, never panic.
 func FuzzJobsRequest(f *testing.F) {
-	for _, s := range []string{`{}`, `{"clientToken":"x","status":"SUCCEEDED","expectedVersion":3}`, `{"statusDetails":{"a":"b"}}`, `{"status":1}`, `[`, ``} {
+	for _, s := range []string{`{}`, `{"clientToken":"x","status":"SUCCEEDED","expectedVersion":3}`, `{"statusDetails":{"a":"b"}}`, `{"status":1}`, `[`, ``, `{"executionNumber":-1,"includeJobDocument":"yes"}`} {
 		f.Add("job-1/update", []byte(s))
 		f.Add("start-next", []byte(s))
+		f.Add("$next/get", []byte(s))
+		f.Add("get", []byte(s))
 	}
+	ca := labtest.NewCA(f, "fuzz CA")
+	leaf := ca.Issue(f, "localhost", labtest.Options{Server: true, IPs: []net.IP{net.ParseIP("127.0.0.1")}})
+	cert, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
+	if err != nil {
+		f.Fatal(err)
+	}
+	jobs := &fakeJobs{exec: &JobExecution{JobID: "job-1", ThingName: "t", Status: "QUEUED", VersionNumber: 1}}
+	srv, err := Start(Config{Addr: "127.0.0.1:0", ServerCert: cert, Registry: &fakeRegistry{status: map[string]string{}}, Authorizer: fakeAuthorizer{}, Jobs: jobs})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { srv.Close() })
 	f.Fuzz(func(t *testing.T, op string, payload []byte) {
-		var u UpdateRequest
-		_ = strictJSON(payload, &u)
-		var sn StartNextRequest
-		_ = strictJSON(payload, &sn)
-		parseJobsTopic("$aws/things/t/jobs/" + op)
+		if thing, o, ok := parseJobsTopic("$aws/things/t/jobs/" + op); ok {
+			srv.handleJobs(thing, o, payload)
+		}
 	})
 }
 
