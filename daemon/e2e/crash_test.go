@@ -67,15 +67,17 @@ func TestCrashMatrix(t *testing.T) {
 	}
 	t.Logf("%d kills: %v; %d rotations completed under fire", kills, hits, rotations)
 	d.start()
-	st := d.waitFor("convergence", func(s engineStatus) bool {
-		return s.Phase == journal.Idle && s.Connection == "connected" && s.Active.Generation > 0 && s.ConnectedWith == s.Active.Generation
-	})
+	// converged: no rotation pending in the cloud, and the device idle and
+	// connected with its active credential
 	d.waitFor("job settled", func(engineStatus) bool {
 		s, _ := c.jobStatus(d.name)
 		return s == types.JobExecutionStatusSucceeded || s == types.JobExecutionStatusFailed
 	})
+	st := d.waitFor("convergence", func(s engineStatus) bool {
+		return s.Phase == journal.Idle && s.Connection == "connected" && s.Active.Generation > 0 && s.ConnectedWith == s.Active.Generation
+	})
 	if got := c.certStatus(st.Active.CertificateID); got != types.CertificateStatusActive {
-		t.Errorf("active certificate is %s", got)
+		t.Errorf("active certificate is %s; journal %+v\nlog:\n%s", got, d.journalEntry(), tail(d.Log(), 150))
 	}
 	// only the active generation's key (and the bootstrap key) remain
 	keys, _ := filepath.Glob(filepath.Join(d.dir, "keys", "op-*.tpmkey"))

@@ -142,6 +142,10 @@ func (e *Engine) updateJob(ctx context.Context, jobID, status string, details ma
 	if err != nil {
 		return err
 	}
+	if status == "SUCCEEDED" || status == "FAILED" {
+		// terminal: wait for the PUBACK before the journal forgets the job
+		return e.conn.Publish(ctx, e.jobsTopic(jobID+"/update"), b)
+	}
 	return e.conn.PublishNoWait(e.jobsTopic(jobID+"/update"), b)
 }
 
