@@ -10,9 +10,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -432,5 +435,35 @@ func TestKeygenOffTheMQTTPath(t *testing.T) {
 		}
 	}
 	close(keys.release)
+	r.waitFor("generation 1", operational(1))
+}
+
+// TestLocationDownload: a reply with only a location is fetched over HTTPS
+// from an allowed host and the rotation completes.
+func TestLocationDownload(t *testing.T) {
+	r := newRig(t)
+	var pkg atomic.Value
+	pkg.Store([]byte{})
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Query().Get("X-Amz-Signature") != "sig" {
+			http.Error(w, "forbidden", http.StatusForbidden)
+			return
+		}
+		w.Write(pkg.Load().([]byte))
+	}))
+	defer srv.Close()
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	r.fetch = &HTTPFetcher{AllowedHosts: []string{"127.0.0.1"}, RootCAs: pool}
+	r.cloud.getReply = func(req protocol.GetRequest, pub any) (string, []byte, bool) {
+		cert := r.ca.Client(t, "gw-1", pub)
+		r.cloud.accept(credset.CertificateID(cert))
+		b, _ := json.Marshal(map[string]string{"certificatePem": string(testpki.PEM(cert))})
+		pkg.Store(b)
+		p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificateID: credset.CertificateID(cert), Location: srv.URL + "/pkg?X-Amz-Signature=sig"})
+		return "accepted", p, true
+	}
+	r.start()
+	r.cloud.queueJob("rot-1")
 	r.waitFor("generation 1", operational(1))
 }
