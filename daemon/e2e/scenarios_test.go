@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/bootcert/bootcert/cloud/lab"
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
+	"github.com/bootcert/bootcert/ctl"
 	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/keystore/csr"
@@ -49,6 +51,19 @@ func TestPreProvisioned(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(d.dir, "keys", "factory-op.tpmkey")); !os.IsNotExist(err) {
 		t.Errorf("factory operational key not destroyed after renewal: %v", err)
+	}
+	// bootcertctl status and rotate against the real daemon
+	for _, args := range [][]string{{"status", "--socket", d.sock}, {"status", "--json", "--socket", d.sock}, {"rotate", "--socket", d.sock}} {
+		root := ctl.NewRoot()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetArgs(args)
+		if err := root.Execute(); err != nil {
+			t.Fatalf("bootcertctl %v: %v", args, err)
+		}
+		if args[0] == "status" && (!strings.Contains(out.String(), "gw-pre") || !strings.Contains(out.String(), "op-2.tpmkey")) {
+			t.Errorf("bootcertctl %v:\n%s", args, out.String())
+		}
 	}
 	d.stop()
 }
