@@ -163,7 +163,8 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger) error {
 	sd.SdNotify(false, sd.SdNotifyReady+"\nSTATUS=starting, thing "+thing)
 	log.Info("bootcertd started", "thing", thing, "endpoint", c.Address(), "state", c.State.Dir)
 	var tick <-chan time.Time
-	if iv, err := sd.SdWatchdogEnabled(false); err == nil && iv > 0 {
+	iv, err := sd.SdWatchdogEnabled(false)
+	if err == nil && iv > 0 {
 		t := time.NewTicker(iv / 3)
 		defer t.Stop()
 		tick = t.C
@@ -176,7 +177,13 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger) error {
 			}
 			return nil
 		case <-tick:
-			sd.SdNotify(false, sd.SdNotifyWatchdog)
+			// fed only while the engine loop runs (a dial may hold it for
+			// up to timeouts.connect: keep WatchdogSec above 1.5x that)
+			if time.Since(eng.LastBeat()) < iv*2/3 {
+				sd.SdNotify(false, sd.SdNotifyWatchdog)
+			} else {
+				log.Error("engine unresponsive; not feeding the watchdog", "since", time.Since(eng.LastBeat()).Round(time.Second))
+			}
 		case <-ctx.Done():
 			sd.SdNotify(false, sd.SdNotifyStopping)
 			log.Info("stopping")

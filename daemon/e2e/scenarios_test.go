@@ -289,9 +289,16 @@ func TestSystemdNotify(t *testing.T) {
 		}
 	}()
 	os.Setenv("NOTIFY_SOCKET", sock)
+	os.Setenv("WATCHDOG_USEC", "1500000")
 	d.start()
 	os.Unsetenv("NOTIFY_SOCKET")
+	os.Unsetenv("WATCHDOG_USEC")
 	d.waitFor("operational", operational(1))
+	d.waitFor("a watchdog ping", func(engineStatus) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Contains(strings.Join(msgs, "\n"), "WATCHDOG=1")
+	})
 	d.stop()
 	time.Sleep(100 * time.Millisecond) // let the last datagram be read (not an assertion on time)
 	mu.Lock()

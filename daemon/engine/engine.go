@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bootcert/bootcert/daemon/credset"
@@ -98,6 +99,8 @@ type Engine struct {
 	retryAt    <-chan time.Time
 	refusals   []time.Time
 	startToken string
+	beatC      <-chan time.Time
+	beat       atomic.Int64             // unix ns of the last pass through the loop
 	laps       map[string]time.Duration // where the rotation's time went
 	lapMark    time.Time
 	bg         sync.WaitGroup // key generation in flight
@@ -168,6 +171,10 @@ func (e *Engine) RotateNow() {
 // Run runs until ctx ends. It returns nil on a clean shutdown.
 func (e *Engine) Run(ctx context.Context) error {
 	defer e.bg.Wait() // never leave a key half-made behind
+	e.tick()
+	beat := time.NewTicker(BeatInterval)
+	defer beat.Stop()
+	e.beatC = beat.C
 	if err := e.reconcile(ctx); err != nil {
 		return err
 	}
@@ -234,17 +241,34 @@ func (e *Engine) Run(ctx context.Context) error {
 		d := e.cfg.Backoff.Delay(attempt)
 		attempt++
 		e.log.Debug("reconnecting", "in", d)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-e.clock.After(d):
-		case <-e.rotateNow:
+		wait := e.clock.After(d)
+	backoff:
+		for {
+			e.tick()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-wait:
+				break backoff
+			case <-e.rotateNow:
+				break backoff
+			case <-e.beatC:
+			}
 		}
 	}
 	return nil
 }
 
 var errSwitch = errors.New("switching credentials")
+
+// BeatInterval is how often an idle engine shows it is alive.
+const BeatInterval = 5 * time.Second
+
+// LastBeat is when the engine loop last ran; the systemd watchdog is fed
+// only while it is recent, so a hung engine gets the daemon restarted.
+func (e *Engine) LastBeat() time.Time { return time.Unix(0, e.beat.Load()) }
+
+func (e *Engine) tick() { e.beat.Store(time.Now().UnixNano()) }
 
 // lap adds the time since the last mark to a named step of the rotation.
 func (e *Engine) lap(name string) {

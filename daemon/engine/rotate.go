@@ -64,7 +64,9 @@ func (e *Engine) runSession(ctx context.Context, conn Conn, c *Credential) error
 	}
 	for {
 		var err error
+		e.tick()
 		select {
+		case <-e.beatC:
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-conn.Done():
