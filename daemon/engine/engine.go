@@ -194,6 +194,15 @@ func (e *Engine) Run(ctx context.Context) error {
 				}
 				refused := isRefused(err)
 				e.log.Warn("connect failed", "generation", c.Generation, "refused", refused, "err", err)
+				var ke *keyError
+				if errors.As(err, &ke) {
+					// the hardware, not the broker: try the next credential
+					e.setError(ke.Error(), "check the TPM or PKCS#11 token (device node, tpm2-abrmd/permissions, PIN source); `bootcertctl key info URI` tests a key")
+					if c.Generation > 0 {
+						why = fmt.Sprintf("operational key (generation %d) unusable: %v; connected with the bootstrap certificate", c.Generation, ke.Err)
+					}
+					continue
+				}
 				if refused {
 					if c.Generation > 0 {
 						why = fmt.Sprintf("operational certificate (generation %d) refused by the broker: %v; connected with the bootstrap certificate", c.Generation, err)
@@ -280,6 +289,19 @@ func (e *Engine) lap(name string) {
 	e.lapMark = now
 }
 
+// keyError is a credential whose key cannot be used (hardware absent,
+// key gone, wrong PIN).
+type keyError struct {
+	Generation int
+	Err        error
+}
+
+func (e *keyError) Error() string {
+	return fmt.Sprintf("key of credential generation %d unusable: %v", e.Generation, e.Err)
+}
+
+func (e *keyError) Unwrap() error { return e.Err }
+
 func isRefused(err error) bool {
 	var r interface{ Refused() bool }
 	return errors.As(err, &r) && r.Refused()
@@ -289,7 +311,7 @@ func (e *Engine) dialOne(ctx context.Context, c *Credential) (Conn, error) {
 	if c.Signer == nil {
 		s, err := e.keys.Open(ctx, c.KeyURI)
 		if err != nil {
-			return nil, fmt.Errorf("opening key of credential generation %d: %w", c.Generation, err)
+			return nil, &keyError{Generation: c.Generation, Err: err}
 		}
 		c.Signer = s
 	}

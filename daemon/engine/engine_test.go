@@ -467,3 +467,32 @@ func TestLocationDownload(t *testing.T) {
 	r.cloud.queueJob("rot-1")
 	r.waitFor("generation 1", operational(1))
 }
+
+// TestKeyGoneFallsBack: the operational key disappears from the hardware
+// (TPM cleared): the daemon connects with the bootstrap credential and says
+// why.
+func TestKeyGoneFallsBack(t *testing.T) {
+	r := newRig(t)
+	r.start()
+	r.cloud.queueJob("rot-1")
+	r.waitFor("generation 1", operational(1))
+	r.stop()
+	os.Remove(filepath.Join(r.dir, "keys", "op-1.pem"))
+	r.start()
+	s := r.waitFor("bootstrap", func(s Status) bool { return s.Connection == "connected" && s.ConnectedWith == 0 })
+	if !strings.Contains(s.LastError, "generation 1") || s.Advice == "" {
+		t.Errorf("not explained: %q / %q", s.LastError, s.Advice)
+	}
+}
+
+// TestBootstrapKeyUnusable: no key at all: the daemon keeps retrying and
+// names the key problem, not the network.
+func TestBootstrapKeyUnusable(t *testing.T) {
+	r := newRig(t)
+	os.Remove(filepath.Join(r.dir, "keys", "bootstrap.pem"))
+	r.start()
+	s := r.waitFor("an error", func(s Status) bool { return s.LastError != "" })
+	if !strings.Contains(s.LastError, "key of credential generation 0 unusable") || !strings.Contains(s.Advice, "TPM") {
+		t.Errorf("error %q advice %q", s.LastError, s.Advice)
+	}
+}
