@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"math/rand/v2"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/internal/testenv"
+	"github.com/bootcert/bootcert/keystore"
+	"github.com/bootcert/bootcert/keystore/tpm"
 )
 
 // TestCrashMatrix SIGKILLs the real bootcertd at observed journal
@@ -21,8 +24,13 @@ import (
 // least 50 times, restarting it each time. After every kill the device must
 // hold a credential the broker accepts, and in the end it must converge:
 // operational, job SUCCEEDED, only the active operational key left.
-func TestCrashMatrix(t *testing.T) {
-	kills := 50
+func TestCrashMatrix(t *testing.T) { crashMatrix(t, onTPM, 50) }
+
+// TestCrashMatrixPKCS11 is the same with keys in SoftHSM2 (fewer kills:
+// the TPM run is the main one).
+func TestCrashMatrixPKCS11(t *testing.T) { crashMatrix(t, onPKCS11, 20) }
+
+func crashMatrix(t *testing.T, kind keyKind, kills int) {
 	if v := os.Getenv("BOOTCERT_CRASH_KILLS"); v != "" {
 		kills, _ = strconv.Atoi(v)
 	}
@@ -30,7 +38,7 @@ func TestCrashMatrix(t *testing.T) {
 		kills = 10
 	}
 	c := newCloud(t)
-	d := newDevice(t, c, "gw-crash", deviceOpts{kind: onTPM})
+	d := newDevice(t, c, map[keyKind]string{onTPM: "gw-crash", onPKCS11: "gw-crash-p11"}[kind], deviceOpts{kind: kind})
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	targets := []journal.Phase{journal.KeyStaged, journal.CertStaged, journal.Switched, journal.Committed, journal.Idle}
 	hits := map[string]int{}
@@ -80,17 +88,27 @@ func TestCrashMatrix(t *testing.T) {
 		t.Errorf("active certificate is %s; journal %+v\nlog:\n%s", got, d.journalEntry(), tail(d.Log(), 150))
 	}
 	// only the active generation's key (and the bootstrap key) remain
-	keys, _ := filepath.Glob(filepath.Join(d.dir, "keys", "op-*.tpmkey"))
-	want := filepath.Join(d.dir, "keys", "op-"+strconv.Itoa(st.Active.Generation)+".tpmkey")
-	for _, k := range keys {
-		if k != want {
-			t.Logf("leftover operational key %s (active %d)", filepath.Base(k), st.Active.Generation)
+	if kind == onTPM {
+		keys, _ := filepath.Glob(filepath.Join(d.dir, "keys", "op-*.tpmkey"))
+		want := filepath.Join(d.dir, "keys", "op-"+strconv.Itoa(st.Active.Generation)+".tpmkey")
+		for _, k := range keys {
+			if k != want {
+				t.Logf("leftover operational key %s (active %d)", filepath.Base(k), st.Active.Generation)
+			}
 		}
 	}
-	if _, err := os.Stat(filepath.Join(d.dir, "keys", "bootstrap.tpmkey")); err != nil {
-		t.Errorf("bootstrap key gone: %v", err)
-	}
 	d.stop()
+	if kind == onTPM {
+		tpm.CloseAll()
+	}
+	if s, err := keystore.Open(context.Background(), d.bootKey); err != nil {
+		t.Errorf("bootstrap key gone: %v", err)
+	} else {
+		keystore.CloseSigner(s)
+	}
+	if kind == onTPM {
+		tpm.CloseAll()
+	}
 }
 
 // waitPhase polls the journal file until it shows phase p.
