@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bootcert/bootcert/cloud/lab/api"
@@ -186,8 +187,10 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if lim.PublishesPerConnectionPerSecond > 0 {
 		publishLimiter = limiter
 	}
+	dp := &dataPlane{}
 	l.broker, err = broker.Start(broker.Config{
-		Listener: mqttLn, ServerCert: l.pki.ServerCertificate(),
+		DataPlane: dp,
+		Listener:  mqttLn, ServerCert: l.pki.ServerCertificate(),
 		Registry: brokerRegistry{l.reg}, Authorizer: newAuthorizer(l.reg, cfg.Logger.With("component", "policy")),
 		Jobs: brokerJobs{l.reg}, Limiter: limiterForBroker, Publishes: publishLimiter, OnMessage: l.rules.onMessage,
 		Region: cfg.Region, AccountID: cfg.AccountID, Clock: cfg.Clock, Logger: cfg.Logger,
@@ -219,6 +222,7 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 		Endpoints: map[string]string{"iot:Data-ATS": l.endpoints.MQTT, "iot:Data": l.endpoints.MQTT, "iot:Jobs": strings.TrimPrefix(l.endpoints.API, "https://")},
 		Logger:    cfg.Logger.With("component", "api"), Clock: cfg.Clock,
 	})
+	dp.api.Store(l.api)
 	l.api.HandleLab("POST /lab/functions/{id}/invoke", http.HandlerFunc(l.serveInvoke))
 	l.api.AddStateSection("broker", func() any { return l.broker.Stats() })
 	l.api.AddStateSection("functions", func() any { return l.invoker.snapshot() })
@@ -369,4 +373,21 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(v)
+}
+
+// dataPlane serves the HTTPS data plane (Publish) on the MQTT port, as AWS's
+// iot:Data-ATS endpoint does; the control plane stays on the API port.
+type dataPlane struct{ api atomic.Pointer[api.Server] }
+
+func (d *dataPlane) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a := d.api.Load()
+	switch {
+	case !strings.HasPrefix(r.URL.EscapedPath(), "/topics/"):
+		w.Header().Set("X-Amzn-ErrorType", "ResourceNotFoundException")
+		writeJSON(w, http.StatusNotFound, map[string]string{"message": "the data endpoint serves POST /topics/{topic}; the control plane is on the lab's api endpoint"})
+	case a == nil:
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"message": "starting"})
+	default:
+		a.ServeHTTP(w, r)
+	}
 }

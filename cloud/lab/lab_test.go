@@ -417,6 +417,21 @@ func TestPahoAndInactive(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("admin message not received")
 	}
+	// The same through the data endpoint found with DescribeEndpoint
+	// iot:Data-ATS: the MQTT port also serves the HTTPS data plane.
+	reg := cloudaws.NewRegistry(ClientConfig(f.lab.ServerCAPEM(), "us-east-1"), f.lab.Endpoints().API)
+	dpub := &cloudaws.Publisher{Config: ClientConfig(f.lab.ServerCAPEM(), "us-east-1"), Resolve: reg.DataEndpoint}
+	if err := dpub.Publish(ctx, "devices/dev-9/cmd", []byte("via-data-endpoint")); err != nil {
+		t.Fatalf("data-plane Publish through DescribeEndpoint: %v", err)
+	}
+	select {
+	case p := <-got:
+		if p != "via-data-endpoint" {
+			t.Fatalf("got %q", p)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("message published through the data endpoint not received")
+	}
 
 	if _, err := f.api.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(leaf.ID), NewStatus: types.CertificateStatusInactive}); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -22,6 +23,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -137,6 +139,10 @@ type Config struct {
 	// OnMessage receives every accepted message (device or lab published);
 	// it must not block (the rule engine queues its work).
 	OnMessage func(Message)
+	// DataPlane, when set, serves HTTPS requests that arrive on the MQTT
+	// port (AWS's data endpoint serves MQTT and POST /topics/... on one
+	// host).
+	DataPlane http.Handler
 
 	Region    string // default us-east-1
 	AccountID string // default 123456789012
@@ -150,7 +156,8 @@ type Server struct {
 	cfg  Config
 	log  *slog.Logger
 	mq   *mqtt.Server
-	ln   net.Listener
+	ln   *muxListener
+	http *http.Server
 	addr string
 
 	sessions sync.Map // *mqtt.Client -> *session
@@ -209,12 +216,15 @@ func Start(cfg Config) (*Server, error) {
 	tlsConf := &tls.Config{
 		Certificates: []tls.Certificate{cfg.ServerCert},
 		// The broker verifies client certificates itself against the
-		// registered CAs: JITR must see certificates nobody knows yet.
-		ClientAuth: tls.RequireAnyClientCert,
+		// registered CAs (JITR must see certificates nobody knows yet)
+		// and refuses an MQTT CONNECT without one; HTTPS data-plane
+		// clients on the same port sign with SigV4 instead.
+		ClientAuth: tls.RequestClientCert,
 		MinVersion: tls.VersionTLS12,
-		NextProtos: []string{ALPNProtocol, "mqtt"},
+		// x-amzn-http-ca and http/1.1: HTTPS data plane on the same port.
+		NextProtos: []string{ALPNProtocol, "mqtt", "x-amzn-http-ca", "http/1.1"},
 	}
-	s.ln = tls.NewListener(ln, tlsConf)
+	s.ln = newMux(ln, tlsConf, cfg.DataPlane != nil)
 	s.addr = ln.Addr().String()
 
 	caps := mqtt.NewDefaultServerCapabilities()
@@ -241,13 +251,18 @@ func Start(cfg Config) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("broker: adding hook: %w", err)
 	}
-	if err := s.mq.AddListener(listeners.NewNet("mqtts", s.ln)); err != nil {
+	if err := s.mq.AddListener(listeners.NewNet("mqtts", s.ln.mqtt)); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("broker: adding listener: %w", err)
 	}
 	if err := s.mq.Serve(); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("broker: serving: %w", err)
+	}
+	if cfg.DataPlane != nil {
+		s.http = &http.Server{Handler: cfg.DataPlane, ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+		go s.http.Serve(s.ln.http)
 	}
 	s.log.Info("broker listening", "addr", s.addr)
 	return s, nil
@@ -259,7 +274,17 @@ func (s *Server) Addr() string { return s.addr }
 // Close disconnects every client and stops the broker.
 func (s *Server) Close() error {
 	var err error
-	s.closeOnce.Do(func() { err = s.mq.Close() })
+	s.closeOnce.Do(func() {
+		if s.http != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if s.http.Shutdown(ctx) != nil {
+				s.http.Close()
+			}
+			cancel()
+		}
+		err = s.mq.Close()
+		s.ln.Close()
+	})
 	return err
 }
 

@@ -4,7 +4,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -543,4 +545,46 @@ func TestLifecycleEvents(t *testing.T) {
 		t.Fatal("denied publish succeeded")
 	}
 	s.WaitFor(t, "AUTH_ERROR", labtest.Contains("$aws/events/presence/disconnected/dev-1", `"disconnectReason":"AUTH_ERROR"`))
+}
+
+// TestDataPlaneOnMQTTPort: HTTPS requests on the MQTT port reach
+// Config.DataPlane (like AWS's data endpoint), MQTT still works beside them,
+// and without a DataPlane they are closed.
+func TestDataPlaneOnMQTTPort(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		dp   http.Handler
+		ok   bool
+	}{
+		{"ok/with data plane", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("published " + r.URL.Path)) }), true},
+		{"fail/without data plane", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, func(c *Config) { c.DataPlane = tc.dp })
+			pool := x509.NewCertPool()
+			ca, _ := os.ReadFile(e.caFile)
+			pool.AppendCertsFromPEM(ca)
+			hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 20 * time.Second}
+			resp, err := hc.Post("https://"+e.srv.Addr()+"/topics/a%2Fb?qos=1", "application/json", strings.NewReader("{}"))
+			if !tc.ok {
+				if err == nil {
+					resp.Body.Close()
+					t.Fatal("HTTPS on the MQTT port answered without a data plane")
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) != "published /topics/a/b" {
+					t.Fatalf("got %q", b)
+				}
+			}
+			dev, _ := e.device("dev-1", StatusActive)
+			if out, err := labtest.Pub(t, dev, "devices/dev-1/x", "x"); err != nil {
+				t.Fatalf("MQTT beside HTTPS: %v %s", err, out)
+			}
+		})
+	}
 }

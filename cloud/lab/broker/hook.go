@@ -68,7 +68,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 
 func (s *Server) connect(cl *mqtt.Client) error {
 	log := s.log.With("clientId", cl.ID, "remote", cl.Net.Remote)
-	tc, ok := cl.Net.Conn.(*tls.Conn)
+	tc, ok := cl.Net.Conn.(interface{ ConnectionState() tls.ConnectionState })
 	if !ok {
 		log.Info("connect refused", "reason", "not a TLS connection")
 		return ErrNoClientCertificate
