@@ -313,3 +313,58 @@ func TestSystemdNotify(t *testing.T) {
 		t.Errorf("READY=1 should come before the device is operational:\n%s", all)
 	}
 }
+
+// TestStaleAndDuplicatedMessages: after a rotation, replayed and duplicated
+// QoS 1 replies (get/accepted, ack/accepted, start-next/accepted, a
+// notify-next without a job) change nothing.
+func TestStaleAndDuplicatedMessages(t *testing.T) {
+	c := newCloud(t)
+	d := newDevice(t, c, "gw-dup", deviceOpts{kind: onFile})
+	d.start()
+	st := d.waitFor("operational generation 1", operational(1))
+	certPEM, err := os.ReadFile(filepath.Join(d.state, "creds", "1", "cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := d.journalEntry()
+	get, _ := json.Marshal(protocol.GetAccepted{ClientToken: e.ClientToken, CertificateID: st.Active.CertificateID, CertificatePEM: string(certPEM)})
+	ack, _ := json.Marshal(protocol.AckAccepted{ClientToken: e.ClientToken, CertificateID: st.Active.CertificateID})
+	doc, _ := json.Marshal(protocol.DefaultJobDocument())
+	next := []byte(`{"clientToken":"stale","execution":{"jobId":"bootcert-rotation","status":"IN_PROGRESS","jobDocument":` + string(doc) + `}}`)
+	b := c.lab.Broker()
+	for i := 0; i < 3; i++ {
+		b.Publish("certificates/gw-dup/get/accepted", get, 1)
+		b.Publish("certificates/gw-dup/ack/accepted", ack, 1)
+		b.Publish("$aws/things/gw-dup/jobs/start-next/accepted", next, 1)
+		b.Publish("$aws/things/gw-dup/jobs/notify-next", []byte(`{"timestamp":1}`), 1)
+	}
+	// a marker that the device has handled everything published before it:
+	// a rotate request makes it publish start-next, whose reply it handles
+	// in order after the stale ones
+	cl := &controlClient{d}
+	cl.rotate(t)
+	after := d.waitFor("still operational", operational(1))
+	if after.Active.CertificateID != st.Active.CertificateID || after.PendingJob != "" {
+		t.Errorf("stale messages changed the device: %+v", after)
+	}
+	if gens, _ := os.ReadDir(filepath.Join(d.state, "creds")); len(gens) != 2 { // "1" and "active"
+		var names []string
+		for _, g := range gens {
+			names = append(names, g.Name())
+		}
+		t.Errorf("credential store changed: %v", names)
+	}
+	d.stop()
+}
+
+type controlClient struct{ d *device }
+
+func (c *controlClient) rotate(t *testing.T) {
+	t.Helper()
+	root := ctl.NewRoot()
+	root.SetOut(&bytes.Buffer{})
+	root.SetArgs([]string{"rotate", "--socket", c.d.sock})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+}
