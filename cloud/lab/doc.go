@@ -6,7 +6,8 @@
 // # Running it
 //
 //	bootcert-lab serve --data DIR [--mqtt ADDR] [--api ADDR] [--s3 ADDR]
-//	                   [--template FILE|none] [--limits FILE|aws-default] [--credentials FILE]
+//	                   [--template FILE|none] [--parameter NAME=VALUE ...]
+//	                   [--limits FILE|aws-default] [--credentials FILE] [--log-level LEVEL]
 //
 // When ready it prints one JSON line, {"mqtt":"127.0.0.1:8883",
 // "api":"https://127.0.0.1:8443","s3":"https://127.0.0.1:PORT",...}, and

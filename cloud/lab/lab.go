@@ -47,6 +47,9 @@ type Config struct {
 	// Functions are Go handlers by template logical ID; they take
 	// precedence over the functions built from the template.
 	Functions map[string]Function
+	// Parameters override the template's parameters (like
+	// --parameter-overrides of a deployment).
+	Parameters map[string]string
 	// Env overrides environment variables of every template function.
 	Env map[string]string
 	// NoBuild skips building the template's functions with cloud.Build

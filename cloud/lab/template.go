@@ -31,7 +31,7 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 		l.log.Info("no template: no IoT policies, topic rules or functions besides Config.Functions (bootcert-lab serve --template cloud/template.yaml)")
 		return nil
 	}
-	t, err := template.Load(l.cfg.TemplatePath, template.Options{Region: l.cfg.Region, AccountID: l.cfg.AccountID})
+	t, err := template.Load(l.cfg.TemplatePath, template.Options{Region: l.cfg.Region, AccountID: l.cfg.AccountID, Parameters: l.cfg.Parameters})
 	if err != nil {
 		return fmt.Errorf("lab: --template: %w", err)
 	}

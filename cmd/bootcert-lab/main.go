@@ -2,7 +2,8 @@
 // Jobs and S3 features bootcert uses. The work is in package cloud/lab.
 //
 //	bootcert-lab serve --data DIR [--mqtt ADDR] [--api ADDR] [--s3 ADDR]
-//	                   [--template FILE] [--limits FILE|aws-default] [--credentials FILE]
+//	                   [--template FILE|none] [--parameter NAME=VALUE ...]
+//	                   [--limits FILE|aws-default] [--credentials FILE]
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/bootcert/bootcert/cloud/lab"
@@ -87,7 +89,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	l, err := lab.Start(ctx, lab.Config{
 		DataDir: o.data, MQTTAddr: o.mqtt, APIAddr: o.api, S3Addr: o.s3,
-		TemplatePath: o.template, LimitsPath: o.limits, CredentialsPath: o.credentials,
+		TemplatePath: o.template, LimitsPath: o.limits, CredentialsPath: o.credentials, Parameters: o.parameters,
 		Logger: logger,
 	})
 	if err != nil {
@@ -107,6 +109,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 type opts struct {
 	data, mqtt, api, s3, template, limits, credentials, logLevel string
+	parameters                                                   map[string]string
 }
 
 func serveFlags(out io.Writer, o *opts) *flag.FlagSet {
@@ -120,6 +123,17 @@ func serveFlags(out io.Writer, o *opts) *flag.FlagSet {
 	fs.StringVar(&o.limits, "limits", "", `quotas: a JSON file or "aws-default" (default: no limits)`)
 	fs.StringVar(&o.credentials, "credentials", "", `JSON {"accessKeyId","secretAccessKey"}: require SigV4 with this key pair (default: any credentials)`)
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (logs go to stderr as JSON)")
+	fs.Func("parameter", "template parameter override NAME=VALUE, repeatable (e.g. ExplicitActivation=true)", func(v string) error {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("want NAME=VALUE, got %q", v)
+		}
+		if o.parameters == nil {
+			o.parameters = map[string]string{}
+		}
+		o.parameters[k] = val
+		return nil
+	})
 	fs.Usage = func() { fmt.Fprint(out, usage); fs.PrintDefaults() }
 	return fs
 }

@@ -257,6 +257,8 @@ func TestServeFlags(t *testing.T) {
 		{"ok/help", []string{"--help"}, 0, "Usage"},
 		{"fail/unknown command", []string{"run"}, 2, "unknown command"},
 		{"fail/no data", []string{"serve"}, 2, "--data DIR is required"},
+		{"fail/bad parameter", []string{"serve", "--data", t.TempDir(), "--parameter", "novalue"}, 2, "NAME=VALUE"},
+		{"fail/unknown template parameter", []string{"serve", "--data", t.TempDir(), "--mqtt", "127.0.0.1:0", "--api", "127.0.0.1:0", "--template", "../../cloud/template.yaml", "--parameter", "NoSuchParameter=1"}, 1, "NoSuchParameter"},
 		{"fail/bad limits", []string{"serve", "--data", t.TempDir(), "--mqtt", "127.0.0.1:0", "--api", "127.0.0.1:0", "--template", "none", "--limits", filepath.Join(t.TempDir(), "missing.json")}, 1, "limits"},
 		{"fail/busy port", []string{"serve", "--data", t.TempDir(), "--mqtt", "127.0.0.1:0", "--api", busy.Addr().String(), "--template", "none"}, 1, "API listener"},
 	} {
