@@ -63,7 +63,9 @@
 // Endpoints are host:port on 127.0.0.1 (AWS: a host name, port 8883/443).
 // Requested QoS 2 is downgraded to 1 (AWS sends no PUBACK/SUBACK for QoS 2).
 // Lifecycle events ($aws/events/presence/connected|disconnected/{clientId})
-// are published, but not the connect-failure or subscribe events. Any SigV4
+// are published, but not the connect-failure or subscribe events. A will
+// (LWT) whose topic the policies refuse is dropped at CONNECT; wills are not
+// seen by topic rules. Any SigV4
 // credentials are accepted unless --credentials is given. Region us-east-1
 // and account 123456789012 unless configured.
 package lab

@@ -588,3 +588,27 @@ func TestDataPlaneOnMQTTPort(t *testing.T) {
 		})
 	}
 }
+
+// TestWillNeedsPublishPermission: a will on a topic the policies refuse is
+// dropped at CONNECT; an allowed one is delivered when the client dies.
+func TestWillNeedsPublishPermission(t *testing.T) {
+	e := newEnv(t)
+	admin, _ := e.device("admin", StatusActive)
+	watch := labtest.StartSub(t, admin, "devices/#")
+	dev, _ := e.device("dev-1", StatusActive)
+	denied := labtest.StartSubArgs(t, dev, []string{"--will-topic", "devices/dev-2/will", "--will-payload", "spoofed", "--will-qos", "1"}, "devices/dev-1/in")
+	denied.Kill()
+	allowed := labtest.StartSubArgs(t, withClientID(dev, "dev-1"), []string{"--will-topic", "devices/dev-1/will", "--will-payload", "gone", "--will-qos", "1"}, "devices/dev-1/in")
+	allowed.Kill()
+	watch.WaitFor(t, "allowed will", labtest.Contains("devices/dev-1/will", "gone"))
+	for _, m := range watch.Messages() {
+		if m.Topic == "devices/dev-2/will" {
+			t.Fatalf("will on a refused topic delivered: %v", m)
+		}
+	}
+}
+
+func withClientID(c labtest.Client, id string) labtest.Client {
+	c.ClientID = id
+	return c
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -122,6 +123,16 @@ func (s *Server) connect(cl *mqtt.Client) error {
 	if !d.Allowed {
 		logDecision(log, "connect refused", ActionConnect, s.arn("client", cl.ID), d)
 		return ErrConnectDenied
+	}
+	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 1 {
+		// mochi publishes a will without the publish checks: decide
+		// iot:Publish on its topic now and drop a will the policies
+		// refuse (it is never delivered).
+		res := s.arn("topic", cl.Properties.Will.TopicName)
+		if wd := s.cfg.Authorizer.Authorize(p, ActionPublish, res); !wd.Allowed {
+			logDecision(log, "will dropped", ActionPublish, res, wd)
+			atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+		}
 	}
 	sess := &session{principal: p, subOK: map[string]int{}, id: randomID()}
 	s.addSession(cl, sess)

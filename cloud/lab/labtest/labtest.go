@@ -225,7 +225,13 @@ const msgPrefix = "=MSG= "
 // SUBACK arrived (or the process ended). It is stopped at test cleanup.
 func StartSub(t testing.TB, c Client, topics ...string) *Sub {
 	t.Helper()
-	args := append(c.args(), "-d", "-q", "1", "-F", msgPrefix+"%t %p")
+	return StartSubArgs(t, c, nil, topics...)
+}
+
+// StartSubArgs is StartSub with extra mosquitto_sub arguments (e.g. a will).
+func StartSubArgs(t testing.TB, c Client, extra []string, topics ...string) *Sub {
+	t.Helper()
+	args := append(append(c.args(), extra...), "-d", "-q", "1", "-F", msgPrefix+"%t %p")
 	for _, tp := range topics {
 		args = append(args, "-t", tp)
 	}
@@ -336,7 +342,10 @@ func (s *Sub) WaitFor(t testing.TB, what string, pred func(Msg) bool) Msg {
 	}
 }
 
-// Stop ends mosquitto_sub.
+// Kill ends mosquitto_sub without an MQTT DISCONNECT (its will fires).
+func (s *Sub) Kill() { s.Stop() }
+
+// Stop ends mosquitto_sub (SIGKILL: no DISCONNECT is sent).
 func (s *Sub) Stop() {
 	s.stopOnce.Do(func() {
 		if s.cmd.Process != nil {
