@@ -97,7 +97,6 @@ type Engine struct {
 	keygenDone chan keygenResult
 	keygenBusy bool
 	retryAt    <-chan time.Time
-	refusals   []time.Time
 	startToken string
 	beatC      <-chan time.Time
 	beat       atomic.Int64             // unix ns of the last pass through the loop
@@ -184,7 +183,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		if why != "" {
 			e.setError(why, "")
 		}
-		connected := false
+		connected, rolledBack := false, false
 		for _, c := range cands {
 			e.setConn("connecting", c)
 			conn, err := e.dialOne(ctx, c)
@@ -207,7 +206,10 @@ func (e *Engine) Run(ctx context.Context) error {
 					if c.Generation > 0 {
 						why = fmt.Sprintf("operational certificate (generation %d) refused by the broker: %v; connected with the bootstrap certificate", c.Generation, err)
 					}
-					e.onRefused(c, err)
+					if e.onRefused(c, err) {
+						rolledBack = true
+						break // reconnect at once with the previous credential
+					}
 				} else {
 					e.setError(fmt.Sprintf("cannot reach %s: %v", e.cfg.Endpoint, err), "check the network, broker.endpoint and broker.port")
 				}
@@ -218,7 +220,6 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			connected = true
 			attempt = 0
-			e.refusals = nil
 			if c.Generation == 0 && e.activeGeneration() > 0 {
 				if why == "" {
 					why = fmt.Sprintf("operational certificate (generation %d) not usable; connected with the bootstrap certificate", e.activeGeneration())
@@ -240,6 +241,10 @@ func (e *Engine) Run(ctx context.Context) error {
 				attempt = -1 // reconnect at once with the new credential
 			}
 			break
+		}
+		if rolledBack {
+			attempt = 0
+			continue
 		}
 		if !connected || attempt < 0 {
 			if attempt < 0 {
@@ -376,7 +381,7 @@ func (e *Engine) candidates() ([]*Credential, string) {
 
 // onRefused counts refusals of a just-switched credential and rolls back
 // after RollbackRefusals within RollbackWindow.
-func (e *Engine) onRefused(c *Credential, err error) {
+func (e *Engine) onRefused(c *Credential, err error) (rolledBack bool) {
 	j := e.journal.Current()
 	if j.Phase != journal.Switched || c.Generation != j.Generation {
 		if c.Generation == 0 {
@@ -384,30 +389,37 @@ func (e *Engine) onRefused(c *Credential, err error) {
 		} else {
 			e.setError(fmt.Sprintf("operational certificate (generation %d) refused: %v", c.Generation, err), "it may be revoked or inactive")
 		}
-		return
+		return false
 	}
+	// Refusals are journalled: a daemon that crashes (or is restarted) while
+	// its new certificate is refused still rolls back.
 	now := e.clock.Now()
 	var keep []time.Time
-	for _, t := range e.refusals {
+	for _, t := range j.Refusals {
 		if now.Sub(t) < e.cfg.RollbackWindow {
 			keep = append(keep, t)
 		}
 	}
-	e.refusals = append(keep, now)
-	e.setError(fmt.Sprintf("new certificate (generation %d) refused %d/%d: %v", c.Generation, len(e.refusals), e.cfg.RollbackRefusals, err), "")
-	if len(e.refusals) >= e.cfg.RollbackRefusals {
-		e.rollback(fmt.Sprintf("the broker refused the new certificate %d times within %s: %v", len(e.refusals), e.cfg.RollbackWindow, err))
-		e.refusals = nil
+	j.Refusals = append(keep, now)
+	j.UpdatedAt = now
+	if err := e.journal.Write(j); err != nil {
+		e.log.Error("journalling a refusal", "err", err)
 	}
+	n := len(j.Refusals)
+	e.setError(fmt.Sprintf("new certificate (generation %d) refused %d/%d: %v", c.Generation, n, e.cfg.RollbackRefusals, err), "")
+	if n >= e.cfg.RollbackRefusals {
+		return e.rollback(fmt.Sprintf("the broker refused the new certificate %d times within %s: %v", n, e.cfg.RollbackWindow, err))
+	}
+	return false
 }
 
 // rollback makes the previous credential active again. The job is reported
 // FAILED once connected.
-func (e *Engine) rollback(reason string) {
+func (e *Engine) rollback(reason string) bool {
 	j := e.journal.Current()
 	if err := e.store.SetPointer(credset.Pointer{Active: j.Previous}); err != nil {
 		e.log.Error("rollback: restoring the active pointer", "err", err)
-		return
+		return false
 	}
 	j.Phase = journal.RolledBack
 	j.Reason = reason
@@ -415,8 +427,9 @@ func (e *Engine) rollback(reason string) {
 	j.UpdatedAt = e.clock.Now()
 	if err := e.journal.Write(j); err != nil {
 		e.log.Error("rollback: journal", "err", err)
-		return
+		return false
 	}
 	e.log.Warn("rolled back", "to", j.Previous, "reason", reason)
 	e.refreshStatus()
+	return true
 }

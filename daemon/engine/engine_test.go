@@ -496,3 +496,25 @@ func TestBootstrapKeyUnusable(t *testing.T) {
 		t.Errorf("error %q advice %q", s.LastError, s.Advice)
 	}
 }
+
+// TestRefusalsSurviveRestarts: refusals of a just-switched certificate are
+// journalled, so a daemon restarted between refusals still rolls back.
+func TestRefusalsSurviveRestarts(t *testing.T) {
+	r := newRig(t)
+	r.cloud.acceptNew = false
+	r.cfg.Backoff = Backoff{Initial: time.Hour, Max: time.Hour, Rand: func() float64 { return 0.99 }}
+	r.start()
+	r.cloud.queueJob("rot-1")
+	r.waitFor("first refusal", func(s Status) bool { return strings.Contains(s.LastError, "refused 1/3") })
+	r.stop()
+	r.start()
+	r.waitFor("second refusal", func(s Status) bool { return strings.Contains(s.LastError, "refused 2/3") })
+	r.stop()
+	r.start()
+	s := r.waitFor("rollback", func(s Status) bool {
+		return s.LastResult == "ROLLED_BACK" && s.Connection == "connected" && s.ConnectedWith == 0
+	})
+	if s.Active.Generation != 0 {
+		t.Errorf("status %+v", s)
+	}
+}

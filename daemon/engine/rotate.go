@@ -468,7 +468,6 @@ func (e *Engine) swap(ctx context.Context) error {
 	if err := e.journal.Write(j); err != nil {
 		return err
 	}
-	e.refusals = nil
 	e.refreshStatus()
 	e.updateJob(ctx, j.JobID, "IN_PROGRESS", map[string]string{"progress": "switched", "certificateId": j.CertificateID})
 	e.lap("verify+store+swap")

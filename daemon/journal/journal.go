@@ -54,8 +54,10 @@ type Entry struct {
 	Doc           *protocol.JobDocument `json:"doc,omitempty"`
 	CertificateID string                `json:"certificateId,omitempty"`
 	Attempts      int                   `json:"attempts,omitempty"`
-	StartedAt     time.Time             `json:"startedAt,omitzero"`
-	UpdatedAt     time.Time             `json:"updatedAt,omitzero"`
+	// Refusals are when the broker refused the just-switched credential.
+	Refusals  []time.Time `json:"refusals,omitempty"`
+	StartedAt time.Time   `json:"startedAt,omitzero"`
+	UpdatedAt time.Time   `json:"updatedAt,omitzero"`
 	// Result and Reason describe the last finished rotation.
 	Result     string    `json:"result,omitempty"`
 	Reason     string    `json:"reason,omitempty"`
