@@ -242,6 +242,7 @@ type deviceOpts struct {
 	kind           keyKind
 	preProvisioned bool
 	extra          string // appended to the config
+	alpn           bool   // ask for ALPN x-amzn-mqtt-ca (what port 443 needs)
 	notAllowed     bool
 }
 
@@ -308,8 +309,12 @@ func newDevice(t testing.TB, c *cloudEnv, name string, o deviceOpts) *device {
 		identity = fmt.Sprintf("bootstrap_key = %q\nbootstrap_cert = %q\nmode = \"pre-provisioned\"\npreprovisioned_key = %q\noperational_key = %q\n", bootURI, bootFile, preURI, opURI)
 	}
 	d.extraConf = o.extra
+	alpn := ""
+	if o.alpn {
+		alpn = "alpn = \"x-amzn-mqtt-ca\"\n"
+	}
 	conf := fmt.Sprintf(`[broker]
-endpoint = %q
+%sendpoint = %q
 port = %s
 root_ca = %q
 
@@ -337,7 +342,7 @@ socket = %q
 
 [log]
 level = "debug"
-%s`, host, port, caFile, identity, d.state, d.sock, o.extra)
+%s`, alpn, host, port, caFile, identity, d.state, d.sock, o.extra)
 	d.cfgPath = filepath.Join(d.dir, "bootcertd.toml")
 	os.WriteFile(d.cfgPath, []byte(conf), 0o600)
 	return d

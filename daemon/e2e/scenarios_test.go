@@ -267,7 +267,7 @@ func TestMalformedJobDocument(t *testing.T) {
 // follow the state, STOPPING=1 on SIGTERM.
 func TestSystemdNotify(t *testing.T) {
 	c := newCloud(t)
-	d := newDevice(t, c, "gw-notify", deviceOpts{kind: onFile})
+	d := newDevice(t, c, "gw-notify", deviceOpts{kind: onFile, alpn: true})
 	sock := filepath.Join(d.dir, "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
@@ -304,6 +304,9 @@ func TestSystemdNotify(t *testing.T) {
 	mu.Lock()
 	all := strings.Join(msgs, "\n")
 	mu.Unlock()
+	if !strings.Contains(d.Log(), "alpn=x-amzn-mqtt-ca") {
+		t.Errorf("ALPN x-amzn-mqtt-ca not negotiated")
+	}
 	for _, want := range []string{"READY=1", "STATUS=connecting with bootstrap certificate", "STATUS=rotating: certificate staged", "STATUS=operational, certificate expires ", "STOPPING=1"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("notifications lack %q:\n%s", want, all)

@@ -129,6 +129,9 @@ func Dial(ctx context.Context, cfg Config, cred Credential) (*Session, error) {
 				dialMu.Unlock()
 				return nil, err
 			}
+			if len(cfg.ALPN) > 0 {
+				cfg.Logger.Debug("TLS established", "alpn", c.(*tls.Conn).ConnectionState().NegotiatedProtocol)
+			}
 			return c, nil
 		}).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) { s.lost(err) })
