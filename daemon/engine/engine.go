@@ -200,6 +200,12 @@ func (e *Engine) Run(ctx context.Context) error {
 					if c.Generation > 0 {
 						why = fmt.Sprintf("operational key (generation %d) unusable: %v; connected with the bootstrap certificate", c.Generation, ke.Err)
 					}
+					if j := e.journal.Current(); j.Phase == journal.Switched && c.Generation == j.Generation {
+						if e.rollback(fmt.Sprintf("the new key is unusable: %v", ke.Err)) {
+							rolledBack = true
+							break
+						}
+					}
 					continue
 				}
 				if refused {
@@ -231,6 +237,20 @@ func (e *Engine) Run(ctx context.Context) error {
 				conn.Close(e.cfg.ShutdownQuiesce)
 				e.setConn("disconnected", nil)
 				return nil
+			}
+			var ne *notEstablished
+			if errors.As(err, &ne) {
+				// closed or denied before the session was usable: for the
+				// rollback rule this is a refusal ("immediate disconnect")
+				conn.Close(0)
+				e.setConn("disconnected", nil)
+				e.log.Warn("session refused right after connect", "generation", c.Generation, "err", err)
+				connected = false
+				if e.onRefused(c, err) {
+					rolledBack = true
+					break
+				}
+				continue
 			}
 			if err != nil && !errors.Is(err, errSwitch) {
 				e.log.Warn("session ended", "err", err)
@@ -293,6 +313,13 @@ func (e *Engine) lap(name string) {
 	e.laps[name] += now.Sub(e.lapMark)
 	e.lapMark = now
 }
+
+// notEstablished is a session that ended before its subscriptions were
+// in place (the broker closed it or denied them).
+type notEstablished struct{ err error }
+
+func (e *notEstablished) Error() string { return "session not established: " + e.err.Error() }
+func (e *notEstablished) Unwrap() error { return e.err }
 
 // keyError is a credential whose key cannot be used (hardware absent,
 // key gone, wrong PIN).

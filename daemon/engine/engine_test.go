@@ -518,3 +518,19 @@ func TestRefusalsSurviveRestarts(t *testing.T) {
 		t.Errorf("status %+v", s)
 	}
 }
+
+// TestRollbackWhenNewSessionDenied: the new certificate connects but the
+// broker closes the session at the first subscribe (no policy attached):
+// that counts as a refusal, and the rotation rolls back.
+func TestRollbackWhenNewSessionDenied(t *testing.T) {
+	r := newRig(t)
+	r.cloud.denyNewSub = true
+	r.start()
+	r.cloud.queueJob("rot-1")
+	s := r.waitFor("rollback", func(s Status) bool {
+		return s.Phase == journal.Idle && s.LastResult == "ROLLED_BACK" && s.Connection == "connected" && s.ConnectedWith == 0
+	})
+	if !strings.Contains(s.LastReason, "3 times") {
+		t.Errorf("reason %q", s.LastReason)
+	}
+}

@@ -40,6 +40,7 @@ type fakeCloud struct {
 	// hooks to misbehave
 	getReply   func(req protocol.GetRequest, pub any) (suffix string, payload []byte, ok bool)
 	acceptNew  bool // activate issued certificates at once (default true)
+	denyNewSub bool // issued certificates connect but may not subscribe (no policy)
 	dupReplies bool
 	dropAcks   int
 }
@@ -119,6 +120,14 @@ func (c *fakeConn) Err() error            { return c.err }
 func (c *fakeConn) Close(time.Duration)   { c.drop(errors.New("closed")) }
 
 func (c *fakeConn) Subscribe(ctx context.Context, filter string, h func(string, []byte)) error {
+	f := c.cloud
+	f.mu.Lock()
+	deny := f.denyNewSub && contains(f.issued, c.certID)
+	f.mu.Unlock()
+	if deny {
+		c.drop(errors.New("closed by the broker: not authorized"))
+		return errors.New("subscribing to " + filter + ": connection lost")
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.subs[filter] = h

@@ -53,7 +53,10 @@ func (e *Engine) runSession(ctx context.Context, conn Conn, c *Credential) error
 	e.log.Info("connected", "generation", c.Generation, "certificateId", c.CertificateID())
 	for _, f := range []string{e.jobsTopic("notify-next"), e.jobsTopic("start-next/+"), e.jobsTopic("+/update/+")} {
 		if err := e.subscribe(ctx, f); err != nil {
-			return err
+			if ctx.Err() != nil {
+				return err
+			}
+			return &notEstablished{err}
 		}
 	}
 	if err := e.resume(ctx); err != nil {
