@@ -99,6 +99,7 @@ type Engine struct {
 	retryAt    <-chan time.Time
 	startToken string
 	beatC      <-chan time.Time
+	replyTries int                      // requests sent without a reply in this rotation step
 	beat       atomic.Int64             // unix ns of the last pass through the loop
 	laps       map[string]time.Duration // where the rotation's time went
 	lapMark    time.Time

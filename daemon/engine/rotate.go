@@ -296,6 +296,7 @@ func (e *Engine) begin(ctx context.Context, x *jobExecution) error {
 		return fmt.Errorf("starting rotation: %w", err)
 	}
 	e.startToken = ""
+	e.replyTries = 0
 	e.laps, e.lapMark = map[string]time.Duration{}, time.Now()
 	e.refreshStatus()
 	e.log.Info("rotation started", "job", x.JobID, "generation", gen)
@@ -364,7 +365,7 @@ func (e *Engine) sendGet(ctx context.Context) error {
 		return err
 	}
 	e.lap("csr+publish")
-	e.retryAt = e.clock.After(e.cfg.ReplyTimeout)
+	e.retryAt = e.clock.After(e.retryDelay())
 	return nil
 }
 
@@ -384,7 +385,7 @@ func (e *Engine) onGetReply(ctx context.Context, suffix string, payload []byte) 
 		}
 		if r.Retryable {
 			e.log.Warn("certificate request rejected, retrying", "code", r.Code, "message", r.Message)
-			e.retryAt = e.clock.After(e.cfg.Backoff.Delay(3))
+			e.retryAt = e.clock.After(e.retryDelay())
 			return nil
 		}
 		return e.fail(ctx, fmt.Sprintf("certificate request rejected: %s: %s", r.Code, r.Message))
@@ -400,6 +401,7 @@ func (e *Engine) onGetReply(ctx context.Context, suffix string, payload []byte) 
 		return nil
 	}
 	e.lap("wait-get")
+	e.replyTries = 0
 	pemData := []byte(a.CertificatePEM)
 	if len(pemData) == 0 {
 		if a.Location == "" {
@@ -474,6 +476,7 @@ func (e *Engine) swap(ctx context.Context) error {
 	e.refreshStatus()
 	e.updateJob(ctx, j.JobID, "IN_PROGRESS", map[string]string{"progress": "switched", "certificateId": j.CertificateID})
 	e.lap("verify+store+swap")
+	e.replyTries = 0
 	e.log.Info("switched credentials", "generation", j.Generation)
 	if e.staged != nil {
 		keystore.CloseSigner(e.staged)
@@ -491,7 +494,7 @@ func (e *Engine) sendAck(ctx context.Context) error {
 	if err := e.publishJSON(ctx, ack.Publish, protocol.AckRequest{JobID: j.JobID, ClientToken: j.ClientToken, CertificateID: j.CertificateID}); err != nil {
 		return err
 	}
-	e.retryAt = e.clock.After(e.cfg.ReplyTimeout)
+	e.retryAt = e.clock.After(e.retryDelay())
 	return nil
 }
 
@@ -513,6 +516,7 @@ func (e *Engine) onAckReply(ctx context.Context, suffix string, payload []byte) 
 		}
 		e.retryAt = nil
 		e.lap("wait-ack")
+		e.replyTries = 0
 		e.log.Info("rotation committed", "job", j.JobID, "generation", j.Generation)
 		return e.finishCommit(ctx)
 	case protocol.SuffixRejected:
@@ -521,7 +525,7 @@ func (e *Engine) onAckReply(ctx context.Context, suffix string, payload []byte) 
 			return nil
 		}
 		if r.Retryable {
-			e.retryAt = e.clock.After(e.cfg.Backoff.Delay(3))
+			e.retryAt = e.clock.After(e.retryDelay())
 			return nil
 		}
 		e.rollback(fmt.Sprintf("acknowledgement rejected: %s: %s", r.Code, r.Message))
@@ -621,6 +625,14 @@ func (e *Engine) finishRollback(ctx context.Context) error {
 	e.setPending("")
 	e.refreshStatus()
 	return e.startNext(ctx)
+}
+
+// retryDelay is how long to wait for a reply before asking again: the reply
+// timeout plus a jittered, growing backoff (no fixed retry intervals).
+func (e *Engine) retryDelay() time.Duration {
+	d := e.cfg.ReplyTimeout + e.cfg.Backoff.Delay(e.replyTries)
+	e.replyTries++
+	return d
 }
 
 func (e *Engine) retry(ctx context.Context) error {
