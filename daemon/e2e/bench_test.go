@@ -36,6 +36,7 @@ type timed struct {
 type span struct {
 	start, end time.Time
 	cc         tpm2.TPMCC
+	rc         uint32 // response code: retries (TPM_RC_RETRY) show up here
 }
 
 func (t *timed) Send(cmd []byte) ([]byte, error) {
@@ -45,8 +46,12 @@ func (t *timed) Send(cmd []byte) ([]byte, error) {
 	if len(cmd) >= 10 {
 		cc = tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))
 	}
+	rc := uint32(0)
+	if len(r) >= 10 {
+		rc = binary.BigEndian.Uint32(r[6:10])
+	}
 	t.mu.Lock()
-	t.ops = append(t.ops, span{s, time.Now(), cc})
+	t.ops = append(t.ops, span{s, time.Now(), cc, rc})
 	t.mu.Unlock()
 	return r, err
 }
@@ -58,7 +63,11 @@ func (t *timed) within(a, b time.Time, counts map[string]int) time.Duration {
 	for _, o := range t.ops {
 		if !o.start.Before(a) && !o.end.After(b) {
 			d += o.end.Sub(o.start)
-			counts[ccName(o.cc)]++
+			name := ccName(o.cc)
+			if o.rc != 0 {
+				name += fmt.Sprintf("(rc=0x%x)", o.rc)
+			}
+			counts[name]++
 		}
 	}
 	return d
@@ -140,7 +149,7 @@ func BenchmarkBootstrapToOperational(b *testing.B) {
 	for _, k := range keys {
 		fmt.Fprintf(&sb, " %s=%.1f", k, float64(counts[k])/float64(b.N))
 	}
-	sb.WriteString("where a rotation's time goes (mean ms):")
+	sb.WriteString("\nwhere a rotation's time goes (mean ms):")
 	keys = keys[:0]
 	for k := range laps {
 		keys = append(keys, k)
