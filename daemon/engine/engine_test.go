@@ -6,7 +6,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -532,5 +534,42 @@ func TestRollbackWhenNewSessionDenied(t *testing.T) {
 	})
 	if !strings.Contains(s.LastReason, "3 times") {
 		t.Errorf("reason %q", s.LastReason)
+	}
+}
+
+func TestVerifyCertificate(t *testing.T) {
+	ca := testpki.NewCA(t, "ca")
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	caDER := sha256.Sum256(ca.Cert.Raw)
+	pin := hex.EncodeToString(caDER[:])
+	for _, tt := range []struct {
+		name  string
+		chain []*x509.Certificate
+		pins  []string
+		ok    bool
+	}{
+		{"ok/plain", []*x509.Certificate{ca.Client(t, "gw-1", k.Public())}, nil, true},
+		{"ok/aws-issued-cn", []*x509.Certificate{ca.Client(t, AWSIssuedCN, k.Public())}, nil, true},
+		{"ok/issued-a-minute-ahead", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public(), now.Add(time.Minute), now.Add(time.Hour))}, nil, true},
+		{"ok/pinned", []*x509.Certificate{ca.Client(t, "gw-1", k.Public()), ca.Cert}, []string{pin}, true},
+		{"fail/pinned-no-ca-in-chain", []*x509.Certificate{ca.Client(t, "gw-1", k.Public())}, []string{pin}, false},
+		{"fail/pinned-other-ca", []*x509.Certificate{ca.Client(t, "gw-1", k.Public()), ca.Cert}, []string{strings.Repeat("0", 64)}, false},
+		{"fail/other-key", []*x509.Certificate{ca.Client(t, "gw-1", other.Public())}, nil, false},
+		{"fail/other-cn", []*x509.Certificate{ca.Client(t, "gw-2", k.Public())}, nil, false},
+		{"fail/expired", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public(), now.Add(-2*time.Hour), now.Add(-time.Hour))}, nil, false},
+		{"fail/not-yet-valid", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public(), now.Add(time.Hour), now.Add(2*time.Hour))}, nil, false},
+		{"fail/empty", nil, nil, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := VerifyCertificate(tt.chain, k.Public(), VerifyOptions{Thing: "gw-1", IssuerSHA256: tt.pins, Now: now})
+			if (err == nil) != tt.ok {
+				t.Fatalf("VerifyCertificate: %v", err)
+			}
+			if err != nil && !errors.Is(err, ErrBadCertificate) {
+				t.Errorf("error %v is not ErrBadCertificate", err)
+			}
+		})
 	}
 }

@@ -26,6 +26,11 @@ var ErrBadCertificate = errors.New("certificate refused")
 // ErrLocation is wrapped when a location URL may not be fetched.
 var ErrLocation = errors.New("certificate location refused")
 
+// ClockSkew is how far a certificate's NotBefore may be ahead of the device
+// clock: a certificate issued just now by a CA whose clock is a little ahead
+// is not refused.
+const ClockSkew = 5 * time.Minute
+
 // AWSIssuedCN is the subject AWS IoT gives the certificates it issues.
 const AWSIssuedCN = "AWS IoT Certificate"
 
@@ -53,7 +58,7 @@ func VerifyCertificate(chain []*x509.Certificate, staged crypto.PublicKey, o Ver
 	if err != nil || got != want {
 		return fmt.Errorf("%w: its public key is not the staged key (certificate for another key)", ErrBadCertificate)
 	}
-	if o.Now.Before(leaf.NotBefore) {
+	if o.Now.Add(ClockSkew).Before(leaf.NotBefore) {
 		return fmt.Errorf("%w: not valid before %s (check the device clock)", ErrBadCertificate, leaf.NotBefore.UTC().Format(time.RFC3339))
 	}
 	if !o.Now.Before(leaf.NotAfter) {
