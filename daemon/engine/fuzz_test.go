@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/daemon/internal/testpki"
+	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/protocol"
 )
 
@@ -56,6 +58,64 @@ func FuzzReplies(f *testing.F) {
 					t.Fatalf("accepted a certificate that is not for the staged key or not valid now")
 				}
 			}
+		}
+	})
+}
+
+// FuzzHandle drives the state machine itself: in each journal phase, any
+// payload on any topic the engine listens to. Nothing panics, the journal
+// stays valid, and the active pointer only ever moves by a legitimate swap.
+func FuzzHandle(f *testing.F) {
+	f.Add(byte(0), byte(1), []byte(`{"clientToken":"x","execution":{"jobId":"j","jobDocument":{"operation":"bootcert.rotate","version":"1"}}}`))
+	f.Add(byte(1), byte(3), []byte(`{"clientToken":"tok","certificatePem":"junk"}`))
+	f.Add(byte(1), byte(4), []byte(`{"clientToken":"tok","code":"BAD_CSR","retryable":false}`))
+	f.Add(byte(3), byte(5), []byte(`{"clientToken":"tok","certificateId":"x"}`))
+	f.Add(byte(3), byte(6), []byte(`{"clientToken":"tok","code":"NOT_ALLOWED"}`))
+	f.Add(byte(2), byte(0), []byte(`{"execution":{"jobId":"j"}}`))
+	f.Fuzz(func(t *testing.T, phase, topic byte, payload []byte) {
+		r := newRig(t)
+		eng, err := New(r.cfg, r.cloud, KeystoreKeys{}, nil, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc := protocol.DefaultJobDocument()
+		phases := []journal.Phase{journal.Idle, journal.KeyStaged, journal.CertStaged, journal.Switched, journal.Committed, journal.RolledBack}
+		p := phases[int(phase)%len(phases)]
+		walk := map[journal.Phase][]journal.Phase{
+			journal.KeyStaged: {journal.KeyStaged}, journal.CertStaged: {journal.KeyStaged, journal.CertStaged},
+			journal.Switched: {journal.KeyStaged, journal.CertStaged, journal.Switched}, journal.Committed: {journal.KeyStaged, journal.CertStaged, journal.Switched, journal.Committed},
+			journal.RolledBack: {journal.KeyStaged, journal.CertStaged, journal.Switched, journal.RolledBack},
+		}
+		for _, ph := range walk[p] {
+			eng.journal.Write(journal.Entry{Phase: ph, JobID: "j", ClientToken: "tok", Generation: 1, KeyURI: r.cfg.OperationalFn(1), Doc: &doc})
+		}
+		conn, err := r.cloud.Dial(context.Background(), eng.bootstrapCred())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(0)
+		eng.conn, eng.connCred = conn, eng.bootstrapCred()
+		eng.in = make(chan message, 64)
+		eng.subscribed = map[string]bool{}
+		eng.startToken = "x"
+		topics := []string{
+			eng.jobsTopic("notify-next"), eng.jobsTopic("start-next/accepted"), eng.jobsTopic("start-next/rejected"),
+			"certificates/gw-1/get/accepted", "certificates/gw-1/get/rejected",
+			"certificates/gw-1/ack/accepted", "certificates/gw-1/ack/rejected", eng.jobsTopic("j/update/rejected"),
+		}
+		before, _ := eng.store.Pointer()
+		eng.handle(context.Background(), message{topic: topics[int(topic)%len(topics)], payload: payload})
+		eng.bg.Wait()
+		after, err := eng.store.Pointer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		j := eng.journal.Current()
+		if !j.Phase.Valid() {
+			t.Fatalf("journal phase %q", j.Phase)
+		}
+		if after != before && !(j.Phase == journal.Switched && after.Active == j.Generation) && !(j.Phase == journal.RolledBack && after.Active == j.Previous) {
+			t.Fatalf("active pointer moved %+v -> %+v in phase %s", before, after, j.Phase)
 		}
 	})
 }
