@@ -573,3 +573,29 @@ func TestVerifyCertificate(t *testing.T) {
 		})
 	}
 }
+
+// TestGetRetriesResendTheSameCSR: unanswered certificate requests are
+// repeated with the same CSR, also across a restart, so that the vendor
+// answers with one certificate.
+func TestGetRetriesResendTheSameCSR(t *testing.T) {
+	r := newRig(t)
+	r.cfg.ReplyTimeout = 20 * time.Millisecond
+	r.cloud.dropGets = 2
+	r.start()
+	r.cloud.queueJob("rot-1")
+	r.waitFor("generation 1", operational(1))
+	r.cloud.mu.Lock()
+	csrs := append([]string(nil), r.cloud.csrs...)
+	r.cloud.mu.Unlock()
+	if len(csrs) < 3 {
+		t.Fatalf("%d requests, want >= 3", len(csrs))
+	}
+	for _, c := range csrs[1:] {
+		if c != csrs[0] {
+			t.Fatal("a retried request carried a different CSR")
+		}
+	}
+	if len(r.cloud.issued) != 1 {
+		t.Errorf("%d certificates issued", len(r.cloud.issued))
+	}
+}

@@ -43,6 +43,8 @@ type fakeCloud struct {
 	denyNewSub bool // issued certificates connect but may not subscribe (no policy)
 	dupReplies bool
 	dropAcks   int
+	dropGets   int
+	csrs       []string
 }
 
 type refusedErr struct{}
@@ -206,6 +208,16 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 		var req protocol.GetRequest
 		if err := json.Unmarshal(payload, &req); err != nil {
 			f.t.Errorf("bad get request: %v", err)
+			return nil
+		}
+		f.mu.Lock()
+		f.csrs = append(f.csrs, req.CSR)
+		dropGet := f.dropGets > 0
+		if dropGet {
+			f.dropGets--
+		}
+		f.mu.Unlock()
+		if dropGet {
 			return nil
 		}
 		blk, _ := pem.Decode([]byte(req.CSR))

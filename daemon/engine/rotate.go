@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -355,11 +356,20 @@ func (e *Engine) sendGet(ctx context.Context) error {
 	}
 	req := protocol.GetRequest{JobID: j.JobID, ClientToken: j.ClientToken}
 	if j.KeyURI != e.cfg.PreProvisoned {
-		der, err := csr.Create(e.staged, e.cfg.Thing)
-		if err != nil {
-			return e.fail(ctx, fmt.Sprintf("making the CSR with the staged key: %v", err))
+		// One CSR per rotation, journalled: retries and restarts send the
+		// same bytes, so the vendor (idempotent per thing, job and CSR)
+		// answers with the same certificate instead of issuing another.
+		if j.CSR == "" || !csrMatches(j.CSR, e.staged.Public()) {
+			der, err := csr.Create(e.staged, e.cfg.Thing)
+			if err != nil {
+				return e.fail(ctx, fmt.Sprintf("making the CSR with the staged key: %v", err))
+			}
+			j.CSR = string(pem.EncodeToMemory(&pem.Block{Type: csr.PEMType, Bytes: der}))
+			if err := e.journal.Write(j); err != nil {
+				return err
+			}
 		}
-		req.CSR = string(pem.EncodeToMemory(&pem.Block{Type: csr.PEMType, Bytes: der}))
+		req.CSR = j.CSR
 	}
 	if err := e.publishJSON(ctx, get.Publish, req); err != nil {
 		return err
@@ -367,6 +377,18 @@ func (e *Engine) sendGet(ctx context.Context) error {
 	e.lap("csr+publish")
 	e.retryAt = e.clock.After(e.retryDelay())
 	return nil
+}
+
+// csrMatches reports whether a journalled CSR is for the staged key (a key
+// made again after a crash needs a new one).
+func csrMatches(p string, pub crypto.PublicKey) bool {
+	r, err := csr.Parse([]byte(p))
+	if err != nil {
+		return false
+	}
+	a, err1 := keystore.Fingerprint(r.PublicKey)
+	b, err2 := keystore.Fingerprint(pub)
+	return err1 == nil && err2 == nil && a == b
 }
 
 func (e *Engine) onGetReply(ctx context.Context, suffix string, payload []byte) error {

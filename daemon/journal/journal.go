@@ -54,6 +54,8 @@ type Entry struct {
 	Doc           *protocol.JobDocument `json:"doc,omitempty"`
 	CertificateID string                `json:"certificateId,omitempty"`
 	Attempts      int                   `json:"attempts,omitempty"`
+	// CSR is the staged key's request (PEM), sent again unchanged on retries.
+	CSR string `json:"csr,omitempty"`
 	// Refusals are when the broker refused the just-switched credential.
 	Refusals  []time.Time `json:"refusals,omitempty"`
 	StartedAt time.Time   `json:"startedAt,omitzero"`
