@@ -431,12 +431,17 @@ func (d *device) waitFor(what string, cond func(engine.Status) bool) engine.Stat
 		case <-time.After(25 * time.Millisecond):
 		}
 	}
-	d.t.Fatalf("timed out waiting for %s: status %+v (%v)\nlog:\n%s", what, last, lastErr, tail(d.Log(), 60))
+	d.t.Fatalf("timed out waiting for %s: status %+v (%v)\nlog:\n%s", what, last, lastErr, tail(d.Log(), 200))
 	return last
 }
 
 func tail(s string, n int) string {
-	lines := strings.Split(s, "\n")
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.Contains(l, "flushed stale handles") {
+			lines = append(lines, l)
+		}
+	}
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
