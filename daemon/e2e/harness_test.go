@@ -325,7 +325,7 @@ dir = %q
 
 [timeouts]
 connect = "5s"
-reply = "2s"
+reply = "10s"
 keepalive = "30s"
 shutdown = "1s"
 
