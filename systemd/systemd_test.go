@@ -49,6 +49,20 @@ func TestVerifyUnit(t *testing.T) {
 	if err != nil || len(msgs) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s\n%s", err, out, strings.Join(msgs, "\n"))
 	}
+	// hardening score, offline: keep it in the "OK" band or better
+	sec, err := exec.Command("systemd-analyze", "security", "--offline=true", "--root="+root, "bootcertd.service").CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze security: %v\n%s", err, sec)
+	}
+	_, rest, ok := strings.Cut(string(sec), "Overall exposure level for bootcertd.service: ")
+	var score float64
+	if ok {
+		_, err = fmt.Sscanf(rest, "%g", &score)
+	}
+	if !ok || err != nil || score > 2.0 {
+		t.Errorf("exposure level %v (want <= 2.0):\n%s", score, sec)
+	}
+	t.Logf("systemd-analyze security exposure: %.1f", score)
 	for _, want := range []string{"Type=notify", "WatchdogSec=", "User=bootcert", "ProtectSystem=strict", "NoNewPrivileges=yes", "CapabilityBoundingSet=\n", "DeviceAllow=/dev/tpmrm0", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "SystemCallFilter=@system-service"} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %q", want)
