@@ -19,7 +19,7 @@ func TestRotation(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		kind keyKind
-	}{{"tpm", onTPM}, {"pkcs11", onPKCS11}} {
+	}{{"tpm", onTPM}, {"pkcs11", onPKCS11}, {"tpm2-pkcs11", onTPM2PKCS11}} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCloud(t)
 			d := newDevice(t, c, "gw-"+tc.name, deviceOpts{kind: tc.kind})
@@ -40,8 +40,17 @@ func TestRotation(t *testing.T) {
 			if got := c.certStatus(d.bootID); got != types.CertificateStatusInactive {
 				t.Errorf("bootstrap certificate %s, want INACTIVE", got)
 			}
-			if st.Active.Backend != map[keyKind]string{onTPM: "tpm", onPKCS11: "pkcs11"}[tc.kind] || strings.Contains(st.Active.KeyURI, "1234") {
+			if st.Active.Backend != map[keyKind]string{onTPM: "tpm", onPKCS11: "pkcs11", onTPM2PKCS11: "pkcs11"}[tc.kind] || strings.Contains(st.Active.KeyURI, "1234") || strings.Contains(st.Active.KeyURI, "Tpm-User") {
 				t.Errorf("active key %q backend %q", st.Active.KeyURI, st.Active.Backend)
+			}
+			if tc.kind == onTPM2PKCS11 {
+				// swtpm has no resource manager and tpm2-pkcs11 keeps its
+				// objects loaded: a third key (the renewal's) gets
+				// TPM_RC_OBJECT_MEMORY here. /dev/tpmrm0 or tpm2-abrmd
+				// lifts that; the rotation then fails cleanly (FAILED,
+				// credentials untouched), which TestBadInput covers.
+				d.stop()
+				return
 			}
 			// renewal
 			c.addToRotation(d.name)

@@ -100,6 +100,7 @@ type Engine struct {
 	startToken string
 	beatC      <-chan time.Time
 	replyTries int                      // requests sent without a reply in this rotation step
+	signers    map[string]crypto.Signer // open keys by URI (engine goroutine only)
 	beat       atomic.Int64             // unix ns of the last pass through the loop
 	laps       map[string]time.Duration // where the rotation's time went
 	lapMark    time.Time
@@ -152,7 +153,7 @@ func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clock Clock, log *sl
 		return nil, err
 	}
 	e := &Engine{cfg: cfg, dial: dial, keys: keys, fetch: fetch, clock: clock, log: log, journal: j, store: s,
-		rotateNow: make(chan struct{}, 1), watchers: map[chan Status]struct{}{}}
+		rotateNow: make(chan struct{}, 1), watchers: map[chan Status]struct{}{}, signers: map[string]crypto.Signer{}}
 	e.status = Status{Thing: cfg.Thing, Endpoint: cfg.Endpoint, Connection: "disconnected"}
 	return e, nil
 }
@@ -170,6 +171,7 @@ func (e *Engine) RotateNow() {
 
 // Run runs until ctx ends. It returns nil on a clean shutdown.
 func (e *Engine) Run(ctx context.Context) error {
+	defer e.closeSigners()
 	defer e.bg.Wait() // never leave a key half-made behind
 	e.tick()
 	beat := time.NewTicker(BeatInterval)
@@ -227,6 +229,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			connected = true
 			attempt = 0
+			e.dropIdleSigners(c.KeyURI)
 			if c.Generation == 0 && e.activeGeneration() > 0 {
 				if why == "" {
 					why = fmt.Sprintf("operational certificate (generation %d) not usable; connected with the bootstrap certificate", e.activeGeneration())
@@ -342,13 +345,62 @@ func isRefused(err error) bool {
 
 func (e *Engine) dialOne(ctx context.Context, c *Credential) (Conn, error) {
 	if c.Signer == nil {
-		s, err := e.keys.Open(ctx, c.KeyURI)
+		s, err := e.signer(ctx, c.KeyURI)
 		if err != nil {
 			return nil, &keyError{Generation: c.Generation, Err: err}
 		}
 		c.Signer = s
 	}
 	return e.dial.Dial(ctx, c)
+}
+
+// signer opens a key once and keeps it: reconnects do not open it again
+// (each open signer may hold a TPM object slot or a PKCS#11 session).
+func (e *Engine) signer(ctx context.Context, uri string) (crypto.Signer, error) {
+	if s, ok := e.signers[uri]; ok {
+		return s, nil
+	}
+	s, err := e.keys.Open(ctx, uri)
+	if err != nil {
+		return nil, err
+	}
+	e.signers[uri] = s
+	return s, nil
+}
+
+// keepSigner caches a signer made elsewhere (the staged key).
+func (e *Engine) keepSigner(uri string, s crypto.Signer) {
+	if old, ok := e.signers[uri]; ok && old != s {
+		keystore.CloseSigner(old)
+	}
+	e.signers[uri] = s
+}
+
+// dropSigner closes a key's signer before the key is destroyed.
+func (e *Engine) dropSigner(uri string) {
+	if s, ok := e.signers[uri]; ok {
+		keystore.CloseSigner(s)
+		delete(e.signers, uri)
+	}
+}
+
+// dropIdleSigners closes every open key but the connected one and the
+// staged one: without a resource manager (swtpm, some tokens) every open key
+// holds one of very few object slots.
+func (e *Engine) dropIdleSigners(connected string) {
+	j := e.journal.Current()
+	for uri := range e.signers {
+		if uri == connected || (j.Phase == journal.KeyStaged && uri == j.KeyURI) {
+			continue
+		}
+		e.dropSigner(uri)
+	}
+}
+
+func (e *Engine) closeSigners() {
+	for uri := range e.signers {
+		e.dropSigner(uri)
+	}
 }
 
 func (e *Engine) activeGeneration() int {

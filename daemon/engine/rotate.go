@@ -343,6 +343,7 @@ func (e *Engine) onKeygen(ctx context.Context, r keygenResult) error {
 		return e.fail(ctx, fmt.Sprintf("staging key %s: %v", redactURI(j.KeyURI), r.err))
 	}
 	e.staged = r.signer
+	e.keepSigner(j.KeyURI, r.signer) // the reconnect after the swap uses it
 	e.lap("key")
 	e.updateJob(ctx, j.JobID, "IN_PROGRESS", map[string]string{"progress": "key-staged"})
 	return e.sendGet(ctx)
@@ -500,10 +501,7 @@ func (e *Engine) swap(ctx context.Context) error {
 	e.lap("verify+store+swap")
 	e.replyTries = 0
 	e.log.Info("switched credentials", "generation", j.Generation)
-	if e.staged != nil {
-		keystore.CloseSigner(e.staged)
-		e.staged = nil
-	}
+	e.staged = nil // stays open in the signer cache for the reconnect
 	return errSwitch
 }
 
@@ -565,6 +563,7 @@ func (e *Engine) finishCommit(ctx context.Context) error {
 	}
 	if j.Previous > 0 {
 		if prev, err := e.store.Get(j.Previous); err == nil {
+			e.dropSigner(prev.KeyURI)
 			e.destroyKey(ctx, prev.KeyURI)
 		}
 		if err := e.store.Remove(j.Previous); err != nil {
@@ -608,10 +607,8 @@ func (e *Engine) destroyKey(ctx context.Context, uri string) {
 func (e *Engine) fail(ctx context.Context, reason string) error {
 	j := e.journal.Current()
 	e.log.Warn("rotation failed", "job", j.JobID, "reason", reason)
-	if e.staged != nil {
-		keystore.CloseSigner(e.staged)
-		e.staged = nil
-	}
+	e.staged = nil
+	e.dropSigner(j.KeyURI)
 	if j.KeyURI != e.cfg.PreProvisoned {
 		e.destroyKey(ctx, j.KeyURI)
 	}
@@ -637,6 +634,7 @@ func (e *Engine) finishRollback(ctx context.Context) error {
 		return err
 	}
 	if j.KeyURI != e.cfg.PreProvisoned {
+		e.dropSigner(j.KeyURI)
 		e.destroyKey(ctx, j.KeyURI)
 	}
 	e.store.Remove(j.Generation)
