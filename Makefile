@@ -61,15 +61,9 @@ demo: deps
 	@./scripts/demo.sh
 
 ## lambdas: Lambda bootstrap zips (provided.al2023) for arm64 and x86_64 in dist/lambda/<arch>/<name>.zip
-LAMBDAS := activator vendor reaper activation renewal
 lambdas:
-	@set -e; for arch in arm64:arm64 x86_64:amd64; do \
-	  dir=dist/lambda/$${arch%%:*}; mkdir -p $$dir/bin; \
-	  for n in $(LAMBDAS); do \
-	    GOOS=linux GOARCH=$${arch##*:} CGO_ENABLED=0 $(GO) build -tags lambda.norpc -trimpath -ldflags='-s -w' -o $$dir/bin/$$n ./cmd/lambda/$$n; \
-	    $(GO) run ./cloud/internal/lambdazip $$dir/$$n.zip $$dir/bin/$$n; \
-	  done; rm -rf $$dir/bin; \
-	done; ls -l dist/lambda/*/*.zip
+	@./scripts/lambdas.sh dist/lambda
+	@ls -l dist/lambda/*/*.zip
 
 clean:
 	rm -rf $(BIN) dist
