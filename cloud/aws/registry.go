@@ -53,9 +53,9 @@ func mapErr(op, what string, err error) error {
 		switch api.ErrorCode() {
 		case "ResourceNotFoundException", "NoSuchKey", "NotFound", "NoSuchBucket":
 			sentinel = ports.ErrNotFound
-		case "ResourceAlreadyExistsException":
+		case "ResourceAlreadyExistsException", "PreconditionFailed":
 			sentinel = ports.ErrExists
-		case "ThrottlingException", "TooManyRequestsException", "Throttling", "SlowDown", "RequestLimitExceeded":
+		case "ThrottlingException", "TooManyRequestsException", "Throttling", "SlowDown", "RequestLimitExceeded", "ConditionalRequestConflict":
 			sentinel = ports.ErrThrottled
 		case "NotModified":
 			sentinel = ports.ErrNotModified
@@ -69,6 +69,8 @@ func mapErr(op, what string, err error) error {
 				sentinel = ports.ErrThrottled
 			case http.StatusNotFound:
 				sentinel = ports.ErrNotFound
+			case http.StatusPreconditionFailed:
+				sentinel = ports.ErrExists
 			case http.StatusNotModified:
 				sentinel = ports.ErrNotModified
 			}

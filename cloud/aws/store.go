@@ -75,6 +75,19 @@ func (s *Store) Put(ctx context.Context, key string, body []byte, metadata map[s
 	return mapErr("PutObject", s.where(key), err)
 }
 
+// PutIfAbsent implements ports.Store with a conditional PutObject
+// (If-None-Match: "*"): S3 answers 412 PreconditionFailed when the key
+// exists, 409 ConditionalRequestConflict while a concurrent conditional
+// write of the key is in flight
+// (https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html).
+func (s *Store) PutIfAbsent(ctx context.Context, key string, body []byte, metadata map[string]string) error {
+	_, err := s.S3.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: aws.String(s.Bucket), Key: aws.String(key), Body: bytes.NewReader(body),
+		ContentLength: aws.Int64(int64(len(body))), Metadata: metadata, IfNoneMatch: aws.String("*"),
+	})
+	return mapErr("PutObject If-None-Match", s.where(key), err)
+}
+
 // List implements ports.Store.
 func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	var keys []string

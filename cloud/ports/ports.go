@@ -102,6 +102,10 @@ type Store interface {
 	// returns an error wrapping ErrNotModified.
 	Get(ctx context.Context, key, ifNoneMatch string) (Object, error)
 	Put(ctx context.Context, key string, body []byte, metadata map[string]string) error
+	// PutIfAbsent writes an object only when no object has the key (an S3
+	// conditional write, If-None-Match: "*"); when one exists it returns an
+	// error wrapping ErrExists. Of concurrent writers exactly one wins.
+	PutIfAbsent(ctx context.Context, key string, body []byte, metadata map[string]string) error
 	// List returns the keys under a prefix.
 	List(ctx context.Context, prefix string) ([]string, error)
 	Delete(ctx context.Context, key string) error

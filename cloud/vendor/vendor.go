@@ -285,25 +285,30 @@ func (v *Vendor) get(ctx context.Context, ev Event) (any, error) {
 	}
 	var pkgKey string
 	switch {
+	case found && preProvisioned:
+		pkgKey = fleet.PackageKey(ev.ThingName, fleet.PreProvisionedName)
 	case found:
-		pkgKey = fleet.PackageKey(ev.ThingName, cert.ID)
 	case preProvisioned:
 		cert, pkgKey, err = v.activatePreProvisioned(ctx, ev.ThingName)
 		if err != nil {
 			return nil, err
 		}
+		// Concurrent requests activate the same certificate: whoever writes
+		// the record, it names this one.
+		if err := v.record(ctx, recKey, ev, csrDER, cert.ID); err != nil && !errors.Is(err, ports.ErrExists) {
+			return nil, err
+		}
 	default:
-		cert, err = v.issue(ctx, ev.ThingName, csrDER)
+		cert, found, err = v.issue(ctx, recKey, ev, csrDER)
 		if err != nil {
 			return nil, err
 		}
-		pkgKey = fleet.PackageKey(ev.ThingName, cert.ID)
 	}
-	if !found {
-		sum := sha256.Sum256(csrDER)
-		rec, _ := json.Marshal(fleet.Issuance{Thing: ev.ThingName, JobID: ev.JobID, CSRSHA256: hex.EncodeToString(sum[:]), CertificateID: cert.ID, IssuedAt: v.Clock.Now().UTC().Format(time.RFC3339)})
-		if err := v.Store.Put(ctx, recKey, rec, map[string]string{fleet.MetaCertificateID: cert.ID}); err != nil {
-			return nil, fmt.Errorf("writing issuance record s3://%s/%s: %w", v.Settings.Bucket, recKey, err)
+	if !preProvisioned {
+		// Repeated on retries (idempotent) so that a crash between the
+		// record and the package converges.
+		if pkgKey, err = v.deliver(ctx, ev.ThingName, cert); err != nil {
+			return nil, err
 		}
 	}
 	loc, err := v.Store.Presign(ctx, pkgKey, v.Settings.PresignTTL)
@@ -314,49 +319,120 @@ func (v *Vendor) get(ctx context.Context, ev Event) (any, error) {
 	return protocol.GetAccepted{ClientToken: ev.ClientToken, CertificateID: cert.ID, CertificatePEM: cert.PEM, Location: loc}, nil
 }
 
+// errStale says an issuance record names a certificate that no longer
+// exists: the request may issue again.
+var errStale = errors.New("stale issuance record")
+
 // previousIssuance returns the certificate issued earlier for the same
-// (thing, job, CSR) when it is still ACTIVE.
+// (thing, job, CSR) when it is still ACTIVE. A record whose certificate was
+// deleted is removed (and found is false), so that a new one can be written.
 func (v *Vendor) previousIssuance(ctx context.Context, recKey string) (ports.Certificate, bool, error) {
-	obj, err := v.Store.Get(ctx, recKey, "")
-	if errors.Is(err, ports.ErrNotFound) {
-		return ports.Certificate{}, false, nil
-	}
-	if err != nil {
-		return ports.Certificate{}, false, fmt.Errorf("reading issuance record %s: %w", recKey, err)
-	}
-	var rec fleet.Issuance
-	if err := json.Unmarshal(obj.Body, &rec); err != nil || !fleet.ValidCertificateID(rec.CertificateID) {
-		return ports.Certificate{}, false, fmt.Errorf("issuance record %s is corrupt (delete it to issue again): %v", recKey, err)
-	}
-	c, err := v.Registry.DescribeCertificate(ctx, rec.CertificateID)
-	if errors.Is(err, ports.ErrNotFound) {
-		return ports.Certificate{}, false, nil
-	}
-	if err != nil {
-		return ports.Certificate{}, false, err
-	}
-	if c.Status != ports.StatusActive {
-		return ports.Certificate{}, false, rej(protocol.NoRotationPending, "the certificate issued for this request (%s) is %s", c.ID, c.Status)
+	c, err := v.recorded(ctx, recKey)
+	switch {
+	case errors.Is(err, ports.ErrNotFound):
+		return c, false, nil
+	case errors.Is(err, errStale):
+		if err := v.Store.Delete(ctx, recKey); err != nil {
+			return c, false, fmt.Errorf("deleting stale issuance record %s: %w", recKey, err)
+		}
+		return c, false, nil
+	case err != nil:
+		return c, false, err
 	}
 	return c, true, nil
 }
 
-func (v *Vendor) issue(ctx context.Context, thing string, csrDER []byte) (ports.Certificate, error) {
-	c, err := v.Registry.CreateCertificateFromCSR(ctx, fleet.CSRPEM(csrDER), true)
-	if err != nil {
-		return c, err
+// recorded reads the issuance record and its certificate: ErrNotFound
+// without a record, errStale when its certificate is gone, a rejection when
+// it is no longer ACTIVE.
+func (v *Vendor) recorded(ctx context.Context, recKey string) (ports.Certificate, error) {
+	obj, err := v.Store.Get(ctx, recKey, "")
+	if errors.Is(err, ports.ErrNotFound) {
+		return ports.Certificate{}, err
 	}
+	if err != nil {
+		return ports.Certificate{}, fmt.Errorf("reading issuance record %s: %w", recKey, err)
+	}
+	var rec fleet.Issuance
+	if err := json.Unmarshal(obj.Body, &rec); err != nil || !fleet.ValidCertificateID(rec.CertificateID) {
+		return ports.Certificate{}, fmt.Errorf("issuance record %s is corrupt (delete it to issue again): %v", recKey, err)
+	}
+	c, err := v.Registry.DescribeCertificate(ctx, rec.CertificateID)
+	if errors.Is(err, ports.ErrNotFound) {
+		return ports.Certificate{}, fmt.Errorf("%w %s: certificate %s: %w", errStale, recKey, rec.CertificateID, err)
+	}
+	if err != nil {
+		return ports.Certificate{}, err
+	}
+	if c.Status != ports.StatusActive {
+		return ports.Certificate{}, rej(protocol.NoRotationPending, "the certificate issued for this request (%s) is %s", c.ID, c.Status)
+	}
+	return c, nil
+}
+
+// record writes the issuance record if there is none (conditional write:
+// of concurrent writers exactly one succeeds, the others get ErrExists).
+func (v *Vendor) record(ctx context.Context, recKey string, ev Event, csrDER []byte, certID string) error {
+	sum := sha256.Sum256(csrDER)
+	rec, _ := json.Marshal(fleet.Issuance{Thing: ev.ThingName, JobID: ev.JobID, CSRSHA256: hex.EncodeToString(sum[:]), CertificateID: certID, IssuedAt: v.Clock.Now().UTC().Format(time.RFC3339)})
+	if err := v.Store.PutIfAbsent(ctx, recKey, rec, map[string]string{fleet.MetaCertificateID: certID}); err != nil {
+		return fmt.Errorf("writing issuance record s3://%s/%s: %w", v.Settings.Bucket, recKey, err)
+	}
+	return nil
+}
+
+// issue creates a certificate for the CSR and claims the request with the
+// issuance record. Two instances may handle identical requests at once
+// (Lambda runs them in parallel): both create a certificate, only one
+// record write succeeds. The loser deletes its certificate (not yet
+// attached to anything, so no device can use it) and answers with the
+// winner's (found is then true).
+func (v *Vendor) issue(ctx context.Context, recKey string, ev Event, csrDER []byte) (c ports.Certificate, found bool, err error) {
+	c, err = v.Registry.CreateCertificateFromCSR(ctx, fleet.CSRPEM(csrDER), true)
+	if err != nil {
+		return c, false, err
+	}
+	werr := v.record(ctx, recKey, ev, csrDER, c.ID)
+	if werr == nil {
+		return c, false, nil
+	}
+	if derr := v.discard(ctx, c.ID); derr != nil {
+		v.Log.Error("deleting a certificate issued twice", "thing", ev.ThingName, "certificateId", c.ID, "err", derr.Error())
+	}
+	if !errors.Is(werr, ports.ErrExists) {
+		return ports.Certificate{}, false, werr
+	}
+	winner, err := v.recorded(ctx, recKey)
+	if err != nil {
+		return winner, false, fmt.Errorf("reading the concurrent issuance %s: %w", recKey, err)
+	}
+	v.Log.Info("concurrent identical request: answering with its certificate", "thing", ev.ThingName, "jobId", ev.JobID, "certificateId", winner.ID, "discarded", c.ID)
+	return winner, true, nil
+}
+
+// discard deletes a certificate nothing refers to (AWS deletes only
+// INACTIVE or REVOKED certificates).
+func (v *Vendor) discard(ctx context.Context, id string) error {
+	if err := v.Registry.UpdateCertificate(ctx, id, ports.StatusInactive); err != nil {
+		return err
+	}
+	return v.Registry.DeleteCertificate(ctx, id)
+}
+
+// deliver attaches the operational policy and the thing to an issued
+// certificate and writes its package; every step is idempotent.
+func (v *Vendor) deliver(ctx context.Context, thing string, c ports.Certificate) (string, error) {
 	if err := v.Registry.AttachPolicy(ctx, v.Settings.OperationalPolicy, c.ARN); err != nil {
-		return c, err
+		return "", err
 	}
 	if err := v.Registry.AttachThingPrincipal(ctx, thing, c.ARN); err != nil {
-		return c, err
+		return "", err
 	}
 	key := fleet.PackageKey(thing, c.ID)
 	if err := v.Store.Put(ctx, key, []byte(c.PEM), map[string]string{fleet.MetaCertificateID: c.ID}); err != nil {
-		return c, fmt.Errorf("writing package s3://%s/%s: %w", v.Settings.Bucket, key, err)
+		return "", fmt.Errorf("writing package s3://%s/%s: %w", v.Settings.Bucket, key, err)
 	}
-	return c, nil
+	return key, nil
 }
 
 // activatePreProvisioned activates the final certificate the activator made

@@ -466,6 +466,17 @@ func (s *Store) Put(_ context.Context, key string, body []byte, metadata map[str
 	return nil
 }
 
+// PutIfAbsent implements ports.Store.
+func (s *Store) PutIfAbsent(ctx context.Context, key string, body []byte, metadata map[string]string) error {
+	s.mu.Lock()
+	_, ok := s.Objects[key]
+	s.mu.Unlock()
+	if ok {
+		return fmt.Errorf("fake: object %s: %w", key, ports.ErrExists)
+	}
+	return s.Put(ctx, key, body, metadata)
+}
+
 // List implements ports.Store.
 func (s *Store) List(_ context.Context, prefix string) ([]string, error) {
 	s.mu.Lock()
