@@ -127,6 +127,10 @@ func newCloudWith(t testing.TB, o cloudOpts) *cloudEnv {
 		Targets: []string{acct + "thinggroup/bootcert-rotation"}, TargetSelection: types.TargetSelectionContinuous}); err != nil {
 		t.Fatalf("CreateJob: %v", err)
 	}
+	// As bootcertctl cloud setup does: the reaper hears job executions.
+	if _, err := c.api.UpdateEventConfigurations(ctx, &iot.UpdateEventConfigurationsInput{EventConfigurations: map[string]types.Configuration{"JOB_EXECUTION": {Enabled: true}}}); err != nil {
+		t.Fatalf("UpdateEventConfigurations: %v", err)
+	}
 	return c
 }
 
