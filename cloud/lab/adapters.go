@@ -213,8 +213,10 @@ func (b brokerJobs) Update(thing, jobID string, req broker.UpdateRequest) (*brok
 	return execution(e, j, req.IncludeJobDocument), nil
 }
 
-// registryEvents forwards registry events to the broker.
-func registryEvents(b *broker.Server) registry.Listener {
+// registryEvents forwards registry events to the broker. Job execution
+// events go to $aws/events/jobExecution/... only while the JOB_EXECUTION
+// event configuration is enabled (AWS: events-jobs.html).
+func registryEvents(r *registry.Registry, b *broker.Server) registry.Listener {
 	return func(ev registry.Event) {
 		switch e := ev.(type) {
 		case registry.CertificateStatusChanged:
@@ -237,7 +239,7 @@ func registryEvents(b *broker.Server) registry.Listener {
 				op = "cancel"
 			}
 			b.JobExecutionChanged(broker.JobExecutionEvent{ThingName: e.Exec.ThingName, JobID: e.Exec.JobID, Status: e.Exec.Status,
-				OldStatus: e.OldStatus, StatusDetails: e.Exec.StatusDetails, Operation: op})
+				OldStatus: e.OldStatus, StatusDetails: e.Exec.StatusDetails, Operation: op, NoEvent: !r.EventEnabled("JOB_EXECUTION")})
 		}
 	}
 }

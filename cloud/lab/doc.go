@@ -39,8 +39,9 @@
 //   - The Jobs device MQTT API on $aws/things/{thing}/jobs/...: get,
 //     start-next, {jobId}/get ($next too), {jobId}/update, with
 //     accepted/rejected replies, notify and notify-next, and
-//     $aws/events/jobExecution/{jobId}/{status}. AWS publishes the latter
-//     only with job event configurations enabled; the lab always does.
+//     $aws/events/jobExecution/{jobId}/{status}, like AWS only while the
+//     JOB_EXECUTION event configuration is enabled (UpdateEventConfigurations;
+//     bootcertctl cloud setup enables it).
 //   - The template's topic rules (AWS IoT SQL subset) with Lambda actions
 //     that call the cloud functions in-process (built with cloud.Build from
 //     the template's environment, or Config.Functions), asynchronously on a
@@ -66,6 +67,6 @@
 // are published, but not the connect-failure or subscribe events. A will
 // (LWT) whose topic the policies refuse is dropped at CONNECT; wills are not
 // seen by topic rules. Any SigV4
-// credentials are accepted unless --credentials is given. Region us-east-1
+// credentials are accepted (IoT API and S3) unless --credentials is given. Region us-east-1
 // and account 123456789012 unless configured.
 package lab

@@ -204,7 +204,7 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
 	l.rules.publish = l.broker.Publish
-	l.reg.AddListener(registryEvents(l.broker))
+	l.reg.AddListener(registryEvents(l.reg, l.broker))
 
 	var creds *api.Credentials
 	if cfg.CredentialsPath != "" {

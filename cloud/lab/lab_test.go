@@ -270,6 +270,9 @@ func TestJobsOverMQTT(t *testing.T) {
 		Document: aws.String(string(doc)), TargetSelection: types.TargetSelectionContinuous}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := f.api.UpdateEventConfigurations(ctx, &iot.UpdateEventConfigurationsInput{EventConfigurations: map[string]types.Configuration{"JOB_EXECUTION": {Enabled: true}}}); err != nil {
+		t.Fatal(err)
+	}
 	base := "$aws/things/gw-1/jobs/"
 	jobs := labtest.StartSub(t, f.admin, base+"#", "$aws/events/jobExecution/#")
 	if _, err := f.api.AddThingToThingGroup(ctx, &iot.AddThingToThingGroupInput{ThingGroupName: aws.String("bootcert-rotation"), ThingName: aws.String("gw-1")}); err != nil {
@@ -678,31 +681,53 @@ func TestTemplateRules(t *testing.T) {
 	}
 	s.Stop()
 
-	// Job execution events reach the reaper.
+	// Job execution events reach the reaper only while JOB_EXECUTION events
+	// are enabled (off until UpdateEventConfigurations, as in AWS;
+	// bootcertctl cloud setup enables them).
 	r := l.Registry()
 	doc, _ := json.Marshal(protocol.DefaultJobDocument())
 	if _, err := r.CreateJob(registry.CreateJobInput{JobID: "bootcert-rotation", Targets: []string{r.ThingGroupARN("bootcert-rotation")}, Document: string(doc), TargetSelection: registry.TargetContinuous}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.AddThingToThingGroup("bootcert-rotation", "gw-7"); err != nil {
+	fail := func(thing string) {
+		t.Helper()
+		if err := r.AddThingToThingGroup("bootcert-rotation", thing); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, ok, err := r.StartNextPendingJobExecution(thing, nil, nil); err != nil || !ok {
+			t.Fatalf("start-next: %v %v", ok, err)
+		}
+		if _, _, err := r.UpdateJobExecution(registry.UpdateJobExecutionInput{ThingName: thing, JobID: "bootcert-rotation", Status: "FAILED", StatusDetails: map[string]string{"reason": "test"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fail("gw-7") // events disabled: the reaper hears nothing
+	ctx := context.Background()
+	if _, err := f.api.UpdateEventConfigurations(ctx, &iot.UpdateEventConfigurationsInput{EventConfigurations: map[string]types.Configuration{"JOB_EXECUTION": {Enabled: true}}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, ok, err := r.StartNextPendingJobExecution("gw-7", nil, nil); err != nil || !ok {
-		t.Fatalf("start-next: %v %v", ok, err)
-	}
-	if _, _, err := r.UpdateJobExecution(registry.UpdateJobExecutionInput{ThingName: "gw-7", JobID: "bootcert-rotation", Status: "FAILED", StatusDetails: map[string]string{"reason": "test"}}); err != nil {
+	if _, err := r.CreateThing("gw-9", "", nil); err != nil {
 		t.Fatal(err)
 	}
+	fail("gw-9")
 	deadline := time.After(20 * time.Second)
-	for {
+	for seen := 0; ; {
 		select {
 		case e := <-reaperEvents:
-			if e["status"] == "FAILED" {
-				if e["jobId"] != "bootcert-rotation" || e["thingArn"] != acct+"thing/gw-7" || e["eventType"] != "JOB_EXECUTION" {
-					t.Fatalf("reaper event %v", e)
-				}
-				return
+			seen++
+			if e["thingArn"] != acct+"thing/gw-9" {
+				t.Fatalf("reaper got an event of %v while JOB_EXECUTION events were disabled: %v", e["thingArn"], e)
 			}
+			if e["status"] != "FAILED" {
+				continue
+			}
+			if e["jobId"] != "bootcert-rotation" || e["eventType"] != "JOB_EXECUTION" {
+				t.Fatalf("reaper event %v", e)
+			}
+			if m := l.rules.snapshot()["bootcert_job_events"].Matched; m != int64(seen) {
+				t.Errorf("job events rule matched %d messages, the reaper got %d (all of gw-9)", m, seen)
+			}
+			return
 		case <-deadline:
 			t.Fatal("the job execution rule did not invoke ReaperFunction with FAILED")
 		}

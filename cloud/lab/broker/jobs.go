@@ -286,6 +286,9 @@ type JobExecutionEvent struct {
 	OldStatus     string // "" for a new (QUEUED) execution
 	StatusDetails map[string]string
 	Operation     string // "update", "start", "queue", "cancel", "timeout" ...
+	// NoEvent: JOB_EXECUTION events are disabled (UpdateEventConfigurations);
+	// only the device's notify and notify-next go out.
+	NoEvent bool
 }
 
 // Terminal reports whether a job execution status is terminal.
@@ -298,8 +301,8 @@ func Terminal(status string) bool {
 }
 
 // JobExecutionChanged publishes what AWS publishes when a job execution
-// changes: $aws/events/jobExecution/{jobId}/{status} (in AWS only with job
-// event configurations enabled; the lab always publishes it), and to the
+// changes: $aws/events/jobExecution/{jobId}/{status} (unless ev.NoEvent: as
+// in AWS only with JOB_EXECUTION event configurations enabled), and to the
 // device, when an execution is new or became terminal, .../jobs/notify with
 // its pending list and .../jobs/notify-next with the next pending execution.
 func (s *Server) JobExecutionChanged(ev JobExecutionEvent) {
@@ -317,9 +320,11 @@ func (s *Server) JobExecutionChanged(ev JobExecutionEvent) {
 		event["statusDetails"] = ev.StatusDetails
 	}
 	b, _ := json.Marshal(event)
-	s.log.Info("job execution event", "thing", ev.ThingName, "jobId", ev.JobID, "from", ev.OldStatus, "to", ev.Status, "operation", ev.Operation)
-	if err := s.Publish("$aws/events/jobExecution/"+ev.JobID+"/"+strings.ToLower(ev.Status), b, 1); err != nil {
-		s.log.Error("publishing job execution event", "err", err)
+	s.log.Info("job execution event", "thing", ev.ThingName, "jobId", ev.JobID, "from", ev.OldStatus, "to", ev.Status, "operation", ev.Operation, "published", !ev.NoEvent)
+	if !ev.NoEvent {
+		if err := s.Publish("$aws/events/jobExecution/"+ev.JobID+"/"+strings.ToLower(ev.Status), b, 1); err != nil {
+			s.log.Error("publishing job execution event", "err", err)
+		}
 	}
 	// notify and notify-next go out when an execution joins or leaves the
 	// thing's pending list ("Jobs device MQTT API": notify "whenever a job
