@@ -126,6 +126,10 @@ func (s *Store) Handler() http.Handler {
 			rw.Header().Set("Content-Type", "application/xml")
 			rw.WriteHeader(status)
 			writeS3Error(rw, code, err.Error())
+		} else if err := decodeChunked(r); err != nil {
+			rw.Header().Set("Content-Type", "application/xml")
+			rw.WriteHeader(http.StatusBadRequest)
+			writeS3Error(rw, "IncompleteBody", err.Error())
 		} else {
 			inner.ServeHTTP(rw, r)
 		}
