@@ -28,7 +28,7 @@ func BenchmarkJITRFlow(b *testing.B) {
 				ca := newCA(b, "factory")
 				cac := registerCA(b, r, ca)
 				setupRotation(b, r)
-				if _, err := r.CreatePolicy("bootcert-bootstrap", `{"Version":"2012-10-17","Statement":[]}`); err != nil {
+				if _, err := r.CreatePolicy("bootcert-bootstrap", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}`); err != nil {
 					b.Fatal(err)
 				}
 				ders := make([][]byte, existing+b.N)

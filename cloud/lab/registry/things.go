@@ -1,11 +1,12 @@
 package registry
 
 import (
-	"encoding/json"
 	"maps"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/bootcert/bootcert/cloud/lab/policy"
 )
 
 var (
@@ -557,28 +558,14 @@ func (r *Registry) CreatePolicy(name, document string) (Policy, error) {
 
 // MaxPolicyDocument is AWS's policy document size limit (2048 characters
 // excluding white space; https://docs.aws.amazon.com/general/latest/gr/iot-core.html).
-const MaxPolicyDocument = 2048
+const MaxPolicyDocument = policy.MaxDocumentSize
 
 func checkPolicyDocument(doc string) error {
-	n := 0
-	for _, c := range doc {
-		if c != ' ' && c != '\n' && c != '\t' && c != '\r' {
-			n++
-		}
-	}
-	if n > MaxPolicyDocument {
-		return newErr(CodeMalformedPolicy, "policyDocument", "%d characters without white space: at most %d", n, MaxPolicyDocument)
-	}
-	var v struct {
-		Version   string            `json:"Version"`
-		Statement json.RawMessage   `json:"Statement"`
-		Other     map[string]string `json:"-"`
-	}
-	if err := json.Unmarshal([]byte(doc), &v); err != nil {
-		return newErr(CodeMalformedPolicy, "policyDocument", "not a JSON policy object: %v", err)
-	}
-	if len(v.Statement) == 0 {
-		return newErr(CodeMalformedPolicy, "policyDocument", "no Statement")
+	// The grammar the broker enforces (cloud/lab/policy), so that a policy
+	// the lab accepts is one it can evaluate; AWS answers
+	// MalformedPolicyException for a document it cannot parse.
+	if _, err := policy.Parse([]byte(doc)); err != nil {
+		return newErr(CodeMalformedPolicy, "policyDocument", "%v", err)
 	}
 	return nil
 }
