@@ -408,7 +408,10 @@ func TestRestartKeepsEverything(t *testing.T) {
 			_, err := r.CreateThing("gw-1", "bootcert-gateway", map[string]string{"a": "b"})
 			return err
 		}(),
-		func() error { _, err := r.CreatePolicy("bootcert-bootstrap", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}`); return err }(),
+		func() error {
+			_, err := r.CreatePolicy("bootcert-bootstrap", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}`)
+			return err
+		}(),
 		func() error { _, err := r.CreateThingGroup("child", "bootcert-rotation", "d", nil); return err }(),
 		r.AttachThingPrincipal("gw-1", c.ARN),
 		r.AttachPolicy("bootcert-bootstrap", c.ARN),
