@@ -101,7 +101,7 @@ func (a *authorizer) Authorize(p broker.Principal, action broker.Action, resourc
 		}
 	}
 	d := policy.Evaluate(named, policy.Request{Action: string(action), Resource: resource, Vars: vars})
-	return broker.Decision{Allowed: d.Allowed, Policy: d.Policy, Statement: d.Statement, Reason: d.Reason}
+	return broker.Decision{Allowed: d.Allowed, Policy: d.Policy, Statement: d.Statement, Sid: d.Sid, Effect: d.Effect, Reason: d.Reason}
 }
 
 // brokerJobs adapts the registry's job executions to broker.Jobs.

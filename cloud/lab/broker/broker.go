@@ -83,6 +83,8 @@ type Decision struct {
 	Allowed   bool
 	Policy    string // name of the deciding policy ("" when none matched)
 	Statement int    // index of the deciding statement, -1 when none
+	Sid       string // Sid of the deciding statement, if it has one
+	Effect    string // "Allow", "Deny" (explicit) or "" (no statement allowed it)
 	Reason    string // e.g. "explicit deny", "no matching allow"
 }
 

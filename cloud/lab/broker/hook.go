@@ -195,7 +195,15 @@ func disconnectReason(cause error) string {
 func logDecision(log interface {
 	Info(string, ...any)
 }, msg string, a Action, resource string, d Decision) {
-	log.Info(msg, "action", string(a), "resource", resource, "allowed", d.Allowed, "policy", d.Policy, "statement", d.Statement, "reason", d.Reason)
+	effect := d.Effect
+	if effect == "" && !d.Allowed {
+		effect = "implicit deny: no statement allowed it"
+	}
+	args := []any{"action", string(a), "resource", resource, "allowed", d.Allowed, "effect", effect, "policy", d.Policy, "statement", d.Statement}
+	if d.Sid != "" {
+		args = append(args, "sid", d.Sid)
+	}
+	log.Info(msg, append(args, "reason", d.Reason)...)
 }
 
 // OnConnectAuthenticate: OnConnect already decided.
