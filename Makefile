@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 BIN   := bin
 GOTEST_FLAGS ?= -count=1 -timeout 12m
 
-.PHONY: all deps build test test-go vet bench bench-daemon bench-fleet bench-factory bench-lab factory-demo demo lambdas packages clean
+.PHONY: all deps build test test-go vet bench bench-daemon bench-fleet bench-factory bench-lab factory-demo demo lambdas packages test-packages clean
 
 all: build
 
@@ -64,6 +64,14 @@ demo: deps
 lambdas:
 	@./scripts/lambdas.sh dist/lambda
 	@ls -l dist/lambda/*/*.zip
+
+## packages: dist/bootcert_<version>_<arch>.deb and .rpm for amd64 (cgo: TPM + PKCS#11) and arm64 (CGO_ENABLED=0: TPM only); VERSION=x.y.z overrides git describe
+packages:
+	@./packaging/release/build.sh dist
+
+## test-packages: install test (downloads): the .deb in a debootstrapped Debian 12 (install, upgrade, remove), the .rpm with rpm --root
+test-packages: deps
+	@./packaging/release/install-test.sh
 
 clean:
 	rm -rf $(BIN) dist

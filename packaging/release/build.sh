@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Builds dist/bootcert_<version>_<arch>.deb and .rpm from nfpm.yaml.
+#   packaging/release/build.sh [OUTDIR]          (default: dist)
+# Environment:
+#   VERSION  package version (default: from git describe, see below)
+#   ARCHES   architectures to build (default: "amd64 arm64")
+#   GO       go command (default: go)
+# Binaries are stripped release builds (-trimpath -ldflags '-s -w'). The
+# build machine's own architecture is built with cgo (PKCS#11 backend via
+# crypto11, in-process TPM simulator); other architectures with
+# CGO_ENABLED=0: TPM backend only, a static binary. The package's shared
+# library dependencies are read from the binaries (readelf) and mapped to
+# Debian packages with dpkg -S and to rpm sonames.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:-dist}
+GO=${GO:-go}
+ARCHES=${ARCHES:-amd64 arm64}
+host=$($GO env GOARCH)
+
+# v1.2.3 -> 1.2.3; v1.2.3-4-gabc -> 1.2.3+4.gabc; no tag -> 0.0.0+git<commits>.g<hash>;
+# a tree with uncommitted changes gets .dirty.
+version() {
+  if [ -n "${VERSION:-}" ]; then echo "$VERSION"; return; fi
+  local d
+  if d=$(git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null); then
+    d=${d#v}
+    sed -E 's/-([0-9]+)-g([0-9a-f]+)/+\1.g\2/; s/-dirty$/.dirty/' <<<"$d"
+  else
+    d="0.0.0+git$(git rev-list --count HEAD).g$(git rev-parse --short=12 HEAD)"
+    git diff --quiet HEAD -- 2>/dev/null || d+=.dirty
+    echo "$d"
+  fi
+}
+ver=$(version)
+if ! [[ $ver =~ ^[0-9][A-Za-z0-9.+~]*$ ]]; then
+  echo "build.sh: version '$ver' is not usable for deb and rpm (digits first, then letters, digits, . + ~; no -)" >&2
+  exit 1
+fi
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$out"
+
+for arch in $ARCHES; do
+  case $arch in amd64|arm64) ;; *) echo "build.sh: unsupported architecture '$arch' (amd64, arm64)" >&2; exit 1 ;; esac
+  cgo=0
+  [ "$arch" = "$host" ] && cgo=1
+  bin=$stage/$arch
+  mkdir -p "$bin"
+  GOOS=linux GOARCH=$arch CGO_ENABLED=$cgo $GO build -trimpath -ldflags '-s -w' -o "$bin/" ./cmd/bootcertd ./cmd/bootcertctl
+
+  # shared libraries the binaries need -> package dependencies
+  deb_libs=() rpm_libs=()
+  for so in $(readelf -d "$bin/bootcertd" "$bin/bootcertctl" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort -u); do
+    pkg=$(dpkg -S "*/$so" 2>/dev/null | sed -n "s/^\([^:,]*\):$arch: .*/\1/p" | sort -u | head -1)
+    if [ -z "$pkg" ]; then
+      echo "build.sh: no Debian package of architecture $arch holds $so (needed by the $arch binaries)" >&2
+      exit 1
+    fi
+    deb_libs+=("$pkg")
+    rpm_libs+=("$so()(64bit)")
+  done
+  export BOOTCERT_VERSION=$ver BOOTCERT_ARCH=$arch BOOTCERT_BIN=$bin
+  if [ ${#deb_libs[@]} -gt 4 ]; then
+    echo "build.sh: the $arch binaries need ${#deb_libs[@]} libraries (${deb_libs[*]}); nfpm.yaml has 4 slots" >&2
+    exit 1
+  fi
+  for i in 1 2 3 4; do
+    export BOOTCERT_DEB_LIB$i="${deb_libs[i-1]:-}" BOOTCERT_RPM_LIB$i="${rpm_libs[i-1]:-}"
+  done
+  for p in deb rpm; do
+    $GO tool -modfile=tools/go.mod nfpm package -f nfpm.yaml -p $p -t "$out/bootcert_${ver}_${arch}.$p" >/dev/null
+  done
+  echo "$out/bootcert_${ver}_${arch}.deb $out/bootcert_${ver}_${arch}.rpm (cgo=$cgo, needs: ${deb_libs[*]:-nothing})"
+done
