@@ -8,6 +8,7 @@
 //	bootcert-lab serve --data DIR [--mqtt ADDR] [--api ADDR] [--s3 ADDR]
 //	                   [--template FILE|none] [--parameter NAME=VALUE ...]
 //	                   [--limits FILE|aws-default] [--credentials FILE] [--log-level LEVEL]
+//	                   [--fault refuse-issued-certificates]
 //
 // When ready it prints one JSON line, {"mqtt":"127.0.0.1:8883",
 // "api":"https://127.0.0.1:8443","s3":"https://127.0.0.1:PORT",...}, and
@@ -58,6 +59,15 @@
 //   - Quotas from --limits: connects per second (account and client ID)
 //     refuse the connect; publishes per connection drop the message
 //     without PUBACK; API rates answer ThrottlingException.
+//   - Fault injection (faults.go): GET /lab/faults shows and POST
+//     /lab/faults replaces the injected faults, e.g.
+//     {"refuseIssuedCertificates":true}: the CONNECT of any certificate
+//     issued by the lab's own CA (CreateCertificateFromCsr, the new
+//     certificate of a rotation) is refused as if IoT Core rejected it,
+//     logged "connect refused" with reason "refused by fault injection";
+//     factory-CA certificates still connect. bootcert-lab serve --fault
+//     refuse-issued-certificates turns it on at start (make demo
+//     SCENARIO=rollback uses it). GET /lab/state shows them under "faults".
 //
 // # Differences from AWS worth knowing
 //

@@ -92,6 +92,7 @@ type Lab struct {
 	creds     *api.Credentials // --credentials: the functions sign with them
 	invoker   *invoker
 	rules     *ruleEngine
+	faults    *faults
 	endpoints Endpoints
 
 	servers []*http.Server
@@ -191,12 +192,13 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 		publishLimiter = limiter
 	}
 	dp := &dataPlane{}
+	l.faults = newFaults(cfg.Logger, l.pki.IssuingCA())
 	l.broker, err = broker.Start(broker.Config{
 		DataPlane: dp,
 		Listener:  mqttLn, ServerCert: l.pki.ServerCertificate(),
 		Registry: brokerRegistry{l.reg}, Authorizer: newAuthorizer(l.reg, cfg.Logger.With("component", "policy")),
 		Jobs: brokerJobs{l.reg}, Limiter: limiterForBroker, Publishes: publishLimiter, OnMessage: l.rules.onMessage,
-		Region: cfg.Region, AccountID: cfg.AccountID, Clock: cfg.Clock, Logger: cfg.Logger,
+		Region: cfg.Region, AccountID: cfg.AccountID, Clock: cfg.Clock, Logger: cfg.Logger, Fault: l.faults.refuse,
 	})
 	if err != nil {
 		apiLn.Close()
@@ -227,6 +229,7 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	})
 	dp.api.Store(l.api)
 	l.api.HandleLab("POST /lab/functions/{id}/invoke", http.HandlerFunc(l.serveInvoke))
+	l.faults.register(l.api)
 	l.api.AddStateSection("broker", func() any { return l.broker.Stats() })
 	l.api.AddStateSection("functions", func() any { return l.invoker.snapshot() })
 	l.api.AddStateSection("rules", func() any { return l.rules.snapshot() })

@@ -4,6 +4,7 @@
 //	bootcert-lab serve --data DIR [--mqtt ADDR] [--api ADDR] [--s3 ADDR]
 //	                   [--template FILE|none] [--parameter NAME=VALUE ...]
 //	                   [--limits FILE|aws-default] [--credentials FILE]
+//	                   [--fault refuse-issued-certificates]
 package main
 
 import (
@@ -96,6 +97,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "bootcert-lab:", err)
 		return 1
 	}
+	if o.anyFault {
+		l.SetFaults(o.faults)
+	}
 	b, _ := json.Marshal(l.Endpoints())
 	fmt.Fprintln(stdout, string(b))
 	<-ctx.Done()
@@ -110,6 +114,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 type opts struct {
 	data, mqtt, api, s3, template, limits, credentials, logLevel string
 	parameters                                                   map[string]string
+	faults                                                       lab.Faults
+	anyFault                                                     bool
 }
 
 func serveFlags(out io.Writer, o *opts) *flag.FlagSet {
@@ -133,6 +139,10 @@ func serveFlags(out io.Writer, o *opts) *flag.FlagSet {
 		}
 		o.parameters[k] = val
 		return nil
+	})
+	fs.Func("fault", "inject a fault from the start, repeatable: refuse-issued-certificates (see also POST /lab/faults)", func(v string) error {
+		o.anyFault = true
+		return lab.ParseFault(&o.faults, v)
 	})
 	fs.Usage = func() { fmt.Fprint(out, usage); fs.PrintDefaults() }
 	return fs

@@ -145,6 +145,9 @@ type Config struct {
 	// port (AWS's data endpoint serves MQTT and POST /topics/... on one
 	// host).
 	DataPlane http.Handler
+	// Fault, when set, may refuse a connection whose certificate passed
+	// every check (lab fault injection; see FaultFunc).
+	Fault FaultFunc
 
 	Region    string // default us-east-1
 	AccountID string // default 123456789012

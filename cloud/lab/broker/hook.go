@@ -118,6 +118,10 @@ func (s *Server) connect(cl *mqtt.Client) error {
 		log.Info("connect refused", "reason", ErrExpired.Error(), "notBefore", leaf.NotBefore, "notAfter", leaf.NotAfter)
 		return ErrExpired
 	}
+	if why, refuse := s.fault(leaf); refuse {
+		log.Info("connect refused", "reason", ErrRefusedByFault.Error(), "fault", why)
+		return ErrRefusedByFault
+	}
 	p := Principal{CertificateID: id, ClientID: cl.ID, CommonName: leaf.Subject.CommonName}
 	d := s.cfg.Authorizer.Authorize(p, ActionConnect, s.arn("client", cl.ID))
 	if !d.Allowed {
