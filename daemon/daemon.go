@@ -23,6 +23,7 @@ import (
 	"github.com/bootcert/bootcert/daemon/session"
 	"github.com/bootcert/bootcert/daemon/thingname"
 	"github.com/bootcert/bootcert/keystore"
+	"github.com/bootcert/bootcert/keystore/pkcs11"
 )
 
 // Check validates a configuration and the files it names, without touching
@@ -155,6 +156,10 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger) error {
 		}
 		defer srv.Close()
 	}
+	// after the engine has closed its signers: tpm2-pkcs11 flushes the keys
+	// it loaded into the TPM only at logout (no resource manager: they
+	// would stay loaded after exit)
+	defer pkcs11.CloseAll()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)

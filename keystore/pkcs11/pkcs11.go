@@ -46,6 +46,11 @@ type token struct {
 	// sessions read (softhsm/SoftHSMv2#573). crypto11 itself is safe for
 	// concurrent use.
 	mu sync.RWMutex
+	// keepsLoaded: the module is tpm2-pkcs11 (see flushLoaded); module and
+	// slot are then where to log out.
+	keepsLoaded bool
+	module      string
+	slot        uint
 }
 
 var (
@@ -60,7 +65,7 @@ func CloseAll() error {
 	defer tokensMu.Unlock()
 	var errs []error
 	for k, t := range tokens {
-		errs = append(errs, t.ctx.Close())
+		errs = append(errs, t.logoutBeforeClose(), t.ctx.Close())
 		delete(tokens, k)
 	}
 	return errors.Join(errs...)
@@ -97,7 +102,14 @@ func open(c *config) (*token, error) {
 	if err != nil {
 		return nil, configureError(c, err)
 	}
-	t := &token{ctx: ctx, pinHash: c.pinHash()}
+	t := &token{ctx: ctx, pinHash: c.pinHash(), module: c.module}
+	if keepsKeysLoaded(c.module) {
+		if t.slot, err = slotID(c); err != nil {
+			ctx.Close()
+			return nil, fmt.Errorf("opening token %s with module %s: %w", c.tokenName(), c.module, err)
+		}
+		t.keepsLoaded = true
+	}
 	tokens[c.cacheKey()] = t
 	return t, nil
 }
@@ -162,30 +174,23 @@ func checkSlotLabel(c *config) error {
 // crypto11 context already holds the module initialised it is reused as is
 // and not finalised.
 func slotLabels(module string) (map[uint]string, error) {
-	m := p11.New(module)
-	if m == nil {
-		return nil, fmt.Errorf("%w: %s cannot be loaded as a PKCS#11 module", ErrModuleNotFound, module)
-	}
-	defer m.Destroy()
-	err := m.Initialize()
-	switch {
-	case err == nil:
-		defer m.Finalize()
-	case errors.Is(err, p11.Error(p11.CKR_CRYPTOKI_ALREADY_INITIALIZED)):
-	default:
-		return nil, err
-	}
-	slots, err := m.GetSlotList(true)
+	out := map[uint]string{}
+	err := withModule(module, func(m *p11.Ctx) error {
+		slots, err := m.GetSlotList(true)
+		if err != nil {
+			return err
+		}
+		for _, s := range slots {
+			ti, err := m.GetTokenInfo(s)
+			if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 {
+				continue
+			}
+			out[s] = strings.TrimRight(ti.Label, " \x00")
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	out := map[uint]string{}
-	for _, s := range slots {
-		ti, err := m.GetTokenInfo(s)
-		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 {
-			continue
-		}
-		out[s] = strings.TrimRight(ti.Label, " \x00")
 	}
 	return out, nil
 }
@@ -311,6 +316,10 @@ func (Backend) Generate(_ context.Context, u *keystore.URI, alg keystore.Algorit
 	pub, priv, err := templates(id, c.label)
 	if err != nil {
 		return nil, err
+	}
+	// tpm2-pkcs11 without a resource manager: make room for the new key
+	if err := t.flushLoaded(c); err != nil {
+		return nil, fmt.Errorf("generating %s key %s: %w", alg, c.keyName(), err)
 	}
 	var k crypto11.Signer
 	if alg.IsRSA() {
@@ -458,6 +467,10 @@ func (Backend) Delete(_ context.Context, u *keystore.URI) error {
 	k, err := c.findOne(t)
 	if err != nil {
 		return err
+	}
+	// tpm2-pkcs11 would leak the slot of a loaded key it destroys
+	if err := t.flushLoaded(c); err != nil {
+		return fmt.Errorf("deleting key %s: %w", c.keyName(), err)
 	}
 	if err := k.Delete(); err != nil {
 		return fmt.Errorf("deleting key %s on token %s: %w", c.keyName(), c.tokenName(), err)
