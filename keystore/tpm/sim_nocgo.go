@@ -1,4 +1,4 @@
-//go:build !cgo
+//go:build !cgo || nosimulator
 
 package tpm
 
@@ -9,6 +9,6 @@ import (
 )
 
 // ErrNoSimulator is returned for device=sim in a CGO_ENABLED=0 build.
-var errNoSimulator = errors.New("built without cgo: the in-process TPM simulator is unavailable")
+var errNoSimulator = errors.New("built without cgo or with the nosimulator tag: the in-process TPM simulator is unavailable")
 
 func openSim() (transport.TPMCloser, error) { return nil, errNoSimulator }
