@@ -1,0 +1,285 @@
+package release
+
+import (
+	"bytes"
+	"debug/elf"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/bootcert/bootcert/internal/testenv"
+)
+
+const testVersion = "0.1.0"
+
+// the files every package holds: path -> mode as dpkg-deb -c and rpm -qplv
+// print it (owner root:root)
+var wantFiles = map[string]string{
+	"/usr/bin/bootcertd":                        "-rwxr-xr-x",
+	"/usr/bin/bootcertctl":                      "-rwxr-xr-x",
+	"/usr/lib/systemd/system/bootcertd.service": "-rw-r--r--",
+	"/usr/lib/sysusers.d/bootcert.conf":         "-rw-r--r--",
+	"/usr/lib/tmpfiles.d/bootcert.conf":         "-rw-r--r--",
+	"/etc/bootcert/bootcertd.toml":              "-rw-r--r--",
+	"/usr/share/doc/bootcert/README.md":         "-rw-r--r--",
+	"/usr/share/doc/bootcert/bootcertd.md":      "-rw-r--r--",
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+	buildOut  []byte
+)
+
+// packages builds the packages once per test binary, through the same script
+// as `make packages`, and returns the path of one of them.
+func packages(t *testing.T, arch, ext string) string {
+	t.Helper()
+	testenv.Require(t, "go", "readelf", "dpkg")
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "bootcert-packages-")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("./build.sh", buildDir)
+		cmd.Env = append(os.Environ(), "VERSION="+testVersion, "ARCHES=amd64 arm64")
+		buildOut, buildErr = cmd.CombinedOutput()
+	})
+	if buildErr != nil {
+		t.Fatalf("build.sh: %v\n%s", buildErr, buildOut)
+	}
+	return filepath.Join(buildDir, "bootcert_"+testVersion+"_"+arch+"."+ext)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	var stderr bytes.Buffer
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.Bytes())
+	}
+	return string(out)
+}
+
+// wantDeps is what the package must depend on for an architecture: the
+// build machine's own is built with cgo (links libc and libcrypto), others
+// are static.
+func cgoArch(arch string) bool { return arch == runtime.GOARCH }
+
+func TestDeb(t *testing.T) {
+	testenv.Require(t, "dpkg-deb")
+	for _, arch := range []string{"amd64", "arm64"} {
+		t.Run(arch, func(t *testing.T) {
+			deb := packages(t, arch, "deb")
+			field := func(f string) string { return strings.TrimSpace(run(t, "dpkg-deb", "-f", deb, f)) }
+			for f, want := range map[string]string{"Package": "bootcert", "Version": testVersion + "-1", "Architecture": arch} {
+				if got := field(f); got != want {
+					t.Errorf("%s: %q, want %q", f, got, want)
+				}
+			}
+			deps := strings.Split(field("Depends"), ", ")
+			want := []string{"systemd-sysusers", "systemd-tmpfiles"}
+			if cgoArch(arch) {
+				want = append([]string{"libc6", "libssl3"}, want...)
+			}
+			if !slices.Equal(deps, want) {
+				t.Errorf("Depends %q, want %q", deps, want)
+			}
+
+			// files, modes, owners: exactly the wanted ones (directories aside)
+			got := map[string]string{}
+			for _, l := range strings.Split(strings.TrimSpace(run(t, "dpkg-deb", "-c", deb)), "\n") {
+				f := strings.Fields(l)
+				if len(f) < 6 || strings.HasPrefix(f[0], "d") {
+					continue
+				}
+				if f[1] != "root/root" {
+					t.Errorf("%s owned by %s", f[5], f[1])
+				}
+				got[strings.TrimPrefix(f[5], ".")] = f[0]
+			}
+			checkFiles(t, got)
+
+			ctrl := t.TempDir()
+			run(t, "dpkg-deb", "-e", deb, ctrl)
+			if b, _ := os.ReadFile(filepath.Join(ctrl, "conffiles")); strings.TrimSpace(string(b)) != "/etc/bootcert/bootcertd.toml" {
+				t.Errorf("conffiles %q, want /etc/bootcert/bootcertd.toml", b)
+			}
+			checkScripts(t, map[string]string{
+				"postinstall.sh": readFile(t, filepath.Join(ctrl, "postinst")),
+				"preremove.sh":   readFile(t, filepath.Join(ctrl, "prerm")),
+				"postremove.sh":  readFile(t, filepath.Join(ctrl, "postrm")),
+			})
+			for _, s := range []string{"postinst", "prerm", "postrm"} {
+				if fi, err := os.Stat(filepath.Join(ctrl, s)); err != nil || fi.Mode().Perm() != 0o755 {
+					t.Errorf("%s: %v %v, want mode 0755", s, fi, err)
+				}
+			}
+
+			root := t.TempDir()
+			run(t, "dpkg-deb", "-x", deb, root)
+			checkBinaries(t, root, arch)
+		})
+	}
+}
+
+func TestRPM(t *testing.T) {
+	testenv.Require(t, "rpm")
+	for arch, rpmArch := range map[string]string{"amd64": "x86_64", "arm64": "aarch64"} {
+		t.Run(arch, func(t *testing.T) {
+			rpm := packages(t, arch, "rpm")
+			info := run(t, "rpm", "-qp", "--qf", "%{NAME} %{VERSION} %{RELEASE} %{ARCH}", rpm)
+			if want := "bootcert " + testVersion + " 1 " + rpmArch; info != want {
+				t.Errorf("rpm %q, want %q", info, want)
+			}
+			req := strings.Split(strings.TrimSpace(run(t, "rpm", "-qpR", rpm)), "\n")
+			want := []string{"/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles"}
+			if cgoArch(arch) {
+				want = append([]string{"libc.so.6()(64bit)", "libcrypto.so.3()(64bit)"}, want...)
+			}
+			if !slices.Equal(req, want) {
+				t.Errorf("Requires %q, want %q", req, want)
+			}
+
+			got := map[string]string{}
+			for _, l := range strings.Split(strings.TrimSpace(run(t, "rpm", "-qplv", rpm)), "\n") {
+				f := strings.Fields(l)
+				if len(f) < 9 || strings.HasPrefix(f[0], "d") {
+					continue
+				}
+				if f[2] != "root" || f[3] != "root" {
+					t.Errorf("%s owned by %s:%s", f[len(f)-1], f[2], f[3])
+				}
+				got[f[len(f)-1]] = f[0]
+			}
+			checkFiles(t, got)
+
+			// %config(noreplace): flags c (config) and n (noreplace)
+			flags := run(t, "rpm", "-qp", "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]", rpm)
+			if !regexp.MustCompile(`(?m)^cn /etc/bootcert/bootcertd.toml$`).MatchString(flags) {
+				t.Errorf("bootcertd.toml is not %%config(noreplace):\n%s", flags)
+			}
+			scripts := map[string]string{}
+			for _, s := range []struct{ tag, file string }{{"POSTIN", "postinstall.sh"}, {"PREUN", "preremove.sh"}, {"POSTUN", "postremove.sh"}} {
+				scripts[s.file] = run(t, "rpm", "-qp", "--qf", "%{"+s.tag+"}", rpm) + "\n"
+			}
+			checkScripts(t, scripts)
+		})
+	}
+}
+
+// TestInstalledCheckConfig unpacks the build machine's .deb and runs the
+// installed bootcertd on the shipped default configuration: it is a valid
+// configuration whose factory files are not there yet, so the check must
+// fail naming the first missing file, never pass.
+func TestInstalledCheckConfig(t *testing.T) {
+	testenv.Require(t, "dpkg-deb")
+	deb := packages(t, runtime.GOARCH, "deb")
+	root := t.TempDir()
+	run(t, "dpkg-deb", "-x", deb, root)
+	cmd := exec.Command(filepath.Join(root, "usr/bin/bootcertd"), "--check-config", filepath.Join(root, "etc/bootcert/bootcertd.toml"))
+	out, err := cmd.CombinedOutput()
+	if _, ok := err.(*exec.ExitError); !ok {
+		t.Fatalf("bootcertd --check-config on the shipped config: %v (want exit 1)\n%s", err, out)
+	}
+	if want := "/etc/bootcert/AmazonRootCA1.pem: no such file or directory"; !strings.Contains(string(out), want) {
+		t.Errorf("bootcertd --check-config: %q, want the missing root CA named (%q)", out, want)
+	}
+	t.Logf("shipped config, as expected before the factory files exist: %s", bytes.TrimSpace(out))
+
+	// the unit runs what the package installs, with the config it ships
+	unit := readFile(t, filepath.Join(root, "usr/lib/systemd/system/bootcertd.service"))
+	for _, want := range []string{
+		"ExecStartPre=/usr/bin/bootcertd --check-config /etc/bootcert/bootcertd.toml\n",
+		"ExecStart=/usr/bin/bootcertd --config /etc/bootcert/bootcertd.toml\n",
+		"Documentation=file:///usr/share/doc/bootcert/README.md\n",
+	} {
+		if !strings.Contains(unit, want) {
+			t.Errorf("unit lacks %q", want)
+		}
+	}
+	if out, err := exec.Command(filepath.Join(root, "usr/bin/bootcertctl"), "--help").CombinedOutput(); err != nil {
+		t.Errorf("installed bootcertctl --help: %v\n%s", err, out)
+	}
+}
+
+func checkFiles(t *testing.T, got map[string]string) {
+	t.Helper()
+	for f, mode := range wantFiles {
+		if got[f] != mode {
+			t.Errorf("%s: mode %q, want %q", f, got[f], mode)
+		}
+	}
+	for f := range got {
+		if _, ok := wantFiles[f]; !ok {
+			t.Errorf("unexpected file %s", f)
+		}
+	}
+}
+
+// checkScripts compares the package's maintainer scripts with
+// packaging/scripts and parses each with sh -n.
+func checkScripts(t *testing.T, got map[string]string) {
+	t.Helper()
+	for name, body := range got {
+		src := readFile(t, filepath.Join("..", "scripts", name))
+		if strings.TrimSpace(body) != strings.TrimSpace(src) {
+			t.Errorf("packaged %s differs from packaging/scripts/%s:\n%s", name, name, body)
+		}
+		cmd := exec.Command("sh", "-n")
+		cmd.Stdin = strings.NewReader(body)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("sh -n %s: %v\n%s", name, err, out)
+		}
+	}
+}
+
+// checkBinaries checks the unpacked binaries' machine, and that the other
+// architecture's are static (CGO_ENABLED=0).
+func checkBinaries(t *testing.T, root, arch string) {
+	t.Helper()
+	machine := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}[arch]
+	for _, b := range []string{"bootcertd", "bootcertctl"} {
+		f, err := elf.Open(filepath.Join(root, "usr/bin", b))
+		if err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		libs, _ := f.ImportedLibraries()
+		if f.Machine != machine {
+			t.Errorf("%s: machine %v, want %v", b, f.Machine, machine)
+		}
+		if f.Section(".symtab") != nil {
+			t.Errorf("%s: not stripped (has .symtab)", b)
+		}
+		if cgoArch(arch) != (len(libs) > 0) {
+			t.Errorf("%s: links %q; want shared libraries only on the cgo build (%s)", b, libs, runtime.GOARCH)
+		}
+		f.Close()
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
