@@ -6,6 +6,16 @@ export PATH := /usr/local/go/bin:$(PATH)
 BIN   := bin
 GOTEST_FLAGS ?= -count=1 -timeout 12m
 
+# Release build of the shipped binaries (.deb/.rpm): cgo on (PKCS#11 needs it),
+# the in-process TPM simulator left out (tag nosimulator: no libcrypto, demos
+# only), stripped, no inlining (-l: about 0.7 MiB smaller, same behaviour).
+# Use: CGO_ENABLED=$(RELEASE_CGO) $(GO) build $(RELEASE_FLAGS) $(RELEASE_GCFLAGS) -ldflags='$(RELEASE_LDFLAGS)' ./cmd/bootcertd
+# Figures: docs/bootcertd.md (footprint), `make bench-daemon`.
+RELEASE_CGO     := 1
+RELEASE_FLAGS   := -trimpath -tags nosimulator
+RELEASE_GCFLAGS := -gcflags=all=-l
+RELEASE_LDFLAGS := -s -w
+
 .PHONY: all deps build test test-go vet bench bench-daemon bench-fleet bench-factory bench-lab factory-demo demo lambdas packages test-packages clean
 
 all: build
