@@ -8,14 +8,17 @@
 //	bootcert-lab serve --data DIR [--mqtt ADDR] [--api ADDR] [--s3 ADDR]
 //	                   [--template FILE|none] [--parameter NAME=VALUE ...]
 //	                   [--limits FILE|aws-default] [--credentials FILE] [--log-level LEVEL]
-//	                   [--fault refuse-issued-certificates]
+//	                   [--fault refuse-issued-certificates] [--write-behind DURATION]
 //
 // When ready it prints one JSON line, {"mqtt":"127.0.0.1:8883",
 // "api":"https://127.0.0.1:8443","s3":"https://127.0.0.1:PORT",...}, and
 // writes it to DIR/endpoints.json next to DIR/server-ca.pem (trust it in
 // clients). All state persists in DIR: registry.json (CAs, certificates,
 // things, groups, policies, jobs, executions), s3.db, pki/ (the lab's CAs
-// and TLS key). SIGTERM stops it cleanly. Tests start one in-process:
+// and TLS key). Registry changes are answered before registry.json is
+// rewritten and saved at most --write-behind (default 200ms) plus one write
+// later; --write-behind 0 puts each change on disk before its answer.
+// SIGTERM stops it cleanly, saving everything. Tests start one in-process:
 //
 //	l, err := lab.Start(ctx, lab.Config{DataDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0"})
 //	defer l.Close()

@@ -64,6 +64,14 @@ type Config struct {
 	// FunctionTimeout bounds one invocation (default 30s).
 	FunctionTimeout time.Duration
 
+	// WriteBehind > 0: registry changes are answered before registry.json
+	// is written; a background writer saves them at most WriteBehind plus
+	// one write later, and Close (SIGTERM for the binary) flushes. Zero:
+	// every change is on disk before its answer, which costs a rewrite of
+	// the whole file per change (slow with thousands of things).
+	// bootcert-lab serve uses registry.DefaultWriteBehindInterval.
+	WriteBehind time.Duration
+
 	Logger *slog.Logger
 	Clock  Clock
 }
@@ -149,7 +157,8 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
-	l.reg, err = registry.Open(registry.Config{Dir: cfg.DataDir, Region: cfg.Region, AccountID: cfg.AccountID, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "registry"), Issuer: l.pki})
+	l.reg, err = registry.Open(registry.Config{Dir: cfg.DataDir, Region: cfg.Region, AccountID: cfg.AccountID, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "registry"), Issuer: l.pki,
+		WriteBehind: cfg.WriteBehind > 0, WriteBehindInterval: cfg.WriteBehind})
 	if err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
@@ -335,6 +344,14 @@ func (l *Lab) Close() error {
 		l.wg.Wait()
 		if l.s3 != nil {
 			l.s3.Close()
+		}
+		// After every listener and worker stopped: nothing changes the
+		// registry any more; write what write-behind still holds.
+		if l.reg != nil {
+			if err := l.reg.Close(); err != nil {
+				l.log.Error("saving the registry", "err", err)
+				l.closeErr = errors.Join(l.closeErr, err)
+			}
 		}
 		l.log.Info("lab stopped")
 	})

@@ -19,8 +19,10 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/bootcert/bootcert/cloud/lab"
+	"github.com/bootcert/bootcert/cloud/lab/registry"
 )
 
 const usage = `bootcert-lab: a local stand-in for AWS IoT Core (MQTT with JITR, policies,
@@ -91,7 +93,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	l, err := lab.Start(ctx, lab.Config{
 		DataDir: o.data, MQTTAddr: o.mqtt, APIAddr: o.api, S3Addr: o.s3,
 		TemplatePath: o.template, LimitsPath: o.limits, CredentialsPath: o.credentials, Parameters: o.parameters,
-		Logger: logger,
+		WriteBehind: o.writeBehind, Logger: logger,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "bootcert-lab:", err)
@@ -112,6 +114,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 type opts struct {
+	writeBehind time.Duration
+
 	data, mqtt, api, s3, template, limits, credentials, logLevel string
 	parameters                                                   map[string]string
 	faults                                                       lab.Faults
@@ -129,6 +133,7 @@ func serveFlags(out io.Writer, o *opts) *flag.FlagSet {
 	fs.StringVar(&o.limits, "limits", "", `quotas: a JSON file or "aws-default" (default: no limits)`)
 	fs.StringVar(&o.credentials, "credentials", "", `JSON {"accessKeyId","secretAccessKey"}: require SigV4 with this key pair (default: any credentials)`)
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (logs go to stderr as JSON)")
+	fs.DurationVar(&o.writeBehind, "write-behind", registry.DefaultWriteBehindInterval, "answer registry changes before registry.json is written, saving them at most this much later (and on SIGTERM); 0: every change is on disk before its answer")
 	fs.Func("parameter", "template parameter override NAME=VALUE, repeatable (e.g. ExplicitActivation=true)", func(v string) error {
 		k, val, ok := strings.Cut(v, "=")
 		if !ok || k == "" {

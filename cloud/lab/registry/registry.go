@@ -62,7 +62,16 @@ type Config struct {
 	// takes ~27 ms, six per JITR+activation
 	// (go test -bench JITRFlow ./cloud/lab/registry).
 	WriteBehind bool
+	// WriteBehindInterval is the least time between two write-behind
+	// writes (default 200ms): a change reaches the disk at most this plus
+	// one write's duration after it is made. The pause lets a burst of
+	// changes share one write, and the marshalling that holds the lock
+	// happens at most once per interval instead of back to back.
+	WriteBehindInterval time.Duration
 }
+
+// DefaultWriteBehindInterval is Config.WriteBehindInterval's default.
+const DefaultWriteBehindInterval = 200 * time.Millisecond
 
 // Issuer signs a device certificate for a CSR, like AWS IoT's own issuer.
 type Issuer interface {
@@ -216,10 +225,12 @@ type Registry struct {
 	writes    uint64
 	writeErr  error // last write-behind error
 
-	kick    chan struct{} // write-behind: there is something to write
-	closed  bool          // Close was called (under mu)
-	stopped chan struct{} // write-behind writer has exited
-	closeMu sync.Once
+	kick     chan struct{} // write-behind: there is something to write
+	pause    time.Duration // write-behind: least time between writes
+	stopWait chan struct{} // closed by Close: the writer stops pausing
+	closed   bool          // Close was called (under mu)
+	stopped  chan struct{} // write-behind writer has exited
+	closeMu  sync.Once
 }
 
 // Open loads DIR/registry.json if it exists, or starts empty.
@@ -277,6 +288,11 @@ func Open(cfg Config) (*Registry, error) {
 	if cfg.WriteBehind && r.path != "" {
 		r.kick = make(chan struct{}, 1)
 		r.stopped = make(chan struct{})
+		r.stopWait = make(chan struct{})
+		r.pause = cfg.WriteBehindInterval
+		if r.pause <= 0 {
+			r.pause = DefaultWriteBehindInterval
+		}
 		go r.writer()
 	}
 	return r, nil
@@ -293,6 +309,13 @@ func (r *Registry) writer() {
 			r.writeMu.Lock()
 			r.writeErr = err
 			r.writeMu.Unlock()
+		}
+		// Changes made meanwhile wait in r.kick for the next write.
+		t := time.NewTimer(r.pause)
+		select {
+		case <-t.C:
+		case <-r.stopWait:
+			t.Stop()
 		}
 	}
 }
@@ -314,6 +337,7 @@ func (r *Registry) Close() error {
 			r.closed = true // later changes are written synchronously
 			close(r.kick)
 			r.mu.Unlock()
+			close(r.stopWait)
 			<-r.stopped
 		}
 	})
