@@ -1,0 +1,28 @@
+// Command demo runs bootcert's end-to-end demo (package internal/demo):
+// make demo [SCENARIO=default|rollback|crash] [KEEP=1].
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/bootcert/bootcert/internal/demo"
+)
+
+func main() {
+	scenario := flag.String("scenario", "default", "default, rollback or crash")
+	bin := flag.String("bin", "bin", "directory with bootcertd, bootcertctl and bootcert-lab")
+	template := flag.String("template", "cloud/template.yaml", "SAM template the lab loads")
+	keep := flag.Bool("keep", os.Getenv("KEEP") == "1", "keep the work directory (also KEEP=1)")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if _, err := demo.Run(ctx, demo.Options{Scenario: *scenario, Bin: *bin, Template: *template, Keep: *keep, Out: os.Stdout}); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
