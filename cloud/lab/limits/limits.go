@@ -39,60 +39,82 @@ type Limits struct {
 // PresetAWSDefault names AWS IoT Core's default quotas.
 const PresetAWSDefault = "aws-default"
 
-// AWSDefault returns AWS IoT Core's default quotas (us-east-1). Message
-// broker, from "AWS IoT Core endpoints and quotas"
-// (https://docs.aws.amazon.com/general/latest/gr/iot-core.html, and the
-// older https://docs.aws.amazon.com/iot/latest/developerguide/limits-iot.html):
-// "Connect requests per second per account" 500 (adjustable), "Connect
-// requests per second per client ID" 1 (not adjustable), "Publish requests
-// per second per connection" 100. The control-plane TPS figures follow the
-// "API throttling limits" table of the first page as the lab's authors
-// remember it; they were not re-checked against the live page: check it for
-// your region before relying on an exact figure.
+// AWSDefault returns AWS IoT Core's default quotas (us-east-1). Only the
+// message-broker figures are cited; the control-plane TPS figures are not
+// verified (see the comment on API below). Before relying on one, read
+// your account's value: aws service-quotas list-aws-default-service-quotas
+// --service-code iotcore (quota names "<Operation> API TPS").
 func AWSDefault() Limits {
 	return Limits{
-		ConnectsPerSecond:               500,
-		ConnectsPerClientPerSecond:      1,
+		// Message broker, "AWS IoT Core endpoints and quotas",
+		// https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits
+		// (older copy: https://docs.aws.amazon.com/iot/latest/developerguide/limits-iot.html,
+		// "Message Broker Limits"): "Connect requests per second per account"
+		// 500 (adjustable), "Connect requests per second per client ID" 1
+		// (not adjustable).
+		ConnectsPerSecond:          500,
+		ConnectsPerClientPerSecond: 1,
+		// "Publish requests per second per connection" 100, same page
+		// (#message-broker-limits), as quoted in
+		// https://repost.aws/questions/QUU4YesJwfS7GEW0U8WCxamw; the table
+		// itself was not in the copies searched.
 		PublishesPerConnectionPerSecond: 100,
+		// Control plane: NOT VERIFIED. These follow the "API throttling"
+		// table of https://docs.aws.amazon.com/general/latest/gr/iot-core.html
+		// as the lab's authors remembered it. Searching the stored copies of
+		// that page (2026-11-27: "DescribeCertificate TPS",
+		// "CreateCertificateFromCsr transactions per second", ...) found the
+		// page but never its quota table, so no figure below could be
+		// checked; they are kept so that the preset still throttles the
+		// control plane at plausible rates. Treat each as unknown.
 		API: map[string]float64{
-			"AddThingToThingGroup":         100,
-			"AttachPolicy":                 15,
-			"AttachThingPrincipal":         100,
-			"CancelJobExecution":           10,
+			// Certificates (unverified).
 			"CreateCertificateFromCsr":     15,
-			"CreateJob":                    10,
-			"CreatePolicy":                 10,
-			"CreateThing":                  100,
-			"CreateThingGroup":             25,
-			"CreateThingType":              15,
 			"DeleteCertificate":            10,
-			"DeleteThing":                  100,
 			"DescribeCACertificate":        10,
 			"DescribeCertificate":          10,
-			"DescribeEndpoint":             10,
-			"DescribeJob":                  10,
-			"DescribeJobExecution":         10,
-			"DescribeThing":                350,
-			"DescribeThingGroup":           100,
-			"DetachPolicy":                 15,
-			"DetachThingPrincipal":         100,
-			"GetPolicy":                    15,
 			"GetRegistrationCode":          10,
-			"ListAttachedPolicies":         15,
-			"ListJobExecutionsForThing":    10,
-			"ListPrincipalThings":          10,
-			"ListThingGroupsForThing":      100,
-			"ListThingPrincipals":          10,
-			"ListThings":                   10,
-			"ListThingsInThingGroup":       25,
-			"Publish":                      20000,
 			"RegisterCACertificate":        10,
 			"RegisterCertificate":          10,
 			"RegisterCertificateWithoutCA": 10,
-			"RemoveThingFromThingGroup":    100,
 			"UpdateCACertificate":          10,
 			"UpdateCertificate":            10,
-			"UpdateThing":                  100,
+			// Policies (unverified).
+			"AttachPolicy":         15,
+			"CreatePolicy":         10,
+			"DetachPolicy":         15,
+			"GetPolicy":            15,
+			"ListAttachedPolicies": 15,
+			// Things, principals, groups (unverified).
+			"AddThingToThingGroup":      100,
+			"AttachThingPrincipal":      100,
+			"CreateThing":               100,
+			"CreateThingGroup":          25,
+			"CreateThingType":           15,
+			"DeleteThing":               100,
+			"DescribeThing":             350,
+			"DescribeThingGroup":        100,
+			"DetachThingPrincipal":      100,
+			"ListPrincipalThings":       10,
+			"ListThingGroupsForThing":   100,
+			"ListThingPrincipals":       10,
+			"ListThings":                10,
+			"ListThingsInThingGroup":    25,
+			"RemoveThingFromThingGroup": 100,
+			"UpdateThing":               100,
+			// Jobs, an AWS IoT Device Management feature: its quotas are on
+			// https://docs.aws.amazon.com/general/latest/gr/iot_device_management.html
+			// (not https://docs.aws.amazon.com/iot/latest/developerguide/job-limits.html,
+			// which lists pending-execution and concurrency limits only).
+			// The searched copies did not include the TPS table: unverified.
+			"CancelJobExecution":        10,
+			"CreateJob":                 10,
+			"DescribeJob":               10,
+			"DescribeJobExecution":      10,
+			"ListJobExecutionsForThing": 10,
+			// Other (unverified).
+			"DescribeEndpoint": 10,
+			"Publish":          20000,
 		},
 	}
 }
