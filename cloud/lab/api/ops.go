@@ -267,11 +267,7 @@ func (s *Server) listThings(q *request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	max, err := q.intQuery("maxResults")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(things, q.query.Get("nextToken"), max)
+	pg, next, err := pageOf(q, things, false)
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +276,7 @@ func (s *Server) listThings(q *request) (any, error) {
 		out = append(out, map[string]any{"thingName": t.Name, "thingArn": t.ARN, "thingTypeName": strPtr(t.TypeName),
 			"attributes": t.Attributes, "version": t.Version})
 	}
-	return map[string]any{"things": out, "nextToken": strPtr(next)}, nil
+	return map[string]any{"things": out, "nextToken": next}, nil
 }
 
 func (s *Server) updateThing(q *request) (any, error) {
@@ -339,15 +335,7 @@ func (s *Server) listThingPrincipals(q *request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	max, err := q.intQuery("maxResults")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(ps, q.query.Get("nextToken"), max)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]any{"principals": pg, "nextToken": strPtr(next)}, nil
+	return listReply(q, "principals", ps, false)
 }
 
 func (s *Server) listPrincipalThings(q *request) (any, error) {
@@ -360,15 +348,7 @@ func (s *Server) listPrincipalThings(q *request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	max, err := q.intQuery("maxResults")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(things, q.query.Get("nextToken"), max)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]any{"things": pg, "nextToken": strPtr(next)}, nil
+	return listReply(q, "things", things, false)
 }
 
 func (s *Server) createPolicy(q *request) (any, error) {
@@ -444,15 +424,7 @@ func (s *Server) listAttachedPolicies(q *request) (any, error) {
 	for i, p := range ps {
 		list[i] = pol{p.Name, p.ARN}
 	}
-	size, err := q.intQuery("pageSize")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(list, q.query.Get("marker"), size)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]any{"policies": pg, "nextMarker": strPtr(next)}, nil
+	return listReply(q, "policies", list, true)
 }
 
 func (s *Server) createThingType(q *request) (any, error) {
@@ -571,28 +543,26 @@ func (s *Server) removeThingFromThingGroup(q *request) (any, error) {
 	return nil, s.reg.RemoveThingFromThingGroup(g, t)
 }
 
+// groupRef is a thing group in list replies (GroupNameAndArn).
+type groupRef struct {
+	Name string `json:"groupName"`
+	ARN  string `json:"groupArn"`
+}
+
+func groupRefs(gs []registry.ThingGroup) []groupRef {
+	out := make([]groupRef, len(gs))
+	for i, g := range gs {
+		out[i] = groupRef{g.Name, g.ARN}
+	}
+	return out
+}
+
 func (s *Server) listThingGroupsForThing(q *request) (any, error) {
 	gs, err := s.reg.ListThingGroupsForThing(q.v("thingName"))
 	if err != nil {
 		return nil, err
 	}
-	type ga struct {
-		Name string `json:"groupName"`
-		ARN  string `json:"groupArn"`
-	}
-	list := make([]ga, len(gs))
-	for i, g := range gs {
-		list[i] = ga{g.Name, g.ARN}
-	}
-	max, err := q.intQuery("maxResults")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(list, q.query.Get("nextToken"), max)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]any{"thingGroups": pg, "nextToken": strPtr(next)}, nil
+	return listReply(q, "thingGroups", groupRefs(gs), false)
 }
 
 func (s *Server) listThingsInThingGroup(q *request) (any, error) {
@@ -604,15 +574,7 @@ func (s *Server) listThingsInThingGroup(q *request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	max, err := q.intQuery("maxResults")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(things, q.query.Get("nextToken"), max)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]any{"things": pg, "nextToken": strPtr(next)}, nil
+	return listReply(q, "things", things, false)
 }
 
 func (s *Server) createJob(q *request) (any, error) {
@@ -715,15 +677,7 @@ func (s *Server) listJobExecutionsForThing(q *request) (any, error) {
 		list[i] = summary{e.JobID, map[string]any{"status": e.Status, "queuedAt": epoch(e.QueuedAt), "startedAt": epoch(e.StartedAt),
 			"lastUpdatedAt": epoch(e.LastUpdatedAt), "executionNumber": e.ExecutionNumber}}
 	}
-	max, err := q.intQuery("maxResults")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(list, q.query.Get("nextToken"), max)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]any{"executionSummaries": pg, "nextToken": strPtr(next)}, nil
+	return listReply(q, "executionSummaries", list, false)
 }
 
 func (s *Server) cancelJobExecution(q *request) (any, error) {
@@ -841,15 +795,7 @@ func (s *Server) listCACertificates(q *request) (any, error) {
 	for i, c := range cas {
 		list[i] = ca{c.ARN, c.ID, c.Status, epoch(c.CreationDate)}
 	}
-	size, err := q.intQuery("pageSize")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(list, q.query.Get("marker"), size)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]any{"certificates": pg, "nextMarker": strPtr(next)}, nil
+	return listReply(q, "certificates", list, true)
 }
 
 func (s *Server) getJobDocument(q *request) (any, error) {
@@ -910,15 +856,7 @@ func (s *Server) listJobs(q *request) (any, error) {
 		list[i] = map[string]any{"jobArn": j.ARN, "jobId": j.ID, "targetSelection": j.TargetSelection, "status": j.Status,
 			"createdAt": epoch(j.CreatedAt), "lastUpdatedAt": epoch(j.LastUpdatedAt), "completedAt": epoch(j.CompletedAt)}
 	}
-	max, err := q.intQuery("maxResults")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(list, q.query.Get("nextToken"), max)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]any{"jobs": pg, "nextToken": strPtr(next)}, nil
+	return listReply(q, "jobs", list, false)
 }
 
 // listCertificates serves ListCertificates and ListCertificatesByCA.
@@ -939,15 +877,7 @@ func (s *Server) listCertificates(q *request) (any, error) {
 		list[i] = map[string]any{"certificateArn": c.ARN, "certificateId": c.ID, "status": c.Status,
 			"certificateMode": c.CertificateMode, "creationDate": epoch(c.CreationDate)}
 	}
-	size, err := q.intQuery("pageSize")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(list, q.query.Get("marker"), size)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]any{"certificates": pg, "nextMarker": strPtr(next)}, nil
+	return listReply(q, "certificates", list, true)
 }
 
 func (s *Server) listPolicies(q *request) (any, error) {
@@ -960,15 +890,7 @@ func (s *Server) listPolicies(q *request) (any, error) {
 	for i, p := range ps {
 		list[i] = pol{p.Name, p.ARN}
 	}
-	size, err := q.intQuery("pageSize")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(list, q.query.Get("marker"), size)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]any{"policies": pg, "nextMarker": strPtr(next)}, nil
+	return listReply(q, "policies", list, true)
 }
 
 func (s *Server) deletePolicy(q *request) (any, error) {
@@ -997,23 +919,7 @@ func (s *Server) listThingGroups(q *request) (any, error) {
 		return nil, err
 	}
 	gs := s.reg.ListThingGroups(q.query.Get("parentGroup"), q.query.Get("namePrefixFilter"), rec)
-	type ga struct {
-		Name string `json:"groupName"`
-		ARN  string `json:"groupArn"`
-	}
-	list := make([]ga, len(gs))
-	for i, g := range gs {
-		list[i] = ga{g.Name, g.ARN}
-	}
-	max, err := q.intQuery("maxResults")
-	if err != nil {
-		return nil, err
-	}
-	pg, next, err := page(list, q.query.Get("nextToken"), max)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]any{"thingGroups": pg, "nextToken": strPtr(next)}, nil
+	return listReply(q, "thingGroups", groupRefs(gs), false)
 }
 
 func (s *Server) deleteThingGroup(q *request) (any, error) {

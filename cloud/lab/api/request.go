@@ -120,6 +120,36 @@ func page[T any](items []T, token string, max *int64) ([]T, string, error) {
 	return out, next, nil
 }
 
+// pageOf returns the page of items a list request asks for: maxResults and
+// nextToken, or with marker pageSize and marker (ListCertificates,
+// ListPolicies and the other older operations); next is nil on the last page.
+func pageOf[T any](q *request, items []T, marker bool) (pg []T, next *string, err error) {
+	sizeParam, tokenParam := "maxResults", "nextToken"
+	if marker {
+		sizeParam, tokenParam = "pageSize", "marker"
+	}
+	size, err := q.intQuery(sizeParam)
+	if err != nil {
+		return nil, nil, err
+	}
+	pg, tok, err := page(items, q.query.Get(tokenParam), size)
+	return pg, strPtr(tok), err
+}
+
+// listReply answers a list request with one page of items under key, and
+// nextToken (nextMarker with marker) when there are more.
+func listReply[T any](q *request, key string, items []T, marker bool) (any, error) {
+	pg, next, err := pageOf(q, items, marker)
+	if err != nil {
+		return nil, err
+	}
+	nextKey := "nextToken"
+	if marker {
+		nextKey = "nextMarker"
+	}
+	return map[string]any{key: pg, nextKey: next}, nil
+}
+
 func strPtr(s string) *string {
 	if s == "" {
 		return nil
