@@ -125,16 +125,7 @@ func (r *Registry) RegisterCACertificate(in RegisterCAInput) (CACertificate, err
 
 // DescribeCACertificate returns a registered CA.
 func (r *Registry) DescribeCACertificate(id string) (CACertificate, error) {
-	var out CACertificate
-	err := r.do(func(time.Time) error {
-		c, ok := r.st.CAs[id]
-		if !ok {
-			return notFound("CA certificate", id)
-		}
-		out = *c
-		return nil
-	})
-	return out, err
+	return describe(r, r.st.CAs, "CA certificate", id, nil)
 }
 
 // UpdateCACertificate sets a CA's status (ACTIVE/INACTIVE) and/or its
@@ -397,16 +388,7 @@ func (r *Registry) CreateCertificateFromCsr(csrPEM string, setAsActive bool) (Ce
 
 // DescribeCertificate returns a certificate.
 func (r *Registry) DescribeCertificate(id string) (Certificate, error) {
-	var out Certificate
-	err := r.do(func(time.Time) error {
-		c, ok := r.st.Certs[id]
-		if !ok {
-			return notFound("certificate", id)
-		}
-		out = *c
-		return nil
-	})
-	return out, err
+	return describe(r, r.st.Certs, "certificate", id, nil)
 }
 
 // CertificateStatus returns a certificate's status.

@@ -126,16 +126,7 @@ func (r *Registry) DeletePolicy(name string) error {
 
 // ListPolicyVersions lists a policy's versions.
 func (r *Registry) ListPolicyVersions(name string) (Policy, error) {
-	var out Policy
-	err := r.do(func(time.Time) error {
-		p, ok := r.st.Policies[name]
-		if !ok {
-			return notFound("policy", name)
-		}
-		out = copyPolicy(p)
-		return nil
-	})
-	return out, err
+	return describe(r, r.st.Policies, "policy", name, copyPolicy)
 }
 
 // DeletePolicyVersion deletes a version that is not the default

@@ -578,6 +578,25 @@ func removeFromSet(m map[string]map[string]bool, k, v string) bool {
 	return true
 }
 
+// describe returns a copy (by cp; nil: a shallow one) of the resource m
+// holds under key, or ResourceNotFound naming kind. m must be a map of r.st.
+func describe[T any](r *Registry, m map[string]*T, kind, key string, cp func(*T) T) (T, error) {
+	var out T
+	err := r.do(func(time.Time) error {
+		v, ok := m[key]
+		if !ok {
+			return notFound(kind, key)
+		}
+		if cp != nil {
+			out = cp(v)
+		} else {
+			out = *v
+		}
+		return nil
+	})
+	return out, err
+}
+
 func copyMap(m map[string]string) map[string]string {
 	if m == nil {
 		return nil

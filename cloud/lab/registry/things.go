@@ -105,16 +105,7 @@ func (r *Registry) CreateThing(name, typeName string, attrs map[string]string) (
 
 // DescribeThing returns a thing.
 func (r *Registry) DescribeThing(name string) (Thing, error) {
-	var out Thing
-	err := r.do(func(time.Time) error {
-		t, ok := r.st.Things[name]
-		if !ok {
-			return notFound("thing", name)
-		}
-		out = copyThing(t)
-		return nil
-	})
-	return out, err
+	return describe(r, r.st.Things, "thing", name, copyThing)
 }
 
 // ListThings lists things by name, optionally only those of one thing type.
@@ -262,16 +253,7 @@ func (r *Registry) CreateThingType(name, description string, searchable []string
 
 // DescribeThingType returns a thing type.
 func (r *Registry) DescribeThingType(name string) (ThingType, error) {
-	var out ThingType
-	err := r.do(func(time.Time) error {
-		tt, ok := r.st.ThingTypes[name]
-		if !ok {
-			return notFound("thing type", name)
-		}
-		out = *tt
-		return nil
-	})
-	return out, err
+	return describe(r, r.st.ThingTypes, "thing type", name, nil)
 }
 
 // Thing group quotas (https://docs.aws.amazon.com/general/latest/gr/iot-core.html,
@@ -572,16 +554,7 @@ func checkPolicyDocument(doc string) error {
 
 // GetPolicy returns a policy.
 func (r *Registry) GetPolicy(name string) (Policy, error) {
-	var out Policy
-	err := r.do(func(time.Time) error {
-		p, ok := r.st.Policies[name]
-		if !ok {
-			return notFound("policy", name)
-		}
-		out = copyPolicy(p)
-		return nil
-	})
-	return out, err
+	return describe(r, r.st.Policies, "policy", name, copyPolicy)
 }
 
 // AttachPolicy attaches a policy to a target: a certificate ARN or a thing
