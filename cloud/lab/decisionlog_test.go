@@ -2,34 +2,19 @@ package lab
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"log/slog"
-	"sync"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
 )
 
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// find returns the first JSON log record with the message and the
-// attributes given.
-func (b *logBuffer) find(msg string, attrs map[string]any) map[string]any {
-	b.mu.Lock()
-	data := append([]byte(nil), b.buf.Bytes()...)
-	b.mu.Unlock()
-	sc := bufio.NewScanner(bytes.NewReader(data))
+// findRecord returns the first JSON log record in logs (the locked buffer
+// of faults_test.go) with the message and the attributes given.
+func findRecord(logs *faultLog, msg string, attrs map[string]any) map[string]any {
+	sc := bufio.NewScanner(strings.NewReader(logs.String()))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 next:
 	for sc.Scan() {
@@ -51,7 +36,7 @@ next:
 // statement (index and Sid) and effect that decided it, the action and the
 // resource; a denial no statement decided says so.
 func TestDecisionLog(t *testing.T) {
-	logs := &logBuffer{}
+	logs := &faultLog{}
 	f := newFixture(t, Config{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	leaf := f.ca.Issue(t, "gw-log")
 	f.registerActive(leaf, `{"Version":"2012-10-17","Statement":[
@@ -84,7 +69,7 @@ func TestDecisionLog(t *testing.T) {
 			var rec map[string]any
 			deadline := time.Now().Add(10 * time.Second)
 			for rec == nil && time.Now().Before(deadline) {
-				if rec = logs.find(tc.msg, tc.want); rec == nil {
+				if rec = findRecord(logs, tc.msg, tc.want); rec == nil {
 					time.Sleep(20 * time.Millisecond)
 				}
 			}
