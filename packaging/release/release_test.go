@@ -78,9 +78,8 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-// wantDeps is what the package must depend on for an architecture: the
-// build machine's own is built with cgo (links libc and libcrypto), others
-// are static.
+// cgoArch tells whether build.sh builds arch with cgo (linking libc and
+// libcrypto): only the build machine's own architecture; others are static.
 func cgoArch(arch string) bool { return arch == runtime.GOARCH }
 
 func TestDeb(t *testing.T) {
@@ -94,28 +93,12 @@ func TestDeb(t *testing.T) {
 					t.Errorf("%s: %q, want %q", f, got, want)
 				}
 			}
-			deps := strings.Split(field("Depends"), ", ")
-			want := []string{"systemd-sysusers", "systemd-tmpfiles"}
-			if cgoArch(arch) {
-				want = append([]string{"libc6", "libssl3"}, want...)
-			}
-			if !slices.Equal(deps, want) {
-				t.Errorf("Depends %q, want %q", deps, want)
-			}
-
-			// files, modes, owners: exactly the wanted ones (directories aside)
-			got := map[string]string{}
-			for _, l := range strings.Split(strings.TrimSpace(run(t, "dpkg-deb", "-c", deb)), "\n") {
-				f := strings.Fields(l)
-				if len(f) < 6 || strings.HasPrefix(f[0], "d") {
-					continue
-				}
-				if f[1] != "root/root" {
-					t.Errorf("%s owned by %s", f[5], f[1])
-				}
-				got[strings.TrimPrefix(f[5], ".")] = f[0]
-			}
-			checkFiles(t, got)
+			checkDeps(t, arch, "Depends", strings.Split(field("Depends"), ", "),
+				[]string{"libc6", "libssl3"}, "systemd-sysusers", "systemd-tmpfiles")
+			// mode owner/group size date time ./path
+			checkFiles(t, run(t, "dpkg-deb", "-c", deb), 6, func(f []string) (string, string) {
+				return strings.TrimPrefix(f[5], "."), f[1]
+			})
 
 			ctrl := t.TempDir()
 			run(t, "dpkg-deb", "-e", deb, ctrl)
@@ -149,27 +132,12 @@ func TestRPM(t *testing.T) {
 			if want := "bootcert " + testVersion + " 1 " + rpmArch; info != want {
 				t.Errorf("rpm %q, want %q", info, want)
 			}
-			req := strings.Split(strings.TrimSpace(run(t, "rpm", "-qpR", rpm)), "\n")
-			want := []string{"/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles"}
-			if cgoArch(arch) {
-				want = append([]string{"libc.so.6()(64bit)", "libcrypto.so.3()(64bit)"}, want...)
-			}
-			if !slices.Equal(req, want) {
-				t.Errorf("Requires %q, want %q", req, want)
-			}
-
-			got := map[string]string{}
-			for _, l := range strings.Split(strings.TrimSpace(run(t, "rpm", "-qplv", rpm)), "\n") {
-				f := strings.Fields(l)
-				if len(f) < 9 || strings.HasPrefix(f[0], "d") {
-					continue
-				}
-				if f[2] != "root" || f[3] != "root" {
-					t.Errorf("%s owned by %s:%s", f[len(f)-1], f[2], f[3])
-				}
-				got[f[len(f)-1]] = f[0]
-			}
-			checkFiles(t, got)
+			checkDeps(t, arch, "Requires", strings.Split(strings.TrimSpace(run(t, "rpm", "-qpR", rpm)), "\n"),
+				[]string{"libc.so.6()(64bit)", "libcrypto.so.3()(64bit)"}, "/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles")
+			// mode links owner group size month day time path
+			checkFiles(t, run(t, "rpm", "-qplv", rpm), 9, func(f []string) (string, string) {
+				return f[8], f[2] + "/" + f[3]
+			})
 
 			// %config(noreplace): flags c (config) and n (noreplace)
 			flags := run(t, "rpm", "-qp", "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]", rpm)
@@ -220,8 +188,36 @@ func TestInstalledCheckConfig(t *testing.T) {
 	}
 }
 
-func checkFiles(t *testing.T, got map[string]string) {
+// checkDeps compares a package's dependencies with the wanted ones: the
+// cgo build's shared libraries first, then the others.
+func checkDeps(t *testing.T, arch, what string, got, cgoLibs []string, others ...string) {
 	t.Helper()
+	want := others
+	if cgoArch(arch) {
+		want = append(slices.Clone(cgoLibs), others...)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("%s %q, want %q", what, got, want)
+	}
+}
+
+// checkFiles checks a package listing (dpkg-deb -c, rpm -qplv): exactly the
+// wanted files with their modes, owned by root/root; directories aside.
+// pathOwner picks the path and owner/group from a line's fields.
+func checkFiles(t *testing.T, listing string, minFields int, pathOwner func(fields []string) (path, owner string)) {
+	t.Helper()
+	got := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(listing), "\n") {
+		f := strings.Fields(l)
+		if len(f) < minFields || strings.HasPrefix(f[0], "d") {
+			continue
+		}
+		path, owner := pathOwner(f)
+		if owner != "root/root" {
+			t.Errorf("%s owned by %s", path, owner)
+		}
+		got[path] = f[0]
+	}
 	for f, mode := range wantFiles {
 		if got[f] != mode {
 			t.Errorf("%s: mode %q, want %q", f, got[f], mode)
