@@ -66,9 +66,10 @@ bench-factory: deps
 factory-demo: deps build
 	BOOTCERTCTL=$(BIN)/bootcertctl ./packaging/factory/station-demo.sh
 
-## demo: the main job, end to end on this machine
+## demo: the main job, end to end on this machine (SCENARIO=default|rollback|crash, KEEP=1 keeps the directory; docs/demo.md)
+SCENARIO ?= default
 demo: deps
-	@./scripts/demo.sh
+	@SCENARIO=$(SCENARIO) KEEP=$(KEEP) ./scripts/demo.sh
 
 ## lambdas: Lambda bootstrap zips (provided.al2023) for arm64 and x86_64 in dist/lambda/<arch>/<name>.zip
 lambdas:

@@ -31,6 +31,7 @@ import (
 	"github.com/bootcert/bootcert/daemon/control"
 	"github.com/bootcert/bootcert/daemon/engine"
 	"github.com/bootcert/bootcert/daemon/journal"
+	"github.com/bootcert/bootcert/internal/atomicfile"
 )
 
 // Scenarios are the names Options.Scenario accepts.
@@ -81,6 +82,20 @@ type Result struct {
 	RotationsAsked    int // renewals the crash scenario asked for
 	KeyInfo           string
 	JournalPhasesSeen []journal.Phase
+	// PIDs of every process the run started (all stopped when Run returns).
+	PIDs map[string][]int
+}
+
+// WriteResult writes res as JSON, atomically.
+func WriteResult(path string, res *Result) error {
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("writing the result %s: %w", path, err)
+	}
+	return nil
 }
 
 // run is one demo run's state.
@@ -123,7 +138,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := checkPrograms(o); err != nil {
 		return nil, err
 	}
-	r := &run{o: o, dir: o.Dir, res: &Result{}}
+	r := &run{o: o, dir: o.Dir, res: &Result{PIDs: map[string][]int{}}}
 	if r.dir == "" {
 		d, err := os.MkdirTemp("", "bootcert-demo-")
 		if err != nil {
@@ -233,7 +248,7 @@ func (r *run) startSWTPM() error {
 			return err
 		}
 		out := &lineWriter{fn: func(l string) { r.labLog.add("swtpm: " + l) }}
-		p, err := startProc("swtpm", out, "swtpm", "socket", "--tpm2",
+		p, err := r.startProc("swtpm", out, "swtpm", "socket", "--tpm2",
 			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
 			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
 			"--tpmstate", "dir="+r.path("tpm"), "--flags", "not-need-init,startup-clear")
@@ -266,7 +281,7 @@ func (r *run) startLab() error {
 		r.labLog.add(l)
 		r.labW.onLine(l)
 	}}
-	p, err := startProc("bootcert-lab", out, filepath.Join(r.o.Bin, "bootcert-lab"), "serve", "--data", r.path("lab"),
+	p, err := r.startProc("bootcert-lab", out, filepath.Join(r.o.Bin, "bootcert-lab"), "serve", "--data", r.path("lab"),
 		"--mqtt", "127.0.0.1:0", "--api", "127.0.0.1:0", "--s3", "127.0.0.1:0", "--template", r.o.Template)
 	if err != nil {
 		return err
@@ -284,6 +299,15 @@ func (r *run) startLab() error {
 	r.api = iot.NewFromConfig(cfg, func(o *iot.Options) { o.BaseEndpoint = aws.String(r.endpoints.API) })
 	r.n.say("bootcert-lab started (pid %d) with %s: MQTT %s, API %s, S3 %s", p.pid(), filepath.Base(r.o.Template), r.endpoints.MQTT, r.endpoints.API, r.endpoints.S3)
 	return nil
+}
+
+// startProc starts a program and records its PID in the result.
+func (r *run) startProc(name string, out io.Writer, path string, args ...string) (*proc, error) {
+	p, err := startProc(name, out, path, args...)
+	if err == nil {
+		r.res.PIDs[name] = append(r.res.PIDs[name], p.pid())
+	}
+	return p, err
 }
 
 func readFileOrNil(p string) []byte {
@@ -421,7 +445,7 @@ func (r *run) startDaemon() error {
 		r.daemonLog.add(l)
 		deviceWatcher{n: r.n}.onLine(l)
 	}}
-	p, err := startProc("bootcertd", out, filepath.Join(r.o.Bin, "bootcertd"), "--config", r.path("bootcertd.toml"))
+	p, err := r.startProc("bootcertd", out, filepath.Join(r.o.Bin, "bootcertd"), "--config", r.path("bootcertd.toml"))
 	if err != nil {
 		return err
 	}
@@ -505,21 +529,16 @@ func (r *run) cleanup() {
 		close(r.jwStop)
 		r.jwStop = nil
 	}
-	var stopped []string
-	if r.daemon != nil && !r.daemon.exited() {
-		r.daemon.stop(syscall.SIGTERM, 10*time.Second)
-		stopped = append(stopped, fmt.Sprintf("bootcertd (pid %d)", r.daemon.pid()))
+	if r.http != nil {
+		r.http.CloseIdleConnections()
 	}
-	if r.lab != nil && !r.lab.exited() {
-		r.lab.stop(syscall.SIGTERM, 10*time.Second)
-		stopped = append(stopped, fmt.Sprintf("bootcert-lab (pid %d)", r.lab.pid()))
-	}
-	if r.swtpm != nil && !r.swtpm.exited() {
-		r.swtpm.stop(syscall.SIGTERM, 5*time.Second)
-		stopped = append(stopped, fmt.Sprintf("swtpm (pid %d)", r.swtpm.pid()))
-	}
-	if len(stopped) > 0 {
-		r.n.say("stopped %s", strings.Join(stopped, ", "))
+	for _, p := range []*proc{r.daemon, r.lab, r.swtpm} {
+		if p == nil || p.exited() {
+			continue
+		}
+		t0 := time.Now()
+		code := p.stop(syscall.SIGTERM, 10*time.Second)
+		r.n.say("stopped %s (pid %d): SIGTERM, exit code %d after %s", p.name, p.pid(), code, time.Since(t0).Round(time.Millisecond))
 	}
 	r.n.sync()
 	for _, l := range []*logFile{r.labLog, r.daemonLog} {

@@ -219,7 +219,10 @@ func (w *labWatcher) line(m map[string]any) {
 		say("job execution %s: %s -> %s", res, str(m, "old"), st)
 	case msg == "job execution ended" && str(m, "function") == "ReaperFunction":
 		retired := str(m, "retired")
-		if retired == "" || retired == "null" {
+		var ids []string
+		if json.Unmarshal([]byte(retired), &ids) == nil && len(ids) > 0 {
+			retired = shorts(ids)
+		} else if retired == "" || retired == "null" || retired == "[]" {
 			retired = "nothing"
 		}
 		say("reaper: execution %s (committed %s), retired %s", str(m, "status"), str(m, "committed"), retired)

@@ -115,7 +115,10 @@ var crashTargets = []journal.Phase{journal.KeyStaged, journal.CertStaged, journa
 // each time (asking for a new rotation when one finished), and show that
 // it converges.
 func (r *run) crash(ctx context.Context) error {
-	for _, target := range crashTargets {
+	for i, target := range crashTargets {
+		if i > 0 {
+			r.n.say("restarting bootcertd; next kill at %s", target)
+		}
 		if err := r.startDaemon(); err != nil {
 			return err
 		}

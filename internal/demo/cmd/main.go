@@ -18,10 +18,17 @@ func main() {
 	bin := flag.String("bin", "bin", "directory with bootcertd, bootcertctl and bootcert-lab")
 	template := flag.String("template", "cloud/template.yaml", "SAM template the lab loads")
 	keep := flag.Bool("keep", os.Getenv("KEEP") == "1", "keep the work directory (also KEEP=1)")
+	result := flag.String("result", "", "write the final state (demo.Result) as JSON to this file")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if _, err := demo.Run(ctx, demo.Options{Scenario: *scenario, Bin: *bin, Template: *template, Keep: *keep, Out: os.Stdout}); err != nil {
+	res, err := demo.Run(ctx, demo.Options{Scenario: *scenario, Bin: *bin, Template: *template, Keep: *keep, Out: os.Stdout})
+	if *result != "" && res != nil {
+		if werr := demo.WriteResult(*result, res); werr != nil {
+			fmt.Fprintln(os.Stderr, "demo:", werr)
+		}
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
