@@ -328,3 +328,54 @@ func FuzzParseEvent(f *testing.F) {
 		}
 	})
 }
+
+// racingStore lets another instance answer an identical request between
+// this one's "already issued?" check and its issuance record write.
+type racingStore struct {
+	ports.Store
+	before func()
+}
+
+func (s *racingStore) PutIfAbsent(ctx context.Context, key string, body []byte, meta map[string]string) error {
+	if f := s.before; f != nil {
+		s.before = nil
+		f()
+	}
+	return s.Store.PutIfAbsent(ctx, key, body, meta)
+}
+
+// TestConcurrentGetLoserDeletesItsCertificate: of two instances handling the
+// same get, the one that loses the conditional record write deletes the
+// certificate it created and answers with the winner's.
+func TestConcurrentGetLoserDeletesItsCertificate(t *testing.T) {
+	r := newRig(t, nil, nil)
+	csr := testpki.CSR(t, r.dev.ID, nil)
+	ev := vendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: r.dev.CertID, ClientID: r.dev.ID, JobID: job, ClientToken: "tok-1", CSR: string(csr)}
+	var winner vendor.Reply
+	loser := r.b.Vendor()
+	loser.Store = &racingStore{Store: r.b.Store, before: func() {
+		var err error
+		if winner, err = r.b.Vendor().Handle(context.Background(), ev); err != nil {
+			t.Fatalf("winner: %v", err)
+		}
+	}}
+	lost, err := loser.Handle(context.Background(), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a, b protocol.GetAccepted
+	json.Unmarshal(winner.Payload, &a)
+	json.Unmarshal(lost.Payload, &b)
+	if !strings.HasSuffix(lost.Topic, "/accepted") || a.CertificateID == "" || a.CertificateID != b.CertificateID {
+		t.Fatalf("winner %s %s, loser %s %s", winner.Topic, a.CertificateID, lost.Topic, b.CertificateID)
+	}
+	var ids []string
+	for id := range r.b.Reg.Certs {
+		if id != r.dev.CertID {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) != 1 || ids[0] != a.CertificateID {
+		t.Errorf("certificates besides the bootstrap one: %v, want only %s", ids, a.CertificateID)
+	}
+}
