@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/bootcert/bootcert/internal/demo"
 )
@@ -18,11 +19,12 @@ func main() {
 	bin := flag.String("bin", "bin", "directory with bootcertd, bootcertctl and bootcert-lab")
 	template := flag.String("template", "cloud/template.yaml", "SAM template the lab loads")
 	keep := flag.Bool("keep", os.Getenv("KEEP") == "1", "keep the work directory (also KEEP=1)")
+	wait := flag.Duration("wait", 60*time.Second, "longest wait for each observed state (a hang guard)")
 	result := flag.String("result", "", "write the final state (demo.Result) as JSON to this file")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res, err := demo.Run(ctx, demo.Options{Scenario: *scenario, Bin: *bin, Template: *template, Keep: *keep, Out: os.Stdout})
+	res, err := demo.Run(ctx, demo.Options{Scenario: *scenario, Bin: *bin, Template: *template, Keep: *keep, Out: os.Stdout, Wait: *wait})
 	if *result != "" && res != nil {
 		if werr := demo.WriteResult(*result, res); werr != nil {
 			fmt.Fprintln(os.Stderr, "demo:", werr)
