@@ -2,8 +2,11 @@ package cloud_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -92,4 +95,51 @@ func TestLabConcurrentIdenticalGets(t *testing.T) {
 	if a, j := ack(t, nc, d.ID, first.CertificateID); a.CertificateID != first.CertificateID {
 		t.Fatalf("ack of the first reply's certificate: %+v", j)
 	}
+}
+
+// TestLabSetupEnablesJobEvents: job execution events reach the reaper's
+// rule only after `bootcertctl cloud setup` (setup.Run) enabled them, as in
+// AWS (off by default).
+func TestLabSetupEnablesJobEvents(t *testing.T) {
+	r := startLab(t, nil, "")
+	ctx := context.Background()
+	jobEvents := func() bool {
+		out, err := r.iot.DescribeEventConfigurations(ctx, &iot.DescribeEventConfigurationsInput{})
+		if err != nil {
+			t.Fatalf("DescribeEventConfigurations: %v", err)
+		}
+		return out.EventConfigurations["JOB_EXECUTION"].Enabled
+	}
+	if jobEvents() {
+		t.Fatal("JOB_EXECUTION events enabled before setup")
+	}
+	d0 := r.ca.Issue(t, "gw-events", time.Now())
+	r.setup([]manifest.Entry{{DeviceID: d0.ID}})
+	if !jobEvents() {
+		t.Fatal("setup did not enable JOB_EXECUTION events")
+	}
+	// The device's execution is queued after setup: its event reaches
+	// the rule that invokes the reaper.
+	r.admit(d0)
+	waitFor(t, "the job events rule to match", func() bool { return r.ruleMatched("bootcert_job_events") > 0 })
+}
+
+// ruleMatched reads a rule's match counter from GET /lab/state.
+func (r *labRig) ruleMatched(rule string) int64 {
+	r.t.Helper()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(r.lab.ServerCAPEM())
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 20 * time.Second}
+	resp, err := hc.Get(r.lab.Endpoints().API + "/lab/state?pem=false")
+	if err != nil {
+		r.t.Fatalf("GET /lab/state: %v", err)
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Rules map[string]struct{ Matched int64 } `json:"rules"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		r.t.Fatalf("GET /lab/state: %v", err)
+	}
+	return st.Rules[rule].Matched
 }
