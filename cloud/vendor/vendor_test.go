@@ -290,6 +290,12 @@ func TestPreProvisioned(t *testing.T) {
 	if again.CertificateID != final {
 		t.Errorf("retry %q", again.CertificateID)
 	}
+	// The retry's location is the pre-provisioned package, like the first's
+	// (it used to name packages/{thing}/{certificateId}.pem, never written).
+	pkg := fleet.PackageKey(r.dev.ID, fleet.PreProvisionedName)
+	if !strings.Contains(acc.Location, pkg) || !strings.Contains(again.Location, pkg) {
+		t.Errorf("locations do not name %s", pkg)
+	}
 	a, j := ack(t, r, final, final)
 	if a.CertificateID != final {
 		t.Errorf("ack %+v %+v", a, j)
