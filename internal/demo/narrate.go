@@ -372,7 +372,9 @@ func (w *journalWatcher) run(stop <-chan struct{}) {
 		}
 		w.mu.Unlock()
 		if changed {
-			w.n.add(e.UpdatedAt, "journal", "%s", describeEntry(e))
+			// the time it was seen (the entry's updatedAt can be older: a
+			// restarted daemon completes an unjournalled swap)
+			w.n.add(time.Time{}, "journal", "%s", describeEntry(e))
 		}
 	}
 }
