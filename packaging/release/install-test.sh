@@ -5,8 +5,9 @@
 # in $BOOTCERT_PKG_CACHE, default dist/cache), then, each in a fresh copy:
 #   1. deb, no systemd running (chroot): install, user/group/modes/conffiles,
 #      systemd-analyze verify, check-config as the bootcert user; upgrade to
-#      a higher version (edited config and state survive); remove (state and
-#      config kept); purge (state kept); reinstall.
+#      a higher version (edited config and state survive); a conffile changed
+#      on both sides (unattended dpkg stops, --force-confold keeps the edit);
+#      remove (state and config kept); purge (state kept); reinstall.
 #   2. deb, systemd booted (systemd-nspawn -b): install, the unit is known but
 #      neither enabled nor started, a start fails in ExecStartPre with the
 #      missing-file message (the sandboxed unit reads its config); enabled,
@@ -146,6 +147,25 @@ config_is_edited "$R" || fail "edited config lost on upgrade"
 [ "$(in_root "$R" id -u bootcert)" = "$uid" ] || fail "bootcert uid changed on upgrade"
 expect_mode "$R" /etc/bootcert "750 root:bootcert"
 ok "upgrade 0.1.0 -> 0.2.0: edited config, state, uid and modes kept"
+
+# 0.3.0: 0.2.0 repacked with a changed shipped default, so that both sides
+# changed the conffile: unattended, dpkg cannot ask; --force-confold keeps
+# the edited one (the documented way) and leaves the new default beside it.
+C=$work/pkgs/c
+dpkg-deb -R "$debB" "$C"
+echo '# a changed default' >>"$C/etc/bootcert/bootcertd.toml"
+sed -i 's/^Version: .*/Version: 0.3.0-1/' "$C/DEBIAN/control"
+(cd "$C" && find etc usr -type f -exec md5sum {} + >DEBIAN/md5sums)
+dpkg-deb -b --root-owner-group "$C" "$R/var/tmp/bootcert_0.3.0_$arch.deb" >/dev/null
+if in_root "$R" dpkg -i "/var/tmp/bootcert_0.3.0_$arch.deb" >"$work/dpkg.log" 2>&1 </dev/null; then
+  fail "dpkg -i without a terminal passed although both sides changed the conffile"
+fi
+grep -q 'conffile prompt' "$work/dpkg.log" || { cat "$work/dpkg.log" >&2; fail "unexpected dpkg failure on the conffile conflict"; }
+in_root "$R" dpkg --force-confold --configure bootcert >"$work/dpkg.log" 2>&1 </dev/null || { cat "$work/dpkg.log" >&2; fail "dpkg --force-confold --configure"; }
+config_is_edited "$R" || fail "--force-confold replaced the edited config"
+grep -q '^# a changed default$' "$R/etc/bootcert/bootcertd.toml.dpkg-dist" || fail "new default not left as bootcertd.toml.dpkg-dist"
+[ "$(in_root "$R" dpkg-query -W -f='${Status} ${Version}' bootcert)" = "install ok installed 0.3.0-1" ] || fail "0.3.0 not configured"
+ok "conffile changed on both sides: unattended dpkg stops at the prompt; --force-confold keeps the edit, new default in .dpkg-dist"
 
 in_root "$R" dpkg -r bootcert >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; fail "dpkg -r"; }
 [ -e "$R/usr/bin/bootcertd" ] && fail "bootcertd still there after remove"
