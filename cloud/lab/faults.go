@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 
@@ -40,12 +41,7 @@ var FaultNames = map[string]func(*Faults){
 func ParseFault(f *Faults, name string) error {
 	set, ok := FaultNames[name]
 	if !ok {
-		var names []string
-		for n := range FaultNames {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		return fmt.Errorf("unknown fault %q (known: %s)", name, strings.Join(names, ", "))
+		return fmt.Errorf("unknown fault %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(FaultNames)), ", "))
 	}
 	set(f)
 	return nil

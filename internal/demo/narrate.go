@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -435,10 +437,5 @@ func (n *narrator) block(text string) {
 func (w *labWatcher) refusedIDs() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	var ids []string
-	for id := range w.refused {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	return ids
+	return slices.Sorted(maps.Keys(w.refused))
 }
