@@ -110,11 +110,19 @@
 //	pkcs11-tool --module $M --token-label bootcert --login --login-type so --so-pin SO --init-pin --pin PIN
 //
 // The daemon must see the same TPM2_PKCS11_STORE and TPM2_PKCS11_TCTI
-// (tpm2-pkcs11 reads them at C_Initialize). Limitations: tpm2-pkcs11 keeps
-// every key it creates or uses loaded in the TPM, so use a TCTI with a
-// resource manager (/dev/tpmrm0, or tpm2-abrmd); on a bare swtpm only a few
-// keys fit per process, and tpm2_ptool leaves transient objects behind
-// (run `tpm2_flushcontext -t` after it). Wrong PINs increment the TPM's
+// (tpm2-pkcs11 reads them at C_Initialize). tpm2-pkcs11 keeps every key it
+// creates or uses loaded in the TPM until C_Logout, the only call that
+// flushes them (C_DestroyObject and C_Finalize do not): without a resource
+// manager (swtpm, /dev/tpm0; swtpm has 3 transient object slots) a process
+// that has used two keys could not create a third (TPM_RC_OBJECT_MEMORY),
+// and a destroyed or exiting process's keys stayed loaded for good. For this
+// module (C_GetInfo manufacturer "tpm2-software...") the backend therefore
+// logs the token out and in again before Generate and Delete, and out
+// before CloseAll closes a context; keys load again on their next use
+// (tpm2-pkcs11 keeps object handles valid across logout). A TCTI with a
+// resource manager (/dev/tpmrm0, or tpm2-abrmd) is still the better choice.
+// tpm2_ptool leaves transient objects behind (run `tpm2_flushcontext -t`
+// after it). Wrong PINs increment the TPM's
 // dictionary-attack counter. The native tpm: backend (keystore/tpm) needs
 // neither cgo nor a store and is the default choice for TPM keys.
 //
