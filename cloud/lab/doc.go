@@ -55,7 +55,8 @@
 //     synchronously; GET /lab/state shows the registry, broker sessions,
 //     function and rule counters.
 //   - The IoT control-plane REST API and data-plane Publish for
-//     aws-sdk-go-v2 (package api), S3 through gofakes3 (package s3). Like
+//     aws-sdk-go-v2 (package api), S3 through gofakes3 (package s3, with
+//     conditional PutObject: If-None-Match "*" answers 412). Like
 //     AWS's iot:Data-ATS endpoint, the MQTT port also answers the HTTPS
 //     data plane (POST /topics/{topic}, SigV4), and DescribeEndpoint
 //     iot:Data-ATS returns it.
