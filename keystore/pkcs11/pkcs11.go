@@ -224,6 +224,21 @@ type signer struct {
 	crypto11.Signer
 	tok  *token
 	name string
+	cfg  *config // to log in again (Close on tpm2-pkcs11)
+}
+
+// Close releases what the key holds in the token. On tpm2-pkcs11 (see
+// flushLoaded) that is a TPM object slot, which only a logout frees: Close
+// logs the token out and in again, unloading every key this process had
+// loaded; keys still in use load again on their next signature. Other
+// modules hold nothing per key: Close does nothing.
+func (s *signer) Close() error {
+	if !s.tok.keepsLoaded {
+		return nil
+	}
+	s.tok.mu.Lock()
+	defer s.tok.mu.Unlock()
+	return s.tok.flushLoaded(s.cfg)
 }
 
 // Sign signs with the token-resident private key.
@@ -275,7 +290,7 @@ func (Backend) Open(_ context.Context, u *keystore.URI) (crypto.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &signer{Signer: k, tok: t, name: c.keyName()}, nil
+	return &signer{Signer: k, tok: t, name: c.keyName(), cfg: c}, nil
 }
 
 // Generate creates a key pair inside the token: token object, private,
@@ -343,7 +358,12 @@ func (Backend) Generate(_ context.Context, u *keystore.URI, alg keystore.Algorit
 		_ = k.Delete()
 		return nil, fmt.Errorf("generating %s key %s on token %s: the token did not apply the requested protection (attributes %v); key deleted", alg, c.keyName(), c.tokenName(), attrs)
 	}
-	return &signer{Signer: k, tok: t, name: c.keyName()}, nil
+	// tpm2-pkcs11 leaves the new key and its public part loaded: unload
+	// them, so that the key it replaces can still be loaded (a rollback)
+	if err := t.flushLoaded(c); err != nil {
+		return nil, fmt.Errorf("generating %s key %s: %w", alg, c.keyName(), err)
+	}
+	return &signer{Signer: k, tok: t, name: c.keyName(), cfg: c}, nil
 }
 
 func (c *config) refuseExisting(t *token, id, label []byte, what string) error {

@@ -208,3 +208,53 @@ func BenchmarkTPM2PKCS11(b *testing.B) {
 		}
 	})
 }
+
+// TestTPM2PKCS11Renewals: rotation after rotation in one process on swtpm
+// (3 transient object slots, no resource manager). tpm2-pkcs11 keeps every
+// key it used loaded until C_Logout; the backend logs out and in before
+// Generate and Delete, so a bootstrap key that keeps signing and a new key
+// per round fit, a signer opened before still signs, and nothing stays
+// loaded in the TPM after CloseAll.
+func TestTPM2PKCS11Renewals(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	d := sha256.Sum256([]byte("renewal"))
+	sign := func(what string, s crypto.Signer) {
+		t.Helper()
+		sig, err := s.Sign(rand.Reader, d[:], crypto.SHA256)
+		if err != nil || !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), d[:], sig) {
+			t.Fatalf("Sign with %s: %v", what, err)
+		}
+	}
+	boot, err := keystore.Generate(ctx, uri("bootstrap"), keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign("bootstrap", boot)
+	var prev crypto.Signer
+	for g := 1; g <= 5; g++ {
+		op, err := keystore.Generate(ctx, uri(fmt.Sprintf("op-%d", g)), keystore.ECDSAP256)
+		if err != nil {
+			t.Fatalf("generation %d: Generate: %v", g, err)
+		}
+		sign(fmt.Sprintf("op-%d", g), op) // the CSR
+		if g > 1 {
+			sign(fmt.Sprintf("op-%d", g-1), prev) // a rollback to the key it replaces
+		}
+		keystore.CloseSigner(prev) // the daemon closes idle keys on connect
+		sign("bootstrap", boot)    // opened before the logouts
+		if g > 1 {
+			if err := keystore.Delete(ctx, uri(fmt.Sprintf("op-%d", g-1))); err != nil {
+				t.Fatalf("generation %d: Delete op-%d: %v", g, g-1, err)
+			}
+		}
+		sign(fmt.Sprintf("op-%d", g), op)
+		prev = op
+	}
+	if err := pkcs11.CloseAll(); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.run(t, "tpm2_getcap", "handles-transient"); strings.TrimSpace(out) != "" {
+		t.Errorf("transient objects left in the TPM after CloseAll:\n%s", out)
+	}
+}
