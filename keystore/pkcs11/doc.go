@@ -117,8 +117,9 @@
 // that has used two keys could not create a third (TPM_RC_OBJECT_MEMORY),
 // and a destroyed or exiting process's keys stayed loaded for good. For this
 // module (C_GetInfo manufacturer "tpm2-software...") the backend therefore
-// logs the token out and in again before Generate and Delete, and out
-// before CloseAll closes a context; keys load again on their next use
+// logs the token out and in again before and after Generate, before
+// Delete and when a signer is closed, and out before CloseAll closes a
+// context; keys load again on their next use
 // (tpm2-pkcs11 keeps object handles valid across logout). A TCTI with a
 // resource manager (/dev/tpmrm0, or tpm2-abrmd) is still the better choice.
 // tpm2_ptool leaves transient objects behind (run `tpm2_flushcontext -t`
