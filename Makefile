@@ -76,9 +76,11 @@ lambdas:
 	@./scripts/lambdas.sh dist/lambda
 	@ls -l dist/lambda/*/*.zip
 
-## packages: dist/bootcert_<version>_<arch>.deb and .rpm for amd64 (cgo: TPM + PKCS#11) and arm64 (CGO_ENABLED=0: TPM only); VERSION=x.y.z overrides git describe
+## packages: $(DIST)/bootcert_<version>_<arch>.deb and .rpm with the RELEASE_* flags: amd64 (cgo: TPM + PKCS#11), arm64 (CGO_ENABLED=0: TPM only); VERSION=x.y.z overrides git describe, ARCHES=amd64 builds one
+DIST ?= dist
 packages:
-	@./packaging/release/build.sh dist
+	@RELEASE_CGO='$(RELEASE_CGO)' RELEASE_FLAGS='$(RELEASE_FLAGS)' RELEASE_GCFLAGS='$(RELEASE_GCFLAGS)' \
+	  RELEASE_LDFLAGS='$(RELEASE_LDFLAGS)' GO='$(GO)' ./packaging/release/build.sh $(DIST)
 
 ## test-packages: install test (downloads): the .deb in a debootstrapped Debian 12 (install, upgrade, remove), the .rpm with rpm --root
 test-packages: deps

@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Builds dist/bootcert_<version>_<arch>.deb and .rpm from nfpm.yaml.
-#   packaging/release/build.sh [OUTDIR]          (default: dist)
+# Builds <OUTDIR>/bootcert_<version>_<arch>.deb and .rpm from nfpm.yaml.
+# Run it as `make packages [DIST=dir] [VERSION=x.y.z] [ARCHES=amd64]`: the
+# Makefile passes its release build flags (RELEASE_CGO, RELEASE_FLAGS,
+# RELEASE_GCFLAGS, RELEASE_LDFLAGS: stripped, -trimpath, tag nosimulator).
+#   packaging/release/build.sh OUTDIR
 # Environment:
 #   VERSION  package version (default: from git describe, see below)
 #   ARCHES   architectures to build (default: "amd64 arm64")
 #   GO       go command (default: go)
-# Binaries are stripped release builds (-trimpath -ldflags '-s -w'). The
-# build machine's own architecture is built with cgo (PKCS#11 backend via
-# crypto11, in-process TPM simulator); other architectures with
-# CGO_ENABLED=0: TPM backend only, a static binary. The package's shared
-# library dependencies are read from the binaries (readelf) and mapped to
-# Debian packages with dpkg -S and to rpm sonames.
+# The build machine's own architecture is built with CGO_ENABLED=$RELEASE_CGO
+# (1: PKCS#11 backend via crypto11); other architectures with CGO_ENABLED=0
+# (no C cross toolchain here): TPM backend only, a static binary. The
+# package's shared library dependencies are read from the binaries (readelf)
+# and mapped to Debian packages with dpkg -S and to rpm sonames.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-out=${1:-dist}
+out=${1:?usage: build.sh OUTDIR (run by make packages)}
+for v in RELEASE_CGO RELEASE_FLAGS RELEASE_LDFLAGS; do
+  [ -n "${!v:-}" ] || { echo "build.sh: $v is not set: run it as make packages" >&2; exit 1; }
+done
 GO=${GO:-go}
 ARCHES=${ARCHES:-amd64 arm64}
 host=$($GO env GOARCH)
@@ -46,10 +51,10 @@ mkdir -p "$out"
 for arch in $ARCHES; do
   case $arch in amd64|arm64) ;; *) echo "build.sh: unsupported architecture '$arch' (amd64, arm64)" >&2; exit 1 ;; esac
   cgo=0
-  [ "$arch" = "$host" ] && cgo=1
+  [ "$arch" = "$host" ] && cgo=$RELEASE_CGO
   bin=$stage/$arch
   mkdir -p "$bin"
-  GOOS=linux GOARCH=$arch CGO_ENABLED=$cgo $GO build -trimpath -ldflags '-s -w' -o "$bin/" ./cmd/bootcertd ./cmd/bootcertctl
+  GOOS=linux GOARCH=$arch CGO_ENABLED=$cgo $GO build $RELEASE_FLAGS ${RELEASE_GCFLAGS:-} -ldflags="$RELEASE_LDFLAGS" -o "$bin/" ./cmd/bootcertd ./cmd/bootcertctl
 
   # shared libraries the binaries need -> package dependencies
   deb_libs=() rpm_libs=()

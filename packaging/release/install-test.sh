@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install test of the bootcert packages (make test-packages). Downloads a
-# minimal Debian 12 once (debootstrap --variant=minbase plus systemd and
-# libssl3, from the mirror in this machine's apt sources; cached as a tarball
+# minimal Debian 12 once (debootstrap --variant=minbase plus systemd, from
+# the mirror in this machine's apt sources; cached as a tarball
 # in $BOOTCERT_PKG_CACHE, default dist/cache), then, each in a fresh copy:
 #   1. deb, no systemd running (chroot): install, user/group/modes/conffiles,
 #      systemd-analyze verify, check-config as the bootcert user; upgrade to
@@ -70,17 +70,19 @@ url=$(mirror | head -1)
 
 # --- packages: two builds, the second with a higher version
 step "building packages"
-VERSION=0.1.0 ARCHES=$arch packaging/release/build.sh "$work/pkgs" >/dev/null
-VERSION=0.2.0 ARCHES=$arch packaging/release/build.sh "$work/pkgs" >/dev/null
+for v in 0.1.0 0.2.0; do
+  make -s --no-print-directory packages DIST="$work/pkgs" VERSION=$v ARCHES="$arch" >/dev/null
+done
 debA=$work/pkgs/bootcert_0.1.0_$arch.deb debB=$work/pkgs/bootcert_0.2.0_$arch.deb
 rpmA=$work/pkgs/bootcert_0.1.0_$arch.rpm rpmB=$work/pkgs/bootcert_0.2.0_$arch.rpm
 
 # --- Debian 12 root, cached
-tarball=$cache/debian12-minbase-systemd-$arch.tar.gz
+include=systemd
+tarball=$cache/debian12-minbase-$include-$arch.tar.gz
 if [ ! -s "$tarball" ]; then
-  step "debootstrap $suite (minbase + systemd, libssl3); cached in $tarball"
+  step "debootstrap $suite (minbase + $include); cached in $tarball"
   mkdir -p "$cache"
-  debootstrap --variant=minbase --include=systemd,libssl3 "$suite" "$work/base" "$url" >"$work/debootstrap.log" 2>&1 ||
+  debootstrap --variant=minbase --include="$include" "$suite" "$work/base" "$url" >"$work/debootstrap.log" 2>&1 ||
     { tail -20 "$work/debootstrap.log" >&2; fail "debootstrap $suite"; }
   rm -rf "$work/base/var/cache/apt/archives/"*.deb
   tar -C "$work/base" -czf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
