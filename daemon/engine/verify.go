@@ -1,12 +1,16 @@
 package engine
 
 import (
+	"context"
 	"crypto"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -133,4 +137,58 @@ func Redact(raw string) string {
 	u.User = nil
 	u.Fragment = ""
 	return u.String()
+}
+
+// Fetch downloads a location.
+func (f *HTTPFetcher) Fetch(ctx context.Context, raw string) ([]byte, error) {
+	u, err := CheckLocation(raw, f.AllowedHosts)
+	if err != nil {
+		return nil, err
+	}
+	max := f.MaxSize
+	if max <= 0 {
+		max = 64 << 10
+	}
+	to := f.Timeout
+	if to <= 0 {
+		to = 30 * time.Second
+	}
+	client := &http.Client{
+		Timeout:   to,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: f.RootCAs, MinVersion: tls.VersionTLS12}, Proxy: nil},
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if _, err := CheckLocation(req.URL.String(), f.AllowedHosts); err != nil {
+				return err
+			}
+			if len(via) > 3 {
+				return errors.New("too many redirects")
+			}
+			return nil
+		},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("fetching %s: %w", Redact(raw), err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		// url.Error prints the URL with its query: strip it
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("fetching %s: %w", Redact(raw), err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("fetching %s: HTTP %s", Redact(raw), resp.Status)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("fetching %s: %w", Redact(raw), err)
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("fetching %s: larger than %d bytes", Redact(raw), max)
+	}
+	return data, nil
 }
