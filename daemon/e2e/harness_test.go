@@ -418,7 +418,7 @@ func (d *device) start() {
 	d.cmd = exec.Command(bin, "--config", d.cfgPath)
 	w := syncWriter{&d.logMu, d.log}
 	d.cmd.Stdout, d.cmd.Stderr = w, w
-	d.cmd.Env = os.Environ()
+	d.cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
 	}
@@ -476,7 +476,14 @@ func (d *device) waitFor(what string, cond func(engine.Status) bool) engine.Stat
 		case <-time.After(25 * time.Millisecond):
 		}
 	}
-	d.t.Fatalf("timed out waiting for %s: status %+v (%v)\nlog:\n%s", what, last, lastErr, tail(d.Log(), 200))
+	// a goroutine dump of the stuck daemon (SIGQUIT: the Go runtime
+	// prints every goroutine to stderr, which d.log captures)
+	d.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-d.exited:
+	case <-time.After(5 * time.Second):
+	}
+	d.t.Fatalf("timed out waiting for %s: status %+v (%v)\nlog:\n%s", what, last, lastErr, tail(d.Log(), 2000))
 	return last
 }
 
