@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -138,11 +139,51 @@ func (s *Server) connect(cl *mqtt.Client) error {
 			atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
 		}
 	}
+	s.retirePrevious(cl)
 	sess := &session{principal: p, subOK: map[string]int{}, id: randomID()}
 	s.addSession(cl, sess)
 	log.Info("connected", "policy", d.Policy, "statement", d.Statement)
 	s.publishPresence(cl, sess, "connected", nil)
 	return nil
+}
+
+// retireTimeout bounds the wait for the previous connection of a client ID
+// to be torn down (retirePrevious).
+const retireTimeout = 5 * time.Second
+
+// retirePrevious ends the previous connection with cl's client ID, if any,
+// and waits until mochi has torn it down, before mochi takes the session
+// over. AWS IoT Core ends the old connection (DUPLICATE_CLIENTID) and serves
+// the new one. mochi 2.7.9 races here for clean sessions: when the old
+// connection's own teardown checks "taken over" just before the new
+// connection's takeover sets it, the teardown deletes the client ID from
+// mochi's client table after the new client was added to it; the new
+// connection then keeps its SUBACKs, PUBACKs and PINGRESPs while every
+// message for it is dropped (a device that reconnects at once after
+// switching credentials never heard its acknowledgement).
+func (s *Server) retirePrevious(cl *mqtt.Client) {
+	old, ok := s.mq.Clients.Get(cl.ID)
+	if !ok || old == cl || old.Net.Inline {
+		return
+	}
+	// Only a clean session's teardown deletes the client ID (a persistent
+	// one stays in the table for the next connection to inherit).
+	clean := (old.Properties.ProtocolVersion < 5 && old.Properties.Clean) ||
+		(old.Properties.ProtocolVersion == 5 && old.Properties.Props.SessionExpiryInterval == 0)
+	if !clean {
+		return
+	}
+	if !old.Closed() {
+		old.Stop(packets.ErrSessionTakenOver)
+	}
+	deadline := time.Now().Add(retireTimeout)
+	for time.Now().Before(deadline) {
+		if cur, ok := s.mq.Clients.Get(cl.ID); !ok || cur != old {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.log.Warn("previous connection of the client ID not torn down in time; taking it over anyway", "clientId", cl.ID, "oldRemote", old.Net.Remote)
 }
 
 // publishPresence publishes AWS's lifecycle events,
