@@ -100,6 +100,7 @@ type Engine struct {
 	startToken string
 	beatC      <-chan time.Time
 	replyTries int                      // requests sent without a reply in this rotation step
+	unanswered int                      // get/ack requests sent on this session since its last reply
 	signers    map[string]crypto.Signer // open keys by URI (engine goroutine only)
 	beat       atomic.Int64             // unix ns of the last pass through the loop
 	laps       map[string]time.Duration // where the rotation's time went

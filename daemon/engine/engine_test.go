@@ -354,6 +354,44 @@ func TestDuplicatedAndLostReplies(t *testing.T) {
 	}
 }
 
+// TestReconnectWhenRepliesStop: after the switch the new session gets its
+// SUBACKs and PUBACKs but no message (the lab's broker lost it from its
+// client table on the quick reconnect). The engine asks again, then ends the
+// session and reconnects, and the rotation commits; it does not wait on that
+// session for ever.
+func TestReconnectWhenRepliesStop(t *testing.T) {
+	r := newRig(t)
+	r.cloud.deafNew = 1
+	r.cfg.ReplyTimeout = 50 * time.Millisecond
+	r.start()
+	r.cloud.queueJob("rot-1")
+	r.waitFor("generation 1", operational(1))
+	r.cloud.mu.Lock()
+	defer r.cloud.mu.Unlock()
+	if r.cloud.acks < maxUnanswered+1 {
+		t.Errorf("acks %d, want >= %d (asked again, then again on a new session)", r.cloud.acks, maxUnanswered+1)
+	}
+}
+
+// TestSubscribeWithoutSubackTimesOut: a SUBSCRIBE that never gets its SUBACK
+// ends the session after the reply timeout (the engine loop is never held
+// by a wait without a deadline), a slow broker is not a refusal of the new
+// certificate (no rollback after RollbackRefusals of them), and a later
+// session completes the rotation.
+func TestSubscribeWithoutSubackTimesOut(t *testing.T) {
+	r := newRig(t)
+	r.cloud.hangSubs = r.cfg.RollbackRefusals
+	r.cfg.ReplyTimeout = 50 * time.Millisecond
+	r.start()
+	r.cloud.queueJob("rot-1")
+	r.waitFor("generation 1", operational(1))
+	r.cloud.mu.Lock()
+	defer r.cloud.mu.Unlock()
+	if r.cloud.hangSubs != 0 {
+		t.Errorf("%d SUBSCRIBEs left unanswered, want all %d tried", r.cloud.hangSubs, r.cfg.RollbackRefusals)
+	}
+}
+
 func TestBackoff(t *testing.T) {
 	b := Backoff{Initial: time.Second, Max: 10 * time.Second, Rand: func() float64 { return 0.999999 }}
 	for n, want := range map[int]time.Duration{0: time.Second, 1: 2 * time.Second, 3: 8 * time.Second, 4: 10 * time.Second, 60: 10 * time.Second} {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -45,6 +46,13 @@ type fakeCloud struct {
 	dropAcks   int
 	dropGets   int
 	csrs       []string
+	// deafNew: this many connections with an issued certificate get
+	// SUBACKs and PUBACKs but no message (the broker lost them from its
+	// client table, as the lab's mochi did on a quick reconnect)
+	deafNew int
+	// hangSubs: this many SUBSCRIBEs on issued certificates never get a
+	// SUBACK
+	hangSubs int
 }
 
 type refusedErr struct{}
@@ -97,6 +105,10 @@ func (f *fakeCloud) Dial(ctx context.Context, c *Credential) (Conn, error) {
 		old.drop(errors.New("session taken over"))
 	}
 	conn := &fakeConn{cloud: f, certID: id, subs: map[string]func(string, []byte){}, done: make(chan struct{})}
+	if f.deafNew > 0 && contains(f.issued, id) {
+		f.deafNew--
+		conn.deaf = true
+	}
 	f.conns = []*fakeConn{conn}
 	return conn, nil
 }
@@ -109,6 +121,7 @@ type fakeConn struct {
 	done   chan struct{}
 	once   sync.Once
 	err    error
+	deaf   bool
 }
 
 func (c *fakeConn) jobs(rest string) string { return "$aws/things/" + c.cloud.thing + "/jobs/" + rest }
@@ -125,7 +138,19 @@ func (c *fakeConn) Subscribe(ctx context.Context, filter string, h func(string, 
 	f := c.cloud
 	f.mu.Lock()
 	deny := f.denyNewSub && contains(f.issued, c.certID)
+	hang := f.hangSubs > 0 && contains(f.issued, c.certID)
+	if hang {
+		f.hangSubs--
+	}
 	f.mu.Unlock()
+	if hang {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("subscribing to %s: %w", filter, ctx.Err())
+		case <-c.done:
+			return errors.New("subscribing to " + filter + ": connection lost")
+		}
+	}
 	if deny {
 		c.drop(errors.New("closed by the broker: not authorized"))
 		return errors.New("subscribing to " + filter + ": connection lost")
@@ -151,6 +176,9 @@ func match(filter, topic string) bool {
 
 // deliver runs matching handlers asynchronously, as the network would.
 func (c *fakeConn) deliver(topic string, payload []byte) {
+	if c.deaf {
+		return
+	}
 	c.mu.Lock()
 	var hs []func(string, []byte)
 	for f, h := range c.subs {

@@ -50,11 +50,14 @@ func (e *Engine) runSession(ctx context.Context, conn Conn, c *Credential) error
 	e.in = in
 	e.subscribed = map[string]bool{}
 	e.retryAt = nil
+	e.unanswered = 0
 	e.setConn("connected", c)
 	e.log.Info("connected", "generation", c.Generation, "certificateId", c.CertificateID())
 	for _, f := range []string{e.jobsTopic("notify-next"), e.jobsTopic("start-next/+"), e.jobsTopic("+/update/+")} {
 		if err := e.subscribe(ctx, f); err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+				// no SUBACK within the reply timeout: a slow or stuck
+				// broker, not a verdict on the credential
 				return err
 			}
 			return &notEstablished{err}
@@ -103,12 +106,17 @@ func (e *Engine) subscribe(ctx context.Context, filter string) error {
 		return nil
 	}
 	in, done := e.in, e.conn.Done()
-	err := e.conn.Subscribe(ctx, filter, func(topic string, payload []byte) {
+	// paho runs each handler in its own goroutine (order does not matter):
+	// a handler waiting here for a busy engine blocks nothing else.
+	wctx, cancel := e.netWait(ctx)
+	defer cancel()
+	err := e.conn.Subscribe(wctx, filter, func(topic string, payload []byte) {
 		select {
 		case in <- message{topic, payload}:
 		case <-done:
 		}
 	})
+	e.tick()
 	if err != nil {
 		return err
 	}
@@ -116,12 +124,29 @@ func (e *Engine) subscribe(ctx context.Context, filter string) error {
 	return nil
 }
 
+// netWait bounds a wait for the broker (SUBACK, PUBACK) by the reply
+// timeout: a broker that stops answering on an open connection ends the
+// session (and the engine reconnects) instead of holding the engine loop.
+func (e *Engine) netWait(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, e.cfg.ReplyTimeout)
+}
+
+// publish publishes at QoS 1 and waits for the PUBACK, at most the reply
+// timeout.
+func (e *Engine) publish(ctx context.Context, topic string, payload []byte) error {
+	wctx, cancel := e.netWait(ctx)
+	defer cancel()
+	err := e.conn.Publish(wctx, topic, payload)
+	e.tick()
+	return err
+}
+
 func (e *Engine) publishJSON(ctx context.Context, topic string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return e.conn.Publish(ctx, topic, b)
+	return e.publish(ctx, topic, b)
 }
 
 func (e *Engine) startNext(ctx context.Context) error {
@@ -150,7 +175,7 @@ func (e *Engine) updateJob(ctx context.Context, jobID, status string, details ma
 	}
 	if status == "SUCCEEDED" || status == "FAILED" {
 		// terminal: wait for the PUBACK before the journal forgets the job
-		return e.conn.Publish(ctx, e.jobsTopic(jobID+"/update"), b)
+		return e.publish(ctx, e.jobsTopic(jobID+"/update"), b)
 	}
 	return e.conn.PublishNoWait(e.jobsTopic(jobID+"/update"), b)
 }
@@ -376,9 +401,29 @@ func (e *Engine) sendGet(ctx context.Context) error {
 		return err
 	}
 	e.lap("csr+publish")
-	e.retryAt = e.clock.After(e.retryDelay())
+	e.asked("certificate request")
 	return nil
 }
+
+// maxUnanswered is how many requests (get, ack) a session may leave without
+// any reply before the engine ends it and reconnects: a broker that
+// acknowledges publishes but delivers nothing to a connection (subscriptions
+// lost on its side) is only cured by a new session.
+const maxUnanswered = 2
+
+// asked arms the retry of a request just sent.
+func (e *Engine) asked(what string) {
+	e.unanswered++
+	d := e.retryDelay()
+	e.log.Debug("waiting for a reply", "request", what, "sent", e.unanswered, "retryIn", d.Round(time.Millisecond))
+	e.retryAt = e.clock.After(d)
+}
+
+// answered notes a reply on this session.
+func (e *Engine) answered() { e.unanswered = 0 }
+
+// errNoReply ends a session whose requests go unanswered.
+var errNoReply = errors.New("no reply to the last requests on this session")
 
 // csrMatches reports whether a journalled CSR is for the staged key (a key
 // made again after a crash needs a new one).
@@ -406,6 +451,7 @@ func (e *Engine) onGetReply(ctx context.Context, suffix string, payload []byte) 
 		if r.ClientToken != j.ClientToken {
 			return nil
 		}
+		e.answered()
 		if r.Retryable {
 			e.log.Warn("certificate request rejected, retrying", "code", r.Code, "message", r.Message)
 			e.retryAt = e.clock.After(e.retryDelay())
@@ -425,6 +471,7 @@ func (e *Engine) onGetReply(ctx context.Context, suffix string, payload []byte) 
 	}
 	e.lap("wait-get")
 	e.replyTries = 0
+	e.answered()
 	pemData := []byte(a.CertificatePEM)
 	if len(pemData) == 0 {
 		if a.Location == "" {
@@ -514,7 +561,7 @@ func (e *Engine) sendAck(ctx context.Context) error {
 	if err := e.publishJSON(ctx, ack.Publish, protocol.AckRequest{JobID: j.JobID, ClientToken: j.ClientToken, CertificateID: j.CertificateID}); err != nil {
 		return err
 	}
-	e.retryAt = e.clock.After(e.retryDelay())
+	e.asked("acknowledgement")
 	return nil
 }
 
@@ -529,6 +576,7 @@ func (e *Engine) onAckReply(ctx context.Context, suffix string, payload []byte) 
 		if err := protocol.Decode("ack/accepted", payload, &a); err != nil || a.ClientToken != j.ClientToken {
 			return nil
 		}
+		e.answered()
 		j.Phase = journal.Committed
 		j.UpdatedAt = e.clock.Now()
 		if err := e.journal.Write(j); err != nil {
@@ -544,6 +592,7 @@ func (e *Engine) onAckReply(ctx context.Context, suffix string, payload []byte) 
 		if err := protocol.Decode("ack/rejected", payload, &r); err != nil || r.ClientToken != j.ClientToken {
 			return nil
 		}
+		e.answered()
 		if r.Retryable {
 			e.retryAt = e.clock.After(e.retryDelay())
 			return nil
@@ -657,13 +706,24 @@ func (e *Engine) retryDelay() time.Duration {
 
 func (e *Engine) retry(ctx context.Context) error {
 	j := e.journal.Current()
+	var what string
 	switch {
 	case j.Phase == journal.KeyStaged && e.staged != nil:
-		return e.sendGet(ctx)
+		what = "certificate request"
 	case j.Phase == journal.Switched && e.connCred.Generation == j.Generation:
+		what = "acknowledgement"
+	default:
+		return nil
+	}
+	if e.unanswered >= maxUnanswered {
+		e.log.Warn("no reply on this session; reconnecting", "request", what, "unanswered", e.unanswered)
+		return fmt.Errorf("%w (%d %s requests, reply timeout %s)", errNoReply, e.unanswered, what, e.cfg.ReplyTimeout)
+	}
+	e.log.Info("no reply; asking again", "request", what, "unanswered", e.unanswered)
+	if what == "acknowledgement" {
 		return e.sendAck(ctx)
 	}
-	return nil
+	return e.sendGet(ctx)
 }
 
 // reconcile brings journal, pointer and stored generations into agreement
