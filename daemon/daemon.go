@@ -183,7 +183,8 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger) error {
 			return nil
 		case <-tick:
 			// fed only while the engine loop runs (a dial may hold it for
-			// up to timeouts.connect: keep WatchdogSec above 1.5x that)
+			// up to timeouts.connect, a SUBACK or PUBACK wait for up to
+			// timeouts.reply: keep WatchdogSec above 1.5x the larger)
 			if time.Since(eng.LastBeat()) < iv*2/3 {
 				sd.SdNotify(false, sd.SdNotifyWatchdog)
 			} else {

@@ -191,6 +191,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		for _, c := range cands {
 			e.setConn("connecting", c)
 			conn, err := e.dialOne(ctx, c)
+			e.tick() // a dial is bounded by timeouts.connect
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -304,7 +305,10 @@ var errSwitch = errors.New("switching credentials")
 const BeatInterval = 5 * time.Second
 
 // LastBeat is when the engine loop last ran; the systemd watchdog is fed
-// only while it is recent, so a hung engine gets the daemon restarted.
+// only while it is recent, so a hung engine gets the daemon restarted. The
+// loop beats at least every BeatInterval when idle and after every wait for
+// the network, each bounded by the connect or the reply timeout; only a
+// stuck call (hardware, a wait without a deadline) stops it.
 func (e *Engine) LastBeat() time.Time { return time.Unix(0, e.beat.Load()) }
 
 func (e *Engine) tick() { e.beat.Store(time.Now().UnixNano()) }

@@ -392,6 +392,34 @@ func TestSubscribeWithoutSubackTimesOut(t *testing.T) {
 	}
 }
 
+// TestStuckEngineStopsBeating: the heartbeat that feeds the systemd
+// watchdog (LastBeat) stops while the engine loop is stuck in a call that
+// never returns, and beats again once it returns.
+func TestStuckEngineStopsBeating(t *testing.T) {
+	r := newRig(t)
+	stall, stalled := make(chan struct{}), make(chan struct{})
+	r.cloud.stall, r.cloud.stalled = stall, stalled
+	r.start()
+	select {
+	case <-stalled:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the engine never asked for jobs")
+	}
+	stuck := r.eng.LastBeat()
+	for i := 0; i < 3; i++ {
+		time.Sleep(20 * time.Millisecond)
+		if b := r.eng.LastBeat(); !b.Equal(stuck) {
+			t.Fatalf("the engine beat (%v, then %v) while stuck in a publish", stuck, b)
+		}
+	}
+	close(stall)
+	for deadline := time.Now().Add(30 * time.Second); r.eng.LastBeat().Equal(stuck); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no beat after the publish returned")
+		}
+	}
+}
+
 func TestBackoff(t *testing.T) {
 	b := Backoff{Initial: time.Second, Max: 10 * time.Second, Rand: func() float64 { return 0.999999 }}
 	for n, want := range map[int]time.Duration{0: time.Second, 1: 2 * time.Second, 3: 8 * time.Second, 4: 10 * time.Second, 60: 10 * time.Second} {

@@ -53,6 +53,9 @@ type fakeCloud struct {
 	// hangSubs: this many SUBSCRIBEs on issued certificates never get a
 	// SUBACK
 	hangSubs int
+	// stall: when set, a start-next publish blocks, deadline or not, until
+	// it is closed (a call that never returns), after closing stalled
+	stall, stalled chan struct{}
 }
 
 type refusedErr struct{}
@@ -206,6 +209,14 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 	t := f.thing
 	switch {
 	case topic == c.jobs("start-next"):
+		f.mu.Lock()
+		stall, stalled := f.stall, f.stalled
+		f.stall = nil
+		f.mu.Unlock()
+		if stall != nil {
+			close(stalled)
+			<-stall
+		}
 		f.mu.Lock()
 		f.nexts++
 		job, doc := f.job, f.doc
