@@ -354,41 +354,47 @@ func TestDuplicatedAndLostReplies(t *testing.T) {
 	}
 }
 
-// TestReconnectWhenRepliesStop: after the switch the new session gets its
-// SUBACKs and PUBACKs but no message (the lab's broker lost it from its
-// client table on the quick reconnect). The engine asks again, then ends the
-// session and reconnects, and the rotation commits; it does not wait on that
-// session for ever.
-func TestReconnectWhenRepliesStop(t *testing.T) {
-	r := newRig(t)
-	r.cloud.deafNew = 1
-	r.cfg.ReplyTimeout = 50 * time.Millisecond
-	r.start()
-	r.cloud.queueJob("rot-1")
-	r.waitFor("generation 1", operational(1))
-	r.cloud.mu.Lock()
-	defer r.cloud.mu.Unlock()
-	if r.cloud.acks < maxUnanswered+1 {
-		t.Errorf("acks %d, want >= %d (asked again, then again on a new session)", r.cloud.acks, maxUnanswered+1)
-	}
-}
-
-// TestSubscribeWithoutSubackTimesOut: a SUBSCRIBE that never gets its SUBACK
-// ends the session after the reply timeout (the engine loop is never held
-// by a wait without a deadline), a slow broker is not a refusal of the new
-// certificate (no rollback after RollbackRefusals of them), and a later
-// session completes the rotation.
-func TestSubscribeWithoutSubackTimesOut(t *testing.T) {
-	r := newRig(t)
-	r.cloud.hangSubs = r.cfg.RollbackRefusals
-	r.cfg.ReplyTimeout = 50 * time.Millisecond
-	r.start()
-	r.cloud.queueJob("rot-1")
-	r.waitFor("generation 1", operational(1))
-	r.cloud.mu.Lock()
-	defer r.cloud.mu.Unlock()
-	if r.cloud.hangSubs != 0 {
-		t.Errorf("%d SUBSCRIBEs left unanswered, want all %d tried", r.cloud.hangSubs, r.cfg.RollbackRefusals)
+// TestBrokerStopsAnswering: after the switch the broker stops answering on
+// an open connection, and the rotation still commits on a later session;
+// the engine never waits on one for ever.
+//   - deaf: the new session gets its SUBACKs and PUBACKs but no message (the
+//     lab's broker lost it from its client table on the quick reconnect):
+//     the engine asks again, then ends the session and reconnects.
+//   - no SUBACK: the wait ends at the reply timeout, and a slow broker is not
+//     a refusal of the new certificate (no rollback after RollbackRefusals
+//     of them).
+func TestBrokerStopsAnswering(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(*fakeCloud, Config)
+		check func(*fakeCloud, Config) string
+	}{
+		{"deaf", func(f *fakeCloud, _ Config) { f.deafNew = 1 }, func(f *fakeCloud, _ Config) string {
+			if f.acks < maxUnanswered+1 {
+				return fmt.Sprintf("acks %d, want >= %d (asked again, then again on a new session)", f.acks, maxUnanswered+1)
+			}
+			return ""
+		}},
+		{"no SUBACK", func(f *fakeCloud, c Config) { f.hangSubs = c.RollbackRefusals }, func(f *fakeCloud, c Config) string {
+			if f.hangSubs != 0 {
+				return fmt.Sprintf("%d SUBSCRIBEs left unanswered, want all %d tried", f.hangSubs, c.RollbackRefusals)
+			}
+			return ""
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t)
+			tc.setup(r.cloud, r.cfg)
+			r.cfg.ReplyTimeout = 50 * time.Millisecond
+			r.start()
+			r.cloud.queueJob("rot-1")
+			r.waitFor("generation 1", operational(1))
+			r.cloud.mu.Lock()
+			defer r.cloud.mu.Unlock()
+			if msg := tc.check(r.cloud, r.cfg); msg != "" {
+				t.Error(msg)
+			}
+		})
 	}
 }
 
