@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,6 +141,47 @@ func TestReconnectSameClientID(t *testing.T) {
 		s.Close(0) // and connect again at once, as bootcertd does after a switch
 		if !ok {
 			t.Fatalf("round %d: the new connection got no message for its subscription", i)
+		}
+	}
+}
+
+// TestDuplicateClientIDTakesOver: a second live connection with the same
+// client ID ends the first (disconnectReason DUPLICATE_CLIENTID, as AWS IoT
+// Core reports it) and is served.
+func TestDuplicateClientIDTakesOver(t *testing.T) {
+	e := newEnv(t)
+	cfg, cred := e.pahoClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := mqttsession.Dial(ctx, cfg, cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(0)
+	b, err := mqttsession.Dial(ctx, cfg, cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(0)
+	select {
+	case <-a.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first connection was not ended")
+	}
+	if !e.receives(t, ctx, b) {
+		t.Fatal("the second connection got no message")
+	}
+	for end := time.After(10 * time.Second); ; {
+		select {
+		case m := <-e.msgs:
+			if m.Topic == "$aws/events/presence/disconnected/dev-1" {
+				if !strings.Contains(string(m.Payload), `"disconnectReason":"DUPLICATE_CLIENTID"`) {
+					t.Errorf("disconnected event %s", m.Payload)
+				}
+				return
+			}
+		case <-end:
+			t.Fatal("no disconnected event")
 		}
 	}
 }
