@@ -77,6 +77,7 @@ type Session struct {
 	mu     sync.Mutex
 	err    error
 	log    *slog.Logger
+	nc     net.Conn // the connection paho opened (tests look at it)
 }
 
 // Dial makes one connection attempt with cred.
@@ -132,6 +133,9 @@ func Dial(ctx context.Context, cfg Config, cred Credential) (*Session, error) {
 			if len(cfg.ALPN) > 0 {
 				cfg.Logger.Debug("TLS established", "alpn", c.(*tls.Conn).ConnectionState().NegotiatedProtocol)
 			}
+			s.mu.Lock()
+			s.nc = c
+			s.mu.Unlock()
 			return c, nil
 		}).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) { s.lost(err) })
@@ -257,10 +261,18 @@ func (s *Session) PublishNoWait(topic string, payload []byte) error {
 	return nil
 }
 
+// closeWait bounds how long Close waits for the connection to be closed.
+const closeWait = time.Second
+
 // Close disconnects gracefully (DISCONNECT, waiting up to quiesce for
-// in-flight work).
+// in-flight work) and returns once the connection is closed, or after
+// max(quiesce, 1s). paho's Disconnect returns after quiesce even while it is
+// still closing the connection (at once for 0): the caller's next connect
+// with the same client ID (after a credential switch) would then overlap
+// this one, and the broker takes the session over instead of seeing a clean
+// disconnect (AWS IoT ends the old connection with DUPLICATE_CLIENTID; the
+// lab's mochi broker lost the new client's deliveries in that takeover).
 func (s *Session) Close(quiesce time.Duration) {
-	ms := uint(quiesce / time.Millisecond)
-	s.client.Disconnect(ms)
+	s.client.Disconnect(uint(max(quiesce, closeWait) / time.Millisecond))
 	s.lost(ErrClosed)
 }

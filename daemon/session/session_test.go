@@ -6,6 +6,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
+	"net"
 	"os"
 	"strconv"
 	"testing"
@@ -81,6 +83,23 @@ func TestDial(t *testing.T) {
 		}
 		if ce := err.(*ConnectError); ce.Refused() {
 			t.Errorf("server verification failure counted as a credential refusal: %v", err)
+		}
+	})
+	t.Run("ok/close-returns-when-closed", func(t *testing.T) {
+		// the engine connects again at once after Close (credential
+		// switch): the old connection must be gone by then
+		for i := 0; i < 20; i++ {
+			s, err := Dial(ctx, cfgFor(t, m, "gw-6"), credFor(t, ca, "gw-6"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Close(0)
+			s.mu.Lock()
+			nc := s.nc
+			s.mu.Unlock()
+			if _, err := nc.Write([]byte{}); !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("round %d: connection still open after Close(0) (write: %v)", i, err)
+			}
 		}
 	})
 	t.Run("ok/lost-is-reported", func(t *testing.T) {
