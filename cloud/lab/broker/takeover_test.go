@@ -15,8 +15,9 @@ import (
 	mqttsession "github.com/bootcert/bootcert/daemon/session"
 )
 
-// pahoClient is bootcertd's MQTT session (paho) for dev-1 on the test broker.
-func (e *env) pahoClient(t *testing.T) (mqttsession.Config, mqttsession.Credential) {
+// pahoDialer returns a function that connects as dev-1 with bootcertd's
+// MQTT session (paho) to the test broker, failing the test on an error.
+func (e *env) pahoDialer(t *testing.T) (context.Context, func() *mqttsession.Session) {
 	_, leaf := e.device("dev-1", StatusActive)
 	pem, err := os.ReadFile(e.caFile)
 	if err != nil {
@@ -25,7 +26,17 @@ func (e *env) pahoClient(t *testing.T) (mqttsession.Config, mqttsession.Credenti
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
 	cfg := mqttsession.Config{Address: e.srv.Addr(), ServerName: "localhost", RootCAs: pool, ClientID: "dev-1", KeepAlive: 30 * time.Second, Timeout: 10 * time.Second}
-	return cfg, mqttsession.Credential{Chain: [][]byte{leaf.Cert.Raw}, Signer: leaf.Key}
+	cred := mqttsession.Credential{Chain: [][]byte{leaf.Cert.Raw}, Signer: leaf.Key}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx, func() *mqttsession.Session {
+		t.Helper()
+		s, err := mqttsession.Dial(ctx, cfg, cred)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
 }
 
 // receives subscribes s to devices/dev-1/in, has the lab publish there and
@@ -88,13 +99,8 @@ func TestReconnectSameClientIDDuringTeardown(t *testing.T) {
 	if err := e.srv.mq.AddHook(h, nil); err != nil {
 		t.Fatal(err)
 	}
-	cfg, cred := e.pahoClient(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	a, err := mqttsession.Dial(ctx, cfg, cred)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, dial := e.pahoDialer(t)
+	a := dial()
 	if !e.receives(t, ctx, a) {
 		t.Fatal("first connection: no message")
 	}
@@ -105,10 +111,7 @@ func TestReconnectSameClientIDDuringTeardown(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the broker did not tear the first connection down")
 	}
-	b, err := mqttsession.Dial(ctx, cfg, cred)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := dial()
 	defer b.Close(0)
 	<-h.left
 	// the old connection's teardown ends right after the hook
@@ -129,14 +132,9 @@ func TestReconnectSameClientIDDuringTeardown(t *testing.T) {
 // timing (the race the test above makes certain).
 func TestReconnectSameClientID(t *testing.T) {
 	e := newEnv(t)
-	cfg, cred := e.pahoClient(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx, dial := e.pahoDialer(t)
 	for i := 0; i < 300; i++ {
-		s, err := mqttsession.Dial(ctx, cfg, cred)
-		if err != nil {
-			t.Fatalf("round %d: %v", i, err)
-		}
+		s := dial()
 		ok := e.receives(t, ctx, s)
 		s.Close(0) // and connect again at once, as bootcertd does after a switch
 		if !ok {
@@ -150,18 +148,10 @@ func TestReconnectSameClientID(t *testing.T) {
 // Core reports it) and is served.
 func TestDuplicateClientIDTakesOver(t *testing.T) {
 	e := newEnv(t)
-	cfg, cred := e.pahoClient(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	a, err := mqttsession.Dial(ctx, cfg, cred)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, dial := e.pahoDialer(t)
+	a := dial()
 	defer a.Close(0)
-	b, err := mqttsession.Dial(ctx, cfg, cred)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := dial()
 	defer b.Close(0)
 	select {
 	case <-a.Done():
