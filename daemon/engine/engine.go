@@ -470,9 +470,9 @@ func (e *Engine) onRefused(c *Credential, err error) (rolledBack bool) {
 	j := e.journal.Current()
 	if j.Phase != journal.Switched || c.Generation != j.Generation {
 		if c.Generation == 0 {
-			e.setError(fmt.Sprintf("bootstrap certificate refused: %v", err), "first connect of a new device is refused while it is registered (JITR): it retries; if it persists, check that the device is in the allow list and not revoked")
+			e.setRefusal(0, fmt.Sprintf("bootstrap certificate refused: %v", err), "first connect of a new device is refused while it is registered (JITR): it retries; if it persists, check that the device is in the allow list and not revoked")
 		} else {
-			e.setError(fmt.Sprintf("operational certificate (generation %d) refused: %v", c.Generation, err), "it may be revoked or inactive")
+			e.setRefusal(c.Generation, fmt.Sprintf("operational certificate (generation %d) refused: %v", c.Generation, err), "it may be revoked or inactive")
 		}
 		return false
 	}

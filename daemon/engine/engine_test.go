@@ -181,7 +181,11 @@ func TestJITRFirstConnect(t *testing.T) {
 	r.start()
 	r.waitFor("a refusal", func(s Status) bool { return strings.Contains(s.LastError, "bootstrap certificate refused") })
 	r.cloud.accept(boot)
-	r.waitFor("connected after registration", func(s Status) bool { return s.Connection == "connected" && s.ConnectedWith == 0 })
+	s := r.waitFor("connected after registration", func(s Status) bool { return s.Connection == "connected" && s.ConnectedWith == 0 })
+	// the refusal is resolved: a healthy device shows no stale error
+	if s.LastError != "" || s.Advice != "" {
+		t.Errorf("after the connect, status still shows %q / %q", s.LastError, s.Advice)
+	}
 }
 
 func TestRollbackWhenNewCertificateRefused(t *testing.T) {

@@ -30,6 +30,11 @@ type Status struct {
 	LastTimings map[string]float64 `json:"lastTimings,omitempty"`
 	// Summary is the one-line state for systemd's STATUS=.
 	Summary string `json:"summary"`
+
+	// refusedGen is 1 + the generation whose refused connect is LastError
+	// (0: LastError is not a refusal); a later connect with that
+	// generation resolves it.
+	refusedGen int
 }
 
 // ActiveCredential describes the active credential set.
@@ -113,15 +118,24 @@ func (e *Engine) setConn(state string, c *Credential) {
 		if c != nil {
 			s.ConnectedWith = c.Generation
 		}
-		if state == "connected" && c != nil && strings.HasPrefix(s.LastError, "cannot reach") {
-			s.LastError, s.Advice = "", ""
+		// a connect that now works resolves an earlier "cannot reach" or
+		// refusal of the same credential (e.g. the JITR refusal of a new
+		// device): status then shows no stale error on a healthy device
+		if state == "connected" && c != nil && (strings.HasPrefix(s.LastError, "cannot reach") || s.refusedGen == c.Generation+1) {
+			s.LastError, s.Advice, s.refusedGen = "", "", 0
 		}
 	})
 }
 
 func (e *Engine) setError(msg, advice string) {
 	now := e.clock.Now()
-	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt = msg, advice, now })
+	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, s.refusedGen = msg, advice, now, 0 })
+}
+
+// setRefusal records that the broker refused credential generation gen.
+func (e *Engine) setRefusal(gen int, msg, advice string) {
+	now := e.clock.Now()
+	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, s.refusedGen = msg, advice, now, gen+1 })
 }
 
 func (e *Engine) setResult(result, reason string) {
