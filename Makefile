@@ -76,7 +76,7 @@ lambdas:
 	@./scripts/lambdas.sh dist/lambda
 	@ls -l dist/lambda/*/*.zip
 
-## packages: $(DIST)/bootcert_<version>_<arch>.deb and .rpm with the RELEASE_* flags: amd64 (cgo: TPM + PKCS#11), arm64 (CGO_ENABLED=0: TPM only); VERSION=x.y.z overrides git describe, ARCHES=amd64 builds one
+## packages: $(DIST)/bootcert_<version>_<arch>.deb and bootcert-<version>-1.<rpmarch>.rpm with the RELEASE_* flags: amd64 (cgo: TPM + PKCS#11), arm64 (CGO_ENABLED=0: TPM only); VERSION=x.y.z overrides git describe, ARCHES=amd64 builds one
 DIST ?= dist
 packages:
 	@RELEASE_CGO='$(RELEASE_CGO)' RELEASE_FLAGS='$(RELEASE_FLAGS)' RELEASE_GCFLAGS='$(RELEASE_GCFLAGS)' \

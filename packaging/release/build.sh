@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds <OUTDIR>/bootcert_<version>_<arch>.deb and .rpm from nfpm.yaml.
+# Builds <OUTDIR>/bootcert_<version>_<arch>.deb and
+# <OUTDIR>/bootcert-<version>-1.<rpmarch>.rpm from nfpm.yaml.
 # Run it as `make packages [DIST=dir] [VERSION=x.y.z] [ARCHES=amd64]`: the
 # Makefile passes its release build flags (RELEASE_CGO, RELEASE_FLAGS,
 # RELEASE_GCFLAGS, RELEASE_LDFLAGS: stripped, -trimpath, tag nosimulator).
@@ -38,6 +39,15 @@ version() {
   fi
 }
 ver=$(version)
+
+# rpm's names for Go's architectures (nfpm maps the package's arch the same way)
+rpm_arch() {
+  case $1 in
+    amd64) echo x86_64 ;;
+    arm64) echo aarch64 ;;
+    *) echo "$1" ;;
+  esac
+}
 if ! [[ $ver =~ ^[0-9][A-Za-z0-9.+~]*$ ]]; then
   echo "build.sh: version '$ver' is not usable for deb and rpm (digits first, then letters, digits, . + ~; no -)" >&2
   exit 1
@@ -75,8 +85,11 @@ for arch in $ARCHES; do
   for i in 1 2 3 4; do
     export BOOTCERT_DEB_LIB$i="${deb_libs[i-1]:-}" BOOTCERT_RPM_LIB$i="${rpm_libs[i-1]:-}"
   done
-  for p in deb rpm; do
-    $GO tool -modfile=tools/go.mod nfpm package -f nfpm.yaml -p $p -t "$out/bootcert_${ver}_${arch}.$p" >/dev/null
-  done
-  echo "$out/bootcert_${ver}_${arch}.deb $out/bootcert_${ver}_${arch}.rpm (cgo=$cgo, needs: ${deb_libs[*]:-nothing})"
+  # each format's own file name convention: name_version_arch.deb (Debian),
+  # name-version-release.arch.rpm (rpm: x86_64, aarch64)
+  deb="$out/bootcert_${ver}_${arch}.deb"
+  rpm="$out/bootcert-${ver}-1.$(rpm_arch "$arch").rpm"
+  $GO tool -modfile=tools/go.mod nfpm package -f nfpm.yaml -p deb -t "$deb" >/dev/null
+  $GO tool -modfile=tools/go.mod nfpm package -f nfpm.yaml -p rpm -t "$rpm" >/dev/null
+  echo "$deb $rpm (cgo=$cgo, needs: ${deb_libs[*]:-nothing})"
 done

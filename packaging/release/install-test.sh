@@ -74,7 +74,8 @@ for v in 0.1.0 0.2.0; do
   make -s --no-print-directory packages DIST="$work/pkgs" VERSION=$v ARCHES="$arch" >/dev/null
 done
 debA=$work/pkgs/bootcert_0.1.0_$arch.deb debB=$work/pkgs/bootcert_0.2.0_$arch.deb
-rpmA=$work/pkgs/bootcert_0.1.0_$arch.rpm rpmB=$work/pkgs/bootcert_0.2.0_$arch.rpm
+rpmarch=$(case $arch in amd64) echo x86_64 ;; arm64) echo aarch64 ;; esac)
+rpmA=$work/pkgs/bootcert-0.1.0-1.$rpmarch.rpm rpmB=$work/pkgs/bootcert-0.2.0-1.$rpmarch.rpm
 
 # --- Debian 12 root, cached
 include=systemd

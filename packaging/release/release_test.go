@@ -55,6 +55,9 @@ func packages(t *testing.T, arch, ext string) string {
 	if buildErr != nil {
 		t.Fatalf("build.sh: %v\n%s", buildErr, buildOut)
 	}
+	if ext == "rpm" { // rpm's own file name convention and architecture names
+		return filepath.Join(buildDir, "bootcert-"+testVersion+"-1."+map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[arch]+".rpm")
+	}
 	return filepath.Join(buildDir, "bootcert_"+testVersion+"_"+arch+"."+ext)
 }
 
