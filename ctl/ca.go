@@ -276,7 +276,7 @@ it was. Upload the CRL where the cloud reads it (see docs/factory.md).`,
 	cmd.Flags().StringVar(&caKey, "ca-key", "", "factory CA key URI")
 	cmd.Flags().StringVar(&crl, "crl", "", "CRL file to update (PEM)")
 	cmd.Flags().StringSliceVar(&certs, "cert", nil, "device certificate to revoke (PEM); repeatable")
-	cmd.Flags().IntVar(&days, "days", 30, "days until the CRL's next update; refresh it before with `bootcertctl ca crl`")
+	cmd.Flags().IntVar(&days, "days", 30, "days until the CRL's next update; refresh it before with bootcertctl ca crl")
 	cmd.MarkFlagRequired("cert")
 	jsonOut := addJSONFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
