@@ -70,7 +70,7 @@ AWS endpoints and credentials come from the standard AWS configuration
 
   # against the lab
   bootcertctl cloud setup --lab /tmp/lab --bucket bootcert-123456789012-us-east-1 \
-    --ca-cert ca/ca.pem --ca-key file:ca/ca.key --allow-list manifest.csv`,
+    --ca-cert ca/ca.pem --ca-key file:$PWD/ca/ca.key --allow-list manifest.csv`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			res, err := runCloudSetup(cmd.Context(), f)
