@@ -47,7 +47,7 @@ func newCloudSetupCmd() *cobra.Command {
 	var f cloudSetupFlags
 	var asJSON *bool
 	cmd := &cobra.Command{
-		Use:   "setup --bucket BUCKET --ca-cert ca.pem [--ca-key URI] [--allow-list manifest.csv] [--crl ca.crl]",
+		Use:   "setup --bucket BUCKET --ca-cert ca.pem [--ca-key URI] [--allow-list manifest.csv] [--crl crl.pem]",
 		Short: "Register the factory CA, upload allow list and CRL, create the continuous rotation job",
 		Long: `Idempotent; run it after "sam deploy" and again whenever the allow list or
 the CRL changes:
@@ -66,7 +66,7 @@ AWS endpoints and credentials come from the standard AWS configuration
 		Example: `  bootcertctl cloud setup --bucket bootcert-123456789012-eu-west-1 \
     --ca-cert /etc/bootcert/factory-ca/ca.pem \
     --ca-key 'pkcs11:token=factory;object=factory-ca?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/bootcert/hsm-pin' \
-    --allow-list manifest.csv --crl ca.crl
+    --allow-list manifest.csv --crl /etc/bootcert/factory-ca/crl.pem
 
   # against the lab
   bootcertctl cloud setup --lab /tmp/lab --bucket bootcert-123456789012-us-east-1 \
