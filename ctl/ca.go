@@ -28,7 +28,7 @@ func init() { register(newCACmd) }
 func newCACmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ca",
-		Short: "Factory CA: create it, revoke device certificates, refresh the CRL",
+		Short: "Factory CA: create it, sign device CSRs, revoke device certificates, refresh the CRL",
 		Long: `The factory CA signs the devices' bootstrap certificates. Its key is best
 kept in the station's PKCS#11 HSM (--key pkcs11:...); without --key it is a
 software key written beside the certificate (development).
