@@ -188,11 +188,15 @@ func lastKey(msg string) string {
 	return k
 }
 
+// ReferenceDoc is where the installed package describes every key
+// (docs/bootcertd.md, shipped by nfpm.yaml); errors point the operator to it.
+const ReferenceDoc = "/usr/share/doc/bootcert/bootcertd.md"
+
 // Load reads and validates a configuration file.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading config %s: %w (write one from /usr/share/bootcert/bootcertd.toml)", path, err)
+		return nil, fmt.Errorf("reading config %s: %w (the bootcert package installs a commented default as /etc/bootcert/bootcertd.toml; every key is described in %s)", path, err, ReferenceDoc)
 	}
 	return Parse(path, data)
 }
@@ -225,7 +229,7 @@ func Parse(name string, data []byte) (*Config, error) {
 		for _, k := range und {
 			keys = append(keys, k.String())
 		}
-		return nil, &Error{File: name, Key: keys[0], Reason: fmt.Sprintf("unknown key (unknown keys: %s; check the spelling against /usr/share/bootcert/bootcertd.toml)", strings.Join(keys, ", "))}
+		return nil, &Error{File: name, Key: keys[0], Reason: fmt.Sprintf("unknown key (unknown keys: %s; check the spelling against the Configuration table of %s)", strings.Join(keys, ", "), ReferenceDoc)}
 	}
 	c.Path = name
 	if err := c.validate(md); err != nil {

@@ -135,6 +135,26 @@ func TestPackagedDefault(t *testing.T) {
 	}
 }
 
+// The errors for a missing file and an unknown key send the operator to
+// ReferenceDoc: it must be a file the package installs.
+func TestErrorsNameAShippedReference(t *testing.T) {
+	nfpm, err := os.ReadFile(filepath.Join("..", "..", "nfpm.yaml"))
+	if err != nil {
+		t.Fatalf("reading nfpm.yaml: %v", err)
+	}
+	if !strings.Contains(string(nfpm), "dst: "+ReferenceDoc+"\n") {
+		t.Fatalf("nfpm.yaml does not install %s, which config errors point to", ReferenceDoc)
+	}
+	_, err = Load(filepath.Join(t.TempDir(), "nope.toml"))
+	if err == nil || !strings.Contains(err.Error(), ReferenceDoc) {
+		t.Errorf("missing file: error %v does not name %s", err, ReferenceDoc)
+	}
+	_, err = Parse("x.toml", []byte(base+"[log]\nlevle = \"debug\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "log.levle") || !strings.Contains(err.Error(), ReferenceDoc) {
+		t.Errorf("unknown key: error %v does not name the key and %s", err, ReferenceDoc)
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(base))
 	f.Add([]byte(base + "[timeouts]\nreply=\"1s\"\n"))
