@@ -392,6 +392,14 @@ non-extractable: run "bootcertctl key info" on the device and keep its output.`,
 		if _, err := os.Stat(certOut); err == nil {
 			return fmt.Errorf("--cert-out: %s already exists and is never overwritten", certOut)
 		}
+		for flag, path := range map[string]string{"--cert-out": certOut, "--manifest": manifestPath} {
+			if path == "" {
+				continue
+			}
+			if st, err := os.Stat(filepath.Dir(path)); err != nil || !st.IsDir() {
+				return fmt.Errorf("%s %s: directory %s does not exist; create it first", flag, path, filepath.Dir(path))
+			}
+		}
 		ca, signer, err := loadCA(cmd, caCert, caKey)
 		if err != nil {
 			return err

@@ -315,6 +315,8 @@ func TestCASign(t *testing.T) {
 		{"fail/cert-exists", args[:10], "never overwritten"},
 		{"fail/bad-cn", []string{"ca", "sign", "--csr", filepath.Join(dir, "bad.csr"), "--ca-cert", caPEM, "--ca-key", caKey, "--cert-out", filepath.Join(dir, "bad.pem")}, "not a valid AWS IoT thing name"},
 		{"fail/not-a-csr", []string{"ca", "sign", "--csr", caPEM, "--ca-cert", caPEM, "--ca-key", caKey, "--cert-out", filepath.Join(dir, "x.pem")}, "--csr"},
+		{"fail/cert-out-dir-missing", []string{"ca", "sign", "--csr", filepath.Join(dir, "dev.csr"), "--ca-cert", caPEM, "--ca-key", caKey, "--cert-out", filepath.Join(dir, "certs", "x.pem")}, "directory " + filepath.Join(dir, "certs") + " does not exist"},
+		{"fail/manifest-dir-missing", []string{"ca", "sign", "--csr", filepath.Join(dir, "dev.csr"), "--ca-cert", caPEM, "--ca-key", caKey, "--cert-out", filepath.Join(dir, "y.pem"), "--manifest", filepath.Join(dir, "station", "m.csv")}, "directory " + filepath.Join(dir, "station") + " does not exist"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := snapshotDir(t, dir)
