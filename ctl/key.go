@@ -28,6 +28,15 @@ const uriHelp = `Key URIs:
   pkcs11:token=factory;object=ca?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/bootcert/pin
   file:/var/lib/bootcert/keys/dev.pem                              (software, development only)`
 
+// oneKeyURI is the argument check of the key subcommands: it says what the
+// argument is (cobra's ExactArgs says only "accepts 1 arg(s)").
+func oneKeyURI(cmd *cobra.Command, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("%s: give exactly one key URI, got %d arguments (quote it: ; ? & are shell syntax; see bootcertctl key --help)", strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" "), len(args))
+	}
+	return nil
+}
+
 func newKeyCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "key",
@@ -56,7 +65,7 @@ func newKeyGenerateCmd() *cobra.Command {
 		Short: "Create a key inside its hardware (never overwrites an existing key)",
 		Example: `  bootcertctl key generate 'tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/boot.tpmkey'
   bootcertctl key generate --alg ecdsa-p384 'pkcs11:token=factory;object=ca?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/root/pin'`,
-		Args: cobra.ExactArgs(1),
+		Args: oneKeyURI,
 	}
 	cmd.Flags().StringVar(&alg, "alg", string(keystore.DefaultAlgorithm), "key algorithm: "+algHelp())
 	jsonOut := addJSONFlag(cmd)
@@ -91,7 +100,7 @@ neverExtractable/local for PKCS#11 keys. "hardware: yes" means the private key
 cannot leave the device.`,
 		Example: `  bootcertctl key info 'tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/boot.tpmkey'
   bootcertctl key info --json file:/tmp/dev.pem`,
-		Args: cobra.ExactArgs(1),
+		Args: oneKeyURI,
 	}
 	jsonOut := addJSONFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -144,7 +153,7 @@ func newKeyPublicCmd() *cobra.Command {
 		Use:     "public URI",
 		Short:   "Print a key's public key (PEM SubjectPublicKeyInfo)",
 		Example: `  bootcertctl key public 'tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/boot.tpmkey' | openssl pkey -pubin -noout -text`,
-		Args:    cobra.ExactArgs(1),
+		Args:    oneKeyURI,
 	}
 	cmd.Flags().StringVar(&out, "out", "", "write the PEM to this file (atomically) instead of standard output")
 	jsonOut := addJSONFlag(cmd)
@@ -196,7 +205,7 @@ The request is checked before it is printed; verify it with
 ` + "`openssl req -in req.pem -noout -verify`.",
 		Example: `  bootcertctl key csr --cn gw-0001 'tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/boot.tpmkey' > gw-0001.csr
   bootcertctl key csr --cn gw-0001 --out gw-0001.csr file:/tmp/dev.pem`,
-		Args: cobra.ExactArgs(1),
+		Args: oneKeyURI,
 	}
 	cmd.Flags().StringVar(&cn, "cn", "", "subject common name (required; for devices: the device ID)")
 	cmd.Flags().StringSliceVar(&sans, "san", nil, "subject alternative name (DNS name, IP, URI or e-mail); repeatable")
@@ -238,7 +247,7 @@ func newKeyDeleteCmd() *cobra.Command {
 becomes useless. Never delete a device's bootstrap key that is listed in the
 manifest unless the device is being scrapped or re-provisioned with --force.`,
 		Example: `  bootcertctl key delete 'tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/old.tpmkey'`,
-		Args:    cobra.ExactArgs(1),
+		Args:    oneKeyURI,
 	}
 	jsonOut := addJSONFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {

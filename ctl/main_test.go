@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -41,4 +42,21 @@ func mustCtl(t testing.TB, args ...string) string {
 		t.Fatalf("bootcertctl %v: %v\n%s", args, err, errOut)
 	}
 	return out
+}
+
+// A key subcommand without its URI, or with more than one argument, says
+// what it wants.
+func TestKeyCommandsNeedOneURI(t *testing.T) {
+	for _, args := range [][]string{
+		{"key", "info"},
+		{"key", "generate", "tpm:device=/dev/tpmrm0", "blob=/tmp/k.tpmkey"},
+		{"key", "public"},
+		{"key", "csr", "--cn", "gw-1"},
+		{"key", "delete"},
+	} {
+		_, _, err := runCtl(t, args...)
+		if err == nil || !strings.Contains(err.Error(), "give exactly one key URI") {
+			t.Errorf("bootcertctl %v: err = %v, want one that asks for one key URI", args, err)
+		}
+	}
 }
