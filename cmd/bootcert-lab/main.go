@@ -78,15 +78,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bootcert-lab serve: --log-level %q: want debug, info, warn or error\n", o.logLevel)
 		return 2
 	}
+	noTemplate := false
 	switch o.template {
 	case "":
 		if _, err := os.Stat("cloud/template.yaml"); err == nil {
 			o.template = "cloud/template.yaml"
+		} else {
+			noTemplate = true
 		}
 	case "none":
 		o.template = ""
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if noTemplate {
+		// Without the template there is no bucket, policy, rule or function:
+		// `bootcertctl cloud setup` and every device would fail later.
+		wd, _ := os.Getwd()
+		logger.Warn("no template: cloud/template.yaml not found under the current directory; the lab runs without the stack's bucket, policies, rules and functions (pass --template FILE, or --template none to run bare on purpose)", "cwd", wd)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -261,6 +261,8 @@ func TestServeFlags(t *testing.T) {
 		{"fail/unknown template parameter", []string{"serve", "--data", t.TempDir(), "--mqtt", "127.0.0.1:0", "--api", "127.0.0.1:0", "--template", "../../cloud/template.yaml", "--parameter", "NoSuchParameter=1"}, 1, "NoSuchParameter"},
 		{"fail/bad limits", []string{"serve", "--data", t.TempDir(), "--mqtt", "127.0.0.1:0", "--api", "127.0.0.1:0", "--template", "none", "--limits", filepath.Join(t.TempDir(), "missing.json")}, 1, "limits"},
 		{"fail/busy port", []string{"serve", "--data", t.TempDir(), "--mqtt", "127.0.0.1:0", "--api", busy.Addr().String(), "--template", "none"}, 1, "API listener"},
+		// started where there is no cloud/template.yaml (this package's directory): said at WARN
+		{"warn/no template", []string{"serve", "--data", t.TempDir(), "--mqtt", "127.0.0.1:0", "--api", busy.Addr().String()}, 1, `"level":"WARN","msg":"no template`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errb strings.Builder
