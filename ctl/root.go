@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/bootcert/bootcert/internal/version"
 )
 
 var builders []func() *cobra.Command
@@ -19,8 +21,9 @@ func register(b func() *cobra.Command) { builders = append(builders, b) }
 // NewRoot builds the bootcertctl command tree.
 func NewRoot() *cobra.Command {
 	root := &cobra.Command{
-		Use:   "bootcertctl",
-		Short: "Control bootcert: gateway status, hardware keys, factory provisioning, cloud setup",
+		Use:     "bootcertctl",
+		Version: version.String(),
+		Short:   "Control bootcert: gateway status, hardware keys, factory provisioning, cloud setup",
 		Long: `bootcertctl works with bootcert, which gives IoT gateways a hardware-protected
 identity on AWS IoT Core.
 

@@ -13,17 +13,23 @@ import (
 
 	"github.com/bootcert/bootcert/daemon"
 	"github.com/bootcert/bootcert/daemon/config"
+	"github.com/bootcert/bootcert/internal/version"
 	_ "github.com/bootcert/bootcert/keystore/all"
 )
 
 func main() {
 	cfgPath := flag.String("config", config.DefaultPath, "configuration file")
 	check := flag.String("check-config", "", "validate this configuration file and the files it names, then exit")
+	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: bootcertd [--config FILE] | --check-config FILE\n\nbootcertd keeps the gateway connected to AWS IoT Core and rotates its\nhardware-held credentials. Status: bootcertctl status.\n\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
+	if *showVersion {
+		fmt.Println("bootcertd", version.String())
+		return
+	}
 	if *check != "" {
 		c, err := config.Load(*check)
 		if err == nil {

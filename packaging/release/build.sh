@@ -64,7 +64,7 @@ for arch in $ARCHES; do
   [ "$arch" = "$host" ] && cgo=$RELEASE_CGO
   bin=$stage/$arch
   mkdir -p "$bin"
-  GOOS=linux GOARCH=$arch CGO_ENABLED=$cgo $GO build $RELEASE_FLAGS ${RELEASE_GCFLAGS:-} -ldflags="$RELEASE_LDFLAGS" -o "$bin/" ./cmd/bootcertd ./cmd/bootcertctl
+  GOOS=linux GOARCH=$arch CGO_ENABLED=$cgo $GO build $RELEASE_FLAGS ${RELEASE_GCFLAGS:-} -ldflags="$RELEASE_LDFLAGS -X github.com/bootcert/bootcert/internal/version.Version=$ver" -o "$bin/" ./cmd/bootcertd ./cmd/bootcertctl
 
   # shared libraries the binaries need -> package dependencies
   deb_libs=() rpm_libs=()

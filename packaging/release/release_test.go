@@ -190,6 +190,13 @@ func TestInstalledCheckConfig(t *testing.T) {
 	if out, err := exec.Command(filepath.Join(root, "usr/bin/bootcertctl"), "--help").CombinedOutput(); err != nil {
 		t.Errorf("installed bootcertctl --help: %v\n%s", err, out)
 	}
+	// both binaries say which package version they are
+	for bin, want := range map[string]string{"bootcertd": "bootcertd " + testVersion + "\n", "bootcertctl": "bootcertctl version " + testVersion + "\n"} {
+		out, err := exec.Command(filepath.Join(root, "usr/bin", bin), "--version").CombinedOutput()
+		if err != nil || string(out) != want {
+			t.Errorf("installed %s --version: %q (%v), want %q", bin, out, err, want)
+		}
+	}
 }
 
 // checkDeps compares a package's dependencies with the wanted ones: the
