@@ -29,6 +29,7 @@ var wantFiles = map[string]string{
 	"/etc/bootcert/bootcertd.toml":              "-rw-r--r--",
 	"/usr/share/doc/bootcert/README.md":         "-rw-r--r--",
 	"/usr/share/doc/bootcert/bootcertd.md":      "-rw-r--r--",
+	"/usr/share/doc/bootcert/protocol.md":       "-rw-r--r--", // bootcertd.md links to it
 }
 
 var (
