@@ -244,34 +244,14 @@ const (
 )
 
 // tpm2PKCS11Module is Debian's tpm2-pkcs11 module.
-const tpm2PKCS11Module = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so"
+const tpm2PKCS11Module = testenv.TPM2PKCS11Module
 
 // setupTPM2PKCS11 makes a tpm2-pkcs11 store with one token on a fresh swtpm
 // and points this process (and the bootcertd it starts) at it. It returns
 // the user PIN.
 func setupTPM2PKCS11(t testing.TB) string {
 	t.Helper()
-	testenv.RequireFile(t, tpm2PKCS11Module)
-	testenv.Require(t, "swtpm", "tpm2_ptool", "tpm2_flushcontext", "pkcs11-tool")
-	sw := testenv.StartSWTPM(t)
-	store := t.TempDir()
-	t.Setenv("TPM2_PKCS11_STORE", store)
-	t.Setenv("TPM2_PKCS11_TCTI", sw.TCTI())
-	t.Setenv("TPM2TOOLS_TCTI", sw.TCTI())
-	t.Setenv("TPM2_PKCS11_LOG_LEVEL", "0")
-	t.Setenv("TSS2_LOG", "all+NONE")
-	const pin, so = "Tpm-User-2468", "Tpm-SO-1357"
-	for _, args := range [][]string{
-		{"tpm2_ptool", "init", "--path", store},
-		{"tpm2_flushcontext", "-t"}, // swtpm has no resource manager
-		{"pkcs11-tool", "--module", tpm2PKCS11Module, "--init-token", "--label", "bootcert-tpm", "--so-pin", so},
-		{"pkcs11-tool", "--module", tpm2PKCS11Module, "--token-label", "bootcert-tpm", "--login", "--login-type", "so", "--so-pin", so, "--init-pin", "--pin", pin},
-	} {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v\n%s", strings.Join(args[:2], " "), err, strings.ReplaceAll(strings.ReplaceAll(string(out), pin, "***"), so, "***"))
-		}
-	}
-	return pin
+	return testenv.SetupTPM2PKCS11(t, "bootcert-tpm", "Tpm-User-2468", "Tpm-SO-1357").PIN
 }
 
 type deviceOpts struct {

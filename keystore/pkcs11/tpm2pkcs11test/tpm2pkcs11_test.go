@@ -3,7 +3,6 @@
 package tpm2pkcs11test
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -24,7 +23,7 @@ import (
 )
 
 // Module is Debian's tpm2-pkcs11 module.
-const Module = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so"
+const Module = testenv.TPM2PKCS11Module
 
 const (
 	tokenLabel = "bootcert-tpm"
@@ -33,46 +32,20 @@ const (
 )
 
 // env is a tpm2-pkcs11 token on a fresh swtpm.
-type env struct {
-	tpm   *testenv.SWTPM
-	store string
-}
+type env struct{ *testenv.TPM2PKCS11 }
 
-// setup starts swtpm, creates a tpm2-pkcs11 store with one initialised
-// token, and points this process's tpm2-pkcs11 at it (the variables are read
-// at C_Initialize, which happens on the first pkcs11: call).
+// setup makes the token and points this process's tpm2-pkcs11 at it.
 func setup(tb testing.TB) *env {
 	tb.Helper()
-	testenv.RequireFile(tb, Module)
-	testenv.Require(tb, "swtpm", "tpm2_ptool", "tpm2_flushcontext", "pkcs11-tool")
-	e := &env{tpm: testenv.StartSWTPM(tb), store: tb.TempDir()}
-	tb.Setenv("TPM2_PKCS11_STORE", e.store)
-	tb.Setenv("TPM2_PKCS11_TCTI", e.tpm.TCTI())
-	tb.Setenv("TPM2TOOLS_TCTI", e.tpm.TCTI())
-	tb.Setenv("TPM2_PKCS11_LOG_LEVEL", "0")
-	tb.Setenv("TSS2_LOG", "all+NONE")        // the wrong-PIN test makes the TSS log errors
+	e := &env{testenv.SetupTPM2PKCS11(tb, tokenLabel, userPIN, soPIN)}
 	tb.Cleanup(func() { pkcs11.CloseAll() }) // runs before swtpm stops
-	e.run(tb, "tpm2_ptool", "init", "--path", e.store)
-	// tpm2_ptool leaves transient objects loaded and swtpm has no resource
-	// manager: flush them or C_InitToken runs out of object memory.
-	e.run(tb, "tpm2_flushcontext", "-t")
-	e.run(tb, "pkcs11-tool", "--module", Module, "--init-token", "--label", tokenLabel, "--so-pin", soPIN)
-	e.run(tb, "pkcs11-tool", "--module", Module, "--token-label", tokenLabel, "--login", "--login-type", "so", "--so-pin", soPIN, "--init-pin", "--pin", userPIN)
 	return e
 }
 
-// run runs a tool; swtpm serves one client at a time, so never while this
-// process holds the module open (call pkcs11.CloseAll first).
+// run runs a tool (see testenv.TPM2PKCS11.Run).
 func (e *env) run(tb testing.TB, name string, args ...string) string {
 	tb.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	for _, secret := range []string{userPIN, soPIN} {
-		out = bytes.ReplaceAll(out, []byte(secret), []byte("***"))
-	}
-	if err != nil {
-		tb.Fatalf("%s %s: %v\n%s", name, args[0], err, out)
-	}
-	return string(out)
+	return e.Run(tb, name, args...)
 }
 
 func uri(object string) string {
