@@ -16,7 +16,7 @@ RELEASE_FLAGS   := -trimpath -tags nosimulator
 RELEASE_GCFLAGS := -gcflags=all=-l
 RELEASE_LDFLAGS := -s -w
 
-.PHONY: all deps build test test-go vet bench bench-daemon bench-fleet bench-factory bench-lab factory-demo demo lambdas packages test-packages clean
+.PHONY: all deps build test test-go vet bench bench-daemon bench-fleet bench-factory bench-lab factory-demo demo lambdas packages test-packages test-fresh clean
 
 all: build
 
@@ -85,6 +85,10 @@ packages:
 ## test-packages: install test (downloads): the .deb in a debootstrapped Debian 12 (install, upgrade, remove), the .rpm with rpm --root
 test-packages: deps
 	@./packaging/release/install-test.sh
+
+## test-fresh: make test (CI=true) in a bare Debian 12 root (debootstrap minbase + git, make, ca-certificates, and this Go); downloads, so not part of make test
+test-fresh: deps
+	@./scripts/test-fresh.sh
 
 clean:
 	rm -rf $(BIN) dist

@@ -17,11 +17,11 @@ import (
 	"github.com/bootcert/bootcert/cloud/activation"
 	"github.com/bootcert/bootcert/cloud/activator"
 	cloudaws "github.com/bootcert/bootcert/cloud/aws"
+	"github.com/bootcert/bootcert/cloud/certvendor"
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/ports"
 	"github.com/bootcert/bootcert/cloud/reaper"
 	"github.com/bootcert/bootcert/cloud/renewal"
-	"github.com/bootcert/bootcert/cloud/vendor"
 )
 
 // Function is one cloud function: it takes the event (the JSON a rule's
@@ -101,7 +101,7 @@ func Build(ctx context.Context, logicalID string, getenv func(string) string, de
 			return marshal(h.Handle(ctx, ev))
 		}, nil
 	case Vendor:
-		h := &vendor.Vendor{Registry: reg, Store: store, Publisher: pub, Trust: trust, Settings: settings, Clock: clock, Log: log}
+		h := &certvendor.Vendor{Registry: reg, Store: store, Publisher: pub, Trust: trust, Settings: settings, Clock: clock, Log: log}
 		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
 			return marshal(h.HandleEvent(ctx, event))
 		}, nil

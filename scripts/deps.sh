@@ -2,8 +2,9 @@
 # Installs the Debian packages bootcert's tests, demo and packaging need,
 # only those that are missing. Safe to run again.
 set -euo pipefail
+# libc6-dev: cgo needs the C headers; gcc with --no-install-recommends does not bring them.
 pkgs=(swtpm swtpm-tools tpm2-tools tpm2-openssl softhsm2 opensc libtpm2-pkcs11-1 libtpm2-pkcs11-tools
-      mosquitto mosquitto-clients openssl curl libssl-dev gcc rpm debootstrap systemd-container)
+      mosquitto mosquitto-clients openssl curl libssl-dev gcc libc6-dev rpm debootstrap systemd-container)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,12 +7,12 @@ import (
 	"testing"
 
 	"github.com/bootcert/bootcert/cloud/activator"
+	"github.com/bootcert/bootcert/cloud/certvendor"
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/internal/testbed"
 	"github.com/bootcert/bootcert/cloud/internal/testpki"
 	"github.com/bootcert/bootcert/cloud/ports"
 	"github.com/bootcert/bootcert/cloud/reaper"
-	"github.com/bootcert/bootcert/cloud/vendor"
 	"github.com/bootcert/bootcert/manifest"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -42,13 +42,13 @@ func (r *rig) rotate(t *testing.T, principal string, commit bool) string {
 	r.b.Reg.SetJob(r.dev.ID, job, ports.JobInProgress)
 	r.b.Reg.AddThingToGroup(ctx, "bootcert-rotation", r.dev.ID)
 	v := r.b.Vendor()
-	rep, err := v.Handle(ctx, vendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: principal, ClientID: r.dev.ID, JobID: job, ClientToken: "t", CSR: string(testpki.CSR(t, r.dev.ID, nil))})
+	rep, err := v.Handle(ctx, certvendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: principal, ClientID: r.dev.ID, JobID: job, ClientToken: "t", CSR: string(testpki.CSR(t, r.dev.ID, nil))})
 	var acc protocol.GetAccepted
 	if err != nil || json.Unmarshal(rep.Payload, &acc) != nil || acc.CertificateID == "" {
 		t.Fatalf("get: %s %v", rep.Payload, err)
 	}
 	if commit {
-		rep, err = v.Handle(ctx, vendor.Event{ThingName: r.dev.ID, Operation: "ack", Principal: acc.CertificateID, ClientID: r.dev.ID, JobID: job, ClientToken: "t", CertificateID: acc.CertificateID})
+		rep, err = v.Handle(ctx, certvendor.Event{ThingName: r.dev.ID, Operation: "ack", Principal: acc.CertificateID, ClientID: r.dev.ID, JobID: job, ClientToken: "t", CertificateID: acc.CertificateID})
 		if err != nil || !strings.HasSuffix(rep.Topic, "/accepted") {
 			t.Fatalf("ack: %s %s %v", rep.Topic, rep.Payload, err)
 		}

@@ -45,27 +45,7 @@ for p in debootstrap systemd-nspawn rpm dpkg-deb; do
   command -v $p >/dev/null || fail "$p not found (run make deps)"
 done
 
-# The Debian mirror this machine's apt uses for $suite (deb822 .sources and
-# one-line .list files); MIRROR=... overrides.
-mirror() {
-  if [ -n "${MIRROR:-}" ]; then echo "$MIRROR"; return; fi
-  local f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    awk -v suite="$suite" '
-      function flush() { if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " suite " ") && uris != "") { split(uris, u, " "); print u[1]; found = 1; exit } types = suites = uris = "" }
-      /^[ \t]*$/ { flush(); next }
-      /^Types:/ { sub(/^Types:[ \t]*/, ""); types = $0 }
-      /^Suites:/ { sub(/^Suites:[ \t]*/, ""); suites = $0 }
-      /^URIs:/ { sub(/^URIs:[ \t]*/, ""); uris = $0 }
-      END { if (!found) flush() }' "$f"
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -f "$f" ] || continue
-    sed -E 's/\[[^]]*\]//' "$f" | awk -v suite="$suite" '$1 == "deb" && $3 == suite { print $2 }'
-  done
-}
-url=$(mirror | head -1)
+url=$(scripts/debian-mirror.sh "$suite")
 [ -n "$url" ] || fail "no '$suite' deb source in /etc/apt/sources.list*; set MIRROR"
 
 # --- packages: two builds, the second with a higher version

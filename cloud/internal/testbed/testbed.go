@@ -12,13 +12,13 @@ import (
 
 	"github.com/bootcert/bootcert/cloud/activation"
 	"github.com/bootcert/bootcert/cloud/activator"
+	"github.com/bootcert/bootcert/cloud/certvendor"
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/internal/fake"
 	"github.com/bootcert/bootcert/cloud/internal/testpki"
 	"github.com/bootcert/bootcert/cloud/ports"
 	"github.com/bootcert/bootcert/cloud/reaper"
 	"github.com/bootcert/bootcert/cloud/renewal"
-	"github.com/bootcert/bootcert/cloud/vendor"
 	"github.com/bootcert/bootcert/manifest"
 )
 
@@ -88,9 +88,9 @@ func (b *Bed) Activator() *activator.Activator {
 }
 
 // Vendor returns the vendor, with throttling retried on the fake clock.
-func (b *Bed) Vendor() *vendor.Vendor {
+func (b *Bed) Vendor() *certvendor.Vendor {
 	reg := ports.RetryingRegistry(b.Reg, ports.Backoff{Clock: b.Clock})
-	return &vendor.Vendor{Registry: reg, Store: b.Store, Publisher: b.Pub, Trust: b.Trust, Settings: b.Settings, Clock: b.Clock, Log: b.Log}
+	return &certvendor.Vendor{Registry: reg, Store: b.Store, Publisher: b.Pub, Trust: b.Trust, Settings: b.Settings, Clock: b.Clock, Log: b.Log}
 }
 
 // Reaper returns the reaper.

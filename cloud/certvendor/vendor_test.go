@@ -1,4 +1,4 @@
-package vendor_test
+package certvendor_test
 
 import (
 	"context"
@@ -7,11 +7,11 @@ import (
 	"testing"
 
 	"github.com/bootcert/bootcert/cloud/activator"
+	"github.com/bootcert/bootcert/cloud/certvendor"
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/internal/testbed"
 	"github.com/bootcert/bootcert/cloud/internal/testpki"
 	"github.com/bootcert/bootcert/cloud/ports"
-	"github.com/bootcert/bootcert/cloud/vendor"
 	"github.com/bootcert/bootcert/manifest"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -41,16 +41,16 @@ func newRig(t testing.TB, env map[string]string, entry func(d *testpki.Device) m
 	return &rig{b: b, dev: d}
 }
 
-func (r *rig) get(t *testing.T, csr []byte, mutate func(*vendor.Event)) (vendor.Reply, protocol.GetAccepted, protocol.Rejected) {
+func (r *rig) get(t *testing.T, csr []byte, mutate func(*certvendor.Event)) (certvendor.Reply, protocol.GetAccepted, protocol.Rejected) {
 	t.Helper()
-	ev := vendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: r.dev.CertID, ClientID: r.dev.ID, JobID: job, ClientToken: "tok-1", CSR: string(csr)}
+	ev := certvendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: r.dev.CertID, ClientID: r.dev.ID, JobID: job, ClientToken: "tok-1", CSR: string(csr)}
 	if mutate != nil {
 		mutate(&ev)
 	}
 	return decode(t, r.b, ev)
 }
 
-func decode(t *testing.T, b *testbed.Bed, ev vendor.Event) (vendor.Reply, protocol.GetAccepted, protocol.Rejected) {
+func decode(t *testing.T, b *testbed.Bed, ev certvendor.Event) (certvendor.Reply, protocol.GetAccepted, protocol.Rejected) {
 	t.Helper()
 	rep, err := b.Vendor().Handle(context.Background(), ev)
 	if err != nil {
@@ -102,7 +102,7 @@ func TestGetIsIdempotent(t *testing.T) {
 	r := newRig(t, nil, nil)
 	csr := testpki.CSR(t, r.dev.ID, nil)
 	_, a1, _ := r.get(t, csr, nil)
-	_, a2, _ := r.get(t, csr, func(e *vendor.Event) { e.ClientToken = "tok-2" })
+	_, a2, _ := r.get(t, csr, func(e *certvendor.Event) { e.ClientToken = "tok-2" })
 	if a1.CertificateID == "" || a1.CertificateID != a2.CertificateID {
 		t.Fatalf("retry got %q, first %q", a2.CertificateID, a1.CertificateID)
 	}
@@ -142,17 +142,17 @@ func TestGetRejections(t *testing.T) {
 		env     map[string]string
 		prepare func(t *testing.T, r *rig)
 		csr     func(t *testing.T, r *rig) []byte
-		mutate  func(*vendor.Event)
+		mutate  func(*certvendor.Event)
 		code    protocol.Code
 	}{
 		{name: "fail/not-allowed/removed-from-allow-list", code: protocol.NotAllowed,
 			prepare: func(t *testing.T, r *rig) { r.b.SetAllowList(manifest.Entry{DeviceID: "gw-0002"}) }},
 		{name: "fail/not-allowed/client-id", code: protocol.NotAllowed,
-			mutate: func(e *vendor.Event) { e.ClientID = "gw-0002" }},
+			mutate: func(e *certvendor.Event) { e.ClientID = "gw-0002" }},
 		{name: "fail/not-allowed/principal-not-attached", code: protocol.NotAllowed,
-			mutate: func(e *vendor.Event) { e.Principal = strings.Repeat("ab", 32) }},
+			mutate: func(e *certvendor.Event) { e.Principal = strings.Repeat("ab", 32) }},
 		{name: "fail/not-allowed/no-principal", code: protocol.NotAllowed,
-			mutate: func(e *vendor.Event) { e.Principal = "" }},
+			mutate: func(e *certvendor.Event) { e.Principal = "" }},
 		{name: "fail/not-allowed/principal-inactive", code: protocol.NotAllowed,
 			prepare: func(t *testing.T, r *rig) {
 				r.b.Reg.UpdateCertificate(context.Background(), r.dev.CertID, ports.StatusInactive)
@@ -167,7 +167,7 @@ func TestGetRejections(t *testing.T) {
 				r.b.Reg.RemoveThingFromGroup(context.Background(), "bootcert-rotation", r.dev.ID)
 			}},
 		{name: "fail/no-rotation-pending/other-job", code: protocol.NoRotationPending,
-			mutate: func(e *vendor.Event) { e.JobID = "some-other-job" }},
+			mutate: func(e *certvendor.Event) { e.JobID = "some-other-job" }},
 		{name: "fail/bad-csr/other-device-cn", code: protocol.BadCSR, csr: otherKeyCSR},
 		{name: "fail/bad-csr/rsa-1024", code: protocol.BadCSR,
 			csr: func(t *testing.T, r *rig) []byte { return testpki.CSR(t, r.dev.ID, testpki.RSAKey(t, 1024)) }},
@@ -207,7 +207,7 @@ func TestGetRejections(t *testing.T) {
 
 func ack(t *testing.T, r *rig, certID, principal string) (protocol.AckAccepted, protocol.Rejected) {
 	t.Helper()
-	rep, err := r.b.Vendor().Handle(context.Background(), vendor.Event{ThingName: r.dev.ID, Operation: "ack", Principal: principal, ClientID: r.dev.ID, JobID: job, ClientToken: "tok-a", CertificateID: certID})
+	rep, err := r.b.Vendor().Handle(context.Background(), certvendor.Event{ThingName: r.dev.ID, Operation: "ack", Principal: principal, ClientID: r.dev.ID, JobID: job, ClientToken: "tok-a", CertificateID: certID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,11 +310,11 @@ func TestParseEvent(t *testing.T) {
 		"fail/too-large":     `{"thingName":"gw","csr":"` + strings.Repeat("A", protocol.MaxPayload) + `"}`,
 		"fail/trailing-data": `{"thingName":"gw"} {}`,
 	} {
-		if _, err := vendor.ParseEvent([]byte(in)); err == nil {
+		if _, err := certvendor.ParseEvent([]byte(in)); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}
-	ev, err := vendor.ParseEvent([]byte(`{"thingName":"gw","jobId":"j","clientToken":"c","csr":"x","principal":"p","clientId":"gw","receivedAt":1}`))
+	ev, err := certvendor.ParseEvent([]byte(`{"thingName":"gw","jobId":"j","clientToken":"c","csr":"x","principal":"p","clientId":"gw","receivedAt":1}`))
 	if err != nil || ev.Operation != "get" {
 		t.Errorf("ok/default-get: %+v %v", ev, err)
 	}
@@ -325,7 +325,7 @@ func FuzzParseEvent(f *testing.F) {
 	f.Add([]byte(`{"thingName":"gw-1","operation":"ack","certificateId":"ab"}`))
 	f.Add([]byte(`{"thingName":"+","operation":"get"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ev, err := vendor.ParseEvent(b)
+		ev, err := certvendor.ParseEvent(b)
 		if err != nil {
 			return
 		}
@@ -356,8 +356,8 @@ func (s *racingStore) PutIfAbsent(ctx context.Context, key string, body []byte, 
 func TestConcurrentGetLoserDeletesItsCertificate(t *testing.T) {
 	r := newRig(t, nil, nil)
 	csr := testpki.CSR(t, r.dev.ID, nil)
-	ev := vendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: r.dev.CertID, ClientID: r.dev.ID, JobID: job, ClientToken: "tok-1", CSR: string(csr)}
-	var winner vendor.Reply
+	ev := certvendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: r.dev.CertID, ClientID: r.dev.ID, JobID: job, ClientToken: "tok-1", CSR: string(csr)}
+	var winner certvendor.Reply
 	loser := r.b.Vendor()
 	loser.Store = &racingStore{Store: r.b.Store, before: func() {
 		var err error

@@ -1,4 +1,4 @@
-// Package vendor is the rotation function: it answers a device's
+// Package certvendor is the rotation function: it answers a device's
 // certificates/{thing}/get request with a new certificate for the CSR made
 // by the device's hardware key, and its certificates/{thing}/ack with the
 // commit (DESIGN.md, "Rotation", steps 2 and 6).
@@ -8,7 +8,7 @@
 // certificate from the thing's attributes. Issuance is idempotent per
 // (thing, jobId, CSR) through a record in S3
 // (issuance/{thing}/{jobId}/{sha256(CSR)}.json).
-package vendor
+package certvendor
 
 import (
 	"context"

@@ -1,12 +1,12 @@
-package vendor_test
+package certvendor_test
 
 import (
 	"context"
 	"strings"
 	"testing"
 
+	"github.com/bootcert/bootcert/cloud/certvendor"
 	"github.com/bootcert/bootcert/cloud/internal/testpki"
-	"github.com/bootcert/bootcert/cloud/vendor"
 )
 
 // BenchmarkGet measures the vendor's own CPU per certificate request (CSR
@@ -23,7 +23,7 @@ func BenchmarkGet(b *testing.B) {
 	v := r.b.Vendor()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		rep, err := v.Handle(context.Background(), vendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: r.dev.CertID, ClientID: r.dev.ID, JobID: job, ClientToken: "t", CSR: csrs[i]})
+		rep, err := v.Handle(context.Background(), certvendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: r.dev.CertID, ClientID: r.dev.ID, JobID: job, ClientToken: "t", CSR: csrs[i]})
 		if err != nil || !strings.HasSuffix(rep.Topic, "/accepted") {
 			b.Fatalf("%s %s %v", rep.Topic, rep.Payload, err)
 		}
