@@ -77,7 +77,7 @@ func crashMatrix(t *testing.T, kind keyKind, kills int) {
 				rotations++
 				c.addToRotation(d.name)
 			case e.Result != "SUCCEEDED" && st == types.JobExecutionStatusFailed:
-				failures = append(failures, e.Result+": "+e.Reason)
+				failures = append(failures, string(e.Result)+": "+e.Reason)
 				c.addToRotation(d.name)
 			}
 		}

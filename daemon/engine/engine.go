@@ -84,6 +84,10 @@ type Engine struct {
 	rotateNow chan struct{}
 	mu        sync.Mutex
 	status    Status
+	// refusedGen is 1 + the generation whose refused connect is
+	// status.LastError (0: LastError is not a refusal); a later connect
+	// with that generation resolves it. Guarded by mu.
+	refusedGen int
 	watchers  map[chan Status]struct{}
 	onStatus  func(Status)
 
@@ -508,7 +512,7 @@ func (e *Engine) rollback(reason string) bool {
 	}
 	j.Phase = journal.RolledBack
 	j.Reason = reason
-	j.Result = "FAILED"
+	j.Result = protocol.JobFailed
 	j.UpdatedAt = e.clock.Now()
 	if err := e.journal.Write(j); err != nil {
 		e.log.Error("rollback: journal", "err", err)

@@ -298,7 +298,7 @@ func (e *Engine) begin(ctx context.Context, x *jobExecution) error {
 	doc, err := protocol.ParseJobDocument(x.JobDocument)
 	if err != nil {
 		e.log.Warn("job refused", "job", x.JobID, "err", err)
-		e.setResult("FAILED", "job "+x.JobID+": "+err.Error())
+		e.setResult(protocol.JobFailed, "job "+x.JobID+": "+err.Error())
 		return e.updateJob(ctx, x.JobID, "FAILED", map[string]string{"reason": err.Error()})
 	}
 	ptr, _ := e.store.Pointer()
@@ -312,7 +312,7 @@ func (e *Engine) begin(ctx context.Context, x *jobExecution) error {
 	}
 	if keyURI == "" {
 		reason := "no operational key template configured (identity.operational_key) for a renewal"
-		e.setResult("FAILED", reason)
+		e.setResult(protocol.JobFailed, reason)
 		return e.updateJob(ctx, x.JobID, "FAILED", map[string]string{"reason": reason})
 	}
 	now := e.clock.Now()
@@ -623,7 +623,7 @@ func (e *Engine) finishCommit(ctx context.Context) error {
 		return err
 	}
 	now := e.clock.Now()
-	done := journal.Entry{Phase: journal.Idle, Generation: j.Generation, Result: "SUCCEEDED", JobID: j.JobID, CertificateID: j.CertificateID, StartedAt: j.StartedAt, FinishedAt: now, UpdatedAt: now}
+	done := journal.Entry{Phase: journal.Idle, Generation: j.Generation, Result: protocol.JobSucceeded, JobID: j.JobID, CertificateID: j.CertificateID, StartedAt: j.StartedAt, FinishedAt: now, UpdatedAt: now}
 	if err := e.journal.Write(done); err != nil {
 		return err
 	}
@@ -663,7 +663,7 @@ func (e *Engine) fail(ctx context.Context, reason string) error {
 	}
 	e.store.Remove(j.Generation)
 	now := e.clock.Now()
-	if err := e.journal.Write(journal.Entry{Phase: journal.Idle, Generation: j.Generation, JobID: j.JobID, Result: "FAILED", Reason: reason, FinishedAt: now, UpdatedAt: now}); err != nil {
+	if err := e.journal.Write(journal.Entry{Phase: journal.Idle, Generation: j.Generation, JobID: j.JobID, Result: protocol.JobFailed, Reason: reason, FinishedAt: now, UpdatedAt: now}); err != nil {
 		return err
 	}
 	e.retryAt = nil
@@ -688,7 +688,7 @@ func (e *Engine) finishRollback(ctx context.Context) error {
 	}
 	e.store.Remove(j.Generation)
 	now := e.clock.Now()
-	if err := e.journal.Write(journal.Entry{Phase: journal.Idle, Generation: j.Generation, JobID: j.JobID, Result: "ROLLED_BACK", Reason: j.Reason, FinishedAt: now, UpdatedAt: now}); err != nil {
+	if err := e.journal.Write(journal.Entry{Phase: journal.Idle, Generation: j.Generation, JobID: j.JobID, Result: protocol.ResultRolledBack, Reason: j.Reason, FinishedAt: now, UpdatedAt: now}); err != nil {
 		return err
 	}
 	e.setPending("")
@@ -747,7 +747,7 @@ func (e *Engine) reconcile(ctx context.Context) error {
 				return err
 			}
 		} else if _, err := e.store.Get(j.Generation); err != nil { // never staged: start over
-			if err := e.journal.Write(journal.Entry{Phase: journal.Idle, Generation: j.Generation, JobID: j.JobID, Result: "FAILED", Reason: "staged certificate lost"}); err != nil {
+			if err := e.journal.Write(journal.Entry{Phase: journal.Idle, Generation: j.Generation, JobID: j.JobID, Result: protocol.JobFailed, Reason: "staged certificate lost"}); err != nil {
 				return err
 			}
 		}

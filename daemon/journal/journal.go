@@ -61,9 +61,9 @@ type Entry struct {
 	StartedAt time.Time   `json:"startedAt,omitzero"`
 	UpdatedAt time.Time   `json:"updatedAt,omitzero"`
 	// Result and Reason describe the last finished rotation.
-	Result     string    `json:"result,omitempty"`
-	Reason     string    `json:"reason,omitempty"`
-	FinishedAt time.Time `json:"finishedAt,omitzero"`
+	Result     protocol.Result `json:"result,omitempty"`
+	Reason     string          `json:"reason,omitempty"`
+	FinishedAt time.Time       `json:"finishedAt,omitzero"`
 }
 
 // allowed lists the transitions of the rotation state machine. A phase may
