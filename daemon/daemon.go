@@ -20,6 +20,7 @@ import (
 	"github.com/bootcert/bootcert/daemon/control"
 	"github.com/bootcert/bootcert/daemon/engine"
 	"github.com/bootcert/bootcert/daemon/session"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/keystore"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -147,7 +148,7 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 	alg := ck.Algorithm
 	ecfg := engine.Config{
 		Thing: thing, Endpoint: c.Address(), BootstrapKey: c.Identity.BootstrapKey, Bootstrap: chain,
-		PreProvisoned: c.Identity.PreProvisioned, Algorithm: alg, StateDir: c.State.Dir,
+		PreProvisionedKey: c.Identity.PreProvisioned, Algorithm: alg, StateDir: c.State.Dir,
 		ReplyTimeout: c.Timeouts.Reply.D(), Backoff: engine.Backoff{Initial: c.Backoff.Initial.D(), Max: c.Backoff.Max.D()},
 		RollbackRefusals: c.Fallback.Refusals, RollbackWindow: c.Fallback.Window.D(), FallbackToBoot: c.Fallback.Bootstrap,
 		IssuerSHA256: c.Verify.IssuerSHA256, ShutdownQuiesce: c.Timeouts.Shutdown.D(),
@@ -155,7 +156,7 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 	if c.Identity.OperationalKey != "" {
 		ecfg.OperationalFn = c.OperationalKeyURI
 	}
-	eng, err := engine.New(ecfg, dialer{scfg}, engine.KeystoreKeys{}, fetch, engine.SystemClock{}, log)
+	eng, err := engine.New(ecfg, dialer{scfg}, engine.KeystoreKeys{}, fetch, clock.Real{}, log)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
 
 	"github.com/bootcert/bootcert/daemon/credset"
+	"github.com/bootcert/bootcert/protocol"
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/internal/testenv"
 	"github.com/bootcert/bootcert/keystore"
@@ -162,7 +163,7 @@ func (d *device) hasAcceptedCredential() (bool, string) {
 		if err != nil {
 			return false, "active generation unreadable: " + err.Error()
 		}
-		ids["active"] = credset.CertificateID(cr.Leaf())
+		ids["active"] = protocol.CertificateID(cr.Leaf().Raw)
 		if d.cloud.certStatus(ids["active"]) == types.CertificateStatusActive {
 			return true, ""
 		}

@@ -26,7 +26,6 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab"
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
 	"github.com/bootcert/bootcert/ctl"
-	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/keystore/csr"
 	"github.com/bootcert/bootcert/protocol"
@@ -78,7 +77,7 @@ func TestRollback(t *testing.T) {
 	rogue := labtest.NewCA(t, "unregistered CA")
 	bv.reply["gw-rb"] = func(r protocol.GetRequest, pub any) []byte {
 		cert := issueWith(t, rogue, "gw-rb", pub)
-		b, _ := json.Marshal(protocol.GetAccepted{ClientToken: r.ClientToken, CertificateID: credset.CertificateID(cert), CertificatePEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))})
+		b, _ := json.Marshal(protocol.GetAccepted{ClientToken: r.ClientToken, CertificateID: protocol.CertificateID(cert.Raw), CertificatePEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))})
 		return b
 	}
 	d := newDevice(t, c, "gw-rb", deviceOpts{kind: onTPM})
@@ -200,7 +199,7 @@ func TestBadInput(t *testing.T) {
 	bv.lab = c.lab
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	certReply := func(token string, cert *x509.Certificate) []byte {
-		b, _ := json.Marshal(protocol.GetAccepted{ClientToken: token, CertificateID: credset.CertificateID(cert), CertificatePEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))})
+		b, _ := json.Marshal(protocol.GetAccepted{ClientToken: token, CertificateID: protocol.CertificateID(cert.Raw), CertificatePEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))})
 		return b
 	}
 	cases := map[string]struct {
