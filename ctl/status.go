@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bootcert/bootcert/daemon/control"
-	"github.com/bootcert/bootcert/daemon/engine"
 )
 
 func init() { register(newStatusCmd) }
@@ -45,7 +44,7 @@ last rotation result and the last error with advice.
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c := &control.Client{Path: *sock}
 		out := cmd.OutOrStdout()
-		print := func(s engine.Status) error {
+		print := func(s control.Status) error {
 			if *asJSON {
 				return writeJSON(out, s)
 			}
@@ -53,7 +52,7 @@ last rotation result and the last error with advice.
 		}
 		if *watch {
 			first := true
-			return c.Watch(cmd.Context(), func(s engine.Status) error {
+			return c.Watch(cmd.Context(), func(s control.Status) error {
 				if !first && !*asJSON {
 					fmt.Fprintln(out, "---")
 				}
@@ -70,7 +69,7 @@ last rotation result and the last error with advice.
 	return cmd
 }
 
-func printStatus(w io.Writer, s engine.Status) error {
+func printStatus(w io.Writer, s control.Status) error {
 	active := "bootstrap (generation 0)"
 	if s.Active.Generation > 0 {
 		active = "generation " + strconv.Itoa(s.Active.Generation)
@@ -97,7 +96,7 @@ func printStatus(w io.Writer, s engine.Status) error {
 		"pending job", orNone(s.PendingJob),
 	}
 	if s.LastResult != "" {
-		r := s.LastResult + " at " + fmtTime(s.LastResultAt)
+		r := string(s.LastResult) + " at " + fmtTime(s.LastResultAt)
 		if s.LastReason != "" {
 			r += ": " + s.LastReason
 		}

@@ -10,26 +10,25 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/daemon/control"
-	"github.com/bootcert/bootcert/daemon/engine"
 	"github.com/bootcert/bootcert/daemon/journal"
 )
 
 type statusEngine struct {
-	st      engine.Status
+	st      control.Status
 	rotated chan struct{}
 }
 
-func (f *statusEngine) Status() engine.Status { return f.st }
-func (f *statusEngine) RotateNow()            { close(f.rotated) }
-func (f *statusEngine) Watch() (<-chan engine.Status, func()) {
-	return make(chan engine.Status), func() {}
+func (f *statusEngine) Status() control.Status { return f.st }
+func (f *statusEngine) RotateNow()             { close(f.rotated) }
+func (f *statusEngine) Watch() (<-chan control.Status, func()) {
+	return make(chan control.Status), func() {}
 }
 
 func TestStatusAndRotate(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "c.sock")
-	fe := &statusEngine{rotated: make(chan struct{}), st: engine.Status{
+	fe := &statusEngine{rotated: make(chan struct{}), st: control.Status{
 		Thing: "gw-1", Phase: journal.Idle, Connection: "connected", ConnectedWith: 2, Endpoint: "127.0.0.1:8883",
-		Active:     engine.ActiveCredential{Generation: 2, CertificateID: "abc", Issuer: "CN=ca", NotAfter: time.Date(2027, 11, 26, 0, 0, 0, 0, time.UTC), KeyURI: "pkcs11:token=t;object=op-2?pin-value=***", Backend: "pkcs11"},
+		Active:     control.ActiveCredential{Generation: 2, CertificateID: "abc", Issuer: "CN=ca", NotAfter: time.Date(2027, 11, 26, 0, 0, 0, 0, time.UTC), KeyURI: "pkcs11:token=t;object=op-2?pin-value=***", Backend: "pkcs11"},
 		LastResult: "SUCCEEDED", LastError: "cannot reach broker", Advice: "check the network",
 		Summary: "operational, certificate expires 2027-11-26",
 	}}
@@ -54,7 +53,7 @@ func TestStatusAndRotate(t *testing.T) {
 			t.Errorf("status output lacks %q:\n%s", want, text)
 		}
 	}
-	var st engine.Status
+	var st control.Status
 	if err := json.Unmarshal([]byte(run("status", "--json", "--socket", sock)), &st); err != nil || st.Active.Generation != 2 {
 		t.Errorf("status --json: %+v %v", st, err)
 	}

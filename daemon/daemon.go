@@ -18,33 +18,51 @@ import (
 
 	"github.com/bootcert/bootcert/daemon/config"
 	"github.com/bootcert/bootcert/daemon/control"
-	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/engine"
 	"github.com/bootcert/bootcert/daemon/session"
-	"github.com/bootcert/bootcert/daemon/thingname"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/keystore"
-	"github.com/bootcert/bootcert/keystore/pkcs11"
+	"github.com/bootcert/bootcert/protocol"
 )
 
+// Checked is a configuration with the files it names read and validated:
+// what Check found, and what Run starts from.
+type Checked struct {
+	Config    *config.Config
+	RootCAs   *x509.CertPool      // broker.root_ca
+	Bootstrap []*x509.Certificate // identity.bootstrap_cert, leaf first
+	Thing     string              // identity.thing_name, else the bootstrap CN
+	// LocationCAs is verify.location_ca (nil: the system roots).
+	LocationCAs *x509.CertPool
+	Algorithm   keystore.Algorithm
+}
+
 // Check validates a configuration and the files it names, without touching
-// keys or the network. It is `bootcertd --check-config`.
-func Check(c *config.Config) error {
-	if _, err := loadPool(c.Broker.RootCA); err != nil {
-		return err
+// keys or the network. It is `bootcertd --check-config`; Run starts from what
+// it returns.
+func Check(c *config.Config) (*Checked, error) {
+	pool, err := loadPool(c.Broker.RootCA)
+	if err != nil {
+		return nil, err
 	}
 	chain, err := loadBootstrap(c)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if _, err := thingName(c, chain[0]); err != nil {
-		return err
+	thing, err := thingName(c, chain[0])
+	if err != nil {
+		return nil, err
 	}
+	ck := &Checked{Config: c, RootCAs: pool, Bootstrap: chain, Thing: thing}
 	if c.Verify.LocationCA != "" {
-		if _, err := loadPool(c.Verify.LocationCA); err != nil {
-			return err
+		if ck.LocationCAs, err = loadPool(c.Verify.LocationCA); err != nil {
+			return nil, err
 		}
 	}
-	return nil
+	if ck.Algorithm, err = keystore.ParseAlgorithm(c.Identity.KeyAlgorithm); err != nil {
+		return nil, fmt.Errorf("identity.key_algorithm: %w", err)
+	}
+	return ck, nil
 }
 
 func loadPool(path string) (*x509.CertPool, error) {
@@ -64,7 +82,7 @@ func loadBootstrap(c *config.Config) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the bootstrap certificate %s (identity.bootstrap_cert): %w", c.Identity.BootstrapCert, err)
 	}
-	chain, err := credset.ParseChain(data)
+	chain, err := protocol.ParseChain(data)
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap certificate %s: %w", c.Identity.BootstrapCert, err)
 	}
@@ -76,7 +94,7 @@ func thingName(c *config.Config, leaf *x509.Certificate) (string, error) {
 		return c.Identity.ThingName, nil
 	}
 	cn := leaf.Subject.CommonName
-	if err := thingname.Valid(cn); err != nil {
+	if err := protocol.ValidThingName(cn); err != nil {
 		return "", fmt.Errorf("bootstrap certificate %s: its CN cannot be the thing name: %w (set identity.thing_name)", c.Identity.BootstrapCert, err)
 	}
 	return cn, nil
@@ -93,14 +111,19 @@ func (d dialer) Dial(ctx context.Context, c *engine.Credential) (engine.Conn, er
 	return s, nil
 }
 
-// Run runs bootcertd until ctx ends (SIGTERM).
+// Run checks a configuration (Check) and runs bootcertd until ctx ends
+// (SIGTERM).
 func Run(ctx context.Context, c *config.Config, log *slog.Logger) error {
-	if err := Check(c); err != nil {
+	ck, err := Check(c)
+	if err != nil {
 		return err
 	}
-	pool, _ := loadPool(c.Broker.RootCA)
-	chain, _ := loadBootstrap(c)
-	thing, _ := thingName(c, chain[0])
+	return ck.Run(ctx, log)
+}
+
+// Run runs bootcertd with a checked configuration until ctx ends (SIGTERM).
+func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
+	c, pool, chain, thing := ck.Config, ck.RootCAs, ck.Bootstrap, ck.Thing
 	if err := os.MkdirAll(c.State.Dir, 0o700); err != nil {
 		return fmt.Errorf("state directory %s (state.dir): %w", c.State.Dir, err)
 	}
@@ -119,15 +142,13 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger) error {
 	var fetch engine.Fetcher
 	if len(c.Verify.LocationHosts) > 0 {
 		f := &engine.HTTPFetcher{AllowedHosts: c.Verify.LocationHosts, Timeout: c.Timeouts.Reply.D()}
-		if c.Verify.LocationCA != "" {
-			f.RootCAs, _ = loadPool(c.Verify.LocationCA)
-		}
+		f.RootCAs = ck.LocationCAs
 		fetch = f
 	}
-	alg, _ := keystore.ParseAlgorithm(c.Identity.KeyAlgorithm)
+	alg := ck.Algorithm
 	ecfg := engine.Config{
 		Thing: thing, Endpoint: c.Address(), BootstrapKey: c.Identity.BootstrapKey, Bootstrap: chain,
-		PreProvisoned: c.Identity.PreProvisioned, Algorithm: alg, StateDir: c.State.Dir,
+		PreProvisionedKey: c.Identity.PreProvisioned, Algorithm: alg, StateDir: c.State.Dir,
 		ReplyTimeout: c.Timeouts.Reply.D(), Backoff: engine.Backoff{Initial: c.Backoff.Initial.D(), Max: c.Backoff.Max.D()},
 		RollbackRefusals: c.Fallback.Refusals, RollbackWindow: c.Fallback.Window.D(), FallbackToBoot: c.Fallback.Bootstrap,
 		IssuerSHA256: c.Verify.IssuerSHA256, ShutdownQuiesce: c.Timeouts.Shutdown.D(),
@@ -135,7 +156,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger) error {
 	if c.Identity.OperationalKey != "" {
 		ecfg.OperationalFn = c.OperationalKeyURI
 	}
-	eng, err := engine.New(ecfg, dialer{scfg}, engine.KeystoreKeys{}, fetch, engine.SystemClock{}, log)
+	eng, err := engine.New(ecfg, dialer{scfg}, engine.KeystoreKeys{}, fetch, clock.Real{}, log)
 	if err != nil {
 		return err
 	}
@@ -159,7 +180,11 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger) error {
 	// after the engine has closed its signers: tpm2-pkcs11 flushes the keys
 	// it loaded into the TPM only at logout (no resource manager: they
 	// would stay loaded after exit)
-	defer pkcs11.CloseAll()
+	defer func() {
+		if err := keystore.CloseAll(context.Background()); err != nil {
+			log.Warn("closing keys at shutdown", "err", err)
+		}
+	}()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)

@@ -55,6 +55,12 @@ type Describer interface {
 	Describe(ctx context.Context, u *URI) (Info, error)
 }
 
+// Closer is implemented by backends that keep handles open across keys (a
+// PKCS#11 module's logged-in sessions): CloseAll releases them at shutdown.
+type Closer interface {
+	CloseAll(ctx context.Context) error
+}
+
 // Info describes a key without revealing it.
 type Info struct {
 	URI         string          `json:"uri"` // redacted: never contains a PIN
@@ -207,6 +213,27 @@ func Fingerprint(pub crypto.PublicKey) (string, error) {
 	}
 	sum := sha256.Sum256(der)
 	return hex.EncodeToString(sum[:]), nil
+}
+
+// CloseAll asks every registered backend that keeps handles open across keys
+// (Closer) to release them: orderly shutdown, after every signer is closed.
+// Signers obtained before stop working. Errors are joined, naming the scheme.
+func CloseAll(ctx context.Context) error {
+	mu.RLock()
+	closers := map[string]Closer{}
+	for scheme, b := range backends {
+		if c, ok := b.(Closer); ok {
+			closers[scheme] = c
+		}
+	}
+	mu.RUnlock()
+	var errs []error
+	for scheme, c := range closers {
+		if err := c.CloseAll(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("closing %s keys: %w", scheme, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // CloseSigner releases resources held by a signer (a TPM object handle, a

@@ -16,8 +16,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strings"
+
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // Header is the manifest's first line.
@@ -177,13 +178,12 @@ func (e Entry) Record() []string {
 	return []string{e.DeviceID, e.BootstrapSHA256, csr}
 }
 
-var thingName = regexp.MustCompile(`^[a-zA-Z0-9:_-]{1,128}$`)
 
 // ValidDeviceID checks that s can be an AWS IoT thing name (and so an MQTT
-// client ID and a certificate CN): 1 to 128 characters of [a-zA-Z0-9:_-].
+// client ID and a certificate CN): protocol.ValidThingName, the one rule.
 func ValidDeviceID(s string) error {
-	if !thingName.MatchString(s) {
-		return fmt.Errorf("device ID %q is not a valid AWS IoT thing name (1-128 characters of a-z A-Z 0-9 : _ -)", s)
+	if err := protocol.ValidThingName(s); err != nil {
+		return fmt.Errorf("device ID %w", err)
 	}
 	return nil
 }

@@ -33,7 +33,7 @@ func main() {
 	if *check != "" {
 		c, err := config.Load(*check)
 		if err == nil {
-			err = daemon.Check(c)
+			_, err = daemon.Check(c)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bootcertd:", err)

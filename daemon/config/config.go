@@ -15,8 +15,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"github.com/bootcert/bootcert/daemon/thingname"
 	"github.com/bootcert/bootcert/keystore"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // DefaultPath is where bootcertd looks for its configuration.
@@ -269,7 +269,7 @@ func (c *Config) validate(md toml.MetaData) error {
 	}
 	id := &c.Identity
 	if id.ThingName != "" {
-		if err := thingname.Valid(id.ThingName); err != nil {
+		if err := protocol.ValidThingName(id.ThingName); err != nil {
 			return bad("identity.thing_name", "%v; leave it out to use the bootstrap certificate's CN", err)
 		}
 	}

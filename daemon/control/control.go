@@ -22,17 +22,15 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
-
-	"github.com/bootcert/bootcert/daemon/engine"
 )
 
 // DefaultSocket is the packaged control socket path.
 const DefaultSocket = "/run/bootcert/control.sock"
 
-// Engine is what the socket exposes.
+// Engine is what the socket exposes (the rotation engine).
 type Engine interface {
-	Status() engine.Status
-	Watch() (<-chan engine.Status, func())
+	Status() Status
+	Watch() (<-chan Status, func())
 	RotateNow()
 }
 
@@ -43,9 +41,9 @@ type Request struct {
 
 // Reply is one reply line: a status, an ack or an error.
 type Reply struct {
-	Status *engine.Status `json:"status,omitempty"`
-	OK     bool           `json:"ok,omitempty"`
-	Error  string         `json:"error,omitempty"`
+	Status *Status `json:"status,omitempty"`
+	OK     bool    `json:"ok,omitempty"`
+	Error  string  `json:"error,omitempty"`
 }
 
 // Server serves the control socket.
@@ -161,20 +159,24 @@ func (s *Server) serve(c net.Conn) {
 	}
 }
 
-// limited caps a request line at 4 KiB so a client cannot grow memory.
+// limited caps what one connection may send at 64 KiB in all (a request
+// line is a few bytes), so a client cannot grow the daemon's memory.
 type limited struct {
 	c net.Conn
 	n int
 }
 
 func (l *limited) Read(p []byte) (int, error) {
-	if l.n > 64<<10 {
+	if l.n > maxInput {
 		return 0, errors.New("too much input")
 	}
 	n, err := l.c.Read(p)
 	l.n += n
 	return n, err
 }
+
+// maxInput is how much one connection may send.
+const maxInput = 64 << 10
 
 // Close stops the server and removes the socket.
 func (s *Server) Close() error {
@@ -236,13 +238,13 @@ func (c *Client) call(ctx context.Context, op string) (Reply, error) {
 }
 
 // Status asks for the daemon's status.
-func (c *Client) Status(ctx context.Context) (engine.Status, error) {
+func (c *Client) Status(ctx context.Context) (Status, error) {
 	r, err := c.call(ctx, "status")
 	if err != nil {
-		return engine.Status{}, err
+		return Status{}, err
 	}
 	if r.Status == nil {
-		return engine.Status{}, fmt.Errorf("control socket %s: reply without status", c.Path)
+		return Status{}, fmt.Errorf("control socket %s: reply without status", c.Path)
 	}
 	return *r.Status, nil
 }
@@ -254,7 +256,7 @@ func (c *Client) Rotate(ctx context.Context) error {
 }
 
 // Watch calls f with every status until ctx ends or f returns an error.
-func (c *Client) Watch(ctx context.Context, f func(engine.Status) error) error {
+func (c *Client) Watch(ctx context.Context, f func(Status) error) error {
 	conn, err := c.dial(ctx)
 	if err != nil {
 		return err

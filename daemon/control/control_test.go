@@ -11,27 +11,26 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bootcert/bootcert/daemon/engine"
 	"github.com/bootcert/bootcert/daemon/journal"
 )
 
 type fakeEngine struct {
 	mu      sync.Mutex
-	st      engine.Status
+	st      Status
 	rotates int
-	ch      chan engine.Status
+	ch      chan Status
 }
 
-func (f *fakeEngine) Status() engine.Status { f.mu.Lock(); defer f.mu.Unlock(); return f.st }
-func (f *fakeEngine) RotateNow()            { f.mu.Lock(); f.rotates++; f.mu.Unlock() }
-func (f *fakeEngine) Watch() (<-chan engine.Status, func()) {
+func (f *fakeEngine) Status() Status { f.mu.Lock(); defer f.mu.Unlock(); return f.st }
+func (f *fakeEngine) RotateNow()     { f.mu.Lock(); f.rotates++; f.mu.Unlock() }
+func (f *fakeEngine) Watch() (<-chan Status, func()) {
 	return f.ch, func() {}
 }
 
 func TestSocket(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "run", "control.sock")
-	fe := &fakeEngine{st: engine.Status{Thing: "gw-1", Phase: journal.Idle, Summary: "connecting with bootstrap certificate"}, ch: make(chan engine.Status, 4)}
+	fe := &fakeEngine{st: Status{Thing: "gw-1", Phase: journal.Idle, Summary: "connecting with bootstrap certificate"}, ch: make(chan Status, 4)}
 	srv, err := Listen(path, fe, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -51,10 +50,10 @@ func TestSocket(t *testing.T) {
 		t.Fatalf("Rotate: %v, rotates %d", err, fe.rotates)
 	}
 	// watch: the current status, then changes
-	fe.ch <- engine.Status{Thing: "gw-1", Phase: journal.KeyStaged, Summary: "rotating: key staged"}
+	fe.ch <- Status{Thing: "gw-1", Phase: journal.KeyStaged, Summary: "rotating: key staged"}
 	wctx, cancel := context.WithCancel(ctx)
 	var got []string
-	err = c.Watch(wctx, func(s engine.Status) error {
+	err = c.Watch(wctx, func(s Status) error {
 		got = append(got, s.Summary)
 		if len(got) == 2 {
 			cancel()
@@ -97,7 +96,7 @@ func TestStaleSocketReplaced(t *testing.T) {
 	ln, _ := net.Listen("unix", path)
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close() // leaves a stale socket file
-	srv, err := Listen(path, &fakeEngine{ch: make(chan engine.Status)}, nil)
+	srv, err := Listen(path, &fakeEngine{ch: make(chan Status)}, nil)
 	if err != nil {
 		t.Fatalf("Listen over a stale socket: %v", err)
 	}

@@ -14,11 +14,8 @@
 package credset
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -30,6 +27,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/internal/atomicfile"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // Bootstrap is the generation number of the bootstrap credential.
@@ -42,7 +40,38 @@ var (
 	ErrExists   = errors.New("credential generation already exists")
 )
 
-// Meta describes a generation.
+// KeyRole is what a key is for; it decides what bootcertd may do with it.
+type KeyRole string
+
+// Key roles.
+const (
+	// RoleBootstrap is generation 0's key, made at the factory: never
+	// destroyed.
+	RoleBootstrap KeyRole = "bootstrap"
+	// RoleStaged is the key of the rotation in progress (journal.Entry.KeyURI):
+	// destroyed when the rotation fails or rolls back, unless the factory
+	// made it (ModePreProvisioned).
+	RoleStaged KeyRole = "staged"
+	// RoleOperational is a committed generation's key: destroyed once a newer
+	// generation commits.
+	RoleOperational KeyRole = "operational"
+)
+
+// Mode is where a rotation's key comes from (identity.mode).
+type Mode string
+
+// Rotation modes.
+const (
+	// ModeOnDemand: bootcertd makes the key in the hardware and sends a CSR.
+	ModeOnDemand Mode = "on-demand"
+	// ModePreProvisioned: the factory made the key
+	// (identity.preprovisioned_key) and registered its CSR; no CSR is sent.
+	ModePreProvisioned Mode = "pre-provisioned"
+)
+
+// Meta describes a generation. KeyRole and Mode were added after the first
+// release: a meta.json without them is a generation with an operational key
+// made on demand (Get fills them in).
 type Meta struct {
 	Generation    int       `json:"generation"`
 	CertificateID string    `json:"certificateId"`
@@ -50,6 +79,8 @@ type Meta struct {
 	Issuer        string    `json:"issuer"`
 	NotAfter      time.Time `json:"notAfter"`
 	CreatedAt     time.Time `json:"createdAt"`
+	KeyRole       KeyRole   `json:"keyRole,omitempty"`
+	Mode          Mode      `json:"mode,omitempty"`
 }
 
 // Credential is one generation: a certificate chain and the URI of its key.
@@ -88,46 +119,6 @@ func (s *Store) Dir() string { return s.dir }
 
 func (s *Store) genDir(n int) string { return filepath.Join(s.dir, strconv.Itoa(n)) }
 
-// CertificateID is the AWS IoT certificate ID: lower-hex SHA-256 of the DER.
-func CertificateID(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return hex.EncodeToString(sum[:])
-}
-
-// ParseChain decodes PEM certificates, leaf first.
-func ParseChain(pemData []byte) ([]*x509.Certificate, error) {
-	var chain []*x509.Certificate
-	rest := pemData
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("unexpected PEM block %q (want CERTIFICATE)", b.Type)
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parsing certificate: %w", err)
-		}
-		chain = append(chain, c)
-	}
-	if len(chain) == 0 {
-		return nil, errors.New("no PEM certificate found")
-	}
-	return chain, nil
-}
-
-// EncodeChain is the PEM of a chain.
-func EncodeChain(chain []*x509.Certificate) []byte {
-	var out []byte
-	for _, c := range chain {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	return out
-}
-
 // Put stores generation n atomically: the files are written into a temporary
 // directory that is renamed to creds/<n>. An existing generation is never
 // replaced (ErrExists); a leftover temporary directory is removed.
@@ -152,7 +143,7 @@ func (s *Store) Put(c *Credential) error {
 		name string
 		data []byte
 	}{
-		{"cert.pem", EncodeChain(c.Chain)},
+		{"cert.pem", protocol.EncodeChain(c.Chain)},
 		{"key.uri", []byte(c.KeyURI + "\n")},
 		{"meta.json", append(meta, '\n')},
 	} {
@@ -199,7 +190,7 @@ func (s *Store) Get(n int) (*Credential, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading credential generation %d: %w", n, err)
 	}
-	chain, err := ParseChain(certPEM)
+	chain, err := protocol.ParseChain(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("credential generation %d (%s/cert.pem): %w: %v", n, d, ErrCorrupt, err)
 	}
@@ -212,6 +203,12 @@ func (s *Store) Get(n int) (*Credential, error) {
 		if err := json.Unmarshal(data, &c.Meta); err != nil {
 			return nil, fmt.Errorf("credential generation %d (%s/meta.json): %w: %v", n, d, ErrCorrupt, err)
 		}
+	}
+	if c.Meta.KeyRole == "" {
+		c.Meta.KeyRole = RoleOperational
+	}
+	if c.Meta.Mode == "" {
+		c.Meta.Mode = ModeOnDemand
 	}
 	return c, nil
 }

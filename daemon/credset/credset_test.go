@@ -11,13 +11,14 @@ import (
 	"testing"
 
 	"github.com/bootcert/bootcert/daemon/internal/testpki"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 func cred(t *testing.T, ca *testpki.CA, gen int) *Credential {
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	c := ca.Client(t, "gw-1", k.Public())
 	return &Credential{Generation: gen, KeyURI: "file:/k/op-1.pem", Chain: []*x509.Certificate{c, ca.Cert},
-		Meta: Meta{Generation: gen, CertificateID: CertificateID(c), NotAfter: c.NotAfter}}
+		Meta: Meta{Generation: gen, CertificateID: protocol.CertificateID(c.Raw), NotAfter: c.NotAfter}}
 }
 
 func TestPutGet(t *testing.T) {
@@ -34,7 +35,7 @@ func TestPutGet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.KeyURI != c.KeyURI || len(got.Chain) != 2 || !got.Leaf().Equal(c.Leaf()) || got.Meta.CertificateID != CertificateID(c.Leaf()) {
+	if got.KeyURI != c.KeyURI || len(got.Chain) != 2 || !got.Leaf().Equal(c.Leaf()) || got.Meta.CertificateID != protocol.CertificateID(c.Leaf().Raw) {
 		t.Errorf("Get = %+v", got)
 	}
 	if err := s.Put(cred(t, ca, 1)); !errors.Is(err, ErrExists) {
@@ -98,5 +99,49 @@ func TestInterruptedPut(t *testing.T) {
 	s.Cleanup()
 	if _, err := os.Stat(filepath.Join(s.Dir(), ".gen-4-123")); !os.IsNotExist(err) {
 		t.Errorf("leftover not removed")
+	}
+}
+
+// TestLoadsMetaWithoutRoleAndMode: a generation stored before meta.json
+// recorded the key's role and the mode still loads, as an operational key
+// made on demand; one stored now keeps what it recorded.
+func TestLoadsMetaWithoutRoleAndMode(t *testing.T) {
+	ca := testpki.NewCA(t, "ca")
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := cred(t, ca, 1)
+	if err := s.Put(old); err != nil {
+		t.Fatal(err)
+	}
+	// meta.json exactly as the previous release wrote it
+	legacy := `{
+  "generation": 1,
+  "certificateId": "` + old.Meta.CertificateID + `",
+  "jobId": "rot-1",
+  "issuer": "CN=ca",
+  "notAfter": "2027-01-01T00:00:00Z",
+  "createdAt": "2026-01-01T00:00:00Z"
+}
+`
+	if err := os.WriteFile(filepath.Join(dir, "creds", "1", "meta.json"), []byte(legacy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(1)
+	if err != nil {
+		t.Fatalf("Get of a legacy generation: %v", err)
+	}
+	if got.Meta.KeyRole != RoleOperational || got.Meta.Mode != ModeOnDemand || got.Meta.JobID != "rot-1" || got.KeyURI != old.KeyURI {
+		t.Errorf("legacy generation loaded as %+v", got.Meta)
+	}
+	pre := cred(t, ca, 2)
+	pre.Meta.KeyRole, pre.Meta.Mode = RoleOperational, ModePreProvisioned
+	if err := s.Put(pre); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get(2); err != nil || got.Meta.Mode != ModePreProvisioned {
+		t.Errorf("Get(2) = %+v, %v; want the recorded mode", got, err)
 	}
 }

@@ -33,7 +33,6 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
 	"github.com/bootcert/bootcert/cloud/lab/template"
 	"github.com/bootcert/bootcert/daemon/control"
-	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/engine"
 	"github.com/bootcert/bootcert/internal/testenv"
 	"github.com/bootcert/bootcert/keystore"
@@ -301,7 +300,7 @@ func newDevice(t testing.TB, c *cloudEnv, name string, o deviceOpts) *device {
 		t.Fatalf("generating the bootstrap key: %v", err)
 	}
 	boot := c.issue(name, bk.Public(), time.Now().Add(-time.Hour), time.Now().Add(365*24*time.Hour))
-	d.bootID = credset.CertificateID(boot)
+	d.bootID = protocol.CertificateID(boot.Raw)
 	d.bootKey = bootURI
 	finalCSR := ""
 	if o.preProvisioned {

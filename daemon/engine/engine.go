@@ -5,9 +5,20 @@
 // back after repeated refusals, acknowledges over the new certificate and
 // commits. Every step is journalled so that a crash at any instant resumes.
 //
-// It runs over small ports it owns (Dialer/Conn, Keys, Fetcher, Clock), so
-// the same code runs against fakes in unit tests and against the real
-// session, keystore and lab.
+// Files by job:
+//
+//	engine.go     the Engine, its configuration and the connect loop
+//	session.go    one MQTT connection: its state dies with it
+//	jobs.go       the AWS IoT Jobs MQTT API client (start-next, update)
+//	phases.go     the rotation's phase transitions
+//	reconcile.go  bringing journal, pointer and credentials into agreement after a start
+//	keys.go       opening, staging and destroying keys by role
+//	status.go     what `bootcertctl status` shows
+//	verify.go     checking and downloading a delivered certificate
+//
+// It runs over small ports it owns (Dialer/Conn, Keys, Fetcher) and
+// internal/clock, so the same code runs against fakes in unit tests and
+// against the real session, keystore and lab.
 package engine
 
 import (
@@ -23,6 +34,7 @@ import (
 
 	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/journal"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/keystore"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -31,15 +43,18 @@ import (
 type Credential struct {
 	Generation int // 0 = bootstrap
 	KeyURI     string
-	Chain      []*x509.Certificate
-	Signer     crypto.Signer // opened lazily
+	// Role is the key's role: credset.RoleBootstrap for generation 0,
+	// credset.RoleOperational for a stored generation.
+	Role   credset.KeyRole
+	Chain  []*x509.Certificate
+	Signer crypto.Signer // opened lazily
 }
 
 // Leaf is the device certificate.
 func (c *Credential) Leaf() *x509.Certificate { return c.Chain[0] }
 
 // CertificateID is the AWS IoT certificate ID of the leaf.
-func (c *Credential) CertificateID() string { return credset.CertificateID(c.Leaf()) }
+func (c *Credential) CertificateID() string { return protocol.CertificateID(c.Leaf().Raw) }
 
 // ChainDER is the chain as DER, leaf first.
 func (c *Credential) ChainDER() [][]byte {
@@ -57,9 +72,12 @@ type Config struct {
 	BootstrapKey  string
 	Bootstrap     []*x509.Certificate
 	OperationalFn func(gen int) string // "" when not configured
-	PreProvisoned string               // factory operational key URI; "" = on-demand
-	Algorithm     keystore.Algorithm
-	StateDir      string
+	// PreProvisionedKey is the factory-made operational key's URI
+	// (identity.mode = pre-provisioned): the first rotation uses it; ""
+	// makes every key on demand.
+	PreProvisionedKey string
+	Algorithm         keystore.Algorithm
+	StateDir          string
 
 	ReplyTimeout     time.Duration
 	Backoff          Backoff
@@ -70,13 +88,14 @@ type Config struct {
 	ShutdownQuiesce  time.Duration
 }
 
-// Engine runs rotations.
+// Engine runs rotations. Everything but the status (mu) belongs to the
+// goroutine running Run.
 type Engine struct {
 	cfg     Config
 	dial    Dialer
 	keys    Keys
 	fetch   Fetcher
-	clock   Clock
+	clock   clock.Clock
 	log     *slog.Logger
 	journal *journal.Journal
 	store   *credset.Store
@@ -84,28 +103,32 @@ type Engine struct {
 	rotateNow chan struct{}
 	mu        sync.Mutex
 	status    Status
-	watchers  map[chan Status]struct{}
-	onStatus  func(Status)
+	// refusedGen is 1 + the generation whose refused connect is
+	// status.LastError (0: LastError is not a refusal); a later connect
+	// with that generation resolves it. Guarded by mu.
+	refusedGen int
+	watchers   map[chan Status]struct{}
+	onStatus   func(Status)
 
-	// per session
-	conn       Conn
-	connCred   *Credential
-	in         chan message
-	subscribed map[string]bool
-	doc        *protocol.JobDocument
-	staged     crypto.Signer
+	beat    atomic.Int64     // unix ns (engine clock) of the last pass through a loop
+	beatC   <-chan time.Time // the idle beat, re-armed on the engine clock
+	signers map[string]crypto.Signer
+	rot     rotation
+	// keygenDone receives the staged key made off the MQTT path; a result
+	// that arrives between connections waits here for the next one.
 	keygenDone chan keygenResult
+	bg         sync.WaitGroup // key generation in flight
+}
+
+// rotation is what the engine holds in memory about the rotation in
+// progress beyond its journal entry. It outlives connections (a key staged
+// on one is used on the next) and is reset when a rotation begins.
+type rotation struct {
+	staged     crypto.Signer // the staged key, once made or opened
 	keygenBusy bool
-	retryAt    <-chan time.Time
-	startToken string
-	beatC      <-chan time.Time
 	replyTries int                      // requests sent without a reply in this rotation step
-	unanswered int                      // get/ack requests sent on this session since its last reply
-	signers    map[string]crypto.Signer // open keys by URI (engine goroutine only)
-	beat       atomic.Int64             // unix ns of the last pass through the loop
 	laps       map[string]time.Duration // where the rotation's time went
 	lapMark    time.Time
-	bg         sync.WaitGroup // key generation in flight
 }
 
 type message struct {
@@ -113,16 +136,11 @@ type message struct {
 	payload []byte
 }
 
-type keygenResult struct {
-	gen    int
-	signer crypto.Signer
-	err    error
-}
-
-// New prepares an engine over a state directory.
-func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clock Clock, log *slog.Logger) (*Engine, error) {
-	if clock == nil {
-		clock = SystemClock{}
+// New prepares an engine over a state directory. A nil clock is the real
+// one.
+func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clk clock.Clock, log *slog.Logger) (*Engine, error) {
+	if clk == nil {
+		clk = clock.Real{}
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -153,8 +171,9 @@ func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clock Clock, log *sl
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, dial: dial, keys: keys, fetch: fetch, clock: clock, log: log, journal: j, store: s,
-		rotateNow: make(chan struct{}, 1), watchers: map[chan Status]struct{}{}, signers: map[string]crypto.Signer{}}
+	e := &Engine{cfg: cfg, dial: dial, keys: keys, fetch: fetch, clock: clk, log: log, journal: j, store: s,
+		rotateNow: make(chan struct{}, 1), watchers: map[chan Status]struct{}{}, signers: map[string]crypto.Signer{},
+		keygenDone: make(chan keygenResult, 1)}
 	e.status = Status{Thing: cfg.Thing, Endpoint: cfg.Endpoint, Connection: "disconnected"}
 	return e, nil
 }
@@ -175,108 +194,22 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer e.closeSigners()
 	defer e.bg.Wait() // never leave a key half-made behind
 	e.tick()
-	beat := time.NewTicker(BeatInterval)
-	defer beat.Stop()
-	e.beatC = beat.C
+	e.beatC = e.clock.After(BeatInterval)
 	if err := e.reconcile(ctx); err != nil {
 		return err
 	}
 	attempt := 0
 	for ctx.Err() == nil {
-		cands, why := e.candidates()
-		if why != "" {
-			e.setError(why, "")
+		next, done := e.connectOnce(ctx)
+		if done {
+			return nil
 		}
-		connected, rolledBack := false, false
-		for _, c := range cands {
-			e.setConn("connecting", c)
-			conn, err := e.dialOne(ctx, c)
-			e.tick() // a dial is bounded by timeouts.connect
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				refused := isRefused(err)
-				e.log.Warn("connect failed", "generation", c.Generation, "refused", refused, "err", err)
-				var ke *keyError
-				if errors.As(err, &ke) {
-					// the hardware, not the broker: try the next credential
-					e.setError(ke.Error(), "check the TPM or PKCS#11 token (device node, tpm2-abrmd/permissions, PIN source); `bootcertctl key info URI` tests a key")
-					if c.Generation > 0 {
-						why = fmt.Sprintf("operational key (generation %d) unusable: %v; connected with the bootstrap certificate", c.Generation, ke.Err)
-					}
-					if j := e.journal.Current(); j.Phase == journal.Switched && c.Generation == j.Generation {
-						if e.rollback(fmt.Sprintf("the new key is unusable: %v", ke.Err)) {
-							rolledBack = true
-							break
-						}
-					}
-					continue
-				}
-				if refused {
-					if c.Generation > 0 {
-						why = fmt.Sprintf("operational certificate (generation %d) refused by the broker: %v; connected with the bootstrap certificate", c.Generation, err)
-					}
-					if e.onRefused(c, err) {
-						rolledBack = true
-						break // reconnect at once with the previous credential
-					}
-				} else {
-					e.setError(fmt.Sprintf("cannot reach %s: %v", e.cfg.Endpoint, err), "check the network, broker.endpoint and broker.port")
-				}
-				if !refused {
-					break // the network is down: no point trying the next credential now
-				}
-				continue
-			}
-			connected = true
-			attempt = 0
-			e.dropIdleSigners(c.KeyURI)
-			if c.Generation == 0 && e.activeGeneration() > 0 {
-				if why == "" {
-					why = fmt.Sprintf("operational certificate (generation %d) not usable; connected with the bootstrap certificate", e.activeGeneration())
-				}
-				e.setError(why, "the operational certificate may be revoked, inactive or expired; a new rotation job will replace it")
-			}
-			err = e.runSession(ctx, conn, c)
-			if ctx.Err() != nil {
-				conn.Close(e.cfg.ShutdownQuiesce)
-				e.setConn("disconnected", nil)
-				return nil
-			}
-			var ne *notEstablished
-			if errors.As(err, &ne) {
-				// closed or denied before the session was usable: for the
-				// rollback rule this is a refusal ("immediate disconnect")
-				conn.Close(0)
-				e.setConn("disconnected", nil)
-				e.log.Warn("session refused right after connect", "generation", c.Generation, "err", err)
-				connected = false
-				if e.onRefused(c, err) {
-					rolledBack = true
-					break
-				}
-				continue
-			}
-			if err != nil && !errors.Is(err, errSwitch) {
-				e.log.Warn("session ended", "err", err)
-			}
-			conn.Close(0)
-			e.setConn("disconnected", nil)
-			if errors.Is(err, errSwitch) {
-				attempt = -1 // reconnect at once with the new credential
-			}
-			break
-		}
-		if rolledBack {
+		switch next {
+		case reconnectNow:
 			attempt = 0
 			continue
-		}
-		if !connected || attempt < 0 {
-			if attempt < 0 {
-				attempt = 0
-				continue
-			}
+		case resetBackoff:
+			attempt = 0
 		}
 		d := e.cfg.Backoff.Delay(attempt)
 		attempt++
@@ -293,10 +226,101 @@ func (e *Engine) Run(ctx context.Context) error {
 			case <-e.rotateNow:
 				break backoff
 			case <-e.beatC:
+				e.beatC = e.clock.After(BeatInterval)
 			}
 		}
 	}
 	return nil
+}
+
+// what the connect loop does after a pass over the candidates
+type reconnect int
+
+const (
+	reconnectLater reconnect = iota // back off, then try again
+	reconnectNow                    // a credential changed: try at once
+	resetBackoff                    // a session ran: back off from the start
+)
+
+// connectOnce tries the candidate credentials in order and runs a session
+// on the first that connects. done is true when ctx ended.
+func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
+	cands, why := e.candidates()
+	if why != "" {
+		e.setError(why, "")
+	}
+	for _, c := range cands {
+		e.setConn("connecting", c)
+		conn, err := e.dialOne(ctx, c)
+		e.tick() // a dial is bounded by timeouts.connect
+		if err != nil {
+			if ctx.Err() != nil {
+				return 0, true
+			}
+			refused := isRefused(err)
+			e.log.Warn("connect failed", "generation", c.Generation, "refused", refused, "err", err)
+			var ke *keyError
+			if errors.As(err, &ke) {
+				// the hardware, not the broker: try the next credential
+				e.setError(ke.Error(), "check the TPM or PKCS#11 token (device node, tpm2-abrmd/permissions, PIN source); `bootcertctl key info URI` tests a key")
+				if c.Generation > 0 {
+					why = fmt.Sprintf("operational key (generation %d) unusable: %v; connected with the bootstrap certificate", c.Generation, ke.Err)
+				}
+				if j := e.journal.Current(); j.Phase == journal.Switched && c.Generation == j.Generation {
+					if e.rollback(fmt.Sprintf("the new key is unusable: %v", ke.Err)) {
+						return reconnectNow, false
+					}
+				}
+				continue
+			}
+			if !refused {
+				e.setError(fmt.Sprintf("cannot reach %s: %v", e.cfg.Endpoint, err), "check the network, broker.endpoint and broker.port")
+				return reconnectLater, false // the network is down: no point trying the next credential now
+			}
+			if c.Generation > 0 {
+				why = fmt.Sprintf("operational certificate (generation %d) refused by the broker: %v; connected with the bootstrap certificate", c.Generation, err)
+			}
+			if e.onRefused(c, err) {
+				return reconnectNow, false // at once with the previous credential
+			}
+			continue
+		}
+		e.dropIdleSigners(c.KeyURI)
+		if c.Generation == 0 && e.activeGeneration() > 0 {
+			if why == "" {
+				why = fmt.Sprintf("operational certificate (generation %d) not usable; connected with the bootstrap certificate", e.activeGeneration())
+			}
+			e.setError(why, "the operational certificate may be revoked, inactive or expired; a new rotation job will replace it")
+		}
+		err = e.runSession(ctx, conn, c)
+		if ctx.Err() != nil {
+			conn.Close(e.cfg.ShutdownQuiesce)
+			e.setConn("disconnected", nil)
+			return 0, true
+		}
+		var ne *notEstablished
+		if errors.As(err, &ne) {
+			// closed or denied before the session was usable: for the
+			// rollback rule this is a refusal ("immediate disconnect")
+			conn.Close(0)
+			e.setConn("disconnected", nil)
+			e.log.Warn("session refused right after connect", "generation", c.Generation, "err", err)
+			if e.onRefused(c, err) {
+				return reconnectNow, false
+			}
+			continue
+		}
+		if err != nil && !errors.Is(err, errSwitch) {
+			e.log.Warn("session ended", "err", err)
+		}
+		conn.Close(0)
+		e.setConn("disconnected", nil)
+		if errors.Is(err, errSwitch) {
+			return reconnectNow, false // with the new credential
+		}
+		return resetBackoff, false
+	}
+	return reconnectLater, false
 }
 
 var errSwitch = errors.New("switching credentials")
@@ -304,23 +328,23 @@ var errSwitch = errors.New("switching credentials")
 // BeatInterval is how often an idle engine shows it is alive.
 const BeatInterval = 5 * time.Second
 
-// LastBeat is when the engine loop last ran; the systemd watchdog is fed
-// only while it is recent, so a hung engine gets the daemon restarted. The
-// loop beats at least every BeatInterval when idle and after every wait for
-// the network, each bounded by the connect or the reply timeout; only a
-// stuck call (hardware, a wait without a deadline) stops it.
+// LastBeat is when (on the engine's clock) the engine loop last ran; the
+// systemd watchdog is fed only while it is recent, so a hung engine gets the
+// daemon restarted. The loop beats at least every BeatInterval when idle and
+// after every wait for the network, each bounded by the connect or the reply
+// timeout; only a stuck call (hardware, a wait without a deadline) stops it.
 func (e *Engine) LastBeat() time.Time { return time.Unix(0, e.beat.Load()) }
 
-func (e *Engine) tick() { e.beat.Store(time.Now().UnixNano()) }
+func (e *Engine) tick() { e.beat.Store(e.clock.Now().UnixNano()) }
 
 // lap adds the time since the last mark to a named step of the rotation.
 func (e *Engine) lap(name string) {
-	if e.laps == nil {
+	if e.rot.laps == nil {
 		return
 	}
-	now := time.Now()
-	e.laps[name] += now.Sub(e.lapMark)
-	e.lapMark = now
+	now := e.clock.Now()
+	e.rot.laps[name] += now.Sub(e.rot.lapMark)
+	e.rot.lapMark = now
 }
 
 // notEstablished is a session that ended before its subscriptions were
@@ -330,82 +354,9 @@ type notEstablished struct{ err error }
 func (e *notEstablished) Error() string { return "session not established: " + e.err.Error() }
 func (e *notEstablished) Unwrap() error { return e.err }
 
-// keyError is a credential whose key cannot be used (hardware absent,
-// key gone, wrong PIN).
-type keyError struct {
-	Generation int
-	Err        error
-}
-
-func (e *keyError) Error() string {
-	return fmt.Sprintf("key of credential generation %d unusable: %v", e.Generation, e.Err)
-}
-
-func (e *keyError) Unwrap() error { return e.Err }
-
 func isRefused(err error) bool {
 	var r interface{ Refused() bool }
 	return errors.As(err, &r) && r.Refused()
-}
-
-func (e *Engine) dialOne(ctx context.Context, c *Credential) (Conn, error) {
-	if c.Signer == nil {
-		s, err := e.signer(ctx, c.KeyURI)
-		if err != nil {
-			return nil, &keyError{Generation: c.Generation, Err: err}
-		}
-		c.Signer = s
-	}
-	return e.dial.Dial(ctx, c)
-}
-
-// signer opens a key once and keeps it: reconnects do not open it again
-// (each open signer may hold a TPM object slot or a PKCS#11 session).
-func (e *Engine) signer(ctx context.Context, uri string) (crypto.Signer, error) {
-	if s, ok := e.signers[uri]; ok {
-		return s, nil
-	}
-	s, err := e.keys.Open(ctx, uri)
-	if err != nil {
-		return nil, err
-	}
-	e.signers[uri] = s
-	return s, nil
-}
-
-// keepSigner caches a signer made elsewhere (the staged key).
-func (e *Engine) keepSigner(uri string, s crypto.Signer) {
-	if old, ok := e.signers[uri]; ok && old != s {
-		keystore.CloseSigner(old)
-	}
-	e.signers[uri] = s
-}
-
-// dropSigner closes a key's signer before the key is destroyed.
-func (e *Engine) dropSigner(uri string) {
-	if s, ok := e.signers[uri]; ok {
-		keystore.CloseSigner(s)
-		delete(e.signers, uri)
-	}
-}
-
-// dropIdleSigners closes every open key but the connected one and the
-// staged one: without a resource manager (swtpm, some tokens) every open key
-// holds one of very few object slots.
-func (e *Engine) dropIdleSigners(connected string) {
-	j := e.journal.Current()
-	for uri := range e.signers {
-		if uri == connected || (j.Phase == journal.KeyStaged && uri == j.KeyURI) {
-			continue
-		}
-		e.dropSigner(uri)
-	}
-}
-
-func (e *Engine) closeSigners() {
-	for uri := range e.signers {
-		e.dropSigner(uri)
-	}
 }
 
 func (e *Engine) activeGeneration() int {
@@ -415,7 +366,7 @@ func (e *Engine) activeGeneration() int {
 
 // bootstrapCred is generation 0.
 func (e *Engine) bootstrapCred() *Credential {
-	return &Credential{Generation: 0, KeyURI: e.cfg.BootstrapKey, Chain: e.cfg.Bootstrap}
+	return &Credential{Generation: 0, KeyURI: e.cfg.BootstrapKey, Role: credset.RoleBootstrap, Chain: e.cfg.Bootstrap}
 }
 
 func (e *Engine) loadCred(gen int) (*Credential, error) {
@@ -426,7 +377,7 @@ func (e *Engine) loadCred(gen int) (*Credential, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Credential{Generation: gen, KeyURI: c.KeyURI, Chain: c.Chain}, nil
+	return &Credential{Generation: gen, KeyURI: c.KeyURI, Role: c.Meta.KeyRole, Chain: c.Chain}, nil
 }
 
 // candidates is the recovery rule: the active credential, then (unless
@@ -498,8 +449,9 @@ func (e *Engine) onRefused(c *Credential, err error) (rolledBack bool) {
 	return false
 }
 
-// rollback makes the previous credential active again. The job is reported
-// FAILED once connected.
+// rollback makes the previous credential active again (switched ->
+// rolled-back). The job is reported FAILED once connected
+// (session.finishRollback).
 func (e *Engine) rollback(reason string) bool {
 	j := e.journal.Current()
 	if err := e.store.SetPointer(credset.Pointer{Active: j.Previous}); err != nil {
@@ -508,7 +460,7 @@ func (e *Engine) rollback(reason string) bool {
 	}
 	j.Phase = journal.RolledBack
 	j.Reason = reason
-	j.Result = "FAILED"
+	j.Result = protocol.JobFailed
 	j.UpdatedAt = e.clock.Now()
 	if err := e.journal.Write(j); err != nil {
 		e.log.Error("rollback: journal", "err", err)
@@ -517,4 +469,12 @@ func (e *Engine) rollback(reason string) bool {
 	e.log.Warn("rolled back", "to", j.Previous, "reason", reason)
 	e.refreshStatus()
 	return true
+}
+
+// removeGeneration deletes a stored generation's files, logging a failure
+// (a leftover generation is removed again by the next reconcile).
+func (e *Engine) removeGeneration(gen int, why string) {
+	if err := e.store.Remove(gen); err != nil {
+		e.log.Warn("removing credential generation", "generation", gen, "why", why, "err", err)
+	}
 }

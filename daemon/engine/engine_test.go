@@ -21,9 +21,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/internal/testpki"
 	"github.com/bootcert/bootcert/daemon/journal"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/keystore"
 	_ "github.com/bootcert/bootcert/keystore/file"
 	"github.com/bootcert/bootcert/protocol"
@@ -39,7 +39,7 @@ type rig struct {
 	cancel context.CancelFunc
 	done   chan error
 	fetch  Fetcher
-	clock  Clock
+	clock  clock.Clock
 }
 
 func newRig(t *testing.T) *rig {
@@ -54,7 +54,7 @@ func newRig(t *testing.T) *rig {
 	}
 	boot := ca.Client(t, "gw-1", bk.Public())
 	cloud := newFakeCloud(t, ca, "gw-1")
-	cloud.accept(credset.CertificateID(boot))
+	cloud.accept(protocol.CertificateID(boot.Raw))
 	r := &rig{t: t, dir: dir, ca: ca, cloud: cloud}
 	r.cfg = Config{
 		Endpoint: "broker.test", BootstrapKey: bootURI, Bootstrap: []*x509.Certificate{boot, ca.Cert},
@@ -176,7 +176,7 @@ func contains(l []string, s string) bool {
 
 func TestJITRFirstConnect(t *testing.T) {
 	r := newRig(t)
-	boot := credset.CertificateID(r.cfg.Bootstrap[0])
+	boot := protocol.CertificateID(r.cfg.Bootstrap[0].Raw)
 	r.cloud.revoke(boot) // unknown to the broker: refused until "registered"
 	r.start()
 	r.waitFor("a refusal", func(s Status) bool { return strings.Contains(s.LastError, "bootstrap certificate refused") })
@@ -229,11 +229,6 @@ func TestRecoveryAfterRevocation(t *testing.T) {
 	r.waitFor("generation 2", operational(2))
 }
 
-type fixedClock struct{ now time.Time }
-
-func (c fixedClock) Now() time.Time                         { return c.now }
-func (c fixedClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
-
 func TestRecoveryAfterExpiry(t *testing.T) {
 	r := newRig(t)
 	r.start()
@@ -243,7 +238,7 @@ func TestRecoveryAfterExpiry(t *testing.T) {
 	// the bootstrap and operational certificates share a validity window
 	// here; the operational one is found expired first and skipped with the
 	// reason, then the bootstrap one (also expired) is still tried
-	r.clock = fixedClock{now: time.Now().Add(48 * time.Hour)}
+	r.clock = clock.NewFake(time.Now().Add(48 * time.Hour))
 	r.start()
 	s := r.waitFor("fallback", func(s Status) bool { return s.Connection == "connected" && s.ConnectedWith == 0 })
 	if !strings.Contains(s.LastError, "expired") {
@@ -535,10 +530,10 @@ func TestLocationDownload(t *testing.T) {
 	r.fetch = &HTTPFetcher{AllowedHosts: []string{"127.0.0.1"}, RootCAs: pool}
 	r.cloud.getReply = func(req protocol.GetRequest, pub any) (string, []byte, bool) {
 		cert := r.ca.Client(t, "gw-1", pub)
-		r.cloud.accept(credset.CertificateID(cert))
+		r.cloud.accept(protocol.CertificateID(cert.Raw))
 		b, _ := json.Marshal(map[string]string{"certificatePem": string(testpki.PEM(cert))})
 		pkg.Store(b)
-		p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificateID: credset.CertificateID(cert), Location: srv.URL + "/pkg?X-Amz-Signature=sig"})
+		p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificateID: protocol.CertificateID(cert.Raw), Location: srv.URL + "/pkg?X-Amz-Signature=sig"})
 		return "accepted", p, true
 	}
 	r.start()

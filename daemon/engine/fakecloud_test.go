@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/internal/testpki"
 	"github.com/bootcert/bootcert/keystore/csr"
 	"github.com/bootcert/bootcert/protocol"
@@ -276,7 +275,7 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 			}
 		}
 		cert := f.ca.Client(f.t, r.Subject.CommonName, r.PublicKey)
-		id := credset.CertificateID(cert)
+		id := protocol.CertificateID(cert.Raw)
 		f.mu.Lock()
 		f.issued = append(f.issued, id)
 		if f.acceptNew {

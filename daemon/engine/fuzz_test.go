@@ -31,7 +31,7 @@ func FuzzReplies(f *testing.F) {
 	f.Add([]byte(`[]`))
 	now := time.Now()
 	f.Fuzz(func(t *testing.T, payload []byte) {
-		var jr jobsReply
+		var jr protocol.ExecutionAccepted
 		if protocol.Decode("jobs", payload, &jr) == nil && jr.Execution != nil {
 			protocol.ParseJobDocument(jr.Execution.JobDocument)
 		}
@@ -94,17 +94,14 @@ func FuzzHandle(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer conn.Close(0)
-		eng.conn, eng.connCred = conn, eng.bootstrapCred()
-		eng.in = make(chan message, 64)
-		eng.subscribed = map[string]bool{}
-		eng.startToken = "x"
+		s := &session{e: eng, conn: conn, cred: eng.bootstrapCred(), in: make(chan message, 64), subscribed: map[string]bool{}, startToken: "x"}
 		topics := []string{
-			eng.jobsTopic("notify-next"), eng.jobsTopic("start-next/accepted"), eng.jobsTopic("start-next/rejected"),
+			s.jobsTopic("notify-next"), s.jobsTopic("start-next/accepted"), s.jobsTopic("start-next/rejected"),
 			"certificates/gw-1/get/accepted", "certificates/gw-1/get/rejected",
-			"certificates/gw-1/ack/accepted", "certificates/gw-1/ack/rejected", eng.jobsTopic("j/update/rejected"),
+			"certificates/gw-1/ack/accepted", "certificates/gw-1/ack/rejected", s.jobsTopic("j/update/rejected"),
 		}
 		before, _ := eng.store.Pointer()
-		eng.handle(context.Background(), message{topic: topics[int(topic)%len(topics)], payload: payload})
+		s.handle(context.Background(), message{topic: topics[int(topic)%len(topics)], payload: payload})
 		eng.bg.Wait()
 		after, err := eng.store.Pointer()
 		if err != nil {

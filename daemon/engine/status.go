@@ -3,49 +3,18 @@ package engine
 import (
 	"fmt"
 	"strings"
-	"time"
 
+	"github.com/bootcert/bootcert/daemon/control"
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/keystore"
+	"github.com/bootcert/bootcert/protocol"
 )
 
-// Status is what `bootcertctl status` shows.
-type Status struct {
-	Thing      string           `json:"thing"`
-	Phase      journal.Phase    `json:"phase"`
-	Active     ActiveCredential `json:"active"`
-	Connection string           `json:"connection"` // connecting, connected, disconnected
-	Endpoint   string           `json:"endpoint"`
-	// ConnectedWith is the generation of the connected credential (-1: none).
-	ConnectedWith int       `json:"connectedWith"`
-	PendingJob    string    `json:"pendingJob,omitempty"`
-	LastResult    string    `json:"lastResult,omitempty"`
-	LastReason    string    `json:"lastReason,omitempty"`
-	LastResultAt  time.Time `json:"lastResultAt,omitzero"`
-	LastError     string    `json:"lastError,omitempty"`
-	Advice        string    `json:"advice,omitempty"`
-	LastErrorAt   time.Time `json:"lastErrorAt,omitzero"`
-	// LastTimings says where the last rotation's time went, in ms (key,
-	// csr+publish, wait-get, verify+store+swap, reconnect, wait-ack, commit).
-	LastTimings map[string]float64 `json:"lastTimings,omitempty"`
-	// Summary is the one-line state for systemd's STATUS=.
-	Summary string `json:"summary"`
-
-	// refusedGen is 1 + the generation whose refused connect is LastError
-	// (0: LastError is not a refusal); a later connect with that
-	// generation resolves it.
-	refusedGen int
-}
+// Status is what `bootcertctl status` shows: the control socket's wire type.
+type Status = control.Status
 
 // ActiveCredential describes the active credential set.
-type ActiveCredential struct {
-	Generation    int       `json:"generation"`
-	CertificateID string    `json:"certificateId"`
-	Issuer        string    `json:"issuer"`
-	NotAfter      time.Time `json:"notAfter"`
-	KeyURI        string    `json:"keyUri"` // redacted
-	Backend       string    `json:"backend"`
-}
+type ActiveCredential = control.ActiveCredential
 
 // Status returns a snapshot.
 func (e *Engine) Status() Status {
@@ -54,7 +23,9 @@ func (e *Engine) Status() Status {
 	return e.status
 }
 
-// Watch returns a channel receiving every status change until cancel.
+// Watch returns a channel receiving status changes until cancel. Sends never
+// block the engine: a reader that falls more than 8 changes behind misses the
+// ones in between (Status is always the current state).
 func (e *Engine) Watch() (<-chan Status, func()) {
 	ch := make(chan Status, 8)
 	e.mu.Lock()
@@ -67,8 +38,8 @@ func (e *Engine) Watch() (<-chan Status, func()) {
 	}
 }
 
-// OnStatus sets a function called (without locks held... from the engine
-// goroutine) on every change; sd_notify STATUS= uses it.
+// OnStatus sets a function called on every change, from the engine
+// goroutine with no lock held (sd_notify STATUS= uses it). Set it before Run.
 func (e *Engine) OnStatus(f func(Status)) { e.onStatus = f }
 
 func (e *Engine) update(f func(s *Status)) {
@@ -121,24 +92,24 @@ func (e *Engine) setConn(state string, c *Credential) {
 		// a connect that now works resolves an earlier "cannot reach" or
 		// refusal of the same credential (e.g. the JITR refusal of a new
 		// device): status then shows no stale error on a healthy device
-		if state == "connected" && c != nil && (strings.HasPrefix(s.LastError, "cannot reach") || s.refusedGen == c.Generation+1) {
-			s.LastError, s.Advice, s.refusedGen = "", "", 0
+		if state == "connected" && c != nil && (strings.HasPrefix(s.LastError, "cannot reach") || e.refusedGen == c.Generation+1) {
+			s.LastError, s.Advice, e.refusedGen = "", "", 0
 		}
 	})
 }
 
 func (e *Engine) setError(msg, advice string) {
 	now := e.clock.Now()
-	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, s.refusedGen = msg, advice, now, 0 })
+	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, e.refusedGen = msg, advice, now, 0 })
 }
 
 // setRefusal records that the broker refused credential generation gen.
 func (e *Engine) setRefusal(gen int, msg, advice string) {
 	now := e.clock.Now()
-	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, s.refusedGen = msg, advice, now, gen+1 })
+	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, e.refusedGen = msg, advice, now, gen+1 })
 }
 
-func (e *Engine) setResult(result, reason string) {
+func (e *Engine) setResult(result protocol.Result, reason string) {
 	now := e.clock.Now()
 	e.update(func(s *Status) { s.LastResult, s.LastReason, s.LastResultAt = result, reason, now })
 }

@@ -15,8 +15,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/keystore"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // ErrBadCertificate is wrapped by every reason a delivered certificate is
@@ -93,7 +93,7 @@ func VerifyCertificate(chain []*x509.Certificate, staged crypto.PublicKey, o Ver
 
 // ParseCertificatePEM decodes a delivered certificate chain.
 func ParseCertificatePEM(p []byte) ([]*x509.Certificate, error) {
-	chain, err := credset.ParseChain(p)
+	chain, err := protocol.ParseChain(p)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadCertificate, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/internal/atomicfile"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -50,6 +51,14 @@ type Entry struct {
 	Previous int `json:"previous,omitempty"`
 	// KeyURI is the staged key's URI (never a PIN: pin-source only).
 	KeyURI string `json:"keyUri,omitempty"`
+	// KeyRole is KeyURI's role (credset.RoleStaged while a rotation runs).
+	// Mode is where the staged key comes from: made on demand (a CSR is
+	// sent, the key is destroyed if the rotation fails) or pre-provisioned
+	// by the factory (no CSR, never destroyed). Journals written before
+	// these were recorded lack both; the engine fills them in from its
+	// configuration when it opens such a journal (Legacy).
+	KeyRole credset.KeyRole `json:"keyRole,omitempty"`
+	Mode    credset.Mode    `json:"mode,omitempty"`
 	// Doc is the job document of the rotation in progress.
 	Doc           *protocol.JobDocument `json:"doc,omitempty"`
 	CertificateID string                `json:"certificateId,omitempty"`
@@ -61,9 +70,9 @@ type Entry struct {
 	StartedAt time.Time   `json:"startedAt,omitzero"`
 	UpdatedAt time.Time   `json:"updatedAt,omitzero"`
 	// Result and Reason describe the last finished rotation.
-	Result     string    `json:"result,omitempty"`
-	Reason     string    `json:"reason,omitempty"`
-	FinishedAt time.Time `json:"finishedAt,omitzero"`
+	Result     protocol.Result `json:"result,omitempty"`
+	Reason     string          `json:"reason,omitempty"`
+	FinishedAt time.Time       `json:"finishedAt,omitzero"`
 }
 
 // allowed lists the transitions of the rotation state machine. A phase may
@@ -138,6 +147,12 @@ func Decode(data []byte) (Entry, error) {
 		return e, fmt.Errorf("%w: negative counter", ErrCorrupt)
 	}
 	return e, nil
+}
+
+// Legacy reports whether e is a rotation in progress journalled before the
+// key's role and the mode were recorded.
+func (e Entry) Legacy() bool {
+	return e.KeyURI != "" && e.Phase != Idle && (e.KeyRole == "" || e.Mode == "")
 }
 
 // Path is the journal file.

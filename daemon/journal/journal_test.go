@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/bootcert/bootcert/daemon/credset"
 )
 
 func TestTransitions(t *testing.T) {
@@ -111,4 +113,44 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("accepted phase %q", e.Phase)
 		}
 	})
+}
+
+// TestOpenLegacyJournal: a journal written before the key's role and the
+// mode were recorded (exactly what the previous release wrote) still opens,
+// and says it is legacy so the engine fills them in.
+func TestOpenLegacyJournal(t *testing.T) {
+	dir := t.TempDir()
+	legacy := `{
+  "phase": "key-staged",
+  "jobId": "rot-1",
+  "clientToken": "0123456789abcdef01234567",
+  "generation": 1,
+  "keyUri": "file:/var/lib/bootcert/keys/op-1.pem",
+  "doc": {"operation": "bootcert.rotate", "version": "1"},
+  "startedAt": "2026-01-01T00:00:00Z",
+  "updatedAt": "2026-01-01T00:00:01Z"
+}
+`
+	if err := os.WriteFile(filepath.Join(dir, FileName), []byte(legacy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j, err := Open(dir)
+	if err != nil {
+		t.Fatalf("Open of a legacy journal: %v", err)
+	}
+	e := j.Current()
+	if e.Phase != KeyStaged || e.Generation != 1 || e.JobID != "rot-1" || !e.Legacy() {
+		t.Fatalf("legacy journal read as %+v (Legacy %v)", e, e.Legacy())
+	}
+	e.KeyRole, e.Mode = credset.RoleStaged, credset.ModeOnDemand
+	if e.Legacy() {
+		t.Error("an entry with role and mode is still legacy")
+	}
+	if err := j.Write(e); err != nil {
+		t.Fatal(err)
+	}
+	j2, err := Open(dir)
+	if err != nil || j2.Current().Mode != credset.ModeOnDemand || j2.Current().KeyRole != credset.RoleStaged {
+		t.Fatalf("reopened: %+v, %v", j2.Current(), err)
+	}
 }

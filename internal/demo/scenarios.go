@@ -255,7 +255,7 @@ func (r *run) summary() string {
 	} else {
 		fmt.Fprintf(&b, "  active credential: the bootstrap certificate, connected: %s\n", st.Connection)
 	}
-	fmt.Fprintf(&b, "  job execution bootcert-rotation: %s; device's last rotation: %s\n", res.JobStatus, strings.TrimSpace(st.LastResult+" "+st.LastReason))
+	fmt.Fprintf(&b, "  job execution bootcert-rotation: %s; device's last rotation: %s\n", res.JobStatus, strings.TrimSpace(string(st.LastResult)+" "+st.LastReason))
 	if r.o.Scenario == "rollback" {
 		fmt.Fprintf(&b, "  refused by fault injection: %d CONNECTs with %s; deleted by the reaper: %v\n", res.Refusals, shorts(res.RefusedCerts), res.RefusedCertsGone)
 	}

@@ -71,6 +71,10 @@ func CloseAll() error {
 	return errors.Join(errs...)
 }
 
+// CloseAll is keystore.Closer: keystore.CloseAll closes the cached token
+// contexts through it.
+func (Backend) CloseAll(context.Context) error { return CloseAll() }
+
 // open returns the cached context for the URI's module and token, logging in
 // on first use.
 func open(c *config) (*token, error) {

@@ -34,3 +34,7 @@ func (Backend) Describe(context.Context, *keystore.URI) (keystore.Info, error) {
 
 // CloseAll does nothing in a build without PKCS#11 support.
 func CloseAll() error { return nil }
+
+// CloseAll is keystore.Closer: keystore.CloseAll closes the cached token
+// contexts through it.
+func (Backend) CloseAll(context.Context) error { return CloseAll() }
