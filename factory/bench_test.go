@@ -6,14 +6,16 @@ import (
 	"math/big"
 	"testing"
 	"time"
+
+	"github.com/bootcert/bootcert/internal/testca"
 )
 
 // go test -run '^$' -bench . -benchmem ./factory
 
 func BenchmarkIssueP256(b *testing.B) {
-	k := ecKey(b, elliptic.P256())
+	k := testca.ECKey(b, elliptic.P256())
 	ca, _ := CreateCA(k, "CA", 365, t0)
-	req := csrFor(b, ecKey(b, elliptic.P256()), "gw-bench")
+	req := testca.Request(b, "gw-bench", testca.ECKey(b, elliptic.P256()))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := Issue(ca, k, req, 30, t0); err != nil {
@@ -23,7 +25,7 @@ func BenchmarkIssueP256(b *testing.B) {
 }
 
 func BenchmarkRevokeInto10kCRL(b *testing.B) {
-	k := ecKey(b, elliptic.P256())
+	k := testca.ECKey(b, elliptic.P256())
 	ca, _ := CreateCA(k, "CA", 365, t0)
 	var entries []x509.RevocationListEntry
 	for i := 0; i < 10000; i++ {
@@ -33,7 +35,7 @@ func BenchmarkRevokeInto10kCRL(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cert, _ := Issue(ca, k, csrFor(b, ecKey(b, elliptic.P256()), "gw"), 30, t0)
+	cert, _ := Issue(ca, k, testca.Request(b, "gw", testca.ECKey(b, elliptic.P256())), 30, t0)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := Revoke(crl, ca, k, []*x509.Certificate{cert}, t0, time.Hour); err != nil {

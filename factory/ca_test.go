@@ -2,12 +2,8 @@ package factory
 
 import (
 	"crypto"
-	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"math/big"
 	"os"
@@ -17,41 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/internal/testenv"
 )
 
 var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
-
-func ecKey(t testing.TB, c elliptic.Curve) crypto.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(c, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func rsaKey(t testing.TB, bits int) crypto.Signer {
-	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, bits)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func csrFor(t testing.TB, k crypto.Signer, cn string) *x509.CertificateRequest {
-	t.Helper()
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
 
 func writePEM(t testing.TB, dir, name string, data []byte) string {
 	t.Helper()
@@ -80,9 +46,9 @@ func TestCreateCAAndIssue(t *testing.T) {
 		name   string
 		ca, dv crypto.Signer
 	}{
-		{"ok/p256-ca-p256-device", ecKey(t, elliptic.P256()), ecKey(t, elliptic.P256())},
-		{"ok/p384-ca-rsa2048-device", ecKey(t, elliptic.P384()), rsaKey(t, 2048)},
-		{"ok/rsa2048-ca-p384-device", rsaKey(t, 2048), ecKey(t, elliptic.P384())},
+		{"ok/p256-ca-p256-device", testca.ECKey(t, elliptic.P256()), testca.ECKey(t, elliptic.P256())},
+		{"ok/p384-ca-rsa2048-device", testca.ECKey(t, elliptic.P384()), testca.RSAKey(t, 2048)},
+		{"ok/rsa2048-ca-p384-device", testca.RSAKey(t, 2048), testca.ECKey(t, elliptic.P384())},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -96,7 +62,7 @@ func TestCreateCAAndIssue(t *testing.T) {
 			if ca.SerialNumber.BitLen() < 64 {
 				t.Errorf("serial %x is not random 128-bit", ca.SerialNumber)
 			}
-			cert, err := Issue(ca, tc.ca, csrFor(t, tc.dv, "gw-0001"), 365, now)
+			cert, err := Issue(ca, tc.ca, testca.Request(t, "gw-0001", tc.dv), 365, now)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -134,12 +100,12 @@ func pool(certs ...*x509.Certificate) *x509.CertPool {
 }
 
 func TestIssueClampsToCA(t *testing.T) {
-	k := ecKey(t, elliptic.P256())
+	k := testca.ECKey(t, elliptic.P256())
 	ca, err := CreateCA(k, "short CA", 10, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := Issue(ca, k, csrFor(t, ecKey(t, elliptic.P256()), "gw"), 365, t0)
+	cert, err := Issue(ca, k, testca.Request(t, "gw", testca.ECKey(t, elliptic.P256())), 365, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,17 +118,17 @@ func TestIssueClampsToCA(t *testing.T) {
 }
 
 func TestIssueFailures(t *testing.T) {
-	caKey := ecKey(t, elliptic.P256())
+	caKey := testca.ECKey(t, elliptic.P256())
 	ca, err := CreateCA(caKey, "CA", 365, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev := ecKey(t, elliptic.P256())
-	leaf, err := Issue(ca, caKey, csrFor(t, dev, "leaf"), 30, t0)
+	dev := testca.ECKey(t, elliptic.P256())
+	leaf, err := Issue(ca, caKey, testca.Request(t, "leaf", dev), 30, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	badSig := csrFor(t, dev, "gw")
+	badSig := testca.Request(t, "gw", dev)
 	badSig.Signature = append([]byte{}, badSig.Signature...)
 	badSig.Signature[len(badSig.Signature)-1] ^= 0xff
 	for _, tc := range []struct {
@@ -175,14 +141,14 @@ func TestIssueFailures(t *testing.T) {
 		is     error
 		substr string
 	}{
-		{"fail/wrong-ca-key", ca, ecKey(t, elliptic.P256()), csrFor(t, dev, "gw"), 30, t0, ErrKeyMismatch, "give the key that created this CA"},
-		{"fail/not-a-ca", leaf, dev, csrFor(t, dev, "gw"), 30, t0, ErrNotCA, "no CA basic constraint"},
+		{"fail/wrong-ca-key", ca, testca.ECKey(t, elliptic.P256()), testca.Request(t, "gw", dev), 30, t0, ErrKeyMismatch, "give the key that created this CA"},
+		{"fail/not-a-ca", leaf, dev, testca.Request(t, "gw", dev), 30, t0, ErrNotCA, "no CA basic constraint"},
 		{"fail/bad-csr-signature", ca, caKey, badSig, 30, t0, ErrBadRequest, "signature does not verify"},
-		{"fail/empty-cn", ca, caKey, csrFor(t, dev, ""), 30, t0, ErrBadRequest, "empty common name"},
-		{"fail/long-cn", ca, caKey, csrFor(t, dev, strings.Repeat("a", 65)), 30, t0, ErrBadRequest, "at most 64"},
-		{"fail/weak-rsa", ca, caKey, csrFor(t, rsaKey(t, 1024), "gw"), 30, t0, ErrBadRequest, "RSA-1024"},
-		{"fail/zero-days", ca, caKey, csrFor(t, dev, "gw"), 0, t0, ErrBadRequest, "at least 1"},
-		{"fail/ca-expired", ca, caKey, csrFor(t, dev, "gw"), 30, t0.AddDate(2, 0, 0), nil, "create a new CA"},
+		{"fail/empty-cn", ca, caKey, testca.Request(t, "", dev), 30, t0, ErrBadRequest, "empty common name"},
+		{"fail/long-cn", ca, caKey, testca.Request(t, strings.Repeat("a", 65), dev), 30, t0, ErrBadRequest, "at most 64"},
+		{"fail/weak-rsa", ca, caKey, testca.Request(t, "gw", testca.RSAKey(t, 1024)), 30, t0, ErrBadRequest, "RSA-1024"},
+		{"fail/zero-days", ca, caKey, testca.Request(t, "gw", dev), 0, t0, ErrBadRequest, "at least 1"},
+		{"fail/ca-expired", ca, caKey, testca.Request(t, "gw", dev), 30, t0.AddDate(2, 0, 0), nil, "create a new CA"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Issue(tc.ca, tc.caKey, tc.csr, tc.days, tc.now)
@@ -200,10 +166,10 @@ func TestIssueFailures(t *testing.T) {
 }
 
 func TestIssueForVerificationCert(t *testing.T) {
-	k := ecKey(t, elliptic.P256())
+	k := testca.ECKey(t, elliptic.P256())
 	ca, _ := CreateCA(k, "CA", 365, t0)
 	code := "8a7e1b3f0e2c4d5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f"
-	cert, err := IssueFor(ca, k, Request{PublicKey: ecKey(t, elliptic.P256()).Public(), CommonName: code, Days: 1}, t0)
+	cert, err := IssueFor(ca, k, Request{PublicKey: testca.ECKey(t, elliptic.P256()).Public(), CommonName: code, Days: 1}, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,13 +179,13 @@ func TestIssueForVerificationCert(t *testing.T) {
 }
 
 func TestCreateCAFailures(t *testing.T) {
-	if _, err := CreateCA(ecKey(t, elliptic.P256()), "", 10, t0); err == nil || !strings.Contains(err.Error(), "empty common name") {
+	if _, err := CreateCA(testca.ECKey(t, elliptic.P256()), "", 10, t0); err == nil || !strings.Contains(err.Error(), "empty common name") {
 		t.Errorf("empty CN: %v", err)
 	}
-	if _, err := CreateCA(ecKey(t, elliptic.P256()), "CA", 0, t0); err == nil || !strings.Contains(err.Error(), "at least 1") {
+	if _, err := CreateCA(testca.ECKey(t, elliptic.P256()), "CA", 0, t0); err == nil || !strings.Contains(err.Error(), "at least 1") {
 		t.Errorf("0 days: %v", err)
 	}
-	if _, err := CreateCA(ecKey(t, elliptic.P224()), "CA", 10, t0); err == nil || !strings.Contains(err.Error(), "P-224") {
+	if _, err := CreateCA(testca.ECKey(t, elliptic.P224()), "CA", 10, t0); err == nil || !strings.Contains(err.Error(), "P-224") {
 		t.Errorf("P-224: %v", err)
 	}
 }
@@ -239,7 +205,7 @@ func TestRandomSerialDistinct(t *testing.T) {
 }
 
 func TestParseCertificate(t *testing.T) {
-	k := ecKey(t, elliptic.P256())
+	k := testca.ECKey(t, elliptic.P256())
 	ca, _ := CreateCA(k, "CA", 365, t0)
 	for _, tc := range []struct {
 		name string

@@ -9,20 +9,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/internal/testenv"
 )
 
 func TestRevokeAndOpenSSL(t *testing.T) {
 	testenv.Require(t, "openssl")
 	now := time.Now()
-	caKey := ecKey(t, elliptic.P256())
+	caKey := testca.ECKey(t, elliptic.P256())
 	ca, err := CreateCA(caKey, "CRL CA", 365, now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var certs []*x509.Certificate
 	for _, cn := range []string{"gw-1", "gw-2", "gw-3"} {
-		c, err := Issue(ca, caKey, csrFor(t, ecKey(t, elliptic.P256()), cn), 30, now)
+		c, err := Issue(ca, caKey, testca.Request(t, cn, testca.ECKey(t, elliptic.P256())), 30, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -75,13 +76,13 @@ func TestRevokeAndOpenSSL(t *testing.T) {
 }
 
 func TestRevokeFailures(t *testing.T) {
-	caKey := ecKey(t, elliptic.P256())
+	caKey := testca.ECKey(t, elliptic.P256())
 	ca, _ := CreateCA(caKey, "CA", 365, t0)
-	otherKey := ecKey(t, elliptic.P256())
+	otherKey := testca.ECKey(t, elliptic.P256())
 	other, _ := CreateCA(otherKey, "Other CA", 365, t0)
-	foreign, _ := Issue(other, otherKey, csrFor(t, ecKey(t, elliptic.P256()), "x"), 30, t0)
+	foreign, _ := Issue(other, otherKey, testca.Request(t, "x", testca.ECKey(t, elliptic.P256())), 30, t0)
 	foreignCRL, _ := CreateCRL(other, otherKey, nil, big.NewInt(1), t0, t0.Add(time.Hour))
-	own, _ := Issue(ca, caKey, csrFor(t, ecKey(t, elliptic.P256()), "y"), 30, t0)
+	own, _ := Issue(ca, caKey, testca.Request(t, "y", testca.ECKey(t, elliptic.P256())), 30, t0)
 	for _, tc := range []struct {
 		name     string
 		existing []byte
@@ -107,7 +108,7 @@ func TestRevokeFailures(t *testing.T) {
 }
 
 func FuzzParseCRL(f *testing.F) {
-	k := ecKey(f, elliptic.P256())
+	k := testca.ECKey(f, elliptic.P256())
 	ca, _ := CreateCA(k, "CA", 365, t0)
 	crl, _ := CreateCRL(ca, k, []x509.RevocationListEntry{{SerialNumber: big.NewInt(7), RevocationTime: t0}}, big.NewInt(3), t0, t0.Add(time.Hour))
 	f.Add(crl)

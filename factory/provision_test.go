@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/internal/testenv"
 	"github.com/bootcert/bootcert/keystore"
 	_ "github.com/bootcert/bootcert/keystore/file"
@@ -32,7 +33,7 @@ type station struct {
 func newStation(t *testing.T) *station {
 	t.Helper()
 	now := time.Now()
-	k := ecKey(t, elliptic.P256())
+	k := testca.ECKey(t, elliptic.P256())
 	ca, err := CreateCA(k, "Station CA", 365, now)
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +205,7 @@ func TestProvisionFailuresLeaveNothing(t *testing.T) {
 		{name: "fail/device-id-too-long-for-cn", setup: func(t *testing.T, s *station, r *Provisioning) { r.DeviceID = strings.Repeat("a", 65) }, substr: "at most 64"},
 		{name: "fail/bad-uri", setup: func(t *testing.T, s *station, r *Provisioning) { r.KeyURI = "tpm:device" }, substr: "path attributes"},
 		{name: "fail/unsupported-alg", setup: func(t *testing.T, s *station, r *Provisioning) { r.Algorithm = "ed25519" }, is: keystore.ErrUnsupportedAlgorithm, substr: "--alg"},
-		{name: "fail/wrong-ca-key", setup: func(t *testing.T, s *station, r *Provisioning) { r.CASigner = ecKey(t, elliptic.P256()) }, is: ErrKeyMismatch, substr: "--ca-key"},
+		{name: "fail/wrong-ca-key", setup: func(t *testing.T, s *station, r *Provisioning) { r.CASigner = testca.ECKey(t, elliptic.P256()) }, is: ErrKeyMismatch, substr: "--ca-key"},
 		{name: "fail/no-cert-dir", setup: func(t *testing.T, s *station, r *Provisioning) { r.CertOut = filepath.Join(s.dir, "nope", "c.pem") }, substr: "does not exist"},
 		{name: "fail/existing-key-not-in-manifest", setup: func(t *testing.T, s *station, r *Provisioning) {
 			if _, err := keystore.Generate(ctx, r.KeyURI, keystore.ECDSAP256); err != nil {
@@ -303,7 +304,7 @@ func TestProvisionExistsOtherCA(t *testing.T) {
 	if _, err := s.prov.Provision(ctx, s.req("gw-1")); err != nil {
 		t.Fatal(err)
 	}
-	k := ecKey(t, elliptic.P256())
+	k := testca.ECKey(t, elliptic.P256())
 	other, err := CreateCA(k, "Other CA", 365, s.now)
 	if err != nil {
 		t.Fatal(err)

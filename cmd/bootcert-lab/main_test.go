@@ -19,6 +19,7 @@ import (
 
 	"github.com/bootcert/bootcert/cloud/lab"
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
+	"github.com/bootcert/bootcert/internal/testca"
 )
 
 // The Done-when scenario of the lab, with the real bootcert-lab binary, the
@@ -131,12 +132,12 @@ func TestServeDoneWhen(t *testing.T) {
 	api := iot.NewFromConfig(lab.ClientConfig(caPEM, "us-east-1"), func(o *iot.Options) { o.BaseEndpoint = aws.String(r.ep["api"]) })
 
 	// RegisterCACertificate through the SDK.
-	factory := labtest.NewCA(t, "factory CA")
+	factory := testca.New(t, "factory CA")
 	code, err := api.GetRegistrationCode(ctx, &iot.GetRegistrationCodeInput{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ver := factory.Issue(t, aws.ToString(code.RegistrationCode))
+	ver := factory.NewLeaf(t, aws.ToString(code.RegistrationCode))
 	ca, err := api.RegisterCACertificate(ctx, &iot.RegisterCACertificateInput{CaCertificate: aws.String(string(factory.PEM)),
 		VerificationCertificate: aws.String(string(ver.CertPEM)), SetAsActive: true, AllowAutoRegistration: true})
 	if err != nil {
@@ -145,7 +146,7 @@ func TestServeDoneWhen(t *testing.T) {
 	caID := aws.ToString(ca.CertificateId)
 
 	// An admin certificate with a permissive policy to watch events.
-	admin := factory.Issue(t, "admin")
+	admin := factory.NewLeaf(t, "admin")
 	reg, err := api.RegisterCertificate(ctx, &iot.RegisterCertificateInput{CertificatePem: aws.String(string(admin.CertPEM)), CaCertificatePem: aws.String(string(factory.PEM)), Status: types.CertificateStatusActive})
 	if err != nil {
 		t.Fatal(err)
@@ -161,13 +162,13 @@ func TestServeDoneWhen(t *testing.T) {
 	events := labtest.StartSub(t, adminClient, "$aws/events/certificates/registered/+")
 
 	// A device certificate signed by that CA: refused, PENDING_ACTIVATION, event delivered.
-	dev := factory.Issue(t, "dev-1")
+	dev := factory.NewLeaf(t, "dev-1")
 	dcf, dkf := dev.Files(t, cdir, "dev-1")
 	devClient := labtest.Client{Addr: r.ep["mqtt"], CAFile: caFile, CertFile: dcf, KeyFile: dkf, ClientID: "dev-1"}
 	if out, err := labtest.Pub(t, devClient, "devices/dev-1/telemetry", "first"); err == nil {
 		t.Fatalf("mosquitto_pub with an unregistered device certificate succeeded: %s", out)
 	}
-	d, err := api.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(dev.ID)})
+	d, err := api.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(dev.CertID)})
 	if err != nil {
 		t.Fatalf("DescribeCertificate: %v", err)
 	}
@@ -176,12 +177,12 @@ func TestServeDoneWhen(t *testing.T) {
 	}
 	m := events.WaitFor(t, "registered event", labtest.Topic("$aws/events/certificates/registered/"+caID))
 	var ev map[string]any
-	if err := json.Unmarshal([]byte(m.Payload), &ev); err != nil || ev["certificateId"] != dev.ID || ev["certificateStatus"] != "PENDING_ACTIVATION" {
+	if err := json.Unmarshal([]byte(m.Payload), &ev); err != nil || ev["certificateId"] != dev.CertID || ev["certificateStatus"] != "PENDING_ACTIVATION" {
 		t.Fatalf("registered event %s (%v)", m.Payload, err)
 	}
 
 	// UpdateCertificate ACTIVE and an attached policy: allowed topic delivered, another device's not.
-	if _, err := api.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(dev.ID), NewStatus: types.CertificateStatusActive}); err != nil {
+	if _, err := api.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(dev.CertID), NewStatus: types.CertificateStatusActive}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := api.CreatePolicy(ctx, &iot.CreatePolicyInput{PolicyName: aws.String("device"), PolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[
@@ -216,7 +217,7 @@ func TestServeDoneWhen(t *testing.T) {
 	r.stop(t)
 	r2 := serve(t, dir)
 	api2 := iot.NewFromConfig(lab.ClientConfig(caPEM, "us-east-1"), func(o *iot.Options) { o.BaseEndpoint = aws.String(r2.ep["api"]) })
-	d2, err := api2.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(dev.ID)})
+	d2, err := api2.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(dev.CertID)})
 	if err != nil || d2.CertificateDescription.Status != types.CertificateStatusActive {
 		t.Fatalf("after restart: %v %v", err, d2)
 	}
@@ -227,12 +228,12 @@ func TestServeDoneWhen(t *testing.T) {
 	watch2 := labtest.StartSub(t, withID(adminClient, "admin-watch"), "devices/#")
 	check(watch2, devClient, "2")
 	events2 := labtest.StartSub(t, adminClient, "$aws/events/certificates/registered/+")
-	dev3 := factory.Issue(t, "dev-3")
+	dev3 := factory.NewLeaf(t, "dev-3")
 	c3, k3 := dev3.Files(t, cdir, "dev-3")
 	if _, err := labtest.Pub(t, labtest.Client{Addr: r2.ep["mqtt"], CAFile: caFile, CertFile: c3, KeyFile: k3, ClientID: "dev-3"}, "devices/dev-3/t", "x"); err == nil {
 		t.Fatal("unregistered certificate connected after restart")
 	}
-	events2.WaitFor(t, "registered event after restart", labtest.Contains("$aws/events/certificates/registered/"+caID, dev3.ID))
+	events2.WaitFor(t, "registered event after restart", labtest.Contains("$aws/events/certificates/registered/"+caID, dev3.CertID))
 	r2.stop(t)
 }
 

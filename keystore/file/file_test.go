@@ -194,44 +194,6 @@ func TestErrors(t *testing.T) {
 	})
 }
 
-func TestDescribeDelete(t *testing.T) {
-	ctx := context.Background()
-	p := filepath.Join(t.TempDir(), "k.pem")
-	uri := "file:" + p
-	s, err := keystore.Generate(ctx, uri, keystore.ECDSAP384)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := keystore.Describe(ctx, uri)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fp, _ := keystore.Fingerprint(s.Public())
-	if info.Backend != "file" || info.Hardware || info.Algorithm != keystore.ECDSAP384 || info.Fingerprint != fp {
-		t.Fatalf("Describe = %+v", info)
-	}
-	for k, v := range info.Attributes {
-		if v {
-			t.Errorf("attribute %s = true for a file key", k)
-		}
-	}
-	if len(info.Attributes) == 0 {
-		t.Error("no attributes reported")
-	}
-	if err := keystore.Delete(ctx, uri); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("key file still there: %v", err)
-	}
-	if err := keystore.Delete(ctx, uri); !errors.Is(err, keystore.ErrNotFound) {
-		t.Fatalf("second Delete: %v", err)
-	}
-	if _, err := keystore.Open(ctx, uri); !errors.Is(err, keystore.ErrNotFound) {
-		t.Fatalf("Open after Delete: %v", err)
-	}
-}
-
 func BenchmarkGenerate(b *testing.B) {
 	ctx := context.Background()
 	for _, alg := range []keystore.Algorithm{keystore.ECDSAP256, keystore.RSA2048} {

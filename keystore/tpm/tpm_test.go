@@ -640,37 +640,6 @@ func TestKeyFileParent(t *testing.T) {
 	o.(*Signer).Close()
 }
 
-func TestConcurrentSigners(t *testing.T) {
-	sw := startTPM(t)
-	b, _ := newBackend()
-	dir := t.TempDir()
-	a := generate(t, b, blobURI(sw.Device(), dir, "a"), keystore.ECDSAP256)
-	c := generate(t, b, blobURI(sw.Device(), dir, "c"), keystore.ECDSAP256)
-	var wg sync.WaitGroup
-	errs := make(chan error, 40)
-	for i := 0; i < 20; i++ {
-		for _, s := range []*Signer{a, c} {
-			wg.Add(1)
-			go func(s *Signer, i int) {
-				defer wg.Done()
-				dg := sha256.Sum256([]byte{byte(i)})
-				sig, err := s.Sign(nil, dg[:], crypto.SHA256)
-				if err == nil && !verify(s.Public(), dg[:], sig) {
-					err = errors.New("bad signature")
-				}
-				errs <- err
-			}(s, i)
-		}
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // Through the registry, as the rest of bootcert uses it.
 func TestRegistered(t *testing.T) {
 	sw := startTPM(t)
