@@ -16,7 +16,7 @@ RELEASE_FLAGS   := -trimpath -tags nosimulator
 RELEASE_GCFLAGS := -gcflags=all=-l
 RELEASE_LDFLAGS := -s -w
 
-.PHONY: all deps build test test-go vet bench bench-daemon bench-fleet bench-factory bench-lab factory-demo demo lambdas packages test-packages test-fresh clean
+.PHONY: all deps build test test-compat test-go vet bench bench-daemon bench-fleet bench-factory bench-lab factory-demo demo lambdas packages test-packages test-fresh clean
 
 all: build
 
@@ -34,6 +34,10 @@ test: deps vet
 	CGO_ENABLED=0 $(GO) build ./cmd/bootcertctl
 	@rm -f bootcertctl
 	$(GO) test $(GOTEST_FLAGS) ./...
+
+## test-compat: only the clients nobody here wrote (AWS IoT Device SDK for JavaScript, the Lambda zips under the Runtime Interface Emulator, the IAM check, cfn-lint where installed); part of make test too
+test-compat: deps
+	$(GO) test $(GOTEST_FLAGS) -v ./cloud/compat/...
 
 vet:
 	$(GO) vet ./...

@@ -9,6 +9,12 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm run the official AWS IoT Device SDK for JavaScript in
+# cloud/compat (a second device client). Checked by command, not by package:
+# a Node.js from elsewhere (e.g. NodeSource's nodejs, which bundles npm and
+# conflicts with Debian's npm package) is kept.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 echo "deps: installing ${missing[*]}"
 SUDO=""
