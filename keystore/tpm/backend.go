@@ -58,6 +58,15 @@ func (b *Backend) retries() int {
 // or read from its persistent handle. The signer holds a TPM object slot
 // until Close (keystore.CloseSigner).
 func (b *Backend) Open(ctx context.Context, u *keystore.URI) (crypto.Signer, error) {
+	s, err := b.open(ctx, u, false)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// open opens a key (ak false) or an attestation key (ak true).
+func (b *Backend) open(ctx context.Context, u *keystore.URI, ak bool) (*Signer, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -65,9 +74,9 @@ func (b *Backend) Open(ctx context.Context, u *keystore.URI) (crypto.Signer, err
 	if err != nil {
 		return nil, err
 	}
-	s := &Signer{b: b, spec: k}
+	s := &Signer{b: b, spec: k, ak: ak}
 	if k.blob != "" {
-		kf, err := readKeyFile(k.blob)
+		kf, err := readKeyFileAs(k.blob, ak)
 		if err != nil {
 			return nil, err
 		}
@@ -91,7 +100,9 @@ func (b *Backend) Open(ctx context.Context, u *keystore.URI) (crypto.Signer, err
 	return s, nil
 }
 
-func readKeyFile(path string) (*keyfile.TPMKey, error) {
+func readKeyFile(path string) (*keyfile.TPMKey, error) { return readKeyFileAs(path, false) }
+
+func readKeyFileAs(path string, ak bool) (*keyfile.TPMKey, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("key file %s: %w", path, keystore.ErrNotFound)
@@ -99,13 +110,19 @@ func readKeyFile(path string) (*keyfile.TPMKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading key file: %w", err)
 	}
-	return decodeKeyFile(path, data)
+	return decodeKeyFileAs(path, data, ak)
 }
 
 // decodeKeyFile parses a TSS2 PEM key file and checks it is a key bootcert
 // can use: loadable, empty auth, an unrestricted signing key of a supported
 // algorithm.
-func decodeKeyFile(path string, data []byte) (kf *keyfile.TPMKey, err error) {
+func decodeKeyFile(path string, data []byte) (*keyfile.TPMKey, error) {
+	return decodeKeyFileAs(path, data, false)
+}
+
+// decodeKeyFileAs is decodeKeyFile for a key (ak false) or an attestation
+// key (ak true: a restricted signing key).
+func decodeKeyFileAs(path string, data []byte, ak bool) (kf *keyfile.TPMKey, err error) {
 	defer func() {
 		// The key file parser is third-party code fed outside input.
 		if r := recover(); r != nil {
@@ -126,7 +143,7 @@ func decodeKeyFile(path string, data []byte) (kf *keyfile.TPMKey, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("key file %s: public area: %w", path, err)
 	}
-	var probe Signer
+	probe := Signer{ak: ak}
 	if err := probe.setPublic(pub); err != nil {
 		return nil, fmt.Errorf("key file %s: %w", path, err)
 	}
@@ -148,6 +165,16 @@ func (b *Backend) Generate(ctx context.Context, u *keystore.URI, alg keystore.Al
 	if err != nil {
 		return nil, err
 	}
+	s, err := b.create(k, tmpl, string(alg)+" key", false)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// create makes a key (or an attestation key, ak) from tmpl under the SRK,
+// as a key file or at a persistent handle, and returns it loaded.
+func (b *Backend) create(k *keySpec, tmpl tpm2.TPMTPublic, what string, ak bool) (*Signer, error) {
 	if k.blob != "" {
 		if _, err := os.Lstat(k.blob); err == nil {
 			return nil, fmt.Errorf("key file %s: %w (delete it first, or choose another path)", k.blob, keystore.ErrExists)
@@ -156,8 +183,8 @@ func (b *Backend) Generate(ctx context.Context, u *keystore.URI, alg keystore.Al
 			return nil, fmt.Errorf("key file %s: directory %s does not exist", k.blob, filepath.Dir(k.blob))
 		}
 	}
-	s := &Signer{b: b, spec: k}
-	err = s.withDevice(func(d *device) error {
+	s := &Signer{b: b, spec: k, ak: ak}
+	err := s.withDevice(func(d *device) error {
 		srk, err := d.srk(b, k.srk)
 		if err != nil {
 			return err
@@ -170,9 +197,9 @@ func (b *Backend) Generate(ctx context.Context, u *keystore.URI, alg keystore.Al
 			}
 		}
 		parent := tpm2.AuthHandle{Handle: k.srk, Name: srk.name, Auth: tpm2.PasswordAuth(nil)}
-		crsp, err := runRoom(b, d, s, "create "+string(alg)+" key", tpm2.Create{ParentHandle: parent, InPublic: tpm2.New2B(tmpl)})
+		crsp, err := runRoom(b, d, s, "create "+what, tpm2.Create{ParentHandle: parent, InPublic: tpm2.New2B(tmpl)})
 		if isRC(err, tpm2.TPMRCValue) || isRC(err, tpm2.TPMRCKeySize) || isRC(err, tpm2.TPMRCCurve) {
-			return fmt.Errorf("%w: the TPM on %s refused to make a %s key (tpm2_getcap ecc-curves / algorithms shows what it supports): %w", keystore.ErrUnsupportedAlgorithm, k.device, alg, err)
+			return fmt.Errorf("%w: the TPM on %s refused to make a %s (tpm2_getcap ecc-curves / algorithms shows what it supports): %w", keystore.ErrUnsupportedAlgorithm, k.device, what, err)
 		}
 		if err != nil {
 			return err
@@ -315,6 +342,7 @@ func (b *Backend) Describe(ctx context.Context, u *keystore.URI) (keystore.Info,
 		"fixedParent":         attrs.FixedParent,
 		"sensitiveDataOrigin": attrs.SensitiveDataOrigin,
 		"userWithAuth":        attrs.UserWithAuth,
+		"noDA":                attrs.NoDA,
 	}
 	info.Hardware = attrs.FixedTPM && attrs.SensitiveDataOrigin
 	return info, nil
@@ -324,12 +352,21 @@ func (b *Backend) Describe(ctx context.Context, u *keystore.URI) (keystore.Info,
 // the TPM (fixedTPM, fixedParent, sensitiveDataOrigin), usable with an empty
 // password (userWithAuth), a signing key with a NULL scheme so that Sign
 // chooses ECDSA, RSASSA or RSAPSS per call.
+//
+// noDA: the key's auth value is empty, so dictionary-attack protection
+// guards nothing (anyone who can send commands can use it), while a power
+// cut during its use can count as a failed authorization at the next
+// TPM2_Startup and walk a headless gateway into lockout. noDA would be
+// unsafe on a key with a secret auth value (a PIN: noDA would allow
+// unlimited guessing) or a policy with PolicyAuthValue/PolicyPassword;
+// bootcert makes neither. Keys made before noDA was set keep working.
 func keyTemplate(alg keystore.Algorithm) (tpm2.TPMTPublic, error) {
 	attrs := tpm2.TPMAObject{
 		FixedTPM:            true,
 		FixedParent:         true,
 		SensitiveDataOrigin: true,
 		UserWithAuth:        true,
+		NoDA:                true,
 		SignEncrypt:         true,
 	}
 	switch alg {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,7 @@ type device struct {
 	idle    *time.Timer // pending idle release; guarded by mu
 
 	loaded map[tpm2.TPMHandle]*Signer   // transient objects this process loaded, and whose; guarded by mu
+	pin    []*Signer                    // signers a command in progress needs loaded together (Certify); guarded by mu
 	srks   map[tpm2.TPMHandle]*srkState // guarded by mu
 }
 
@@ -290,7 +292,7 @@ func run[R any](b *Backend, d *device, op string, cmd tpm2.Command[R, *R], sess 
 // Caller holds d.mu.
 func (d *device) evictOne(b *Backend, keep *Signer) bool {
 	for h, s := range d.loaded {
-		if s == keep {
+		if s == keep || slices.Contains(d.pin, s) {
 			continue
 		}
 		delete(d.loaded, h)

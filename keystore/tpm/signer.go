@@ -24,6 +24,7 @@ type Signer struct {
 	b    *Backend
 	spec *keySpec
 	kf   *keyfile.TPMKey // key file, nil for a persistent key
+	ak   bool            // an attestation key (restricted signing), not a TLS key
 
 	pubArea tpm2.TPMTPublic
 	pub     crypto.PublicKey
@@ -43,7 +44,11 @@ func (s *Signer) Public() crypto.PublicKey { return s.pub }
 func (s *Signer) URI() string { return s.spec.String() }
 
 func (s *Signer) setPublic(pub *tpm2.TPMTPublic) error {
-	if !pub.ObjectAttributes.SignEncrypt || pub.ObjectAttributes.Restricted {
+	if s.ak {
+		if !pub.ObjectAttributes.SignEncrypt || !pub.ObjectAttributes.Restricted || pub.ObjectAttributes.Decrypt {
+			return fmt.Errorf("TPM object is not an attestation key (a restricted signing key)")
+		}
+	} else if !pub.ObjectAttributes.SignEncrypt || pub.ObjectAttributes.Restricted {
 		return fmt.Errorf("TPM object is not an unrestricted signing key")
 	}
 	k, err := tpm2.Pub(*pub)
