@@ -18,12 +18,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/BurntSushi/toml"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
@@ -32,9 +34,11 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab"
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
 	"github.com/bootcert/bootcert/cloud/lab/template"
+	"github.com/bootcert/bootcert/daemon/config"
 	"github.com/bootcert/bootcert/daemon/control"
 	"github.com/bootcert/bootcert/daemon/engine"
 	"github.com/bootcert/bootcert/internal/testenv"
+	"github.com/bootcert/bootcert/internal/testkit"
 	"github.com/bootcert/bootcert/keystore"
 	_ "github.com/bootcert/bootcert/keystore/all"
 	"github.com/bootcert/bootcert/keystore/pkcs11"
@@ -216,21 +220,20 @@ func (c *cloudEnv) issue(cn string, pub crypto.PublicKey, nb, na time.Time) *x50
 
 // device is one gateway: keys in hardware, a config, a bootcertd process.
 type device struct {
-	t         testing.TB
-	cloud     *cloudEnv
-	name      string
-	dir       string
-	cfgPath   string
-	sock      string
-	state     string
-	bootID    string
-	bootKey   string
-	cmd       *exec.Cmd
-	exited    chan struct{}
-	log       *bytes.Buffer
-	logMu     sync.Mutex
-	extraConf string
-	binary    string // default: the bootcertd built by TestMain
+	t       testing.TB
+	cloud   *cloudEnv
+	name    string
+	dir     string
+	cfgPath string
+	sock    string
+	state   string
+	bootID  string
+	bootKey string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	log     *bytes.Buffer
+	logMu   sync.Mutex
+	binary  string // default: the bootcertd built by TestMain
 }
 
 type keyKind int
@@ -256,8 +259,8 @@ func setupTPM2PKCS11(t testing.TB) string {
 type deviceOpts struct {
 	kind           keyKind
 	preProvisioned bool
-	extra          string // appended to the config
-	alpn           bool   // ask for ALPN x-amzn-mqtt-ca (what port 443 needs)
+	configure      func(*config.Config) // changes to the test configuration
+	alpn           bool                 // ask for ALPN x-amzn-mqtt-ca (what port 443 needs)
 	notAllowed     bool
 }
 
@@ -328,47 +331,35 @@ func newDevice(t testing.TB, c *cloudEnv, name string, o deviceOpts) *device {
 		c.allowDevice(name + "," + d.bootID + "," + finalCSR)
 	}
 	host, port := splitHostPort(c.lab.Endpoints().MQTT)
-	identity := fmt.Sprintf("bootstrap_key = %q\nbootstrap_cert = %q\noperational_key = %q\n", bootURI, bootFile, opURI)
-	if o.preProvisioned {
-		identity = fmt.Sprintf("bootstrap_key = %q\nbootstrap_cert = %q\nmode = \"pre-provisioned\"\npreprovisioned_key = %q\noperational_key = %q\n", bootURI, bootFile, preURI, opURI)
+	portN, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatalf("lab MQTT endpoint %q: %v", c.lab.Endpoints().MQTT, err)
 	}
-	d.extraConf = o.extra
-	alpn := ""
+	cfg := config.Defaults()
+	cfg.Broker = config.Broker{Endpoint: host, Port: portN, RootCA: caFile}
 	if o.alpn {
-		alpn = "alpn = \"x-amzn-mqtt-ca\"\n"
+		cfg.Broker.ALPN = config.ALPN
 	}
-	conf := fmt.Sprintf(`[broker]
-%sendpoint = %q
-port = %s
-root_ca = %q
-
-[identity]
-%s
-[state]
-dir = %q
-
-[timeouts]
-connect = "5s"
-reply = "10s"
-keepalive = "30s"
-shutdown = "1s"
-
-[backoff]
-initial = "50ms"
-max = "500ms"
-
-[fallback]
-refusals = 3
-window = "1m"
-
-[control]
-socket = %q
-
-[log]
-level = "debug"
-%s`, alpn, host, port, caFile, identity, d.state, d.sock, o.extra)
+	cfg.Identity.BootstrapKey, cfg.Identity.BootstrapCert, cfg.Identity.OperationalKey = bootURI, bootFile, opURI
+	if o.preProvisioned {
+		cfg.Identity.Mode, cfg.Identity.PreProvisioned = config.ModePreProvisioned, preURI
+	}
+	cfg.State.Dir = d.state
+	cfg.Timeouts = config.Timeouts{Connect: config.Duration(5 * time.Second), Reply: config.Duration(10 * time.Second),
+		KeepAlive: config.Duration(30 * time.Second), Shutdown: config.Duration(time.Second)}
+	cfg.Backoff = config.Backoff{Initial: config.Duration(50 * time.Millisecond), Max: config.Duration(500 * time.Millisecond)}
+	cfg.Fallback.Refusals, cfg.Fallback.Window = 3, config.Duration(time.Minute)
+	cfg.Control.Socket = d.sock
+	cfg.Log.Level = "debug"
+	if o.configure != nil {
+		o.configure(&cfg)
+	}
+	var conf bytes.Buffer
+	if err := toml.NewEncoder(&conf).Encode(cfg); err != nil {
+		t.Fatalf("encoding the test configuration: %v", err)
+	}
 	d.cfgPath = filepath.Join(d.dir, "bootcertd.toml")
-	os.WriteFile(d.cfgPath, []byte(conf), 0o600)
+	os.WriteFile(d.cfgPath, conf.Bytes(), 0o600)
 	return d
 }
 
@@ -440,20 +431,23 @@ func (d *device) status() (engine.Status, error) {
 // waitFor polls the control socket (a hang guard, not a timing assertion).
 func (d *device) waitFor(what string, cond func(engine.Status) bool) engine.Status {
 	d.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
 	var last engine.Status
 	var lastErr error
-	for time.Now().Before(deadline) {
-		st, err := d.status()
-		if err == nil && cond(st) {
-			return st
-		}
-		last, lastErr = st, err
+	exited := false
+	if testkit.Poll(60*time.Second, func() bool {
 		select {
 		case <-d.exited:
-			d.t.Fatalf("bootcertd exited while waiting for %s:\n%s", what, d.Log())
-		case <-time.After(25 * time.Millisecond):
+			exited = true
+			return true
+		default:
 		}
+		last, lastErr = d.status()
+		return lastErr == nil && cond(last)
+	}) {
+		if exited {
+			d.t.Fatalf("bootcertd exited while waiting for %s:\n%s", what, d.Log())
+		}
+		return last
 	}
 	// a goroutine dump of the stuck daemon (SIGQUIT: the Go runtime
 	// prints every goroutine to stderr, which d.log captures)

@@ -26,6 +26,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab"
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
 	"github.com/bootcert/bootcert/ctl"
+	"github.com/bootcert/bootcert/daemon/config"
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/internal/testkit"
 	"github.com/bootcert/bootcert/keystore/csr"
@@ -240,7 +241,7 @@ func TestBadInput(t *testing.T) {
 		bv.mu.Lock()
 		bv.reply[name] = tc.reply
 		bv.mu.Unlock()
-		d := newDevice(t, c, name, deviceOpts{kind: onFile, extra: "\n[verify]\nlocation_hosts = [\"bucket.example\"]\n"})
+		d := newDevice(t, c, name, deviceOpts{kind: onFile, configure: func(c *config.Config) { c.Verify.LocationHosts = []string{"bucket.example"} }})
 		d.start()
 		devs = append(devs, d)
 	}

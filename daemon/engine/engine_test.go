@@ -16,14 +16,17 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/internal/testpki"
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/internal/clock"
+	"github.com/bootcert/bootcert/internal/testkit"
 	"github.com/bootcert/bootcert/keystore"
 	_ "github.com/bootcert/bootcert/keystore/file"
 	"github.com/bootcert/bootcert/protocol"
@@ -39,7 +42,12 @@ type rig struct {
 	cancel context.CancelFunc
 	done   chan error
 	fetch  Fetcher
-	clock  clock.Clock
+	// clock is the engine's time: a fake nobody moves unless the test does
+	// (Advance) or asks the rig to (timeFlies).
+	clock *clock.Fake
+	// timeFlies: while the engine waits on a timer besides its idle beat
+	// (a backoff, a retry), the rig advances the clock to fire it.
+	timeFlies bool
 }
 
 func newRig(t *testing.T) *rig {
@@ -55,12 +63,12 @@ func newRig(t *testing.T) *rig {
 	boot := ca.Client(t, "gw-1", bk.Public())
 	cloud := newFakeCloud(t, ca, "gw-1")
 	cloud.accept(protocol.CertificateID(boot.Raw))
-	r := &rig{t: t, dir: dir, ca: ca, cloud: cloud}
+	r := &rig{t: t, dir: dir, ca: ca, cloud: cloud, clock: clock.NewFake(time.Now())}
 	r.cfg = Config{
 		Endpoint: "broker.test", BootstrapKey: bootURI, Bootstrap: []*x509.Certificate{boot, ca.Cert},
 		OperationalFn: func(gen int) string { return fmt.Sprintf("file:%s/keys/op-%d.pem", dir, gen) },
 		StateDir:      filepath.Join(dir, "state"), ReplyTimeout: 2 * time.Second,
-		Backoff:          Backoff{Initial: time.Millisecond, Max: 5 * time.Millisecond},
+		Backoff:          Backoff{Initial: time.Second, Max: 5 * time.Second},
 		RollbackRefusals: 3, RollbackWindow: time.Minute, FallbackToBoot: true,
 	}
 	os.MkdirAll(r.cfg.StateDir, 0o700)
@@ -78,7 +86,22 @@ func (r *rig) start() {
 	r.cancel = cancel
 	r.done = make(chan error, 1)
 	go func() { r.done <- eng.Run(ctx) }()
+	if r.timeFlies {
+		go r.fly(ctx)
+	}
 	r.t.Cleanup(r.stop)
+}
+
+// fly advances the fake clock whenever the engine waits on a timer besides
+// its idle beat, by enough to fire any backoff or retry: time passes only
+// while the engine waits for it.
+func (r *rig) fly(ctx context.Context) {
+	step := r.cfg.ReplyTimeout + r.cfg.Backoff.Max
+	for ctx.Err() == nil {
+		if r.clock.WaitForWaiters(2, 50*time.Millisecond) {
+			r.clock.Advance(step)
+		}
+	}
 }
 
 func (r *rig) stop() {
@@ -100,21 +123,11 @@ func (r *rig) stop() {
 // waitFor waits for a status condition (a hang guard, not a timing assertion).
 func (r *rig) waitFor(what string, cond func(Status) bool) Status {
 	r.t.Helper()
-	ch, cancel := r.eng.Watch()
-	defer cancel()
-	deadline := time.After(30 * time.Second)
-	for {
-		s := r.eng.Status()
-		if cond(s) {
-			return s
-		}
-		select {
-		case <-ch:
-		case <-time.After(20 * time.Millisecond):
-		case <-deadline:
-			r.t.Fatalf("timed out waiting for %s; status %+v; job updates %v", what, s, r.cloud.jobUpdates())
-		}
+	var s Status
+	if !testkit.Poll(30*time.Second, func() bool { s = r.eng.Status(); return cond(s) }) {
+		r.t.Fatalf("timed out waiting for %s; status %+v; job updates %v", what, s, r.cloud.jobUpdates())
 	}
+	return s
 }
 
 func operational(gen int) func(Status) bool {
@@ -176,6 +189,7 @@ func contains(l []string, s string) bool {
 
 func TestJITRFirstConnect(t *testing.T) {
 	r := newRig(t)
+	r.timeFlies = true // backoffs and retries pass
 	boot := protocol.CertificateID(r.cfg.Bootstrap[0].Raw)
 	r.cloud.revoke(boot) // unknown to the broker: refused until "registered"
 	r.start()
@@ -190,6 +204,7 @@ func TestJITRFirstConnect(t *testing.T) {
 
 func TestRollbackWhenNewCertificateRefused(t *testing.T) {
 	r := newRig(t)
+	r.timeFlies = true        // backoffs and retries pass
 	r.cloud.acceptNew = false // issued but never accepted by the broker
 	r.start()
 	r.waitFor("bootstrap connection", func(s Status) bool { return s.Connection == "connected" })
@@ -238,7 +253,7 @@ func TestRecoveryAfterExpiry(t *testing.T) {
 	// the bootstrap and operational certificates share a validity window
 	// here; the operational one is found expired first and skipped with the
 	// reason, then the bootstrap one (also expired) is still tried
-	r.clock = clock.NewFake(time.Now().Add(48 * time.Hour))
+	r.clock.Advance(48 * time.Hour)
 	r.start()
 	s := r.waitFor("fallback", func(s Status) bool { return s.Connection == "connected" && s.ConnectedWith == 0 })
 	if !strings.Contains(s.LastError, "expired") {
@@ -308,13 +323,8 @@ func TestBadInput(t *testing.T) {
 			if strings.Contains(s.LastReason, "secret") {
 				t.Errorf("reason leaks a presigned query: %q", s.LastReason)
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for !contains2(r.cloud.jobUpdates(), "rot-bad FAILED") && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
-			if !contains2(r.cloud.jobUpdates(), "rot-bad FAILED") {
-				t.Errorf("job not reported FAILED: %v", r.cloud.jobUpdates())
-			}
+			testkit.Eventually(t, 10*time.Second, func() bool { return contains2(r.cloud.jobUpdates(), "rot-bad FAILED") },
+				"job not reported FAILED")
 			if s.Active.Generation != 0 || s.ConnectedWith != 0 {
 				t.Errorf("credentials changed: %+v", s)
 			}
@@ -339,6 +349,7 @@ func contains2(l []string, prefix string) bool {
 
 func TestDuplicatedAndLostReplies(t *testing.T) {
 	r := newRig(t)
+	r.timeFlies = true // backoffs and retries pass
 	r.cloud.dupReplies = true
 	r.cloud.dropAcks = 2 // the first two acks get no reply: retried, never rolled back
 	r.cfg.ReplyTimeout = 50 * time.Millisecond
@@ -383,6 +394,7 @@ func TestBrokerStopsAnswering(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t)
+			r.timeFlies = true // retries and reconnects pass
 			tc.setup(r.cloud, r.cfg)
 			r.cfg.ReplyTimeout = 50 * time.Millisecond
 			r.start()
@@ -411,18 +423,15 @@ func TestStuckEngineStopsBeating(t *testing.T) {
 		t.Fatal("the engine never asked for jobs")
 	}
 	stuck := r.eng.LastBeat()
+	// three beat intervals pass: the beat timer fires, nobody takes it
 	for i := 0; i < 3; i++ {
-		time.Sleep(20 * time.Millisecond)
+		r.clock.Advance(BeatInterval)
 		if b := r.eng.LastBeat(); !b.Equal(stuck) {
 			t.Fatalf("the engine beat (%v, then %v) while stuck in a publish", stuck, b)
 		}
 	}
 	close(stall)
-	for deadline := time.Now().Add(30 * time.Second); r.eng.LastBeat().Equal(stuck); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("no beat after the publish returned")
-		}
-	}
+	testkit.Eventually(t, 30*time.Second, func() bool { return r.eng.LastBeat().After(stuck) }, "no beat after the publish returned")
 }
 
 func TestBackoff(t *testing.T) {
@@ -481,7 +490,7 @@ func (k *slowKeys) Generate(ctx context.Context, uri string, alg keystore.Algori
 func TestKeygenOffTheMQTTPath(t *testing.T) {
 	r := newRig(t)
 	keys := &slowKeys{release: make(chan struct{}), started: make(chan struct{})}
-	eng, err := New(r.cfg, r.cloud, keys, nil, nil, nil)
+	eng, err := New(r.cfg, r.cloud, keys, nil, r.clock, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -499,14 +508,8 @@ func TestKeygenOffTheMQTTPath(t *testing.T) {
 	}
 	before := r.cloud.startNexts()
 	eng.RotateNow()
-	deadline := time.After(30 * time.Second)
-	for r.cloud.startNexts() == before {
-		select {
-		case <-deadline:
-			t.Fatal("the engine did not handle a request while the key was being generated")
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	testkit.Eventually(t, 30*time.Second, func() bool { return r.cloud.startNexts() > before },
+		"the engine did not handle a request while the key was being generated")
 	close(keys.release)
 	r.waitFor("generation 1", operational(1))
 }
@@ -597,6 +600,7 @@ func TestRefusalsSurviveRestarts(t *testing.T) {
 // that counts as a refusal, and the rotation rolls back.
 func TestRollbackWhenNewSessionDenied(t *testing.T) {
 	r := newRig(t)
+	r.timeFlies = true // backoffs and retries pass
 	r.cloud.denyNewSub = true
 	r.start()
 	r.cloud.queueJob("rot-1")
@@ -650,6 +654,7 @@ func TestVerifyCertificate(t *testing.T) {
 // answers with one certificate.
 func TestGetRetriesResendTheSameCSR(t *testing.T) {
 	r := newRig(t)
+	r.timeFlies = true // backoffs and retries pass
 	r.cfg.ReplyTimeout = 20 * time.Millisecond
 	r.cloud.dropGets = 2
 	r.start()
@@ -668,5 +673,100 @@ func TestGetRetriesResendTheSameCSR(t *testing.T) {
 	}
 	if len(r.cloud.issued) != 1 {
 		t.Errorf("%d certificates issued", len(r.cloud.issued))
+	}
+}
+
+// legacyJournal is a rotation in progress as the release before roles and
+// modes were recorded journalled it.
+func legacyJournal(t *testing.T, stateDir, keyURI string) {
+	t.Helper()
+	doc, _ := json.Marshal(protocol.DefaultJobDocument())
+	body := `{
+  "phase": "key-staged",
+  "jobId": "rot-1",
+  "clientToken": "0123456789abcdef01234567",
+  "generation": 1,
+  "keyUri": ` + strconv.Quote(keyURI) + `,
+  "doc": ` + string(doc) + `,
+  "startedAt": "2026-01-01T00:00:00Z",
+  "updatedAt": "2026-01-01T00:00:01Z"
+}
+`
+	if err := os.WriteFile(filepath.Join(stateDir, journal.FileName), []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestResumesLegacyJournal: a daemon upgraded in the middle of a rotation
+// finishes it; the generation it stores records its key's role and mode.
+func TestResumesLegacyJournal(t *testing.T) {
+	r := newRig(t)
+	legacyJournal(t, r.cfg.StateDir, r.cfg.OperationalFn(1))
+	r.cloud.queueJob("rot-1")
+	r.start()
+	r.waitFor("generation 1", operational(1))
+	c, err := r.eng.store.Get(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Meta.KeyRole != credset.RoleOperational || c.Meta.Mode != credset.ModeOnDemand || c.Meta.JobID != "rot-1" {
+		t.Errorf("generation 1 recorded %+v", c.Meta)
+	}
+}
+
+// TestLegacyJournalMode: the mode of a legacy journal is worked out once,
+// from the configuration: the pre-provisioned key's URI means
+// pre-provisioned (its key is then never destroyed), any other on-demand.
+func TestLegacyJournalMode(t *testing.T) {
+	for _, tc := range []struct {
+		name, pre string
+		want      credset.Mode
+	}{
+		{"ok/pre-provisioned", "file:/factory/op.pem", credset.ModePreProvisioned},
+		{"ok/on-demand", "", credset.ModeOnDemand},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t)
+			r.cfg.PreProvisionedKey = tc.pre
+			uri := tc.pre
+			if uri == "" {
+				uri = r.cfg.OperationalFn(1)
+			}
+			legacyJournal(t, r.cfg.StateDir, uri)
+			eng, err := New(r.cfg, r.cloud, KeystoreKeys{}, nil, r.clock, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := eng.upgradeJournal(); err != nil {
+				t.Fatal(err)
+			}
+			j := eng.journal.Current()
+			if j.Mode != tc.want || j.KeyRole != credset.RoleStaged || j.Legacy() {
+				t.Errorf("upgraded journal: mode %q role %q, want %q %q", j.Mode, j.KeyRole, tc.want, credset.RoleStaged)
+			}
+			if got := destroyable(j.KeyRole, j.Mode); got != (tc.want == credset.ModeOnDemand) {
+				t.Errorf("destroyable(%s, %s) = %v", j.KeyRole, j.Mode, got)
+			}
+		})
+	}
+}
+
+func TestDestroyable(t *testing.T) {
+	for _, tc := range []struct {
+		role credset.KeyRole
+		mode credset.Mode
+		want bool
+	}{
+		{credset.RoleBootstrap, "", false},
+		{credset.RoleBootstrap, credset.ModeOnDemand, false},
+		{credset.RoleStaged, credset.ModeOnDemand, true},
+		{credset.RoleStaged, credset.ModePreProvisioned, false},
+		{credset.RoleOperational, credset.ModePreProvisioned, true},
+		{credset.RoleOperational, credset.ModeOnDemand, true},
+		{"", "", false},
+	} {
+		if got := destroyable(tc.role, tc.mode); got != tc.want {
+			t.Errorf("destroyable(%q, %q) = %v, want %v", tc.role, tc.mode, got, tc.want)
+		}
 	}
 }

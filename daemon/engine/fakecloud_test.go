@@ -45,6 +45,7 @@ type fakeCloud struct {
 	dropAcks   int
 	dropGets   int
 	csrs       []string
+	byCSR      map[string]*x509.Certificate
 	// deafNew: this many connections with an issued certificate get
 	// SUBACKs and PUBACKs but no message (the broker lost them from its
 	// client table, as the lab's mochi did on a quick reconnect)
@@ -63,7 +64,7 @@ func (refusedErr) Error() string { return "remote error: tls: bad certificate" }
 func (refusedErr) Refused() bool { return true }
 
 func newFakeCloud(t *testing.T, ca *testpki.CA, thing string) *fakeCloud {
-	return &fakeCloud{t: t, ca: ca, thing: thing, accepted: map[string]bool{}, acceptNew: true}
+	return &fakeCloud{t: t, ca: ca, thing: thing, accepted: map[string]bool{}, acceptNew: true, byCSR: map[string]*x509.Certificate{}}
 }
 
 func (f *fakeCloud) accept(id string)   { f.mu.Lock(); f.accepted[id] = true; f.mu.Unlock() }
@@ -274,10 +275,20 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 				return nil
 			}
 		}
-		cert := f.ca.Client(f.t, r.Subject.CommonName, r.PublicKey)
+		// idempotent per CSR, as the vendor is: a repeated request gets
+		// the same certificate; issued counts distinct certificates
+		f.mu.Lock()
+		cert, again := f.byCSR[req.CSR]
+		f.mu.Unlock()
+		if !again {
+			cert = f.ca.Client(f.t, r.Subject.CommonName, r.PublicKey)
+		}
 		id := protocol.CertificateID(cert.Raw)
 		f.mu.Lock()
-		f.issued = append(f.issued, id)
+		if !again {
+			f.byCSR[req.CSR] = cert
+			f.issued = append(f.issued, id)
+		}
 		if f.acceptNew {
 			f.accepted[id] = true
 		}
@@ -315,5 +326,3 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 	}
 	return nil
 }
-
-var _ = x509.ParseCertificate

@@ -62,7 +62,6 @@ type Entry struct {
 	// Doc is the job document of the rotation in progress.
 	Doc           *protocol.JobDocument `json:"doc,omitempty"`
 	CertificateID string                `json:"certificateId,omitempty"`
-	Attempts      int                   `json:"attempts,omitempty"`
 	// CSR is the staged key's request (PEM), sent again unchanged on retries.
 	CSR string `json:"csr,omitempty"`
 	// Refusals are when the broker refused the just-switched credential.
@@ -76,7 +75,8 @@ type Entry struct {
 }
 
 // allowed lists the transitions of the rotation state machine. A phase may
-// always be rewritten with itself (attempt counters, certificate IDs).
+// always be rewritten with itself (refusals, the CSR, the mode of a legacy
+// entry).
 var allowed = map[Phase][]Phase{
 	Idle:       {KeyStaged},
 	KeyStaged:  {CertStaged, RolledBack, Idle},
@@ -143,7 +143,7 @@ func Decode(data []byte) (Entry, error) {
 	if !e.Phase.Valid() {
 		return e, fmt.Errorf("%w: unknown phase %q", ErrCorrupt, e.Phase)
 	}
-	if e.Generation < 0 || e.Previous < 0 || e.Attempts < 0 {
+	if e.Generation < 0 || e.Previous < 0 {
 		return e, fmt.Errorf("%w: negative counter", ErrCorrupt)
 	}
 	return e, nil
