@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/bootcert/bootcert/internal/testkit"
 )
 
 // CI reports whether the tests run under CI=true, where every component
@@ -139,17 +141,16 @@ func startSWTPM(t testing.TB, state string) (*SWTPM, error) {
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	// Poll, not a fixed sleep: swtpm is another process.
+	if testkit.Poll(5*time.Second, func() bool {
 		c, err := net.DialTimeout("tcp", s.Addr(), 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return s, nil
+		if err != nil {
+			return false
 		}
-		if s.cmd.ProcessState != nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
+		c.Close()
+		return true
+	}) {
+		return s, nil
 	}
 	s.Stop()
 	return nil, fmt.Errorf("swtpm did not listen on %s: %s", s.Addr(), s.stderr.String())

@@ -52,8 +52,10 @@ func TestConformanceSWTPM(t *testing.T) {
 		var next atomic.Uint32
 		next.Store(0x81000400)
 		keystoretest.Run(t, keystoretest.Config{
-			Scheme:          "tpm",
-			NewURI:          func(t *testing.T, _ string) string { return fmt.Sprintf("tpm:device=%s;handle=0x%08x", sw.Device(), next.Add(1)) },
+			Scheme: "tpm",
+			NewURI: func(t *testing.T, _ string) string {
+				return fmt.Sprintf("tpm:device=%s;handle=0x%08x", sw.Device(), next.Add(1))
+			},
 			Algorithms:      []keystore.Algorithm{keystore.ECDSAP256, keystore.ECDSAP384},
 			Hardware:        true,
 			Attributes:      tpmAttributes,
