@@ -11,7 +11,8 @@ if [ ${#names[@]} -eq 0 ]; then
 	for d in cmd/lambda/*/; do names+=("$(basename "$d")"); done
 fi
 go=${GO:-go}
-for arch in arm64:arm64 x86_64:amd64; do
+# LAMBDA_ARCHES narrows the architectures (cloud/compat builds only the host's).
+for arch in ${LAMBDA_ARCHES:-arm64:arm64 x86_64:amd64}; do
 	dir=$out/${arch%%:*}
 	mkdir -p "$dir"
 	bin=$(mktemp -d)

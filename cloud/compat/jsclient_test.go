@@ -107,8 +107,7 @@ type jsRejection struct {
 // the NextJobExecutionChanged stream) and every rejection code a device can
 // cause in the lab, through IotJobsClientv2 and IotJobsClient.
 //
-// Codes the lab cannot be made to produce from a device (see the report in
-// docs/cloud.md when merged): RequestThrottled (the lab's limits throttle
+// Codes the lab cannot be made to produce from a device: RequestThrottled (the lab's limits throttle
 // connects, publishes and the REST API, not the Jobs MQTT API), InternalError
 // (only on a failing store), TerminalStateReached (the lab answers a
 // describe of a terminal execution with the execution; AWS's Jobs model
