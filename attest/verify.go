@@ -65,7 +65,7 @@ type Result struct {
 	Algorithm       keystore.Algorithm `json:"algorithm"`
 	KeyFingerprint  string             `json:"key_fingerprint"` // SHA-256 of the DER SubjectPublicKeyInfo
 	AKName          []byte             `json:"ak_name"`
-	EK              string             `json:"ek"`                   // EKCertified, EKUnverified or EKFactoryRecored
+	EK              string             `json:"ek"`                  // EKCertified, EKUnverified or EKFactoryRecored
 	EKIssuer        string             `json:"ek_issuer,omitempty"` // the EK certificate's issuer
 	Clock           Clock              `json:"clock"`
 	FirmwareVersion uint64             `json:"firmware_version"`
