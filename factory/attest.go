@@ -27,9 +27,9 @@ const (
 
 // AttestationReport is what the factory's TPM enrolment recorded.
 type AttestationReport struct {
-	Status string `json:"status"`           // StatusAttested or StatusNotAttested
-	Why    string `json:"why,omitempty"`    // why not attested
-	EK     string `json:"ek,omitempty"`     // attest.EKCertified, EKUnverified (root unknown here: the cloud decides) or EKFactoryRecored
+	Status string `json:"status"`        // StatusAttested or StatusNotAttested
+	Why    string `json:"why,omitempty"` // why not attested
+	EK     string `json:"ek,omitempty"`  // attest.EKCertified, EKUnverified (root unknown here: the cloud decides) or EKFactoryRecored
 	EKCert string `json:"ek_cert_sha256,omitempty"`
 	EKPub  string `json:"ek_pub_sha256,omitempty"`
 	// EKIssuer is the EK certificate's issuer.
