@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/bootcert/bootcert/attest"
 	"github.com/bootcert/bootcert/internal/atomicfile"
 	"github.com/bootcert/bootcert/keystore"
 	"github.com/bootcert/bootcert/keystore/csr"
@@ -78,6 +79,17 @@ type Provisioning struct {
 	Force bool
 	// AllowSoftwareKey accepts file: keys (development only).
 	AllowSoftwareKey bool
+
+	// TPM attestation enrolment (tpm: bootstrap keys; docs/attestation.md).
+	// AKURI is where the attestation key goes; "" puts it next to the
+	// bootstrap key (akURIFor). EKTrust pins the TPM manufacturers' roots;
+	// nil records the EK without checking its root (the cloud decides).
+	// RequireEKRoot refuses an EK certificate that does not chain to
+	// EKTrust. NoAttestation skips the enrolment.
+	AKURI         string
+	EKTrust       *attest.Trust
+	RequireEKRoot bool
+	NoAttestation bool
 }
 
 // Status values of a Report.
@@ -106,6 +118,7 @@ type Report struct {
 	FinalKeyFP      string             `json:"final_key_fingerprint,omitempty"`
 	FinalCSRSHA256  string             `json:"final_csr_sha256,omitempty"`
 	KeyReused       bool               `json:"key_reused,omitempty"`
+	Attestation     *AttestationReport `json:"attestation,omitempty"`
 	Warnings        []string           `json:"warnings,omitempty"`
 }
 
@@ -224,6 +237,26 @@ func (p *Provisioner) Provision(ctx context.Context, r Provisioning) (rep *Repor
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("existing key is %s, not the requested %s; it was reused as it is", info.Algorithm, alg))
 	}
 
+	// 1b. TPM attestation enrolment: EK, AK, activation, certify, verify.
+	var attRec *attest.Record
+	switch {
+	case r.NoAttestation:
+		rep.Attestation = &AttestationReport{Status: StatusNotAttested, Why: "attestation skipped (NoAttestation)"}
+	case keyURI.Scheme != "tpm":
+		rep.Attestation = &AttestationReport{Status: StatusNotAttested, Why: keyURI.Scheme + ": keys have no standard attestation"}
+	default:
+		var arep *AttestationReport
+		var created string
+		attRec, arep, created, err = p.enrol(ctx, r)
+		if created != "" {
+			undo = append(undo, func() { removeAK(created) })
+		}
+		if err != nil {
+			return nil, fmt.Errorf("device %s: attestation enrolment: %w", r.DeviceID, err)
+		}
+		rep.Attestation = arep
+	}
+
 	// 2. CSR made by the key itself, signed by the CA
 	req, err := makeCSR(ctx, keys, r.KeyURI, r.DeviceID)
 	if err != nil {
@@ -240,6 +273,9 @@ func (p *Provisioner) Provision(ctx context.Context, r Provisioning) (rep *Repor
 
 	// 3. operational key and its CSR (pre-provisioned mode)
 	entry = manifest.Entry{DeviceID: r.DeviceID, BootstrapSHA256: rep.BootstrapSHA256}
+	if attRec != nil {
+		entry.Attestation = attRec.Manifest()
+	}
 	if r.FinalKeyURI != "" {
 		if !finalExists {
 			if err := generate(ctx, keys, r.FinalKeyURI, alg); err != nil {
@@ -329,6 +365,11 @@ func (p *Provisioner) existing(ctx context.Context, r Provisioning, entry manife
 		Algorithm: info.Algorithm, KeyFingerprint: info.Fingerprint, Hardware: info.Hardware, Attributes: info.Attributes,
 		Certificate: r.CertOut, Serial: hexSerial(cert.SerialNumber), Issuer: cert.Issuer.CommonName,
 		BootstrapSHA256: id, NotAfter: cert.NotAfter, Manifest: r.Manifest,
+	}
+	if a := entry.Attestation; a != nil {
+		rep.Attestation = &AttestationReport{Status: StatusAttested, EKCert: a.EKCertSHA256, EKPub: a.EKPubSHA256, AKName: hex.EncodeToString(a.AKName)}
+	} else {
+		rep.Attestation = &AttestationReport{Status: StatusNotAttested, Why: "the manifest line has no attestation columns"}
 	}
 	if len(entry.FinalCSR) > 0 {
 		sum := sha256.Sum256(entry.FinalCSR)

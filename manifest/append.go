@@ -83,7 +83,7 @@ func put(path string, e Entry, replace bool) error {
 		}
 		// Rewrite every line, the device's in place.
 		w := csv.NewWriter(&out)
-		w.Write(Header)
+		w.Write(header(list.Attested() || e.Attestation != nil))
 		for _, x := range list.Entries() {
 			if x.DeviceID == e.DeviceID {
 				x = e
@@ -96,8 +96,14 @@ func put(path string, e Entry, replace bool) error {
 		}
 	} else {
 		if old == nil {
-			out.WriteString(strings.Join(Header, ",") + "\n")
+			out.WriteString(strings.Join(header(e.Attestation != nil), ",") + "\n")
 		} else {
+			if e.Attestation != nil && !list.Attested() {
+				// Widen the header; the other lines stay as they are.
+				if i := bytes.IndexByte(old, '\n'); i >= 0 {
+					old = append([]byte(strings.Join(Header, ",")), old[i:]...)
+				}
+			}
 			out.Write(old)
 			if !bytes.HasSuffix(old, []byte("\n")) {
 				out.WriteByte('\n')
@@ -114,6 +120,15 @@ func put(path string, e Entry, replace bool) error {
 		return fmt.Errorf("adding %s to manifest: %w", e.DeviceID, err)
 	}
 	return nil
+}
+
+// header is the header line's fields: with the attestation columns or
+// without (the three-column header older readers know).
+func header(attested bool) []string {
+	if attested {
+		return Header
+	}
+	return Header[:baseColumns]
 }
 
 func lookupList(l *List, id string) (Entry, bool) {

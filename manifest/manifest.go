@@ -7,6 +7,17 @@
 // certificate's DER, which is also its AWS IoT certificateId. final_csr
 // (optional) is the base64 standard-encoded DER of the operational key's CSR,
 // present for devices provisioned in pre-provisioned mode.
+//
+// Four optional columns record a TPM's attestation enrolment (docs/attestation.md):
+//
+//	ek_cert_sha256,ek_pub_sha256,ak_public,ak_name
+//
+// ek_cert_sha256 is the lower-hex SHA-256 of the EK certificate's DER (empty
+// for a TPM without one), ek_pub_sha256 that of the EK's DER
+// SubjectPublicKeyInfo, ak_public the base64 TPMT_PUBLIC of the attestation
+// key, ak_name its lower-hex TPM name. A manifest without them (the
+// three-column header) parses as before, and a file is written with the
+// three-column header until a line needs the attestation columns.
 package manifest
 
 import (
@@ -21,20 +32,35 @@ import (
 	"github.com/bootcert/bootcert/protocol"
 )
 
-// Header is the manifest's first line.
-var Header = []string{"device_id", "bootstrap_sha256", "final_csr"}
+// Header is the manifest's first line (in full; files without
+// attestation columns carry its first three fields).
+var Header = []string{"device_id", "bootstrap_sha256", "final_csr", "ek_cert_sha256", "ek_pub_sha256", "ak_public", "ak_name"}
+
+// baseColumns is the number of columns before the attestation ones.
+const baseColumns = 3
 
 // Entry is one device.
 type Entry struct {
 	DeviceID        string
 	BootstrapSHA256 string // lower hex, may be empty
 	FinalCSR        []byte // DER, nil when absent
+	// Attestation is the device's TPM enrolment, nil when not attested.
+	Attestation *Attestation
+}
+
+// Attestation is a TPM attestation enrolment (package attest's Record).
+type Attestation struct {
+	EKCertSHA256 string // lower hex, empty when the TPM has no EK certificate
+	EKPubSHA256  string // lower hex
+	AKPublic     []byte // TPMT_PUBLIC
+	AKName       []byte // nameAlg || digest
 }
 
 // List is a parsed manifest.
 type List struct {
 	byID  map[string]Entry
 	order []string
+	width int // columns in the header
 }
 
 // ErrDuplicate is returned when a device ID appears twice.
@@ -86,13 +112,14 @@ func Parse(r io.Reader) (*List, error) {
 			if err := checkHeader(rec); err != nil {
 				return nil, &ParseError{Line: line, Err: err}
 			}
+			l.width = len(rec)
 			continue
 		}
 		if len(rec) == 1 && strings.TrimSpace(rec[0]) == "" {
 			continue
 		}
-		if len(rec) > len(Header) {
-			return nil, &ParseError{Line: line, Err: fmt.Errorf("%d fields, at most %d expected", len(rec), len(Header))}
+		if limit := max(l.width, baseColumns); len(rec) > limit {
+			return nil, &ParseError{Line: line, Err: fmt.Errorf("%d fields, at most %d expected (%s)", len(rec), limit, strings.Join(Header[:limit], ","))}
 		}
 		e, perr := parseRecord(rec)
 		if perr != nil {
@@ -148,7 +175,47 @@ func parseRecord(rec []string) (Entry, *ParseError) {
 			e.FinalCSR = der
 		}
 	}
+	if len(rec) > baseColumns {
+		a, perr := parseAttestation(rec[baseColumns:])
+		if perr != nil {
+			return e, perr
+		}
+		e.Attestation = a
+	}
 	return e, nil
+}
+
+func parseAttestation(f []string) (*Attestation, *ParseError) {
+	get := func(i int) string {
+		if i < len(f) {
+			return strings.TrimSpace(f[i])
+		}
+		return ""
+	}
+	ekc, ekp, akp, akn := strings.ToLower(get(0)), strings.ToLower(get(1)), get(2), strings.ToLower(get(3))
+	if ekc == "" && ekp == "" && akp == "" && akn == "" {
+		return nil, nil
+	}
+	a := &Attestation{EKCertSHA256: ekc, EKPubSHA256: ekp}
+	if ekc != "" && !isSHA256Hex(ekc) {
+		return nil, &ParseError{Column: "ek_cert_sha256", Err: errors.New("not 64 hex digits (SHA-256 of the EK certificate DER)")}
+	}
+	if !isSHA256Hex(ekp) {
+		return nil, &ParseError{Column: "ek_pub_sha256", Err: errors.New("not 64 hex digits (SHA-256 of the EK public key DER); required with the other attestation columns")}
+	}
+	var err error
+	if a.AKPublic, err = base64.StdEncoding.DecodeString(akp); err != nil || len(a.AKPublic) == 0 {
+		return nil, &ParseError{Column: "ak_public", Err: errors.New("not base64 (standard encoding) of the AK's TPMT_PUBLIC; required with the other attestation columns")}
+	}
+	if a.AKName, err = hex.DecodeString(akn); err != nil || len(a.AKName) < 34 {
+		return nil, &ParseError{Column: "ak_name", Err: errors.New("not the hex TPM name of the AK (nameAlg and digest); required with the other attestation columns")}
+	}
+	return a, nil
+}
+
+func isSHA256Hex(s string) bool {
+	b, err := hex.DecodeString(s)
+	return err == nil && len(b) == 32
 }
 
 // Lookup finds a device.
@@ -156,6 +223,9 @@ func (l *List) Lookup(deviceID string) (Entry, bool) {
 	e, ok := l.byID[deviceID]
 	return e, ok
 }
+
+// Attested reports whether the header has the attestation columns.
+func (l *List) Attested() bool { return l.width > baseColumns }
 
 // Len is the number of devices.
 func (l *List) Len() int { return len(l.order) }
@@ -175,7 +245,11 @@ func (e Entry) Record() []string {
 	if len(e.FinalCSR) > 0 {
 		csr = base64.StdEncoding.EncodeToString(e.FinalCSR)
 	}
-	return []string{e.DeviceID, e.BootstrapSHA256, csr}
+	rec := []string{e.DeviceID, e.BootstrapSHA256, csr}
+	if a := e.Attestation; a != nil {
+		rec = append(rec, a.EKCertSHA256, a.EKPubSHA256, base64.StdEncoding.EncodeToString(a.AKPublic), hex.EncodeToString(a.AKName))
+	}
+	return rec
 }
 
 
