@@ -10,7 +10,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"io"
 	"net/http"
@@ -29,6 +28,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/internal/testpki"
 	"github.com/bootcert/bootcert/cloud/lab"
 	"github.com/bootcert/bootcert/cloud/setup"
+	"github.com/bootcert/bootcert/internal/testkit"
 	"github.com/bootcert/bootcert/manifest"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -160,15 +160,21 @@ func (c *conn) wait(t *testing.T, topics ...string) (string, []byte) {
 	return topic, payload
 }
 
+// waitFor polls state the lab changes (its broker, rules and functions run
+// in goroutines of their own).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(45 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	testkit.Eventually(t, 45*time.Second, cond, "waiting for %s", what)
+}
+
+// leafDER is the DER of the first certificate of a reply's PEM.
+func leafDER(t *testing.T, certPEM string) []byte {
+	t.Helper()
+	chain, err := protocol.ParseChain([]byte(certPEM))
+	if err != nil {
+		t.Fatalf("certificate in the reply: %v", err)
 	}
+	return chain[0].Raw
 }
 
 func (r *labRig) certStatus(id string) string {
@@ -370,9 +376,8 @@ func TestLabRotation(t *testing.T) {
 		t.Fatalf("new certificate %s after a refused ack", st)
 	}
 	// Swap: connect with the new certificate and ack.
-	blk, _ := pem.Decode([]byte(acc.CertificatePEM))
 	c.c.Disconnect(50)
-	nc := d.conn(blk.Bytes, key)
+	nc := d.conn(leafDER(t, acc.CertificatePEM), key)
 	a, j := ack(t, nc, d.ID, acc.CertificateID)
 	if a.CertificateID != acc.CertificateID {
 		t.Fatalf("ack: %+v", j)
@@ -517,8 +522,7 @@ func TestLabPolicies(t *testing.T) {
 		if acc.CertificateID == "" {
 			t.Fatalf("%+v", j)
 		}
-		blk, _ := pem.Decode([]byte(acc.CertificatePEM))
-		nc := a.conn(blk.Bytes, key)
+		nc := a.conn(leafDER(t, acc.CertificatePEM), key)
 		nc.publish(t, "telemetry/"+a.ID+"/temp", map[string]int{"c": 21})
 		if _, j := ack(t, nc, a.ID, acc.CertificateID); j.Code != "" {
 			t.Fatalf("connection unusable after a telemetry publish: %+v", j)
@@ -574,13 +578,12 @@ func TestLabPreProvisioned(t *testing.T) {
 	if acc.CertificateID == "" {
 		t.Fatalf("%+v", j)
 	}
-	blk, _ := pem.Decode([]byte(acc.CertificatePEM))
-	cert, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil || !key.PublicKey.Equal(cert.PublicKey) {
+	chain, err := protocol.ParseChain([]byte(acc.CertificatePEM))
+	if err != nil || !key.PublicKey.Equal(chain[0].PublicKey) {
 		t.Fatalf("certificate is not for the factory key: %v", err)
 	}
 	c.c.Disconnect(50)
-	nc := d.conn(blk.Bytes, key)
+	nc := d.conn(chain[0].Raw, key)
 	if a, j := ack(t, nc, d.ID, acc.CertificateID); a.CertificateID != acc.CertificateID {
 		t.Fatalf("ack %+v", j)
 	}

@@ -79,7 +79,9 @@ func testChain(t testing.TB) (leaf, ca *x509.Certificate) {
 	return leaf, ca
 }
 
-func pemBlock(typ string, b []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}) }
+func pemBlock(typ string, b []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b})
+}
 
 func TestParseChain(t *testing.T) {
 	leaf, ca := testChain(t)
