@@ -149,7 +149,11 @@ func (a *API) Activate(ctx context.Context, id string) (Device, error) {
 	default:
 		if b := t.Attributes[fleet.AttrBootstrap]; b != "" {
 			c, err := a.Registry.DescribeCertificate(ctx, b)
-			if err == nil && c.Status == ports.StatusRevoked && t.Attributes[fleet.AttrOperational] == "" {
+			switch {
+			case errors.Is(err, ports.ErrNotFound):
+			case err != nil:
+				return Device{}, fmt.Errorf("describing the bootstrap certificate %s of %s: %w", b, id, err)
+			case c.Status == ports.StatusRevoked && t.Attributes[fleet.AttrOperational] == "":
 				return Device{}, fmt.Errorf("%w: the bootstrap certificate %s of %s is revoked", fleet.ErrRevoked, b, id)
 			}
 		}

@@ -250,6 +250,8 @@ func (v *Vendor) checkDevice(ctx context.Context, ev Event) (manifest.Entry, por
 		}
 		chain, perr := protocol.ParseChain([]byte(c.PEM))
 		if perr != nil {
+			// The registry's PEM: AWS-issued, never the device's word.
+			v.Log.Warn("registry certificate PEM does not parse: CRL not checked", "thing", ev.ThingName, "certificateId", id, "err", perr)
 			continue
 		}
 		revoked, err := v.Trust.Revoked(ctx, chain[0])

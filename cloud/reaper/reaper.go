@@ -160,9 +160,16 @@ func (r *Reaper) Handle(ctx context.Context, ev Event) (Result, error) {
 		// for an ack; remove them. The thing leaves the rotation group so
 		// that the renewal function adds it again later (a failed rotation
 		// does not drop the device from renewal).
+		// An unreadable package must not turn the factory key's certificate
+		// into one to delete: the invocation fails and is retried.
 		pre := ""
-		if obj, err := r.Store.Get(ctx, fleet.PackageKey(ev.ThingName, fleet.PreProvisionedName), ""); err == nil {
+		preKey := fleet.PackageKey(ev.ThingName, fleet.PreProvisionedName)
+		obj, err := r.Store.Get(ctx, preKey, "")
+		switch {
+		case err == nil:
 			pre = obj.Metadata[fleet.MetaCertificateID]
+		case !errors.Is(err, ports.ErrNotFound):
+			return res, fmt.Errorf("reading the pre-provisioned package %s: %w", preKey, err)
 		}
 		for id := range issued {
 			if keep(id) {
@@ -209,9 +216,11 @@ func (r *Reaper) issued(ctx context.Context, thing, jobID string) (map[string]bo
 			return nil, nil, err
 		}
 		var rec fleet.Issuance
-		if json.Unmarshal(obj.Body, &rec) == nil && protocol.ValidCertificateID(rec.CertificateID) {
-			out[rec.CertificateID] = true
+		if err := json.Unmarshal(obj.Body, &rec); err != nil || !protocol.ValidCertificateID(rec.CertificateID) {
+			r.Log.Warn("corrupt issuance record: its certificate is not retired", "thing", thing, "jobId", jobID, "key", k, "err", err)
+			continue
 		}
+		out[rec.CertificateID] = true
 	}
 	return out, keys, nil
 }

@@ -3,6 +3,7 @@ package reaper_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 
@@ -116,6 +117,23 @@ func TestReaper(t *testing.T) {
 			}
 		})
 	}
+	t.Run("fail/unreadable-package-retires-nothing", func(t *testing.T) {
+		r := newRig(t)
+		id := r.rotate(t, r.dev.CertID, false)
+		b, _ := json.Marshal(map[string]any{"jobId": job, "thingArn": "arn:aws:iot:us-east-1:123456789012:thing/" + r.dev.ID, "status": "FAILED"})
+		ev, err := reaper.ParseEvent(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := r.b.Reaper()
+		h.Store = failingGet{h.Store, fleet.PackageKey(r.dev.ID, fleet.PreProvisionedName)}
+		if res, err := h.Handle(context.Background(), ev); err == nil || !strings.Contains(err.Error(), "pre-provisioned package") {
+			t.Fatalf("Handle: %+v %v, want the read error", res, err)
+		}
+		if r.b.Reg.Status(id) != ports.StatusActive {
+			t.Errorf("the new certificate is %q after a failed read", r.b.Reg.Status(id))
+		}
+	})
 	t.Run("ok/timed-out-after-commit-keeps-both-and-alerts", func(t *testing.T) {
 		r := newRig(t)
 		first := r.rotate(t, r.dev.CertID, true)
@@ -141,4 +159,15 @@ func FuzzParseEvent(f *testing.F) {
 	})
 }
 
-var _ = fleet.AttrOperational
+// failingGet fails reads of one key (S3 unavailable).
+type failingGet struct {
+	reaper.Store
+	key string
+}
+
+func (s failingGet) Get(ctx context.Context, key, ifNoneMatch string) (ports.Object, error) {
+	if key == s.key {
+		return ports.Object{}, errors.New("s3 unavailable")
+	}
+	return s.Store.Get(ctx, key, ifNoneMatch)
+}
