@@ -442,7 +442,6 @@ type Store struct {
 	mu      sync.Mutex
 	Objects map[string]ports.Object
 	n       int
-	Gets    int
 }
 
 // NewStore makes an empty store.
@@ -452,7 +451,6 @@ func NewStore() *Store { return &Store{Objects: map[string]ports.Object{}} }
 func (s *Store) Get(_ context.Context, key, ifNoneMatch string) (ports.Object, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.Gets++
 	o, ok := s.Objects[key]
 	if !ok {
 		return ports.Object{}, notFound("object " + key)

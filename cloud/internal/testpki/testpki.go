@@ -57,11 +57,6 @@ type Device struct {
 	CertID string
 }
 
-// PEM is the certificate PEM.
-func (d *Device) PEM() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d.DER})
-}
-
 // Issue makes a bootstrap certificate with CN = id.
 func (ca *CA) Issue(t testing.TB, id string, now time.Time) *Device {
 	t.Helper()
