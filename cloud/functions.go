@@ -22,6 +22,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/ports"
 	"github.com/bootcert/bootcert/cloud/reaper"
 	"github.com/bootcert/bootcert/cloud/renewal"
+	"github.com/bootcert/bootcert/internal/clock"
 )
 
 // Function is one cloud function: it takes the event (the JSON a rule's
@@ -56,7 +57,7 @@ type Deps struct {
 	// the lab: one that trusts the lab's CA).
 	AWS       aws.Config
 	Endpoints Endpoints
-	Clock     ports.Clock  // nil: the system clock
+	Clock     clock.Clock  // nil: clock.Real
 	Logger    *slog.Logger // nil: slog.Default()
 }
 
@@ -71,9 +72,9 @@ func Build(ctx context.Context, logicalID string, getenv func(string) string, de
 	if err != nil {
 		return nil, fmt.Errorf("building %s: %w", logicalID, err)
 	}
-	clock := deps.Clock
-	if clock == nil {
-		clock = ports.SystemClock{}
+	clk := deps.Clock
+	if clk == nil {
+		clk = clock.Real{}
 	}
 	log := deps.Logger
 	if log == nil {
@@ -81,18 +82,18 @@ func Build(ctx context.Context, logicalID string, getenv func(string) string, de
 	}
 	log = log.With("function", logicalID)
 	raw := cloudaws.NewRegistry(deps.AWS, deps.Endpoints.IoT)
-	reg := ports.RetryingRegistry(raw, ports.Backoff{Clock: clock})
+	reg := ports.RetryingRegistry(raw, ports.Backoff{Clock: clk})
 	store := cloudaws.NewStore(deps.AWS, settings.Bucket, deps.Endpoints.S3)
 	dataEP := deps.Endpoints.IoTData
 	if dataEP == "" {
 		dataEP = settings.DataEndpoint
 	}
-	pub := &cloudaws.Publisher{Config: deps.AWS, Endpoint: dataEP, Resolve: raw.DataEndpoint, Now: clock.Now}
+	pub := &cloudaws.Publisher{Config: deps.AWS, Endpoint: dataEP, Resolve: raw.DataEndpoint, Now: clk.Now}
 	trust := &fleet.Trust{Store: store, Settings: settings}
 
 	switch logicalID {
 	case Activator:
-		h := &activator.Activator{Registry: reg, Store: store, Trust: trust, Settings: settings, Clock: clock, Log: log}
+		h := &activator.Activator{Registry: reg, Store: store, Trust: trust, Settings: settings, Clock: clk, Log: log}
 		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
 			ev, err := activator.ParseEvent(event)
 			if err != nil {
@@ -101,7 +102,7 @@ func Build(ctx context.Context, logicalID string, getenv func(string) string, de
 			return marshal(h.Handle(ctx, ev))
 		}, nil
 	case Vendor:
-		h := &certvendor.Vendor{Registry: reg, Store: store, Publisher: pub, Trust: trust, Settings: settings, Clock: clock, Log: log}
+		h := &certvendor.Vendor{Registry: reg, Store: store, Publisher: pub, Trust: trust, Settings: settings, Clock: clk, Log: log}
 		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
 			return marshal(h.HandleEvent(ctx, event))
 		}, nil
@@ -120,7 +121,7 @@ func Build(ctx context.Context, logicalID string, getenv func(string) string, de
 			return marshal(h.HandleEvent(ctx, event))
 		}, nil
 	case Renewal:
-		h := &renewal.Renewal{Registry: reg, Trust: trust, Settings: settings, Clock: clock, Log: log}
+		h := &renewal.Renewal{Registry: reg, Trust: trust, Settings: settings, Clock: clk, Log: log}
 		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
 			return marshal(h.Run(ctx))
 		}, nil

@@ -7,10 +7,11 @@ package cloud_test
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"io"
 	"net/http"
@@ -29,6 +30,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/internal/testpki"
 	"github.com/bootcert/bootcert/cloud/lab"
 	"github.com/bootcert/bootcert/cloud/setup"
+	"github.com/bootcert/bootcert/internal/testkit"
 	"github.com/bootcert/bootcert/manifest"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -160,15 +162,21 @@ func (c *conn) wait(t *testing.T, topics ...string) (string, []byte) {
 	return topic, payload
 }
 
+// waitFor polls state the lab changes (its broker, rules and functions run
+// in goroutines of their own).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(45 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	testkit.Eventually(t, 45*time.Second, cond, "waiting for %s", what)
+}
+
+// leafDER is the DER of the first certificate of a reply's PEM.
+func leafDER(t *testing.T, certPEM string) []byte {
+	t.Helper()
+	chain, err := protocol.ParseChain([]byte(certPEM))
+	if err != nil {
+		t.Fatalf("certificate in the reply: %v", err)
 	}
+	return chain[0].Raw
 }
 
 func (r *labRig) certStatus(id string) string {
@@ -195,12 +203,12 @@ func (r *labRig) jitr(d *testpki.Device) string {
 	return st
 }
 
-func (r *labRig) jobStatus(thing string) string {
+func (r *labRig) jobStatus(thing string) protocol.JobStatus {
 	out, err := r.iot.DescribeJobExecution(context.Background(), &iot.DescribeJobExecutionInput{JobId: aws.String("bootcert-rotation"), ThingName: aws.String(thing)})
 	if err != nil || out.Execution == nil {
 		return ""
 	}
-	return string(out.Execution.Status)
+	return protocol.JobStatus(out.Execution.Status)
 }
 
 func TestLabJITR(t *testing.T) {
@@ -271,7 +279,7 @@ func (r *labRig) admit(d *testpki.Device) *device {
 	if st := r.jitr(d); st != "ACTIVE" {
 		r.t.Fatalf("%s not admitted: %s", d.ID, st)
 	}
-	waitFor(r.t, "a job execution for "+d.ID, func() bool { return r.jobStatus(d.ID) == "QUEUED" })
+	waitFor(r.t, "a job execution for "+d.ID, func() bool { return r.jobStatus(d.ID) == protocol.JobQueued })
 	return &device{d, r}
 }
 
@@ -319,7 +327,7 @@ func (d *device) conn(certDER []byte, key *ecdsa.PrivateKey) *conn {
 }
 
 func newKey(t *testing.T) *ecdsa.PrivateKey {
-	k, err := ecdsaKey()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,8 +341,8 @@ func TestLabRotation(t *testing.T) {
 	d := r.admit(d0)
 	c := d.conn(d.DER, d.Key)
 
-	c.publish(t, "$aws/things/"+d.ID+"/jobs/start-next", map[string]any{"statusDetails": map[string]string{"progress": "started"}})
-	waitFor(t, "job IN_PROGRESS", func() bool { return r.jobStatus(d.ID) == "IN_PROGRESS" })
+	c.publish(t, protocol.JobsTopic(d.ID, protocol.JobsStartNext), protocol.StartNextRequest{StatusDetails: map[string]string{"progress": "started"}})
+	waitFor(t, "job IN_PROGRESS", func() bool { return r.jobStatus(d.ID) == protocol.JobInProgress })
 	key := newKey(t)
 	csr := string(testpki.CSR(t, d.ID, key))
 	acc, rej := get(t, c, d.ID, csr)
@@ -370,9 +378,8 @@ func TestLabRotation(t *testing.T) {
 		t.Fatalf("new certificate %s after a refused ack", st)
 	}
 	// Swap: connect with the new certificate and ack.
-	blk, _ := pem.Decode([]byte(acc.CertificatePEM))
 	c.c.Disconnect(50)
-	nc := d.conn(blk.Bytes, key)
+	nc := d.conn(leafDER(t, acc.CertificatePEM), key)
 	a, j := ack(t, nc, d.ID, acc.CertificateID)
 	if a.CertificateID != acc.CertificateID {
 		t.Fatalf("ack: %+v", j)
@@ -382,8 +389,8 @@ func TestLabRotation(t *testing.T) {
 	}
 	// The device reports SUCCEEDED; the reaper keeps the new certificate and
 	// never deletes the bootstrap one.
-	nc.publish(t, "$aws/things/"+d.ID+"/jobs/bootcert-rotation/update", map[string]any{"status": "SUCCEEDED"})
-	waitFor(t, "job SUCCEEDED", func() bool { return r.jobStatus(d.ID) == "SUCCEEDED" })
+	nc.publish(t, protocol.JobUpdateTopic(d.ID, "bootcert-rotation"), protocol.UpdateRequest{Status: protocol.JobSucceeded})
+	waitFor(t, "job SUCCEEDED", func() bool { return r.jobStatus(d.ID) == protocol.JobSucceeded })
 	// The rule ran the reaper; run it once more (a replay) to know it is done.
 	if out, err := r.lab.Invoke(context.Background(), "ReaperFunction", json.RawMessage(`{"jobId":"bootcert-rotation","thingArn":"arn:aws:iot:us-east-1:123456789012:thing/`+d.ID+`","status":"SUCCEEDED"}`)); err != nil {
 		t.Fatalf("reaper: %s %v", out, err)
@@ -398,8 +405,8 @@ func TestLabRotation(t *testing.T) {
 
 func (d *device) startJob(t *testing.T, c *conn) {
 	t.Helper()
-	c.publish(t, "$aws/things/"+d.ID+"/jobs/start-next", map[string]any{})
-	waitFor(t, "job IN_PROGRESS", func() bool { return d.r.jobStatus(d.ID) == "IN_PROGRESS" })
+	c.publish(t, protocol.JobsTopic(d.ID, protocol.JobsStartNext), protocol.StartNextRequest{})
+	waitFor(t, "job IN_PROGRESS", func() bool { return d.r.jobStatus(d.ID) == protocol.JobInProgress })
 }
 
 func TestLabVendorRejections(t *testing.T) {
@@ -480,7 +487,7 @@ func TestLabPolicies(t *testing.T) {
 	r.setup([]manifest.Entry{{DeviceID: a0.ID}, {DeviceID: b0.ID}})
 	a, b := r.admit(a0), r.admit(b0)
 	ca := a.conn(a.DER, a.Key)
-	for _, f := range []string{"certificates/" + b.ID + "/get/+", "certificates/" + b.ID + "/ack/+", "certificates/+/get/+", "certificates/#", "telemetry/" + a.ID + "/#", "$aws/things/" + b.ID + "/jobs/notify-next"} {
+	for _, f := range []string{"certificates/" + b.ID + "/get/+", "certificates/" + b.ID + "/ack/+", "certificates/+/get/+", "certificates/#", "telemetry/" + a.ID + "/#", protocol.JobsTopic(b.ID, protocol.JobsNotifyNext)} {
 		t.Run("fail/subscribe/"+f, func(t *testing.T) {
 			if code := ca.subscribe(t, f); code != 0x80 {
 				t.Errorf("SUBACK %#x for %s, want 0x80", code, f)
@@ -517,8 +524,7 @@ func TestLabPolicies(t *testing.T) {
 		if acc.CertificateID == "" {
 			t.Fatalf("%+v", j)
 		}
-		blk, _ := pem.Decode([]byte(acc.CertificatePEM))
-		nc := a.conn(blk.Bytes, key)
+		nc := a.conn(leafDER(t, acc.CertificatePEM), key)
 		nc.publish(t, "telemetry/"+a.ID+"/temp", map[string]int{"c": 21})
 		if _, j := ack(t, nc, a.ID, acc.CertificateID); j.Code != "" {
 			t.Fatalf("connection unusable after a telemetry publish: %+v", j)
@@ -574,13 +580,12 @@ func TestLabPreProvisioned(t *testing.T) {
 	if acc.CertificateID == "" {
 		t.Fatalf("%+v", j)
 	}
-	blk, _ := pem.Decode([]byte(acc.CertificatePEM))
-	cert, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil || !key.PublicKey.Equal(cert.PublicKey) {
+	chain, err := protocol.ParseChain([]byte(acc.CertificatePEM))
+	if err != nil || !key.PublicKey.Equal(chain[0].PublicKey) {
 		t.Fatalf("certificate is not for the factory key: %v", err)
 	}
 	c.c.Disconnect(50)
-	nc := d.conn(blk.Bytes, key)
+	nc := d.conn(chain[0].Raw, key)
 	if a, j := ack(t, nc, d.ID, acc.CertificateID); a.CertificateID != acc.CertificateID {
 		t.Fatalf("ack %+v", j)
 	}
@@ -622,7 +627,7 @@ func TestLabExplicitActivationAndFailedRotation(t *testing.T) {
 	if resp := api("GET", "/devices/"+d.ID); !strings.Contains(resp["body"].(string), `"inRotationGroup":true`) {
 		t.Errorf("GET: %v", resp)
 	}
-	waitFor(t, "a job execution", func() bool { return r.jobStatus(d.ID) == "QUEUED" })
+	waitFor(t, "a job execution", func() bool { return r.jobStatus(d.ID) == protocol.JobQueued })
 	d.startJob(t, c)
 	acc, j := get(t, c, d.ID, string(testpki.CSR(t, d.ID, nil)))
 	if acc.CertificateID == "" {
@@ -630,7 +635,7 @@ func TestLabExplicitActivationAndFailedRotation(t *testing.T) {
 	}
 	// The device fails to use the new certificate and reports FAILED: the
 	// reaper deletes the certificate that was never committed.
-	c.publish(t, "$aws/things/"+d.ID+"/jobs/bootcert-rotation/update", map[string]any{"status": "FAILED", "statusDetails": map[string]string{"reason": "rolled back"}})
+	c.publish(t, protocol.JobUpdateTopic(d.ID, "bootcert-rotation"), protocol.UpdateRequest{Status: protocol.JobFailed, StatusDetails: map[string]string{"reason": "rolled back"}})
 	waitFor(t, "the new certificate deleted", func() bool { return r.certStatus(acc.CertificateID) == "" })
 	if st := r.certStatus(d.CertID); st != "ACTIVE" {
 		t.Errorf("bootstrap %s after a failed rotation", st)
@@ -646,5 +651,5 @@ func TestLabExplicitActivationAndFailedRotation(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), `"added":["`+d.ID+`"]`) {
 		t.Fatalf("renewal: %s %v", out, err)
 	}
-	waitFor(t, "a new job execution", func() bool { return r.jobStatus(d.ID) == "QUEUED" })
+	waitFor(t, "a new job execution", func() bool { return r.jobStatus(d.ID) == protocol.JobQueued })
 }

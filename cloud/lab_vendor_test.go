@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"net/http"
 	"strings"
 	"sync"
@@ -89,9 +88,8 @@ func TestLabConcurrentIdenticalGets(t *testing.T) {
 	var first protocol.GetAccepted
 	_, payload, _ := strings.Cut(replies[0], " ")
 	json.Unmarshal([]byte(payload), &first)
-	blk, _ := pem.Decode([]byte(first.CertificatePEM))
 	c.c.Disconnect(50)
-	nc := d.conn(blk.Bytes, key)
+	nc := d.conn(leafDER(t, first.CertificatePEM), key)
 	if a, j := ack(t, nc, d.ID, first.CertificateID); a.CertificateID != first.CertificateID {
 		t.Fatalf("ack of the first reply's certificate: %+v", j)
 	}

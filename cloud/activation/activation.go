@@ -17,7 +17,6 @@ import (
 
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/ports"
-	"github.com/bootcert/bootcert/manifest"
 	"github.com/bootcert/bootcert/protocol"
 )
 
@@ -39,9 +38,23 @@ type Certificate struct {
 	Status string `json:"status"`
 }
 
+// Registry is what the activation API needs of the AWS IoT registry
+// (ports.Registry has it all).
+type Registry interface {
+	DescribeThing(ctx context.Context, name string) (ports.Thing, error)
+	// CreateThing returns an error wrapping ports.ErrExists when the thing
+	// exists with other attributes.
+	CreateThing(ctx context.Context, name, thingType string, attrs map[string]string) error
+	UpdateThingAttributes(ctx context.Context, name string, attrs map[string]string) error
+	ListThingGroupsForThing(ctx context.Context, thing string) ([]string, error)
+	AddThingToGroup(ctx context.Context, group, thing string) error
+	ListThingPrincipals(ctx context.Context, thing string) ([]string, error)
+	DescribeCertificate(ctx context.Context, id string) (ports.Certificate, error)
+}
+
 // API serves the two routes.
 type API struct {
-	Registry ports.Registry
+	Registry Registry
 	Trust    *fleet.Trust
 	Settings fleet.Settings
 	Log      *slog.Logger
@@ -78,7 +91,7 @@ func (a *API) Handle(ctx context.Context, req events.APIGatewayV2HTTPRequest) ev
 	if id == "" && len(parts) >= 2 && parts[0] == "devices" {
 		id = parts[1]
 	}
-	if err := manifest.ValidDeviceID(id); err != nil {
+	if err := protocol.ValidThingName(id); err != nil {
 		return respond(http.StatusBadRequest, map[string]string{"error": err.Error()})
 	}
 	activate := strings.HasSuffix(strings.TrimRight(path, "/"), "/activation") || strings.HasSuffix(req.RouteKey, "/activation")
@@ -136,7 +149,11 @@ func (a *API) Activate(ctx context.Context, id string) (Device, error) {
 	default:
 		if b := t.Attributes[fleet.AttrBootstrap]; b != "" {
 			c, err := a.Registry.DescribeCertificate(ctx, b)
-			if err == nil && c.Status == ports.StatusRevoked && t.Attributes[fleet.AttrOperational] == "" {
+			switch {
+			case errors.Is(err, ports.ErrNotFound):
+			case err != nil:
+				return Device{}, fmt.Errorf("describing the bootstrap certificate %s of %s: %w", b, id, err)
+			case c.Status == ports.StatusRevoked && t.Attributes[fleet.AttrOperational] == "":
 				return Device{}, fmt.Errorf("%w: the bootstrap certificate %s of %s is revoked", fleet.ErrRevoked, b, id)
 			}
 		}

@@ -3,12 +3,15 @@ package activation_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/bootcert/bootcert/cloud/activation"
 	"github.com/bootcert/bootcert/cloud/activator"
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/internal/testbed"
+	"github.com/bootcert/bootcert/cloud/ports"
 	"github.com/bootcert/bootcert/manifest"
 )
 
@@ -62,4 +65,34 @@ func TestActivationAPI(t *testing.T) {
 	if !b.Reg.InGroup("bootcert-rotation", early) {
 		t.Errorf("not in the group")
 	}
+}
+
+// TestActivateFailsWhenTheBootstrapIsUnknown: a registry error while
+// checking the bootstrap certificate fails the request; the device is not
+// activated on a guess.
+func TestActivateFailsWhenTheBootstrapIsUnknown(t *testing.T) {
+	ctx := context.Background()
+	b := testbed.New(t, map[string]string{fleet.EnvExplicitActivation: "true"})
+	d := b.CA.Issue(t, "gw-1", b.Clock.Now())
+	b.SetAllowList(manifest.Entry{DeviceID: d.ID})
+	b.Register(d)
+	if res, _ := b.Activator().Handle(ctx, activator.Event{CertificateID: d.CertID}); res.Outcome != activator.Waiting {
+		t.Fatalf("activator: %+v", res)
+	}
+	api := b.Activation()
+	api.Registry = describeFails{api.Registry}
+	resp, err := api.HandleEvent(ctx, req("POST", "/devices/gw-1/activation"))
+	if err != nil || resp.StatusCode != 429 {
+		t.Fatalf("%d %s %v, want 429", resp.StatusCode, resp.Body, err)
+	}
+	if b.Reg.Attr(d.ID, fleet.AttrActivated) != "" || b.Reg.InGroup("bootcert-rotation", d.ID) {
+		t.Errorf("activated although its bootstrap certificate could not be checked")
+	}
+}
+
+// describeFails is a registry whose DescribeCertificate is throttled.
+type describeFails struct{ activation.Registry }
+
+func (describeFails) DescribeCertificate(context.Context, string) (ports.Certificate, error) {
+	return ports.Certificate{}, fmt.Errorf("DescribeCertificate: %w", ports.ErrThrottled)
 }

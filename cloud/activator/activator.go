@@ -16,6 +16,7 @@ import (
 
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/manifest"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -36,7 +37,7 @@ func ParseEvent(b []byte) (Event, error) {
 	if err := protocol.Decode("certificate registration event", b, &ev); err != nil {
 		return ev, err
 	}
-	if !fleet.ValidCertificateID(ev.CertificateID) {
+	if !protocol.ValidCertificateID(ev.CertificateID) {
 		return ev, fmt.Errorf("certificate registration event: certificateId %q is not 64 lower-hex digits", ev.CertificateID)
 	}
 	return ev, nil
@@ -68,13 +69,36 @@ type Rejection struct {
 	At            string `json:"at"`
 }
 
+// Registry is what the activator needs of the AWS IoT registry
+// (ports.Registry has it all).
+type Registry interface {
+	DescribeCertificate(ctx context.Context, id string) (ports.Certificate, error)
+	UpdateCertificate(ctx context.Context, id, status string) error
+	CreateCertificateFromCSR(ctx context.Context, csrPEM string, active bool) (ports.Certificate, error)
+	// CreateThing returns an error wrapping ports.ErrExists when the thing
+	// exists with other attributes.
+	CreateThing(ctx context.Context, name, thingType string, attrs map[string]string) error
+	DescribeThing(ctx context.Context, name string) (ports.Thing, error)
+	UpdateThingAttributes(ctx context.Context, name string, attrs map[string]string) error
+	AttachPolicy(ctx context.Context, policy, targetARN string) error
+	AttachThingPrincipal(ctx context.Context, thing, principalARN string) error
+	AddThingToGroup(ctx context.Context, group, thing string) error
+}
+
+// Store is what the activator needs of the bucket: the pre-provisioned
+// package and the rejection records.
+type Store interface {
+	Get(ctx context.Context, key, ifNoneMatch string) (ports.Object, error)
+	Put(ctx context.Context, key string, body []byte, metadata map[string]string) error
+}
+
 // Activator handles registration events.
 type Activator struct {
-	Registry ports.Registry
-	Store    ports.Store
+	Registry Registry
+	Store    Store
 	Trust    *fleet.Trust
 	Settings fleet.Settings
-	Clock    ports.Clock
+	Clock    clock.Clock
 	Log      *slog.Logger
 }
 
@@ -105,10 +129,11 @@ func (a *Activator) Handle(ctx context.Context, ev Event) (Result, error) {
 		a.Log.Info("jitr event ignored", "certificateId", ev.CertificateID, "status", cert.Status)
 		return res, nil
 	}
-	x, err := fleet.ParseCertificatePEM([]byte(cert.PEM))
+	chain, err := protocol.ParseChain([]byte(cert.PEM))
 	if err != nil {
 		return a.revoke(ctx, res, cert, "", reject("certificate %s: %v", cert.ID, err))
 	}
+	x := chain[0]
 	thing := x.Subject.CommonName
 	entry, err := a.check(ctx, cert, x, thing)
 	if err != nil {
@@ -157,7 +182,7 @@ func (a *Activator) Handle(ctx context.Context, ev Event) (Result, error) {
 }
 
 func (a *Activator) check(ctx context.Context, cert ports.Certificate, x *x509.Certificate, thing string) (manifest.Entry, error) {
-	if err := manifest.ValidDeviceID(thing); err != nil {
+	if err := protocol.ValidThingName(thing); err != nil {
 		return manifest.Entry{}, reject("certificate %s subject CN: %v", cert.ID, err)
 	}
 	if err := a.Trust.VerifyBootstrap(ctx, x, a.Clock.Now()); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/internal/testpki"
 	"github.com/bootcert/bootcert/cloud/ports"
 	"github.com/bootcert/bootcert/manifest"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 func TestActivator(t *testing.T) {
@@ -193,7 +194,7 @@ func FuzzParseEvent(f *testing.F) {
 	f.Add([]byte(base64.StdEncoding.EncodeToString([]byte("x"))))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ev, err := activator.ParseEvent(b)
-		if err == nil && !fleet.ValidCertificateID(ev.CertificateID) {
+		if err == nil && !protocol.ValidCertificateID(ev.CertificateID) {
 			t.Fatalf("accepted certificateId %q", ev.CertificateID)
 		}
 	})

@@ -18,6 +18,13 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/protocol"
+)
+
+var (
+	_ ports.Registry  = (*Registry)(nil)
+	_ ports.Store     = (*Store)(nil)
+	_ ports.Publisher = (*Publisher)(nil)
 )
 
 // Registry is ports.Registry over the AWS IoT control plane.
@@ -156,7 +163,8 @@ func (r *Registry) UpdateThingAttributes(ctx context.Context, name string, attrs
 	return mapErr("UpdateThing", name, err)
 }
 
-// ListThings implements ports.Registry.
+// ListThings implements ports.Registry: one page per call (the renewal scan
+// checks its deadline between pages, so no paginator here).
 func (r *Registry) ListThings(ctx context.Context, thingType, next string) ([]ports.Thing, string, error) {
 	in := &iot.ListThingsInput{MaxResults: aws.Int32(250)}
 	if thingType != "" {
@@ -200,21 +208,20 @@ func (r *Registry) DetachThingPrincipal(ctx context.Context, thing, principal st
 	return mapErr("DetachThingPrincipal", principal+" from "+thing, err)
 }
 
-// ListThingPrincipals implements ports.Registry.
+// ListThingPrincipals implements ports.Registry: every page, through the
+// SDK's paginator (nextToken,
+// https://docs.aws.amazon.com/iot/latest/apireference/API_ListThingPrincipals.html).
 func (r *Registry) ListThingPrincipals(ctx context.Context, thing string) ([]string, error) {
 	var all []string
-	in := &iot.ListThingPrincipalsInput{ThingName: aws.String(thing)}
-	for {
-		out, err := r.IoT.ListThingPrincipals(ctx, in)
+	p := iot.NewListThingPrincipalsPaginator(r.IoT, &iot.ListThingPrincipalsInput{ThingName: aws.String(thing)})
+	for p.HasMorePages() {
+		out, err := p.NextPage(ctx)
 		if err != nil {
 			return nil, mapErr("ListThingPrincipals", thing, err)
 		}
 		all = append(all, out.Principals...)
-		if aws.ToString(out.NextToken) == "" {
-			return all, nil
-		}
-		in.NextToken = out.NextToken
 	}
+	return all, nil
 }
 
 // AddThingToGroup implements ports.Registry.
@@ -229,27 +236,26 @@ func (r *Registry) RemoveThingFromGroup(ctx context.Context, group, thing string
 	return mapErr("RemoveThingFromThingGroup", thing+" from "+group, err)
 }
 
-// ListThingGroupsForThing implements ports.Registry.
+// ListThingGroupsForThing implements ports.Registry: every page, through
+// the SDK's paginator (nextToken,
+// https://docs.aws.amazon.com/iot/latest/apireference/API_ListThingGroupsForThing.html).
 func (r *Registry) ListThingGroupsForThing(ctx context.Context, thing string) ([]string, error) {
 	var all []string
-	in := &iot.ListThingGroupsForThingInput{ThingName: aws.String(thing)}
-	for {
-		out, err := r.IoT.ListThingGroupsForThing(ctx, in)
+	p := iot.NewListThingGroupsForThingPaginator(r.IoT, &iot.ListThingGroupsForThingInput{ThingName: aws.String(thing)})
+	for p.HasMorePages() {
+		out, err := p.NextPage(ctx)
 		if err != nil {
 			return nil, mapErr("ListThingGroupsForThing", thing, err)
 		}
 		for _, g := range out.ThingGroups {
 			all = append(all, aws.ToString(g.GroupName))
 		}
-		if aws.ToString(out.NextToken) == "" {
-			return all, nil
-		}
-		in.NextToken = out.NextToken
 	}
+	return all, nil
 }
 
 // JobExecutionStatus implements ports.Registry.
-func (r *Registry) JobExecutionStatus(ctx context.Context, jobID, thing string) (string, error) {
+func (r *Registry) JobExecutionStatus(ctx context.Context, jobID, thing string) (protocol.JobStatus, error) {
 	out, err := r.IoT.DescribeJobExecution(ctx, &iot.DescribeJobExecutionInput{JobId: aws.String(jobID), ThingName: aws.String(thing)})
 	if err != nil {
 		return "", mapErr("DescribeJobExecution", jobID+" of "+thing, err)
@@ -257,7 +263,7 @@ func (r *Registry) JobExecutionStatus(ctx context.Context, jobID, thing string) 
 	if out.Execution == nil {
 		return "", fmt.Errorf("DescribeJobExecution %s of %s: %w", jobID, thing, ports.ErrNotFound)
 	}
-	return string(out.Execution.Status), nil
+	return protocol.JobStatus(out.Execution.Status), nil
 }
 
 // DataEndpoint asks for the account's iot:Data-ATS endpoint.

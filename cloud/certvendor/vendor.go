@@ -12,7 +12,6 @@ package certvendor
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,10 +20,9 @@ import (
 	"strconv"
 	"time"
 
-	"crypto/sha256"
-
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/manifest"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -64,7 +62,7 @@ func ParseEvent(b []byte) (Event, error) {
 	if ev.Operation == "" {
 		ev.Operation = OpGet
 	}
-	if err := manifest.ValidDeviceID(ev.ThingName); err != nil {
+	if err := protocol.ValidThingName(ev.ThingName); err != nil {
 		return ev, fmt.Errorf("%w: thingName: %v", ErrEvent, err)
 	}
 	if ev.Operation != OpGet && ev.Operation != OpAck {
@@ -79,14 +77,50 @@ type Reply struct {
 	Payload json.RawMessage `json:"payload"`
 }
 
+// Registry is what the vendor needs of the AWS IoT registry
+// (ports.Registry has it all).
+type Registry interface {
+	DescribeThing(ctx context.Context, name string) (ports.Thing, error)
+	UpdateThingAttributes(ctx context.Context, name string, attrs map[string]string) error
+	ListThingPrincipals(ctx context.Context, thing string) ([]string, error)
+	ListThingGroupsForThing(ctx context.Context, thing string) ([]string, error)
+	RemoveThingFromGroup(ctx context.Context, group, thing string) error
+	JobExecutionStatus(ctx context.Context, jobID, thing string) (protocol.JobStatus, error)
+	DescribeCertificate(ctx context.Context, id string) (ports.Certificate, error)
+	CreateCertificateFromCSR(ctx context.Context, csrPEM string, active bool) (ports.Certificate, error)
+	UpdateCertificate(ctx context.Context, id, status string) error
+	DeleteCertificate(ctx context.Context, id string) error
+	AttachPolicy(ctx context.Context, policy, targetARN string) error
+	AttachThingPrincipal(ctx context.Context, thing, principalARN string) error
+}
+
+// Store is what the vendor needs of the bucket: issuance records and
+// certificate packages (see ports.Store for the semantics).
+type Store interface {
+	Get(ctx context.Context, key, ifNoneMatch string) (ports.Object, error)
+	Put(ctx context.Context, key string, body []byte, metadata map[string]string) error
+	// PutIfAbsent fails with ports.ErrExists when the key exists: of
+	// concurrent writers exactly one wins.
+	PutIfAbsent(ctx context.Context, key string, body []byte, metadata map[string]string) error
+	List(ctx context.Context, prefix string) ([]string, error)
+	Delete(ctx context.Context, key string) error
+	// Presign returns a GET URL whose query string is a credential.
+	Presign(ctx context.Context, key string, ttl time.Duration) (string, error)
+}
+
+// Publisher publishes the replies (QoS 1).
+type Publisher interface {
+	Publish(ctx context.Context, topic string, payload []byte) error
+}
+
 // Vendor handles get and ack.
 type Vendor struct {
-	Registry  ports.Registry
-	Store     ports.Store
-	Publisher ports.Publisher
+	Registry  Registry
+	Store     Store
+	Publisher Publisher
 	Trust     *fleet.Trust
 	Settings  fleet.Settings
-	Clock     ports.Clock
+	Clock     clock.Clock
 	Log       *slog.Logger
 }
 
@@ -165,7 +199,7 @@ func (v *Vendor) checkDevice(ctx context.Context, ev Event) (manifest.Entry, por
 	if err != nil {
 		return entry, thing, cert, err
 	}
-	if !fleet.ValidCertificateID(ev.Principal) {
+	if !protocol.ValidCertificateID(ev.Principal) {
 		return entry, thing, cert, rej(protocol.NotAllowed, "the request did not come over a certificate")
 	}
 	thing, err = v.Registry.DescribeThing(ctx, ev.ThingName)
@@ -214,11 +248,13 @@ func (v *Vendor) checkDevice(ctx context.Context, ev Event) (manifest.Entry, por
 				return entry, thing, cert, rej(protocol.Revoked, "the bootstrap certificate of %s is revoked", ev.ThingName)
 			}
 		}
-		x, perr := fleet.ParseCertificatePEM([]byte(c.PEM))
+		chain, perr := protocol.ParseChain([]byte(c.PEM))
 		if perr != nil {
+			// The registry's PEM: AWS-issued, never the device's word.
+			v.Log.Warn("registry certificate PEM does not parse: CRL not checked", "thing", ev.ThingName, "certificateId", id, "err", perr)
 			continue
 		}
-		revoked, err := v.Trust.Revoked(ctx, x)
+		revoked, err := v.Trust.Revoked(ctx, chain[0])
 		if err != nil {
 			return entry, thing, cert, err
 		}
@@ -250,7 +286,7 @@ func (v *Vendor) rotationPending(ctx context.Context, ev Event) error {
 	if err != nil {
 		return err
 	}
-	if st != ports.JobQueued && st != ports.JobInProgress {
+	if !st.Pending() {
 		return rej(protocol.NoRotationPending, "execution of job %s for %s is %s", ev.JobID, ev.ThingName, st)
 	}
 	return nil
@@ -354,7 +390,7 @@ func (v *Vendor) recorded(ctx context.Context, recKey string) (ports.Certificate
 		return ports.Certificate{}, fmt.Errorf("reading issuance record %s: %w", recKey, err)
 	}
 	var rec fleet.Issuance
-	if err := json.Unmarshal(obj.Body, &rec); err != nil || !fleet.ValidCertificateID(rec.CertificateID) {
+	if err := json.Unmarshal(obj.Body, &rec); err != nil || !protocol.ValidCertificateID(rec.CertificateID) {
 		return ports.Certificate{}, fmt.Errorf("issuance record %s is corrupt (delete it to issue again): %v", recKey, err)
 	}
 	c, err := v.Registry.DescribeCertificate(ctx, rec.CertificateID)
@@ -373,8 +409,10 @@ func (v *Vendor) recorded(ctx context.Context, recKey string) (ports.Certificate
 // record writes the issuance record if there is none (conditional write:
 // of concurrent writers exactly one succeeds, the others get ErrExists).
 func (v *Vendor) record(ctx context.Context, recKey string, ev Event, csrDER []byte, certID string) error {
-	sum := sha256.Sum256(csrDER)
-	rec, _ := json.Marshal(fleet.Issuance{Thing: ev.ThingName, JobID: ev.JobID, CSRSHA256: hex.EncodeToString(sum[:]), CertificateID: certID, IssuedAt: v.Clock.Now().UTC().Format(time.RFC3339)})
+	rec, err := json.Marshal(fleet.Issuance{Thing: ev.ThingName, JobID: ev.JobID, CSRSHA256: fleet.CSRSHA256(csrDER), CertificateID: certID, IssuedAt: v.Clock.Now().UTC().Format(time.RFC3339)})
+	if err != nil {
+		return fmt.Errorf("encoding issuance record %s: %w", recKey, err)
+	}
 	if err := v.Store.PutIfAbsent(ctx, recKey, rec, map[string]string{fleet.MetaCertificateID: certID}); err != nil {
 		return fmt.Errorf("writing issuance record s3://%s/%s: %w", v.Settings.Bucket, recKey, err)
 	}
@@ -447,7 +485,7 @@ func (v *Vendor) activatePreProvisioned(ctx context.Context, thing string) (port
 		return ports.Certificate{}, "", err
 	}
 	id := obj.Metadata[fleet.MetaCertificateID]
-	if !fleet.ValidCertificateID(id) {
+	if !protocol.ValidCertificateID(id) {
 		return ports.Certificate{}, "", fmt.Errorf("package s3://%s/%s has no valid %s metadata", v.Settings.Bucket, key, fleet.MetaCertificateID)
 	}
 	principals, err := v.Registry.ListThingPrincipals(ctx, thing)
@@ -475,7 +513,7 @@ func (v *Vendor) activatePreProvisioned(ctx context.Context, thing string) (port
 }
 
 func (v *Vendor) ack(ctx context.Context, ev Event) (any, error) {
-	if !fleet.ValidCertificateID(ev.CertificateID) {
+	if !protocol.ValidCertificateID(ev.CertificateID) {
 		return nil, rej(protocol.NotAllowed, "certificateId is missing or malformed")
 	}
 	if ev.Principal != ev.CertificateID {
@@ -517,9 +555,9 @@ func (v *Vendor) ack(ctx context.Context, ev Event) (any, error) {
 		if attrs[fleet.AttrPrevious] == "" {
 			attrs[fleet.AttrPrevious] = "none"
 		}
-		if x, err := fleet.ParseCertificatePEM([]byte(cert.PEM)); err == nil {
-			attrs[fleet.AttrNotBefore] = strconv.FormatInt(x.NotBefore.Unix(), 10)
-			attrs[fleet.AttrNotAfter] = strconv.FormatInt(x.NotAfter.Unix(), 10)
+		if chain, err := protocol.ParseChain([]byte(cert.PEM)); err == nil {
+			attrs[fleet.AttrNotBefore] = strconv.FormatInt(chain[0].NotBefore.Unix(), 10)
+			attrs[fleet.AttrNotAfter] = strconv.FormatInt(chain[0].NotAfter.Unix(), 10)
 		}
 		if err := v.Registry.UpdateThingAttributes(ctx, ev.ThingName, attrs); err != nil {
 			return nil, err

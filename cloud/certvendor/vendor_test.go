@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bootcert/bootcert/cloud/activator"
 	"github.com/bootcert/bootcert/cloud/certvendor"
 	"github.com/bootcert/bootcert/cloud/fleet"
+	"github.com/bootcert/bootcert/cloud/internal/fake"
 	"github.com/bootcert/bootcert/cloud/internal/testbed"
 	"github.com/bootcert/bootcert/cloud/internal/testpki"
 	"github.com/bootcert/bootcert/cloud/ports"
@@ -37,7 +39,7 @@ func newRig(t testing.TB, env map[string]string, entry func(d *testpki.Device) m
 	if res, err := b.Activator().Handle(context.Background(), activator.Event{CertificateID: d.CertID}); err != nil || res.Outcome == activator.Rejected {
 		t.Fatalf("activator: %+v %v", res, err)
 	}
-	b.Reg.SetJob(d.ID, job, ports.JobInProgress)
+	b.Reg.SetJob(d.ID, job, protocol.JobInProgress)
 	return &rig{b: b, dev: d}
 }
 
@@ -76,7 +78,7 @@ func TestGetIssues(t *testing.T) {
 	if rep.Topic != "certificates/gw-0001/get/accepted" {
 		t.Fatalf("topic %s (%+v)", rep.Topic, rej)
 	}
-	if acc.ClientToken != "tok-1" || !fleet.ValidCertificateID(acc.CertificateID) || !strings.Contains(acc.CertificatePEM, "BEGIN CERTIFICATE") || !strings.HasPrefix(acc.Location, "https://") {
+	if acc.ClientToken != "tok-1" || !protocol.ValidCertificateID(acc.CertificateID) || !strings.Contains(acc.CertificatePEM, "BEGIN CERTIFICATE") || !strings.HasPrefix(acc.Location, "https://") {
 		t.Fatalf("accepted %+v", acc)
 	}
 	if r.b.Reg.Status(acc.CertificateID) != ports.StatusActive {
@@ -119,6 +121,7 @@ func TestGetIsIdempotent(t *testing.T) {
 func TestGetThrottled(t *testing.T) {
 	t.Run("ok/retried-inside-deadline", func(t *testing.T) {
 		r := newRig(t, nil, nil)
+		fake.DriveClock(t, r.b.Clock, 10*time.Millisecond)
 		r.b.Reg.Throttle = 6
 		_, acc, rej := r.get(t, testpki.CSR(t, r.dev.ID, nil), nil)
 		if acc.CertificateID == "" {
@@ -127,10 +130,16 @@ func TestGetThrottled(t *testing.T) {
 	})
 	t.Run("fail/throttled-past-deadline", func(t *testing.T) {
 		r := newRig(t, nil, nil)
+		fake.DriveClock(t, r.b.Clock, 100*time.Millisecond)
+		start := r.b.Clock.Now()
 		r.b.Reg.Throttle = 1 << 20
 		_, _, rej := r.get(t, testpki.CSR(t, r.dev.ID, nil), nil)
 		if rej.Code != protocol.Throttled || !rej.Retryable {
 			t.Fatalf("rejected %+v, want THROTTLED retryable", rej)
+		}
+		// Backoff's default budget is 10 s, 0.5 s of it kept to reply.
+		if waited := r.b.Clock.Now().Sub(start); waited < 5*time.Second || waited > 9500*time.Millisecond {
+			t.Errorf("gave up after %v of backoff, want within the 10 s budget less the 0.5 s margin", waited)
 		}
 	})
 }
@@ -161,7 +170,7 @@ func TestGetRejections(t *testing.T) {
 			prepare: func(t *testing.T, r *rig) { r.b.SetCRL(r.dev) }},
 		{name: "fail/not-activated", code: protocol.NotActivated, env: map[string]string{fleet.EnvExplicitActivation: "true"}},
 		{name: "fail/no-rotation-pending/job-done", code: protocol.NoRotationPending,
-			prepare: func(t *testing.T, r *rig) { r.b.Reg.SetJob(r.dev.ID, job, ports.JobSucceeded) }},
+			prepare: func(t *testing.T, r *rig) { r.b.Reg.SetJob(r.dev.ID, job, protocol.JobSucceeded) }},
 		{name: "fail/no-rotation-pending/not-in-group", code: protocol.NoRotationPending,
 			prepare: func(t *testing.T, r *rig) {
 				r.b.Reg.RemoveThingFromGroup(context.Background(), "bootcert-rotation", r.dev.ID)
@@ -329,7 +338,7 @@ func FuzzParseEvent(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if manifest.ValidDeviceID(ev.ThingName) != nil || (ev.Operation != "get" && ev.Operation != "ack") {
+		if protocol.ValidThingName(ev.ThingName) != nil || (ev.Operation != "get" && ev.Operation != "ack") {
 			t.Fatalf("accepted %+v", ev)
 		}
 	})
@@ -338,7 +347,7 @@ func FuzzParseEvent(f *testing.F) {
 // racingStore lets another instance answer an identical request between
 // this one's "already issued?" check and its issuance record write.
 type racingStore struct {
-	ports.Store
+	certvendor.Store
 	before func()
 }
 

@@ -11,7 +11,6 @@ import (
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/internal/fake"
 	"github.com/bootcert/bootcert/cloud/internal/testpki"
-	"github.com/bootcert/bootcert/cloud/ports"
 	"github.com/bootcert/bootcert/manifest"
 )
 
@@ -163,5 +162,3 @@ func FuzzCheckCSR(f *testing.F) {
 		}
 	})
 }
-
-var _ = ports.ErrNotFound

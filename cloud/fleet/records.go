@@ -51,8 +51,14 @@ func PackageKey(thing, name string) string { return PackagePrefix + thing + "/" 
 
 // IssuanceKey is the S3 key of the issuance record for (thing, job, CSR).
 func IssuanceKey(thing, jobID string, csrDER []byte) string {
+	return IssuancePrefix + thing + "/" + jobID + "/" + CSRSHA256(csrDER) + ".json"
+}
+
+// CSRSHA256 is the lower-hex SHA-256 of a CSR's DER, which names its
+// issuance record.
+func CSRSHA256(csrDER []byte) string {
 	sum := sha256.Sum256(csrDER)
-	return IssuancePrefix + thing + "/" + jobID + "/" + hex.EncodeToString(sum[:]) + ".json"
+	return hex.EncodeToString(sum[:])
 }
 
 // IssuanceJobPrefix lists all issuance records of one job execution.
@@ -77,17 +83,4 @@ func CertARNID(arn string) string {
 		return ""
 	}
 	return arn[i+len(":cert/"):]
-}
-
-// ValidCertificateID reports whether s is 64 lower-hex digits.
-func ValidCertificateID(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }

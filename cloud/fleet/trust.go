@@ -16,6 +16,7 @@ import (
 
 	"github.com/bootcert/bootcert/cloud/ports"
 	"github.com/bootcert/bootcert/manifest"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // Check failures. Handlers map them to rejection codes.
@@ -29,10 +30,17 @@ var (
 // MaxCRL bounds the CRL read from the store.
 const MaxCRL = 16 << 20
 
+// ObjectReader is what Trust needs of the bucket (ports.Store has it).
+type ObjectReader interface {
+	// Get reads an object; when ifNoneMatch is its current ETag it returns
+	// an error wrapping ports.ErrNotModified.
+	Get(ctx context.Context, key, ifNoneMatch string) (ports.Object, error)
+}
+
 // Trust reads the allow list, factory CA and CRL from the store and caches
 // them by ETag across invocations (a Lambda container keeps it warm).
 type Trust struct {
-	Store    ports.Store
+	Store    ObjectReader
 	Settings Settings
 
 	mu    sync.Mutex
@@ -47,7 +55,7 @@ type cached[T any] struct {
 	ok   bool
 }
 
-func load[T any](ctx context.Context, st ports.Store, key string, c *cached[T], parse func([]byte) (T, error)) (T, error) {
+func load[T any](ctx context.Context, st ObjectReader, key string, c *cached[T], parse func([]byte) (T, error)) (T, error) {
 	etag := ""
 	if c.ok {
 		etag = c.etag
@@ -92,11 +100,17 @@ func (t *Trust) Lookup(ctx context.Context, thing string) (manifest.Entry, error
 	return e, nil
 }
 
-// CA returns the factory CA certificate.
+// CA returns the factory CA certificate (the first of the object's PEM).
 func (t *Trust) CA(ctx context.Context) (*x509.Certificate, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return load(ctx, t.Store, t.Settings.CAKey, &t.ca, ParseCertificatePEM)
+	return load(ctx, t.Store, t.Settings.CAKey, &t.ca, func(b []byte) (*x509.Certificate, error) {
+		chain, err := protocol.ParseChain(b)
+		if err != nil {
+			return nil, err
+		}
+		return chain[0], nil
+	})
 }
 
 // Revoked reports whether a certificate issued by the factory CA is on the
@@ -155,24 +169,6 @@ func ParseCRL(b []byte, ca *x509.Certificate) (map[string]bool, error) {
 		}
 	}
 	return out, nil
-}
-
-// ParseCertificatePEM parses the first CERTIFICATE block of b.
-func ParseCertificatePEM(b []byte) (*x509.Certificate, error) {
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return nil, errors.New("no PEM CERTIFICATE block")
-		}
-		if blk.Type == "CERTIFICATE" {
-			c, err := x509.ParseCertificate(blk.Bytes)
-			if err != nil {
-				return nil, fmt.Errorf("parsing certificate: %w", err)
-			}
-			return c, nil
-		}
-	}
 }
 
 // VerifyBootstrap checks that cert was issued by the factory CA and is valid

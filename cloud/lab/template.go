@@ -14,7 +14,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/registry"
 	"github.com/bootcert/bootcert/cloud/lab/rules"
 	"github.com/bootcert/bootcert/cloud/lab/template"
-	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/internal/clock"
 )
 
 // loadTemplate applies the template like a stack deployment would, without
@@ -176,8 +176,8 @@ func republishTopic(tmpl string, m broker.Message) string {
 
 // functionClock gives the functions the lab's clock; a Clock without After
 // (backoff waits) uses real time for waiting.
-func functionClock(c Clock) ports.Clock {
-	if pc, ok := c.(ports.Clock); ok {
+func functionClock(c Clock) clock.Clock {
+	if pc, ok := c.(clock.Clock); ok {
 		return pc
 	}
 	return clockWithAfter{c}

@@ -1,13 +1,19 @@
-// Package ports declares the small interfaces the cloud functions need from
-// the outside world: the AWS IoT registry (control plane), an object store
-// (S3), a publisher (IoT data plane) and a clock. cloud/aws implements them
-// over aws-sdk-go-v2; unit tests use hand-written fakes.
+// Package ports is the contract of the cloud functions' adapters: the AWS IoT
+// registry (control plane), an object store (S3) and a publisher (IoT data
+// plane), with the values they return and the sentinel errors they map
+// failures to. cloud/aws implements them over aws-sdk-go-v2 and
+// cloud/internal/fake in memory for unit tests. Each function declares the
+// narrow interface it uses in its own package (renewal.Registry has 2 of
+// Registry's methods); these are the union, which the adapters satisfy and
+// RetryingRegistry wraps. Time is internal/clock.
 package ports
 
 import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // Sentinel errors every adapter maps its failures to (wrapped with context).
@@ -30,18 +36,6 @@ const (
 	StatusPendingActivation = "PENDING_ACTIVATION"
 )
 
-// Job execution status values (AWS IoT Jobs).
-const (
-	JobQueued     = "QUEUED"
-	JobInProgress = "IN_PROGRESS"
-	JobSucceeded  = "SUCCEEDED"
-	JobFailed     = "FAILED"
-	JobTimedOut   = "TIMED_OUT"
-	JobCanceled   = "CANCELED"
-	JobRejected   = "REJECTED"
-	JobRemoved    = "REMOVED"
-)
-
 // Certificate is what the registry knows about a device certificate.
 type Certificate struct {
 	ID              string // lower-hex SHA-256 of the DER
@@ -59,7 +53,8 @@ type Thing struct {
 	Version    int64
 }
 
-// Registry is the subset of the AWS IoT control plane the functions use.
+// Registry is the part of the AWS IoT control plane the functions use, all
+// of them together.
 type Registry interface {
 	DescribeCertificate(ctx context.Context, id string) (Certificate, error)
 	UpdateCertificate(ctx context.Context, id, status string) error
@@ -86,7 +81,7 @@ type Registry interface {
 	ListThingGroupsForThing(ctx context.Context, thing string) ([]string, error)
 
 	// JobExecutionStatus returns the status of a thing's execution of a job.
-	JobExecutionStatus(ctx context.Context, jobID, thing string) (string, error)
+	JobExecutionStatus(ctx context.Context, jobID, thing string) (protocol.JobStatus, error)
 }
 
 // Object is an object read from the store.
@@ -118,18 +113,3 @@ type Store interface {
 type Publisher interface {
 	Publish(ctx context.Context, topic string, payload []byte) error
 }
-
-// Clock is injected time.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-// SystemClock is the real clock.
-type SystemClock struct{}
-
-// Now is time.Now.
-func (SystemClock) Now() time.Time { return time.Now() }
-
-// After is time.After.
-func (SystemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"time"
+
+	"github.com/bootcert/bootcert/internal/clock"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // Backoff retries throttled calls with exponential backoff and full jitter,
@@ -13,7 +16,7 @@ import (
 // context has none). It gives up with the last error, which still wraps
 // ErrThrottled, so the caller can answer THROTTLED with retryable: true.
 type Backoff struct {
-	Clock  Clock
+	Clock  clock.Clock   // default clock.Real
 	Base   time.Duration // first cap, default 50 ms
 	Max    time.Duration // largest cap, default 2 s
 	Budget time.Duration // used when ctx has no deadline, default 10 s
@@ -24,7 +27,7 @@ type Backoff struct {
 
 func (b Backoff) withDefaults() Backoff {
 	if b.Clock == nil {
-		b.Clock = SystemClock{}
+		b.Clock = clock.Real{}
 	}
 	if b.Base <= 0 {
 		b.Base = 50 * time.Millisecond
@@ -83,10 +86,6 @@ type retrying struct {
 	b Backoff
 }
 
-func do0(ctx context.Context, b Backoff, what string, fn func() error) error {
-	return b.Do(ctx, what, fn)
-}
-
 func do1[T any](ctx context.Context, b Backoff, what string, fn func() (T, error)) (T, error) {
 	var v T
 	err := b.Do(ctx, what, func() error {
@@ -101,22 +100,22 @@ func (x retrying) DescribeCertificate(ctx context.Context, id string) (Certifica
 	return do1(ctx, x.b, "DescribeCertificate", func() (Certificate, error) { return x.r.DescribeCertificate(ctx, id) })
 }
 func (x retrying) UpdateCertificate(ctx context.Context, id, status string) error {
-	return do0(ctx, x.b, "UpdateCertificate", func() error { return x.r.UpdateCertificate(ctx, id, status) })
+	return x.b.Do(ctx, "UpdateCertificate", func() error { return x.r.UpdateCertificate(ctx, id, status) })
 }
 func (x retrying) DeleteCertificate(ctx context.Context, id string) error {
-	return do0(ctx, x.b, "DeleteCertificate", func() error { return x.r.DeleteCertificate(ctx, id) })
+	return x.b.Do(ctx, "DeleteCertificate", func() error { return x.r.DeleteCertificate(ctx, id) })
 }
 func (x retrying) CreateCertificateFromCSR(ctx context.Context, csrPEM string, active bool) (Certificate, error) {
 	return do1(ctx, x.b, "CreateCertificateFromCsr", func() (Certificate, error) { return x.r.CreateCertificateFromCSR(ctx, csrPEM, active) })
 }
 func (x retrying) CreateThing(ctx context.Context, name, thingType string, attrs map[string]string) error {
-	return do0(ctx, x.b, "CreateThing", func() error { return x.r.CreateThing(ctx, name, thingType, attrs) })
+	return x.b.Do(ctx, "CreateThing", func() error { return x.r.CreateThing(ctx, name, thingType, attrs) })
 }
 func (x retrying) DescribeThing(ctx context.Context, name string) (Thing, error) {
 	return do1(ctx, x.b, "DescribeThing", func() (Thing, error) { return x.r.DescribeThing(ctx, name) })
 }
 func (x retrying) UpdateThingAttributes(ctx context.Context, name string, attrs map[string]string) error {
-	return do0(ctx, x.b, "UpdateThing", func() error { return x.r.UpdateThingAttributes(ctx, name, attrs) })
+	return x.b.Do(ctx, "UpdateThing", func() error { return x.r.UpdateThingAttributes(ctx, name, attrs) })
 }
 func (x retrying) ListThings(ctx context.Context, thingType, next string) ([]Thing, string, error) {
 	var things []Thing
@@ -129,29 +128,29 @@ func (x retrying) ListThings(ctx context.Context, thingType, next string) ([]Thi
 	return things, n, err
 }
 func (x retrying) AttachPolicy(ctx context.Context, policy, target string) error {
-	return do0(ctx, x.b, "AttachPolicy", func() error { return x.r.AttachPolicy(ctx, policy, target) })
+	return x.b.Do(ctx, "AttachPolicy", func() error { return x.r.AttachPolicy(ctx, policy, target) })
 }
 func (x retrying) DetachPolicy(ctx context.Context, policy, target string) error {
-	return do0(ctx, x.b, "DetachPolicy", func() error { return x.r.DetachPolicy(ctx, policy, target) })
+	return x.b.Do(ctx, "DetachPolicy", func() error { return x.r.DetachPolicy(ctx, policy, target) })
 }
 func (x retrying) AttachThingPrincipal(ctx context.Context, thing, principal string) error {
-	return do0(ctx, x.b, "AttachThingPrincipal", func() error { return x.r.AttachThingPrincipal(ctx, thing, principal) })
+	return x.b.Do(ctx, "AttachThingPrincipal", func() error { return x.r.AttachThingPrincipal(ctx, thing, principal) })
 }
 func (x retrying) DetachThingPrincipal(ctx context.Context, thing, principal string) error {
-	return do0(ctx, x.b, "DetachThingPrincipal", func() error { return x.r.DetachThingPrincipal(ctx, thing, principal) })
+	return x.b.Do(ctx, "DetachThingPrincipal", func() error { return x.r.DetachThingPrincipal(ctx, thing, principal) })
 }
 func (x retrying) ListThingPrincipals(ctx context.Context, thing string) ([]string, error) {
 	return do1(ctx, x.b, "ListThingPrincipals", func() ([]string, error) { return x.r.ListThingPrincipals(ctx, thing) })
 }
 func (x retrying) AddThingToGroup(ctx context.Context, group, thing string) error {
-	return do0(ctx, x.b, "AddThingToThingGroup", func() error { return x.r.AddThingToGroup(ctx, group, thing) })
+	return x.b.Do(ctx, "AddThingToThingGroup", func() error { return x.r.AddThingToGroup(ctx, group, thing) })
 }
 func (x retrying) RemoveThingFromGroup(ctx context.Context, group, thing string) error {
-	return do0(ctx, x.b, "RemoveThingFromThingGroup", func() error { return x.r.RemoveThingFromGroup(ctx, group, thing) })
+	return x.b.Do(ctx, "RemoveThingFromThingGroup", func() error { return x.r.RemoveThingFromGroup(ctx, group, thing) })
 }
 func (x retrying) ListThingGroupsForThing(ctx context.Context, thing string) ([]string, error) {
 	return do1(ctx, x.b, "ListThingGroupsForThing", func() ([]string, error) { return x.r.ListThingGroupsForThing(ctx, thing) })
 }
-func (x retrying) JobExecutionStatus(ctx context.Context, jobID, thing string) (string, error) {
-	return do1(ctx, x.b, "DescribeJobExecution", func() (string, error) { return x.r.JobExecutionStatus(ctx, jobID, thing) })
+func (x retrying) JobExecutionStatus(ctx context.Context, jobID, thing string) (protocol.JobStatus, error) {
+	return do1(ctx, x.b, "DescribeJobExecution", func() (protocol.JobStatus, error) { return x.r.JobExecutionStatus(ctx, jobID, thing) })
 }

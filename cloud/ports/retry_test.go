@@ -4,18 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/bootcert/bootcert/cloud/internal/fake"
 	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/internal/clock"
 )
 
 func TestBackoff(t *testing.T) {
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	throttled := fmt.Errorf("x: %w", ports.ErrThrottled)
 	t.Run("ok/retries-until-success", func(t *testing.T) {
-		c := &fake.Clock{T: start}
+		c := clock.NewFake(start)
+		fake.DriveClock(t, c, 10*time.Millisecond)
 		n := 0
 		err := ports.Backoff{Clock: c}.Do(context.Background(), "op", func() error {
 			if n++; n < 5 {
@@ -30,14 +33,15 @@ func TestBackoff(t *testing.T) {
 	t.Run("ok/other-errors-not-retried", func(t *testing.T) {
 		n := 0
 		boom := errors.New("boom")
-		err := ports.Backoff{Clock: &fake.Clock{T: start}}.Do(context.Background(), "op", func() error { n++; return boom })
+		err := ports.Backoff{Clock: clock.NewFake(start)}.Do(context.Background(), "op", func() error { n++; return boom })
 		if !errors.Is(err, boom) || n != 1 {
 			t.Fatalf("err %v after %d calls", err, n)
 		}
 	})
 	t.Run("fail/gives-up-before-the-deadline", func(t *testing.T) {
 		start := time.Now() // the context's deadline runs on the real clock
-		c := &fake.Clock{T: start}
+		c := clock.NewFake(start)
+		fake.DriveClock(t, c, 10*time.Millisecond)
 		ctx, cancel := context.WithDeadline(context.Background(), start.Add(3*time.Second))
 		defer cancel()
 		n := 0
@@ -55,7 +59,8 @@ func TestBackoff(t *testing.T) {
 		}
 	})
 	t.Run("ok/caps-the-wait", func(t *testing.T) {
-		c := &fake.Clock{T: start}
+		c := clock.NewFake(start)
+		fake.DriveClock(t, c, 10*time.Millisecond)
 		var waits []time.Duration
 		last := start
 		n := 0
@@ -67,10 +72,11 @@ func TestBackoff(t *testing.T) {
 			}
 			return nil
 		})
-		for _, w := range waits {
-			if w > 400*time.Millisecond {
-				t.Fatalf("waited %v, cap 400ms", w)
-			}
+		// The maximum draw waits exactly each cap: 50, 100, 200, then 400 ms.
+		want := []time.Duration{0, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond,
+			400 * time.Millisecond, 400 * time.Millisecond, 400 * time.Millisecond, 400 * time.Millisecond}
+		if !slices.Equal(waits, want) {
+			t.Fatalf("waited %v, want %v", waits, want)
 		}
 	})
 }
@@ -79,7 +85,9 @@ func TestRetryingRegistry(t *testing.T) {
 	r := fake.NewRegistry()
 	r.CreateThing(context.Background(), "gw", "", nil)
 	r.Throttle = 3
-	reg := ports.RetryingRegistry(r, ports.Backoff{Clock: &fake.Clock{T: time.Unix(0, 0)}})
+	c := clock.NewFake(time.Unix(0, 0))
+	fake.DriveClock(t, c, 10*time.Millisecond)
+	reg := ports.RetryingRegistry(r, ports.Backoff{Clock: c})
 	if _, err := reg.DescribeThing(context.Background(), "gw"); err != nil {
 		t.Fatal(err)
 	}

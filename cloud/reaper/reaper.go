@@ -16,21 +16,20 @@ import (
 
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/ports"
-	"github.com/bootcert/bootcert/manifest"
 	"github.com/bootcert/bootcert/protocol"
 )
 
 // Event is an AWS IoT job execution event.
 type Event struct {
-	EventType     string            `json:"eventType"`
-	EventID       string            `json:"eventId"`
-	Timestamp     int64             `json:"timestamp"`
-	Operation     string            `json:"operation"`
-	JobID         string            `json:"jobId"`
-	ThingArn      string            `json:"thingArn"`
-	ThingName     string            `json:"thingName"`
-	Status        string            `json:"status"`
-	StatusDetails map[string]string `json:"statusDetails"`
+	EventType     string             `json:"eventType"`
+	EventID       string             `json:"eventId"`
+	Timestamp     int64              `json:"timestamp"`
+	Operation     string             `json:"operation"`
+	JobID         string             `json:"jobId"`
+	ThingArn      string             `json:"thingArn"`
+	ThingName     string             `json:"thingName"`
+	Status        protocol.JobStatus `json:"status"`
+	StatusDetails map[string]string  `json:"statusDetails"`
 }
 
 // ParseEvent decodes an event and fills ThingName from thingArn.
@@ -44,34 +43,56 @@ func ParseEvent(b []byte) (Event, error) {
 			ev.ThingName = ev.ThingArn[i+len(":thing/"):]
 		}
 	}
-	if err := manifest.ValidDeviceID(ev.ThingName); err != nil {
+	if err := protocol.ValidThingName(ev.ThingName); err != nil {
 		return ev, fmt.Errorf("job execution event: thing: %v", err)
 	}
 	if ev.JobID == "" {
 		return ev, errors.New("job execution event: jobId is missing")
 	}
-	ev.Status = strings.ToUpper(ev.Status)
+	ev.Status = protocol.JobStatus(strings.ToUpper(string(ev.Status)))
 	if ev.Status == "" {
-		ev.Status = strings.ToUpper(ev.Operation)
+		ev.Status = protocol.JobStatus(strings.ToUpper(ev.Operation))
 	}
 	return ev, nil
 }
 
 // Result says what the reaper did.
 type Result struct {
-	Thing     string   `json:"thing"`
-	JobID     string   `json:"jobId"`
-	Status    string   `json:"status"`
-	Committed bool     `json:"committed"`
-	Retired   []string `json:"retired,omitempty"`
-	Alert     string   `json:"alert,omitempty"`
-	Ignored   string   `json:"ignored,omitempty"`
+	Thing     string             `json:"thing"`
+	JobID     string             `json:"jobId"`
+	Status    protocol.JobStatus `json:"status"`
+	Committed bool               `json:"committed"`
+	Retired   []string           `json:"retired,omitempty"`
+	Alert     string             `json:"alert,omitempty"`
+	Ignored   string             `json:"ignored,omitempty"`
+}
+
+// Registry is what the reaper needs of the AWS IoT registry
+// (ports.Registry has it all).
+type Registry interface {
+	DescribeThing(ctx context.Context, name string) (ports.Thing, error)
+	UpdateThingAttributes(ctx context.Context, name string, attrs map[string]string) error
+	RemoveThingFromGroup(ctx context.Context, group, thing string) error
+	DescribeCertificate(ctx context.Context, id string) (ports.Certificate, error)
+	UpdateCertificate(ctx context.Context, id, status string) error
+	DetachPolicy(ctx context.Context, policy, targetARN string) error
+	DetachThingPrincipal(ctx context.Context, thing, principalARN string) error
+	// DeleteCertificate deletes an INACTIVE or REVOKED, detached certificate.
+	DeleteCertificate(ctx context.Context, id string) error
+}
+
+// Store is what the reaper needs of the bucket: the issuance records and
+// the packages.
+type Store interface {
+	Get(ctx context.Context, key, ifNoneMatch string) (ports.Object, error)
+	List(ctx context.Context, prefix string) ([]string, error)
+	Delete(ctx context.Context, key string) error
 }
 
 // Reaper handles job execution events.
 type Reaper struct {
-	Registry ports.Registry
-	Store    ports.Store
+	Registry Registry
+	Store    Store
 	Settings fleet.Settings
 	Log      *slog.Logger
 }
@@ -80,10 +101,8 @@ type Reaper struct {
 // certificates already retired.
 func (r *Reaper) Handle(ctx context.Context, ev Event) (Result, error) {
 	res := Result{Thing: ev.ThingName, JobID: ev.JobID, Status: ev.Status}
-	switch ev.Status {
-	case ports.JobSucceeded, ports.JobFailed, ports.JobTimedOut, ports.JobCanceled, ports.JobRejected, ports.JobRemoved:
-	default:
-		res.Ignored = "status " + ev.Status + " is not terminal"
+	if !ev.Status.Terminal() {
+		res.Ignored = "status " + string(ev.Status) + " is not terminal"
 		return res, nil
 	}
 	thing, err := r.Registry.DescribeThing(ctx, ev.ThingName)
@@ -104,7 +123,7 @@ func (r *Reaper) Handle(ctx context.Context, ev Event) (Result, error) {
 	keep := func(id string) bool { return id == "" || id == "none" || id == bootstrap || id == op }
 
 	switch {
-	case res.Committed && (ev.Status == ports.JobSucceeded || ev.Status == ports.JobCanceled || ev.Status == ports.JobRemoved):
+	case res.Committed && (ev.Status == protocol.JobSucceeded || ev.Status == protocol.JobCanceled || ev.Status == protocol.JobRemoved):
 		// The previous operational certificate, from the registry (never
 		// from the device), and any other certificate issued for this job
 		// and never committed.
@@ -133,7 +152,7 @@ func (r *Reaper) Handle(ctx context.Context, ev Event) (Result, error) {
 		// device may still hold either certificate. Keep both.
 		res.Alert = fmt.Sprintf("job %s of %s ended %s after the commit: keeping certificates %s and %s; check the device", ev.JobID, ev.ThingName, ev.Status, op, thing.Attributes[fleet.AttrPrevious])
 		r.Log.Error("ALERT rotation ended after commit", "thing", ev.ThingName, "jobId", ev.JobID, "status", ev.Status, "operationalCert", op, "previousCert", thing.Attributes[fleet.AttrPrevious])
-	case ev.Status == ports.JobSucceeded:
+	case ev.Status == protocol.JobSucceeded:
 		res.Alert = fmt.Sprintf("job %s of %s SUCCEEDED without a committed certificate: nothing retired", ev.JobID, ev.ThingName)
 		r.Log.Error("ALERT job succeeded without commit", "thing", ev.ThingName, "jobId", ev.JobID)
 	default:
@@ -141,9 +160,16 @@ func (r *Reaper) Handle(ctx context.Context, ev Event) (Result, error) {
 		// for an ack; remove them. The thing leaves the rotation group so
 		// that the renewal function adds it again later (a failed rotation
 		// does not drop the device from renewal).
+		// An unreadable package must not turn the factory key's certificate
+		// into one to delete: the invocation fails and is retried.
 		pre := ""
-		if obj, err := r.Store.Get(ctx, fleet.PackageKey(ev.ThingName, fleet.PreProvisionedName), ""); err == nil {
+		preKey := fleet.PackageKey(ev.ThingName, fleet.PreProvisionedName)
+		obj, err := r.Store.Get(ctx, preKey, "")
+		switch {
+		case err == nil:
 			pre = obj.Metadata[fleet.MetaCertificateID]
+		case !errors.Is(err, ports.ErrNotFound):
+			return res, fmt.Errorf("reading the pre-provisioned package %s: %w", preKey, err)
 		}
 		for id := range issued {
 			if keep(id) {
@@ -190,9 +216,11 @@ func (r *Reaper) issued(ctx context.Context, thing, jobID string) (map[string]bo
 			return nil, nil, err
 		}
 		var rec fleet.Issuance
-		if json.Unmarshal(obj.Body, &rec) == nil && fleet.ValidCertificateID(rec.CertificateID) {
-			out[rec.CertificateID] = true
+		if err := json.Unmarshal(obj.Body, &rec); err != nil || !protocol.ValidCertificateID(rec.CertificateID) {
+			r.Log.Warn("corrupt issuance record: its certificate is not retired", "thing", thing, "jobId", jobID, "key", k, "err", err)
+			continue
 		}
+		out[rec.CertificateID] = true
 	}
 	return out, keys, nil
 }

@@ -3,6 +3,7 @@ package reaper_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 
@@ -39,7 +40,7 @@ func newRig(t *testing.T) *rig {
 func (r *rig) rotate(t *testing.T, principal string, commit bool) string {
 	t.Helper()
 	ctx := context.Background()
-	r.b.Reg.SetJob(r.dev.ID, job, ports.JobInProgress)
+	r.b.Reg.SetJob(r.dev.ID, job, protocol.JobInProgress)
 	r.b.Reg.AddThingToGroup(ctx, "bootcert-rotation", r.dev.ID)
 	v := r.b.Vendor()
 	rep, err := v.Handle(ctx, certvendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: principal, ClientID: r.dev.ID, JobID: job, ClientToken: "t", CSR: string(testpki.CSR(t, r.dev.ID, nil))})
@@ -56,9 +57,9 @@ func (r *rig) rotate(t *testing.T, principal string, commit bool) string {
 	return acc.CertificateID
 }
 
-func (r *rig) event(t *testing.T, status string) reaper.Result {
+func (r *rig) event(t *testing.T, status protocol.JobStatus) reaper.Result {
 	t.Helper()
-	b, _ := json.Marshal(map[string]any{"eventType": "JOB_EXECUTION", "operation": strings.ToLower(status), "jobId": job,
+	b, _ := json.Marshal(map[string]any{"eventType": "JOB_EXECUTION", "operation": strings.ToLower(string(status)), "jobId": job,
 		"thingArn": "arn:aws:iot:us-east-1:123456789012:thing/" + r.dev.ID, "status": status})
 	ev, err := reaper.ParseEvent(b)
 	if err != nil {
@@ -75,7 +76,7 @@ func TestReaper(t *testing.T) {
 	t.Run("ok/succeeded-retires-previous-operational-never-bootstrap", func(t *testing.T) {
 		r := newRig(t)
 		first := r.rotate(t, r.dev.CertID, true)
-		res := r.event(t, ports.JobSucceeded)
+		res := r.event(t, protocol.JobSucceeded)
 		if len(res.Retired) != 0 {
 			t.Fatalf("first rotation retired %v (the bootstrap must stay)", res.Retired)
 		}
@@ -83,7 +84,7 @@ func TestReaper(t *testing.T) {
 			t.Fatalf("bootstrap certificate deleted")
 		}
 		second := r.rotate(t, first, true)
-		res = r.event(t, ports.JobSucceeded)
+		res = r.event(t, protocol.JobSucceeded)
 		if len(res.Retired) != 1 || res.Retired[0] != first {
 			t.Fatalf("retired %v, want [%s]", res.Retired, first)
 		}
@@ -93,12 +94,12 @@ func TestReaper(t *testing.T) {
 		if r.b.Reg.Status(second) != ports.StatusActive || r.b.Reg.Status(r.dev.CertID) == "" {
 			t.Errorf("new or bootstrap certificate touched")
 		}
-		if again := r.event(t, ports.JobSucceeded); len(again.Retired) != 0 {
+		if again := r.event(t, protocol.JobSucceeded); len(again.Retired) != 0 {
 			t.Errorf("replay retired %v", again.Retired)
 		}
 	})
-	for _, st := range []string{ports.JobFailed, ports.JobTimedOut, ports.JobCanceled} {
-		t.Run("ok/"+strings.ToLower(st)+"-before-commit-deletes-new", func(t *testing.T) {
+	for _, st := range []protocol.JobStatus{protocol.JobFailed, protocol.JobTimedOut, protocol.JobCanceled} {
+		t.Run("ok/"+strings.ToLower(string(st))+"-before-commit-deletes-new", func(t *testing.T) {
 			r := newRig(t)
 			id := r.rotate(t, r.dev.CertID, false)
 			res := r.event(t, st)
@@ -116,11 +117,28 @@ func TestReaper(t *testing.T) {
 			}
 		})
 	}
+	t.Run("fail/unreadable-package-retires-nothing", func(t *testing.T) {
+		r := newRig(t)
+		id := r.rotate(t, r.dev.CertID, false)
+		b, _ := json.Marshal(map[string]any{"jobId": job, "thingArn": "arn:aws:iot:us-east-1:123456789012:thing/" + r.dev.ID, "status": "FAILED"})
+		ev, err := reaper.ParseEvent(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := r.b.Reaper()
+		h.Store = failingGet{h.Store, fleet.PackageKey(r.dev.ID, fleet.PreProvisionedName)}
+		if res, err := h.Handle(context.Background(), ev); err == nil || !strings.Contains(err.Error(), "pre-provisioned package") {
+			t.Fatalf("Handle: %+v %v, want the read error", res, err)
+		}
+		if r.b.Reg.Status(id) != ports.StatusActive {
+			t.Errorf("the new certificate is %q after a failed read", r.b.Reg.Status(id))
+		}
+	})
 	t.Run("ok/timed-out-after-commit-keeps-both-and-alerts", func(t *testing.T) {
 		r := newRig(t)
 		first := r.rotate(t, r.dev.CertID, true)
 		second := r.rotate(t, first, true)
-		res := r.event(t, ports.JobTimedOut)
+		res := r.event(t, protocol.JobTimedOut)
 		if !res.Committed || len(res.Retired) != 0 || res.Alert == "" {
 			t.Fatalf("result %+v", res)
 		}
@@ -135,10 +153,21 @@ func FuzzParseEvent(f *testing.F) {
 	f.Add([]byte(`{"jobId":"j","thingArn":"thing/","status":"x"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ev, err := reaper.ParseEvent(b)
-		if err == nil && (manifest.ValidDeviceID(ev.ThingName) != nil || ev.JobID == "") {
+		if err == nil && (protocol.ValidThingName(ev.ThingName) != nil || ev.JobID == "") {
 			t.Fatalf("accepted %+v", ev)
 		}
 	})
 }
 
-var _ = fleet.AttrOperational
+// failingGet fails reads of one key (S3 unavailable).
+type failingGet struct {
+	reaper.Store
+	key string
+}
+
+func (s failingGet) Get(ctx context.Context, key, ifNoneMatch string) (ports.Object, error) {
+	if key == s.key {
+		return ports.Object{}, errors.New("s3 unavailable")
+	}
+	return s.Store.Get(ctx, key, ifNoneMatch)
+}

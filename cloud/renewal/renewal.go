@@ -15,7 +15,17 @@ import (
 
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/internal/clock"
 )
+
+// Registry is what renewal needs of the AWS IoT registry (ports.Registry
+// has it all).
+type Registry interface {
+	// ListThings lists things of a type, one page at a time: the scan stops
+	// between pages when the deadline nears.
+	ListThings(ctx context.Context, thingType, nextToken string) (things []ports.Thing, next string, err error)
+	AddThingToGroup(ctx context.Context, group, thing string) error
+}
 
 // Result summarises a run.
 type Result struct {
@@ -31,10 +41,10 @@ const MaxListed = 1000
 
 // Renewal is the scheduled function.
 type Renewal struct {
-	Registry ports.Registry
+	Registry Registry
 	Trust    *fleet.Trust
 	Settings fleet.Settings
-	Clock    ports.Clock
+	Clock    clock.Clock
 	Log      *slog.Logger
 }
 

@@ -61,6 +61,8 @@ func TestDueJitterIsStableAndBounded(t *testing.T) {
 	attrs := map[string]string{fleet.AttrActivated: "true", fleet.AttrBootstrap: "b", fleet.AttrOperational: "c",
 		fleet.AttrNotBefore: "0", fleet.AttrNotAfter: strconv.FormatInt(int64(900*time.Hour/time.Second), 10)}
 	// Window [2/3 - 0.1, 2/3] of 900 h: never before 510 h, always after 600 h.
+	again := b.Renewal()
+	dueMid := 0
 	for i := 0; i < 50; i++ {
 		name := "gw-" + strconv.Itoa(i)
 		if r.Due(name, attrs, nb.Add(509*time.Hour)) {
@@ -69,8 +71,16 @@ func TestDueJitterIsStableAndBounded(t *testing.T) {
 		if !r.Due(name, attrs, nb.Add(601*time.Hour)) {
 			t.Errorf("%s not due inside the window", name)
 		}
-		if r.Due(name, attrs, nb.Add(550*time.Hour)) != r.Due(name, attrs, nb.Add(550*time.Hour)) {
+		mid := r.Due(name, attrs, nb.Add(550*time.Hour))
+		if mid != again.Due(name, attrs, nb.Add(550*time.Hour)) {
 			t.Errorf("%s: unstable", name)
 		}
+		if mid {
+			dueMid++
+		}
+	}
+	// Inside the window the jitter spreads the things: some are due, some not.
+	if dueMid == 0 || dueMid == 50 {
+		t.Errorf("%d of 50 things due in the middle of the window: no spread", dueMid)
 	}
 }

@@ -13,11 +13,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"time"
@@ -116,7 +113,7 @@ func Run(ctx context.Context, iotc *iot.Client, s3c *s3.Client, o Options) (Resu
 	if err := registerCA(ctx, iotc, o, &res); err != nil {
 		return res, err
 	}
-	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: o.CACert.Raw})
+	caPEM := protocol.EncodeChain([]*x509.Certificate{o.CACert})
 	for _, up := range []struct {
 		key  string
 		body []byte
@@ -144,8 +141,7 @@ func Run(ctx context.Context, iotc *iot.Client, s3c *s3.Client, o Options) (Resu
 }
 
 func registerCA(ctx context.Context, iotc *iot.Client, o Options, res *Result) error {
-	sum := sha256.Sum256(o.CACert.Raw)
-	id := hex.EncodeToString(sum[:])
+	id := protocol.CertificateID(o.CACert.Raw)
 	d, err := iotc.DescribeCACertificate(ctx, &iot.DescribeCACertificateInput{CertificateId: aws.String(id)})
 	if err == nil && d.CertificateDescription != nil {
 		res.CACertificateID = id
@@ -178,8 +174,8 @@ func registerCA(ctx context.Context, iotc *iot.Client, o Options, res *Result) e
 		return fmt.Errorf("setup: verification certificate: %w", err)
 	}
 	out, err := iotc.RegisterCACertificate(ctx, &iot.RegisterCACertificateInput{
-		CaCertificate:           aws.String(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: o.CACert.Raw}))),
-		VerificationCertificate: aws.String(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ver.Raw}))),
+		CaCertificate:           aws.String(string(protocol.EncodeChain([]*x509.Certificate{o.CACert}))),
+		VerificationCertificate: aws.String(string(protocol.EncodeChain([]*x509.Certificate{ver}))),
 		SetAsActive:             true, AllowAutoRegistration: true,
 	})
 	if err != nil {
@@ -206,7 +202,10 @@ func createJob(ctx context.Context, iotc *iot.Client, o Options, res *Result) er
 	if err != nil {
 		return fmt.Errorf("setup: thing group %s (deploy the template first): %w", o.Group, err)
 	}
-	doc, _ := json.Marshal(protocol.DefaultJobDocument())
+	doc, err := json.Marshal(protocol.DefaultJobDocument())
+	if err != nil {
+		return fmt.Errorf("setup: encoding the job document: %w", err)
+	}
 	_, err = iotc.CreateJob(ctx, &iot.CreateJobInput{
 		JobId: aws.String(o.JobID), Targets: []string{aws.ToString(g.ThingGroupArn)}, Document: aws.String(string(doc)),
 		TargetSelection: types.TargetSelectionContinuous, Description: aws.String("bootcert key and certificate rotation"),

@@ -10,10 +10,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"maps"
@@ -22,9 +20,18 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/internal/clock"
+	"github.com/bootcert/bootcert/protocol"
+)
+
+var (
+	_ ports.Registry  = (*Registry)(nil)
+	_ ports.Store     = (*Store)(nil)
+	_ ports.Publisher = (*Publisher)(nil)
 )
 
 // ARNPrefix is the fake account's ARN prefix.
@@ -35,10 +42,10 @@ type Registry struct {
 	mu       sync.Mutex
 	Certs    map[string]*ports.Certificate
 	Things   map[string]*ports.Thing
-	Policies map[string]map[string]bool // target ARN -> policy names
-	Princ    map[string]map[string]bool // thing -> principal ARNs
-	Groups   map[string]map[string]bool // group -> things
-	Jobs     map[string]string          // thing + "/" + job -> status
+	Policies map[string]map[string]bool    // target ARN -> policy names
+	Princ    map[string]map[string]bool    // thing -> principal ARNs
+	Groups   map[string]map[string]bool    // group -> things
+	Jobs     map[string]protocol.JobStatus // thing + "/" + job -> status
 	// Throttle makes the next N calls fail with ErrThrottled.
 	Throttle int
 	Calls    int
@@ -58,7 +65,7 @@ func NewRegistry() *Registry {
 	}
 	ca, _ := x509.ParseCertificate(der)
 	return &Registry{Certs: map[string]*ports.Certificate{}, Things: map[string]*ports.Thing{}, Policies: map[string]map[string]bool{},
-		Princ: map[string]map[string]bool{}, Groups: map[string]map[string]bool{}, Jobs: map[string]string{}, caKey: k, caCert: ca, Now: time.Now}
+		Princ: map[string]map[string]bool{}, Groups: map[string]map[string]bool{}, Jobs: map[string]protocol.JobStatus{}, caKey: k, caCert: ca, Now: time.Now}
 }
 
 func (r *Registry) call() error {
@@ -76,14 +83,13 @@ func notFound(what string) error { return fmt.Errorf("fake: %s: %w", what, ports
 func (r *Registry) AddCertificate(der []byte, status string) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	sum := sha256.Sum256(der)
-	id := hex.EncodeToString(sum[:])
+	id := protocol.CertificateID(der)
 	r.Certs[id] = &ports.Certificate{ID: id, ARN: ARNPrefix + "cert/" + id, Status: status, PEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
 	return id
 }
 
 // SetJob sets a job execution status.
-func (r *Registry) SetJob(thing, job, status string) {
+func (r *Registry) SetJob(thing, job string, status protocol.JobStatus) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.Jobs[thing+"/"+job] = status
@@ -418,7 +424,7 @@ func (r *Registry) ListThingGroupsForThing(_ context.Context, thing string) ([]s
 }
 
 // JobExecutionStatus implements ports.Registry.
-func (r *Registry) JobExecutionStatus(_ context.Context, jobID, thing string) (string, error) {
+func (r *Registry) JobExecutionStatus(_ context.Context, jobID, thing string) (protocol.JobStatus, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.call(); err != nil {
@@ -436,7 +442,6 @@ type Store struct {
 	mu      sync.Mutex
 	Objects map[string]ports.Object
 	n       int
-	Gets    int
 }
 
 // NewStore makes an empty store.
@@ -446,7 +451,6 @@ func NewStore() *Store { return &Store{Objects: map[string]ports.Object{}} }
 func (s *Store) Get(_ context.Context, key, ifNoneMatch string) (ports.Object, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.Gets++
 	o, ok := s.Objects[key]
 	if !ok {
 		return ports.Object{}, notFound("object " + key)
@@ -524,33 +528,27 @@ func (p *Publisher) Publish(_ context.Context, topic string, payload []byte) err
 	return nil
 }
 
-// Clock is a fake clock: After advances it at once.
-type Clock struct {
-	mu sync.Mutex
-	T  time.Time
-}
-
-// Now implements ports.Clock.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.T
-}
-
-// After implements ports.Clock: it advances the clock by d and fires.
-func (c *Clock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	c.T = c.T.Add(d)
-	t := c.T
-	c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	ch <- t
-	return ch
-}
-
-// Advance moves the clock.
-func (c *Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.T = c.T.Add(d)
-	c.mu.Unlock()
+// DriveClock advances c by step whenever the code under test waits on it (an
+// After is pending), until the test ends: a backoff's waits pass at once in
+// real time while the fake time moves by what was waited, rounded up to a
+// step.
+func DriveClock(t testing.TB, c *clock.Fake, step time.Duration) {
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if c.WaitForWaiters(1, 10*time.Millisecond) {
+				c.Advance(step)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		close(done)
+		<-stopped
+	})
 }

@@ -5,10 +5,13 @@ package main
 
 import (
 	"archive/zip"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"time"
+
+	"github.com/bootcert/bootcert/internal/atomicfile"
 )
 
 func main() {
@@ -22,41 +25,27 @@ func main() {
 	}
 }
 
-func pack(out, bin string) (err error) {
+// pack zips bin in memory and writes out atomically (internal/atomicfile):
+// an interrupted build leaves no half-written zip.
+func pack(out, bin string) error {
 	in, err := os.Open(bin)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	tmp := out + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	zw := zip.NewWriter(f)
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
 	h := &zip.FileHeader{Name: "bootstrap", Method: zip.Deflate, Modified: time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)}
 	h.SetMode(0o755)
 	w, err := zw.CreateHeader(h)
 	if err != nil {
 		return err
 	}
-	if _, err = io.Copy(w, in); err != nil {
+	if _, err := io.Copy(w, in); err != nil {
+		return fmt.Errorf("reading %s: %w", bin, err)
+	}
+	if err := zw.Close(); err != nil {
 		return err
 	}
-	if err = zw.Close(); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, out)
+	return atomicfile.WriteFile(out, buf.Bytes(), 0o644)
 }

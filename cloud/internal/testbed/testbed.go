@@ -19,6 +19,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/ports"
 	"github.com/bootcert/bootcert/cloud/reaper"
 	"github.com/bootcert/bootcert/cloud/renewal"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/manifest"
 )
 
@@ -28,7 +29,7 @@ type Bed struct {
 	Reg      *fake.Registry
 	Store    *fake.Store
 	Pub      *fake.Publisher
-	Clock    *fake.Clock
+	Clock    *clock.Fake
 	CA       *testpki.CA
 	Settings fleet.Settings
 	Trust    *fleet.Trust
@@ -47,7 +48,7 @@ func New(t testing.TB, env map[string]string) *Bed {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-	b := &Bed{T: t, Reg: fake.NewRegistry(), Store: fake.NewStore(), Pub: &fake.Publisher{}, Clock: &fake.Clock{T: now},
+	b := &Bed{T: t, Reg: fake.NewRegistry(), Store: fake.NewStore(), Pub: &fake.Publisher{}, Clock: clock.NewFake(now),
 		CA: testpki.NewCA(t, "bootcert factory CA", now), Settings: s, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	b.Reg.Now = b.Clock.Now
 	b.Trust = &fleet.Trust{Store: b.Store, Settings: s}
@@ -87,7 +88,8 @@ func (b *Bed) Activator() *activator.Activator {
 	return &activator.Activator{Registry: b.Reg, Store: b.Store, Trust: b.Trust, Settings: b.Settings, Clock: b.Clock, Log: b.Log}
 }
 
-// Vendor returns the vendor, with throttling retried on the fake clock.
+// Vendor returns the vendor, with throttling retried on the fake clock (a
+// test that throttles drives it: fake.DriveClock).
 func (b *Bed) Vendor() *certvendor.Vendor {
 	reg := ports.RetryingRegistry(b.Reg, ports.Backoff{Clock: b.Clock})
 	return &certvendor.Vendor{Registry: reg, Store: b.Store, Publisher: b.Pub, Trust: b.Trust, Settings: b.Settings, Clock: b.Clock, Log: b.Log}

@@ -9,17 +9,16 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/csv"
-	"encoding/hex"
 	"encoding/pem"
 	"math/big"
 	"testing"
 	"time"
 
 	"github.com/bootcert/bootcert/manifest"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // CA is a factory CA.
@@ -58,11 +57,6 @@ type Device struct {
 	CertID string
 }
 
-// PEM is the certificate PEM.
-func (d *Device) PEM() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d.DER})
-}
-
 // Issue makes a bootstrap certificate with CN = id.
 func (ca *CA) Issue(t testing.TB, id string, now time.Time) *Device {
 	t.Helper()
@@ -79,8 +73,7 @@ func (ca *CA) Issue(t testing.TB, id string, now time.Time) *Device {
 		t.Fatal(err)
 	}
 	c, _ := x509.ParseCertificate(der)
-	sum := sha256.Sum256(der)
-	return &Device{ID: id, Key: k, Cert: c, DER: der, CertID: hex.EncodeToString(sum[:])}
+	return &Device{ID: id, Key: k, Cert: c, DER: der, CertID: protocol.CertificateID(der)}
 }
 
 // CRL makes a DER CRL revoking the given certificates.
