@@ -38,6 +38,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/pki"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
 	"github.com/bootcert/bootcert/internal/testenv"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 type fakeClock struct {
@@ -416,7 +417,7 @@ func TestJobsAndPersistence(t *testing.T) {
 		t.Fatal(err)
 	}
 	stale := e.VersionNumber - 1
-	_, _, err = l.reg.UpdateJobExecution(registry.UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: registry.ExecSucceeded, ExpectedVersion: &stale})
+	_, _, err = l.reg.UpdateJobExecution(registry.UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: protocol.JobSucceeded, ExpectedVersion: &stale})
 	if name, _ := registry.RESTException(err); name != "VersionConflictException" || registry.JobsCode(err) != "VersionMismatch" {
 		t.Fatalf("stale update: %v", err)
 	}

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/internal/atomicfile"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // Clock gives the current time; tests inject a fake one.
@@ -104,7 +105,7 @@ type CertificateStatusChanged struct {
 type JobExecutionChanged struct {
 	Exec      JobExecution
 	Job       Job
-	OldStatus string
+	OldStatus protocol.JobStatus
 }
 
 // ThingGroupMembershipChanged: a thing joined (Added) or left a group.
@@ -527,7 +528,7 @@ func (r *Registry) Snapshot() Snapshot {
 			s.Counts["certificates."+c.Status]++
 		}
 		for _, e := range s.JobExecutions {
-			s.Counts["jobExecutions."+e.Status]++
+			s.Counts["jobExecutions."+string(e.Status)]++
 		}
 		return nil
 	})

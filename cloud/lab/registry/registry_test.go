@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bootcert/bootcert/protocol"
 )
 
 type fakeClock struct {
@@ -224,21 +226,21 @@ func TestContinuousJob(t *testing.T) {
 	clk.Advance(time.Second)
 	st := int64(5)
 	e, _, ok, err := r.StartNextPendingJobExecution("gw-1", map[string]string{"progress": "started"}, &st)
-	if err != nil || !ok || e.Status != ExecInProgress || e.VersionNumber != 2 || e.StatusDetails["progress"] != "started" {
+	if err != nil || !ok || e.Status != protocol.JobInProgress || e.VersionNumber != 2 || e.StatusDetails["progress"] != "started" {
 		t.Fatalf("start-next = %+v %v %v", e, ok, err)
 	}
 	v1 := int64(1)
-	_, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: ExecSucceeded, ExpectedVersion: &v1})
+	_, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: protocol.JobSucceeded, ExpectedVersion: &v1})
 	if !errors.Is(err, ErrVersionMismatch) || JobsCode(err) != "VersionMismatch" {
 		t.Fatalf("expectedVersion mismatch: %v", err)
 	}
 	// Step timeout: 5 minutes later it is TIMED_OUT.
 	clk.Advance(5 * time.Minute)
 	got, err := r.DescribeJobExecution("bootcert-rotation", "gw-1", nil)
-	if err != nil || got.Status != ExecTimedOut {
+	if err != nil || got.Status != protocol.JobTimedOut {
 		t.Fatalf("after step timeout: %+v %v", got, err)
 	}
-	_, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: ExecSucceeded})
+	_, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: protocol.JobSucceeded})
 	if !errors.Is(err, ErrInvalidStateTransition) {
 		t.Fatalf("update of a terminal execution: %v", err)
 	}
@@ -253,8 +255,8 @@ func TestContinuousJob(t *testing.T) {
 	if !ok || e.ExecutionNumber != 2 {
 		t.Fatalf("rejoin: %+v", e)
 	}
-	e, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: ExecSucceeded, ExpectedVersion: &e.VersionNumber})
-	if err != nil || e.Status != ExecSucceeded {
+	e, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: protocol.JobSucceeded, ExpectedVersion: &e.VersionNumber})
+	if err != nil || e.Status != protocol.JobSucceeded {
 		t.Fatalf("succeed: %+v %v", e, err)
 	}
 	want := []string{"/QUEUED", "QUEUED/IN_PROGRESS", "IN_PROGRESS/TIMED_OUT", "/QUEUED", "QUEUED/IN_PROGRESS", "IN_PROGRESS/SUCCEEDED"}
@@ -262,7 +264,7 @@ func TestContinuousJob(t *testing.T) {
 		t.Fatalf("%d changes, want %d", len(changes), len(want))
 	}
 	for i, c := range changes {
-		if got := c.OldStatus + "/" + c.Exec.Status; got != want[i] {
+		if got := string(c.OldStatus + "/" + c.Exec.Status); got != want[i] {
 			t.Errorf("change %d = %s, want %s", i, got, want[i])
 		}
 	}
@@ -272,7 +274,7 @@ func TestContinuousJob(t *testing.T) {
 	}
 	_ = r.AddThingToThingGroup("bootcert-rotation", "gw-2")
 	_ = r.RemoveThingFromThingGroup("bootcert-rotation", "gw-2")
-	if e, _ := r.DescribeJobExecution("bootcert-rotation", "gw-2", nil); e.Status != ExecRemoved {
+	if e, _ := r.DescribeJobExecution("bootcert-rotation", "gw-2", nil); e.Status != protocol.JobRemoved {
 		t.Fatalf("after leaving: %s", e.Status)
 	}
 }
@@ -435,7 +437,7 @@ func TestRestartKeepsEverything(t *testing.T) {
 	}
 	// The step timeout still fires after the restart.
 	clk.Advance(11 * time.Minute)
-	if e, _ := r2.DescribeJobExecution("bootcert-rotation", "gw-1", nil); e.Status != ExecTimedOut {
+	if e, _ := r2.DescribeJobExecution("bootcert-rotation", "gw-1", nil); e.Status != protocol.JobTimedOut {
 		t.Fatalf("after restart and step timeout: %s", e.Status)
 	}
 }
