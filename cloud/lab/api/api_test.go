@@ -186,7 +186,7 @@ func TestCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := *reg.CertificateId; got != registry.CertificateID(ca.Raw) {
+	if got := *reg.CertificateId; got != protocol.CertificateID(ca.Raw) {
 		t.Fatalf("CA id %s", got)
 	}
 	_, err = c.RegisterCACertificate(ctx, &iot.RegisterCACertificateInput{CaCertificate: &caPEM, VerificationCertificate: &verPEM})
@@ -208,7 +208,7 @@ func TestCertificates(t *testing.T) {
 
 	devPEM, dev := certPEM(t, leafTmpl("gw-1"), ca, &k.PublicKey, caKey)
 	rc, err := c.RegisterCertificate(ctx, &iot.RegisterCertificateInput{CertificatePem: &devPEM, CaCertificatePem: &caPEM, Status: types.CertificateStatusActive})
-	if err != nil || *rc.CertificateId != registry.CertificateID(dev.Raw) {
+	if err != nil || *rc.CertificateId != protocol.CertificateID(dev.Raw) {
 		t.Fatalf("RegisterCertificate: %v %v", rc, err)
 	}
 	selfKey := newKey(t)
@@ -233,7 +233,7 @@ func TestCertificates(t *testing.T) {
 	}
 	b, _ := pem.Decode([]byte(*cc.CertificatePem))
 	issued, err := x509.ParseCertificate(b.Bytes)
-	if err != nil || registry.CertificateID(b.Bytes) != *cc.CertificateId || issued.CheckSignatureFrom(l.pki.IssuingCA()) != nil {
+	if err != nil || protocol.CertificateID(b.Bytes) != *cc.CertificateId || issued.CheckSignatureFrom(l.pki.IssuingCA()) != nil {
 		t.Fatalf("issued certificate: %v", err)
 	}
 	if *cc.CertificateArn != "arn:aws:iot:us-east-1:123456789012:cert/"+*cc.CertificateId {

@@ -14,10 +14,8 @@ package broker
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -358,12 +356,6 @@ func (s *Server) Stats() Stats {
 		return true
 	})
 	return st
-}
-
-// CertificateID is AWS IoT's certificate ID: lower-hex SHA-256 of the DER.
-func CertificateID(der []byte) string {
-	sum := sha256.Sum256(der)
-	return hex.EncodeToString(sum[:])
 }
 
 func (s *Server) arn(kind, name string) string {

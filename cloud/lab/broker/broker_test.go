@@ -50,7 +50,7 @@ func (r *fakeRegistry) FindCA(chain []*x509.Certificate) (string, bool, bool) {
 func (r *fakeRegistry) RegisterPendingCertificate(der []byte, caID string) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	id := CertificateID(der)
+	id := protocol.CertificateID(der)
 	if _, ok := r.status[id]; ok {
 		return false, nil
 	}

@@ -119,7 +119,7 @@ func TestRegisterCA(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.ID != CertificateID(mustPEM(t, tc.in.CACertificatePEM).Raw) {
+			if c.ID != protocol.CertificateID(mustPEM(t, tc.in.CACertificatePEM).Raw) {
 				t.Errorf("id %s is not the SHA-256 of the DER", c.ID)
 			}
 		})
