@@ -37,16 +37,10 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/limits"
 	"github.com/bootcert/bootcert/cloud/lab/pki"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/internal/testenv"
 	"github.com/bootcert/bootcert/protocol"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 
 type recorder struct {
 	mu   sync.Mutex
@@ -74,7 +68,7 @@ type labOpts struct {
 	dir     string
 	limiter *limits.Limiter
 	creds   *Credentials
-	clock   Clock
+	clock   clock.Clock
 	log     *slog.Logger
 }
 
@@ -469,7 +463,7 @@ func TestJobsAndPersistence(t *testing.T) {
 }
 
 func TestThrottling(t *testing.T) {
-	clk := &fakeClock{t: time.Now()} // frozen: no tokens come back
+	clk := clock.NewFake(time.Now()) // frozen: no tokens come back
 	lim := limits.NewLimiter(limits.Limits{API: map[string]float64{"DescribeEndpoint": 1}}, clk)
 	l := startLab(t, labOpts{limiter: lim})
 	c := l.client(t, "AKID", "secret", 3)
@@ -523,7 +517,7 @@ func TestCredentials(t *testing.T) {
 	}
 	t.Run("fail/expired", func(t *testing.T) {
 		// The lab's clock is 20 minutes ahead of the client's.
-		l2 := startLab(t, labOpts{creds: creds, clock: &fakeClock{t: time.Now().Add(20 * time.Minute)}})
+		l2 := startLab(t, labOpts{creds: creds, clock: clock.NewFake(time.Now().Add(20 * time.Minute))})
 		_, err := l2.client(t, "AKIALAB", "lab-secret", 1).GetRegistrationCode(ctx, &iot.GetRegistrationCodeInput{})
 		if got := apiCode(err); got != "InvalidSignatureException" || !strings.Contains(err.Error(), "expired") {
 			t.Fatalf("error %v, code %q", err, got)

@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/bootcert/bootcert/internal/clock"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
@@ -115,13 +116,6 @@ type Message struct {
 	Timestamp time.Time
 }
 
-// Clock tells the time; tests inject a fake one.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // Config configures a Server.
 type Config struct {
 	// Addr is the listen address (default 127.0.0.1:8883; port 0 picks a
@@ -150,7 +144,7 @@ type Config struct {
 	Region    string // default us-east-1
 	AccountID string // default 123456789012
 
-	Clock  Clock
+	Clock  clock.Clock
 	Logger *slog.Logger
 }
 
@@ -201,7 +195,7 @@ func Start(cfg Config) (*Server, error) {
 		cfg.AccountID = "123456789012"
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.Real{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -18,20 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/protocol"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 
@@ -68,7 +57,7 @@ func (ca testCA) issue(t testing.TB, cn string) (der []byte, pemStr string) {
 	return der, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
-func open(t testing.TB, dir string, clk Clock) *Registry {
+func open(t testing.TB, dir string, clk clock.Clock) *Registry {
 	t.Helper()
 	r, err := Open(Config{Dir: dir, Clock: clk})
 	if err != nil {
@@ -88,7 +77,7 @@ func registerCA(t testing.TB, r *Registry, ca testCA) CACertificate {
 }
 
 func TestRegisterCA(t *testing.T) {
-	clk := &fakeClock{t: t0}
+	clk := clock.NewFake(t0)
 	r := open(t, t.TempDir(), clk)
 	ca := newCA(t, "factory")
 	other := newCA(t, "other")
@@ -136,7 +125,7 @@ func mustPEM(t testing.TB, s string) *x509.Certificate {
 
 func TestJITRAndPersistence(t *testing.T) {
 	dir := t.TempDir()
-	clk := &fakeClock{t: t0}
+	clk := clock.NewFake(t0)
 	r := open(t, dir, clk)
 	var events []Event
 	r.AddListener(func(e Event) { events = append(events, e) })
@@ -201,7 +190,7 @@ func setupRotation(t testing.TB, r *Registry) {
 }
 
 func TestContinuousJob(t *testing.T) {
-	clk := &fakeClock{t: t0}
+	clk := clock.NewFake(t0)
 	r := open(t, t.TempDir(), clk)
 	setupRotation(t, r)
 	var changes []JobExecutionChanged
@@ -335,7 +324,7 @@ func TestWriteBehindRestart(t *testing.T) {
 // events must arrive once per change.
 func TestConcurrentJITR(t *testing.T) {
 	dir := t.TempDir()
-	r := open(t, dir, &fakeClock{t: t0})
+	r := open(t, dir, clock.NewFake(t0))
 	ca := newCA(t, "factory")
 	cac := registerCA(t, r, ca)
 	setupRotation(t, r)
@@ -395,7 +384,7 @@ func TestConcurrentJITR(t *testing.T) {
 // unchanged.
 func TestRestartKeepsEverything(t *testing.T) {
 	dir := t.TempDir()
-	clk := &fakeClock{t: t0}
+	clk := clock.NewFake(t0)
 	r := open(t, dir, clk)
 	ca := newCA(t, "factory")
 	cac := registerCA(t, r, ca)
