@@ -11,6 +11,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/broker"
 	"github.com/bootcert/bootcert/cloud/lab/policy"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // brokerRegistry adapts the registry to broker.Registry.
@@ -120,8 +121,8 @@ func jobErr(err error) error {
 	return &broker.JobError{Code: code, Message: msg}
 }
 
-func summary(s registry.JobExecutionSummary) broker.JobExecutionSummary {
-	out := broker.JobExecutionSummary{JobID: s.JobID, QueuedAt: s.QueuedAt.Unix(), LastUpdatedAt: s.LastUpdatedAt.Unix(),
+func summary(s registry.JobExecutionSummary) protocol.JobExecutionSummary {
+	out := protocol.JobExecutionSummary{JobID: s.JobID, QueuedAt: s.QueuedAt.Unix(), LastUpdatedAt: s.LastUpdatedAt.Unix(),
 		VersionNumber: s.VersionNumber, ExecutionNumber: s.ExecutionNumber}
 	if !s.StartedAt.IsZero() {
 		out.StartedAt = s.StartedAt.Unix()
@@ -129,8 +130,8 @@ func summary(s registry.JobExecutionSummary) broker.JobExecutionSummary {
 	return out
 }
 
-func execution(e registry.JobExecution, j registry.Job, withDoc bool) *broker.JobExecution {
-	out := &broker.JobExecution{JobID: e.JobID, ThingName: e.ThingName, Status: e.Status, StatusDetails: e.StatusDetails,
+func execution(e registry.JobExecution, j registry.Job, withDoc bool) *protocol.JobExecution {
+	out := &protocol.JobExecution{JobID: e.JobID, ThingName: e.ThingName, Status: e.Status, StatusDetails: e.StatusDetails,
 		QueuedAt: e.QueuedAt.Unix(), LastUpdatedAt: e.LastUpdatedAt.Unix(), VersionNumber: e.VersionNumber, ExecutionNumber: e.ExecutionNumber}
 	if !e.StartedAt.IsZero() {
 		out.StartedAt = e.StartedAt.Unix()
@@ -146,12 +147,12 @@ func execution(e registry.JobExecution, j registry.Job, withDoc bool) *broker.Jo
 	return out
 }
 
-func (b brokerJobs) Pending(thing string) ([]broker.JobExecutionSummary, []broker.JobExecutionSummary, error) {
+func (b brokerJobs) Pending(thing string) ([]protocol.JobExecutionSummary, []protocol.JobExecutionSummary, error) {
 	ip, q, err := b.r.GetPendingJobExecutions(thing)
 	if err != nil {
 		return nil, nil, jobErr(err)
 	}
-	var a, c []broker.JobExecutionSummary
+	var a, c []protocol.JobExecutionSummary
 	for _, s := range ip {
 		a = append(a, summary(s))
 	}
@@ -161,7 +162,7 @@ func (b brokerJobs) Pending(thing string) ([]broker.JobExecutionSummary, []broke
 	return a, c, nil
 }
 
-func (b brokerJobs) StartNext(thing string, req broker.StartNextRequest) (*broker.JobExecution, error) {
+func (b brokerJobs) StartNext(thing string, req protocol.StartNextRequest) (*protocol.JobExecution, error) {
 	e, j, ok, err := b.r.StartNextPendingJobExecution(thing, req.StatusDetails, req.StepTimeoutInMinutes)
 	if err != nil {
 		return nil, jobErr(err)
@@ -172,7 +173,7 @@ func (b brokerJobs) StartNext(thing string, req broker.StartNextRequest) (*broke
 	return execution(e, j, true), nil
 }
 
-func (b brokerJobs) Describe(thing, jobID string, n *int64, withDoc bool) (*broker.JobExecution, error) {
+func (b brokerJobs) Describe(thing, jobID string, n *int64, withDoc bool) (*protocol.JobExecution, error) {
 	if jobID == "$next" {
 		e, j, ok, err := b.r.NextPendingJobExecution(thing)
 		if err != nil {
@@ -196,7 +197,7 @@ func (b brokerJobs) Describe(thing, jobID string, n *int64, withDoc bool) (*brok
 	return execution(e, j, withDoc), nil
 }
 
-func (b brokerJobs) Update(thing, jobID string, req broker.UpdateRequest) (*broker.JobExecution, error) {
+func (b brokerJobs) Update(thing, jobID string, req protocol.UpdateRequest) (*protocol.JobExecution, error) {
 	e, j, err := b.r.UpdateJobExecution(registry.UpdateJobExecutionInput{
 		ThingName: thing, JobID: jobID, Status: req.Status, StatusDetails: req.StatusDetails,
 		ExpectedVersion: req.ExpectedVersion, ExecutionNumber: req.ExecutionNumber, StepTimeoutInMinutes: req.StepTimeoutInMinutes,
@@ -205,8 +206,8 @@ func (b brokerJobs) Update(thing, jobID string, req broker.UpdateRequest) (*brok
 		je := jobErr(err).(*broker.JobError)
 		// AWS includes the current state in VersionMismatch and
 		// InvalidStateTransition rejections.
-		if e.JobID != "" && (je.Code == broker.CodeVersionMismatch || je.Code == broker.CodeInvalidStateTransition) {
-			je.State = &broker.ExecutionState{Status: e.Status, StatusDetails: e.StatusDetails, VersionNumber: e.VersionNumber}
+		if e.JobID != "" && (je.Code == protocol.JobsVersionMismatch || je.Code == protocol.JobsInvalidStateTransition) {
+			je.State = &protocol.ExecutionState{Status: e.Status, StatusDetails: e.StatusDetails, VersionNumber: e.VersionNumber}
 		}
 		return nil, je
 	}
@@ -233,9 +234,9 @@ func registryEvents(r *registry.Registry, b *broker.Server) registry.Listener {
 			switch {
 			case e.OldStatus == "":
 				op = "queue"
-			case e.Exec.Status == registry.ExecTimedOut:
+			case e.Exec.Status == protocol.JobTimedOut:
 				op = "timeout"
-			case e.Exec.Status == registry.ExecCanceled || e.Exec.Status == registry.ExecRemoved:
+			case e.Exec.Status == protocol.JobCanceled || e.Exec.Status == protocol.JobRemoved:
 				op = "cancel"
 			}
 			b.JobExecutionChanged(broker.JobExecutionEvent{ThingName: e.Exec.ThingName, JobID: e.Exec.JobID, Status: e.Exec.Status,

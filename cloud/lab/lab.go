@@ -24,14 +24,8 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/registry"
 	"github.com/bootcert/bootcert/cloud/lab/s3"
 	"github.com/bootcert/bootcert/internal/atomicfile"
+	"github.com/bootcert/bootcert/internal/clock"
 )
-
-// Clock tells the time; tests inject a fake one.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
 
 // Config configures a lab.
 type Config struct {
@@ -73,7 +67,7 @@ type Config struct {
 	WriteBehind time.Duration
 
 	Logger *slog.Logger
-	Clock  Clock
+	Clock  clock.Clock
 }
 
 // Endpoints are the lab's addresses, as printed and written to
@@ -132,7 +126,7 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 		cfg.AccountID = registry.DefaultAccountID
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.Real{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

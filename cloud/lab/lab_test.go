@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +25,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/api"
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/protocol"
 )
 
@@ -766,23 +766,6 @@ func TestTemplateBuildsFunctions(t *testing.T) {
 	}
 }
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // TestConnectQuotas: beyond the connect quotas the broker refuses the
 // connect, like AWS ("Connect requests per second per client ID" 1,
 // "per account" configurable).
@@ -791,7 +774,7 @@ func TestConnectQuotas(t *testing.T) {
 	if err := os.WriteFile(limitsFile, []byte(`{"connectsPerSecond":2,"connectsPerClientPerSecond":1}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	clock := &fakeClock{t: time.Now()}
+	clock := clock.NewFake(time.Now())
 	f := newFixture(t, Config{LimitsPath: limitsFile, Clock: clock})
 	a := f.ca.Issue(t, "dev-a")
 	b := f.ca.Issue(t, "dev-b")

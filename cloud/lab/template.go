@@ -14,7 +14,6 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/registry"
 	"github.com/bootcert/bootcert/cloud/lab/rules"
 	"github.com/bootcert/bootcert/cloud/lab/template"
-	"github.com/bootcert/bootcert/internal/clock"
 )
 
 // loadTemplate applies the template like a stack deployment would, without
@@ -76,7 +75,7 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 		Endpoints: cloud.Endpoints{
 			IoT: l.endpoints.API, S3: l.endpoints.S3, IoTData: l.endpoints.API,
 		},
-		Clock:  functionClock(l.cfg.Clock),
+		Clock:  l.cfg.Clock,
 		Logger: l.log.With("component", "function"),
 	}
 	for _, f := range t.Functions {
@@ -173,16 +172,3 @@ func republishTopic(tmpl string, m broker.Message) string {
 	}
 	return out
 }
-
-// functionClock gives the functions the lab's clock; a Clock without After
-// (backoff waits) uses real time for waiting.
-func functionClock(c Clock) clock.Clock {
-	if pc, ok := c.(clock.Clock); ok {
-		return pc
-	}
-	return clockWithAfter{c}
-}
-
-type clockWithAfter struct{ Clock }
-
-func (clockWithAfter) After(d time.Duration) <-chan time.Time { return time.After(d) }

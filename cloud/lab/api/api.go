@@ -28,23 +28,16 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/bootcert/bootcert/cloud/lab/limits"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
+	"github.com/bootcert/bootcert/internal/clock"
 )
 
 // Publisher delivers a data-plane Publish to the broker.
 type Publisher interface {
 	Publish(topic string, payload []byte, qos byte) error
 }
-
-// Clock gives the current time.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
 
 // Config configures a Server.
 type Config struct {
@@ -64,7 +57,7 @@ type Config struct {
 	// its listeners are on ephemeral ports.
 	Endpoints map[string]string
 	Logger    *slog.Logger
-	Clock     Clock
+	Clock     clock.Clock
 }
 
 // MaxBody bounds request bodies (the largest AWS input here is a job
@@ -77,7 +70,7 @@ type Server struct {
 	cfg    Config
 	reg    *registry.Registry
 	log    *slog.Logger
-	clock  Clock
+	clock  clock.Clock
 	routes []route
 
 	mu       sync.Mutex
@@ -92,7 +85,7 @@ func New(cfg Config) *Server {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.clock == nil {
-		s.clock = systemClock{}
+		s.clock = clock.Real{}
 	}
 	s.routes = s.table()
 	s.lab.HandleFunc("GET /lab/state", s.serveState)

@@ -37,15 +37,10 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/limits"
 	"github.com/bootcert/bootcert/cloud/lab/pki"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/internal/testenv"
+	"github.com/bootcert/bootcert/protocol"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 
 type recorder struct {
 	mu   sync.Mutex
@@ -73,7 +68,7 @@ type labOpts struct {
 	dir     string
 	limiter *limits.Limiter
 	creds   *Credentials
-	clock   Clock
+	clock   clock.Clock
 	log     *slog.Logger
 }
 
@@ -185,7 +180,7 @@ func TestCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := *reg.CertificateId; got != registry.CertificateID(ca.Raw) {
+	if got := *reg.CertificateId; got != protocol.CertificateID(ca.Raw) {
 		t.Fatalf("CA id %s", got)
 	}
 	_, err = c.RegisterCACertificate(ctx, &iot.RegisterCACertificateInput{CaCertificate: &caPEM, VerificationCertificate: &verPEM})
@@ -207,7 +202,7 @@ func TestCertificates(t *testing.T) {
 
 	devPEM, dev := certPEM(t, leafTmpl("gw-1"), ca, &k.PublicKey, caKey)
 	rc, err := c.RegisterCertificate(ctx, &iot.RegisterCertificateInput{CertificatePem: &devPEM, CaCertificatePem: &caPEM, Status: types.CertificateStatusActive})
-	if err != nil || *rc.CertificateId != registry.CertificateID(dev.Raw) {
+	if err != nil || *rc.CertificateId != protocol.CertificateID(dev.Raw) {
 		t.Fatalf("RegisterCertificate: %v %v", rc, err)
 	}
 	selfKey := newKey(t)
@@ -232,7 +227,7 @@ func TestCertificates(t *testing.T) {
 	}
 	b, _ := pem.Decode([]byte(*cc.CertificatePem))
 	issued, err := x509.ParseCertificate(b.Bytes)
-	if err != nil || registry.CertificateID(b.Bytes) != *cc.CertificateId || issued.CheckSignatureFrom(l.pki.IssuingCA()) != nil {
+	if err != nil || protocol.CertificateID(b.Bytes) != *cc.CertificateId || issued.CheckSignatureFrom(l.pki.IssuingCA()) != nil {
 		t.Fatalf("issued certificate: %v", err)
 	}
 	if *cc.CertificateArn != "arn:aws:iot:us-east-1:123456789012:cert/"+*cc.CertificateId {
@@ -416,7 +411,7 @@ func TestJobsAndPersistence(t *testing.T) {
 		t.Fatal(err)
 	}
 	stale := e.VersionNumber - 1
-	_, _, err = l.reg.UpdateJobExecution(registry.UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: registry.ExecSucceeded, ExpectedVersion: &stale})
+	_, _, err = l.reg.UpdateJobExecution(registry.UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: protocol.JobSucceeded, ExpectedVersion: &stale})
 	if name, _ := registry.RESTException(err); name != "VersionConflictException" || registry.JobsCode(err) != "VersionMismatch" {
 		t.Fatalf("stale update: %v", err)
 	}
@@ -468,7 +463,7 @@ func TestJobsAndPersistence(t *testing.T) {
 }
 
 func TestThrottling(t *testing.T) {
-	clk := &fakeClock{t: time.Now()} // frozen: no tokens come back
+	clk := clock.NewFake(time.Now()) // frozen: no tokens come back
 	lim := limits.NewLimiter(limits.Limits{API: map[string]float64{"DescribeEndpoint": 1}}, clk)
 	l := startLab(t, labOpts{limiter: lim})
 	c := l.client(t, "AKID", "secret", 3)
@@ -522,7 +517,7 @@ func TestCredentials(t *testing.T) {
 	}
 	t.Run("fail/expired", func(t *testing.T) {
 		// The lab's clock is 20 minutes ahead of the client's.
-		l2 := startLab(t, labOpts{creds: creds, clock: &fakeClock{t: time.Now().Add(20 * time.Minute)}})
+		l2 := startLab(t, labOpts{creds: creds, clock: clock.NewFake(time.Now().Add(20 * time.Minute))})
 		_, err := l2.client(t, "AKIALAB", "lab-secret", 1).GetRegistrationCode(ctx, &iot.GetRegistrationCodeInput{})
 		if got := apiCode(err); got != "InvalidSignatureException" || !strings.Contains(err.Error(), "expired") {
 			t.Fatalf("error %v, code %q", err, got)

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/bootcert/bootcert/cloud/lab/registry"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // table lists the operations, as service/iot v1.75.0 serializes them
@@ -615,14 +616,14 @@ func (s *Server) describeJob(q *request) (any, error) {
 		"forceCanceled": j.ForceCanceled, "targets": j.Targets, "description": strPtr(j.Description),
 		"createdAt": epoch(j.CreatedAt), "lastUpdatedAt": epoch(j.LastUpdatedAt), "completedAt": epoch(j.CompletedAt),
 		"jobProcessDetails": map[string]int{
-			"numberOfCanceledThings":   counts[registry.ExecCanceled],
-			"numberOfSucceededThings":  counts[registry.ExecSucceeded],
-			"numberOfFailedThings":     counts[registry.ExecFailed],
-			"numberOfRejectedThings":   counts[registry.ExecRejected],
-			"numberOfQueuedThings":     counts[registry.ExecQueued],
-			"numberOfInProgressThings": counts[registry.ExecInProgress],
-			"numberOfRemovedThings":    counts[registry.ExecRemoved],
-			"numberOfTimedOutThings":   counts[registry.ExecTimedOut],
+			"numberOfCanceledThings":   counts[protocol.JobCanceled],
+			"numberOfSucceededThings":  counts[protocol.JobSucceeded],
+			"numberOfFailedThings":     counts[protocol.JobFailed],
+			"numberOfRejectedThings":   counts[protocol.JobRejected],
+			"numberOfQueuedThings":     counts[protocol.JobQueued],
+			"numberOfInProgressThings": counts[protocol.JobInProgress],
+			"numberOfRemovedThings":    counts[protocol.JobRemoved],
+			"numberOfTimedOutThings":   counts[protocol.JobTimedOut],
 		}}
 	if j.InProgressTimeoutInMinutes > 0 {
 		job["timeoutConfig"] = map[string]int64{"inProgressTimeoutInMinutes": j.InProgressTimeoutInMinutes}
@@ -635,7 +636,7 @@ func (s *Server) execution(e registry.JobExecution) map[string]any {
 		"thingArn": e.ThingARN, "queuedAt": epoch(e.QueuedAt), "startedAt": epoch(e.StartedAt),
 		"lastUpdatedAt": epoch(e.LastUpdatedAt), "executionNumber": e.ExecutionNumber, "versionNumber": e.VersionNumber,
 		"statusDetails": map[string]any{"detailsMap": e.StatusDetails}}
-	if at := e.TimeoutAt(); !at.IsZero() && e.Status == registry.ExecInProgress {
+	if at := e.TimeoutAt(); !at.IsZero() && e.Status == protocol.JobInProgress {
 		out["approximateSecondsBeforeTimedOut"] = max(0, int64(at.Sub(s.reg.Now()).Seconds()))
 	}
 	return out
@@ -655,7 +656,7 @@ func (s *Server) describeJobExecution(q *request) (any, error) {
 }
 
 func (s *Server) listJobExecutionsForThing(q *request) (any, error) {
-	execs, err := s.reg.ListJobExecutionsForThing(q.v("thingName"), q.query.Get("status"))
+	execs, err := s.reg.ListJobExecutionsForThing(q.v("thingName"), protocol.JobStatus(q.query.Get("status")))
 	if err != nil {
 		return nil, err
 	}

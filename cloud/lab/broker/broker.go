@@ -14,10 +14,8 @@ package broker
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -28,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/bootcert/bootcert/internal/clock"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
@@ -117,13 +116,6 @@ type Message struct {
 	Timestamp time.Time
 }
 
-// Clock tells the time; tests inject a fake one.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // Config configures a Server.
 type Config struct {
 	// Addr is the listen address (default 127.0.0.1:8883; port 0 picks a
@@ -152,7 +144,7 @@ type Config struct {
 	Region    string // default us-east-1
 	AccountID string // default 123456789012
 
-	Clock  Clock
+	Clock  clock.Clock
 	Logger *slog.Logger
 }
 
@@ -203,7 +195,7 @@ func Start(cfg Config) (*Server, error) {
 		cfg.AccountID = "123456789012"
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.Real{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -358,12 +350,6 @@ func (s *Server) Stats() Stats {
 		return true
 	})
 	return st
-}
-
-// CertificateID is AWS IoT's certificate ID: lower-hex SHA-256 of the DER.
-func CertificateID(der []byte) string {
-	sum := sha256.Sum256(der)
-	return hex.EncodeToString(sum[:])
 }
 
 func (s *Server) arn(kind, name string) string {

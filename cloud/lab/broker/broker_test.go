@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // These tests run the broker with hand-written registry, authorizer and jobs
@@ -49,7 +50,7 @@ func (r *fakeRegistry) FindCA(chain []*x509.Certificate) (string, bool, bool) {
 func (r *fakeRegistry) RegisterPendingCertificate(der []byte, caID string) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	id := CertificateID(der)
+	id := protocol.CertificateID(der)
 	if _, ok := r.status[id]; ok {
 		return false, nil
 	}
@@ -98,23 +99,23 @@ func (fakeAuthorizer) Authorize(p Principal, a Action, res string) Decision {
 
 type fakeJobs struct {
 	mu   sync.Mutex
-	exec *JobExecution
+	exec *protocol.JobExecution
 }
 
-func (j *fakeJobs) Pending(thing string) ([]JobExecutionSummary, []JobExecutionSummary, error) {
+func (j *fakeJobs) Pending(thing string) ([]protocol.JobExecutionSummary, []protocol.JobExecutionSummary, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.exec == nil || j.exec.ThingName != thing || Terminal(j.exec.Status) {
+	if j.exec == nil || j.exec.ThingName != thing || j.exec.Status.Terminal() {
 		return nil, nil, nil
 	}
-	s := JobExecutionSummary{JobID: j.exec.JobID, QueuedAt: j.exec.QueuedAt, VersionNumber: j.exec.VersionNumber, ExecutionNumber: 1}
+	s := protocol.JobExecutionSummary{JobID: j.exec.JobID, QueuedAt: j.exec.QueuedAt, VersionNumber: j.exec.VersionNumber, ExecutionNumber: 1}
 	if j.exec.Status == "IN_PROGRESS" {
-		return []JobExecutionSummary{s}, nil, nil
+		return []protocol.JobExecutionSummary{s}, nil, nil
 	}
-	return nil, []JobExecutionSummary{s}, nil
+	return nil, []protocol.JobExecutionSummary{s}, nil
 }
 
-func (j *fakeJobs) StartNext(thing string, req StartNextRequest) (*JobExecution, error) {
+func (j *fakeJobs) StartNext(thing string, req protocol.StartNextRequest) (*protocol.JobExecution, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.exec == nil || j.exec.ThingName != thing || j.exec.Status != "QUEUED" {
@@ -127,28 +128,28 @@ func (j *fakeJobs) StartNext(thing string, req StartNextRequest) (*JobExecution,
 	return &e, nil
 }
 
-func (j *fakeJobs) Describe(thing, jobID string, n *int64, doc bool) (*JobExecution, error) {
+func (j *fakeJobs) Describe(thing, jobID string, n *int64, doc bool) (*protocol.JobExecution, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.exec == nil || (jobID != "$next" && jobID != j.exec.JobID) {
-		return nil, &JobError{Code: CodeResourceNotFound, Message: "no such job"}
+		return nil, &JobError{Code: protocol.JobsResourceNotFound, Message: "no such job"}
 	}
 	e := *j.exec
 	return &e, nil
 }
 
-func (j *fakeJobs) Update(thing, jobID string, req UpdateRequest) (*JobExecution, error) {
+func (j *fakeJobs) Update(thing, jobID string, req protocol.UpdateRequest) (*protocol.JobExecution, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.exec == nil || jobID != j.exec.JobID {
-		return nil, &JobError{Code: CodeResourceNotFound, Message: "no such job"}
+		return nil, &JobError{Code: protocol.JobsResourceNotFound, Message: "no such job"}
 	}
-	st := &ExecutionState{Status: j.exec.Status, VersionNumber: j.exec.VersionNumber}
+	st := &protocol.ExecutionState{Status: j.exec.Status, VersionNumber: j.exec.VersionNumber}
 	if req.ExpectedVersion != nil && *req.ExpectedVersion != j.exec.VersionNumber {
-		return nil, &JobError{Code: CodeVersionMismatch, Message: "expected version mismatch", State: st}
+		return nil, &JobError{Code: protocol.JobsVersionMismatch, Message: "expected version mismatch", State: st}
 	}
-	if Terminal(j.exec.Status) {
-		return nil, &JobError{Code: CodeInvalidStateTransition, Message: "terminal", State: st}
+	if j.exec.Status.Terminal() {
+		return nil, &JobError{Code: protocol.JobsInvalidStateTransition, Message: "terminal", State: st}
 	}
 	j.exec.Status = req.Status
 	j.exec.VersionNumber++
@@ -371,7 +372,7 @@ func TestInactiveEndsSession(t *testing.T) {
 func TestJobsTopics(t *testing.T) {
 	e := newEnv(t)
 	dev, _ := e.device("dev-1", StatusActive)
-	e.jobs.exec = &JobExecution{JobID: "job-1", ThingName: "dev-1", Status: "QUEUED", JobDocument: json.RawMessage(`{"operation":"x"}`), VersionNumber: 1, ExecutionNumber: 1}
+	e.jobs.exec = &protocol.JobExecution{JobID: "job-1", ThingName: "dev-1", Status: "QUEUED", JobDocument: json.RawMessage(`{"operation":"x"}`), VersionNumber: 1, ExecutionNumber: 1}
 	s := labtest.StartSub(t, dev, "$aws/things/dev-1/jobs/#")
 	base := "$aws/things/dev-1/jobs/"
 
@@ -391,7 +392,7 @@ func TestJobsTopics(t *testing.T) {
 	pub("start-next", `{"clientToken":"t2","statusDetails":{"progress":"started"}}`)
 	m = s.WaitFor(t, "start-next/accepted", labtest.Contains(base+"start-next/accepted", `"t2"`))
 	var sn struct {
-		Execution JobExecution `json:"execution"`
+		Execution protocol.JobExecution `json:"execution"`
 	}
 	if err := json.Unmarshal([]byte(m.Payload), &sn); err != nil || sn.Execution.Status != "IN_PROGRESS" || string(sn.Execution.JobDocument) != `{"operation":"x"}` {
 		t.Fatalf("start-next/accepted = %s (%v)", m.Payload, err)
@@ -476,7 +477,7 @@ func FuzzJobsRequest(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	jobs := &fakeJobs{exec: &JobExecution{JobID: "job-1", ThingName: "t", Status: "QUEUED", VersionNumber: 1}}
+	jobs := &fakeJobs{exec: &protocol.JobExecution{JobID: "job-1", ThingName: "t", Status: "QUEUED", VersionNumber: 1}}
 	srv, err := Start(Config{Addr: "127.0.0.1:0", ServerCert: cert, Registry: &fakeRegistry{status: map[string]string{}}, Authorizer: fakeAuthorizer{}, Jobs: jobs})
 	if err != nil {
 		f.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/bootcert/bootcert/protocol"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -85,7 +86,7 @@ func (s *Server) connect(cl *mqtt.Client) error {
 		return ErrThrottled
 	}
 	leaf := st.PeerCertificates[0]
-	id := CertificateID(leaf.Raw)
+	id := protocol.CertificateID(leaf.Raw)
 	log = log.With("certificateId", id)
 	status, known := s.cfg.Registry.CertificateStatus(id)
 	if !known {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // The Jobs device MQTT API, as AWS IoT documents it ("Jobs device MQTT
@@ -25,130 +27,45 @@ import (
 // answered as InternalError).
 type Jobs interface {
 	// Pending lists a thing's IN_PROGRESS and QUEUED executions.
-	Pending(thing string) (inProgress, queued []JobExecutionSummary, err error)
+	Pending(thing string) (inProgress, queued []protocol.JobExecutionSummary, err error)
 	// StartNext moves the next pending execution to IN_PROGRESS and returns
 	// it (nil, nil when there is none).
-	StartNext(thing string, req StartNextRequest) (*JobExecution, error)
+	StartNext(thing string, req protocol.StartNextRequest) (*protocol.JobExecution, error)
 	// Describe returns an execution; jobID "$next" is the next pending one
 	// (nil, nil when there is none).
-	Describe(thing, jobID string, executionNumber *int64, includeDocument bool) (*JobExecution, error)
+	Describe(thing, jobID string, executionNumber *int64, includeDocument bool) (*protocol.JobExecution, error)
 	// Update changes an execution's status; the returned execution carries
 	// the job document when req.IncludeJobDocument is set.
-	Update(thing, jobID string, req UpdateRequest) (*JobExecution, error)
-}
-
-// JobExecutionSummary is an element of inProgressJobs/queuedJobs and of
-// notify's lists. Times are seconds since the epoch, as in the Jobs API.
-type JobExecutionSummary struct {
-	JobID           string `json:"jobId"`
-	QueuedAt        int64  `json:"queuedAt"`
-	StartedAt       int64  `json:"startedAt,omitempty"`
-	LastUpdatedAt   int64  `json:"lastUpdatedAt"`
-	VersionNumber   int64  `json:"versionNumber"`
-	ExecutionNumber int64  `json:"executionNumber"`
-}
-
-// JobExecution is the execution object of the Jobs MQTT API.
-type JobExecution struct {
-	JobID           string            `json:"jobId"`
-	ThingName       string            `json:"thingName"`
-	JobDocument     json.RawMessage   `json:"jobDocument,omitempty"`
-	Status          string            `json:"status"`
-	StatusDetails   map[string]string `json:"statusDetails,omitempty"`
-	QueuedAt        int64             `json:"queuedAt"`
-	StartedAt       int64             `json:"startedAt,omitempty"`
-	LastUpdatedAt   int64             `json:"lastUpdatedAt"`
-	VersionNumber   int64             `json:"versionNumber"`
-	ExecutionNumber int64             `json:"executionNumber"`
-}
-
-// ExecutionState is the short state in update replies and rejections.
-type ExecutionState struct {
-	Status        string            `json:"status"`
-	StatusDetails map[string]string `json:"statusDetails,omitempty"`
-	VersionNumber int64             `json:"versionNumber"`
-}
-
-// StartNextRequest is the start-next request body.
-type StartNextRequest struct {
-	StatusDetails        map[string]string `json:"statusDetails,omitempty"`
-	StepTimeoutInMinutes *int64            `json:"stepTimeoutInMinutes,omitempty"`
-	ClientToken          string            `json:"clientToken,omitempty"`
-}
-
-// UpdateRequest is the {jobId}/update request body.
-type UpdateRequest struct {
-	Status                   string            `json:"status"`
-	StatusDetails            map[string]string `json:"statusDetails,omitempty"`
-	ExpectedVersion          *int64            `json:"expectedVersion,omitempty"`
-	ExecutionNumber          *int64            `json:"executionNumber,omitempty"`
-	IncludeJobExecutionState bool              `json:"includeJobExecutionState,omitempty"`
-	IncludeJobDocument       bool              `json:"includeJobDocument,omitempty"`
-	StepTimeoutInMinutes     *int64            `json:"stepTimeoutInMinutes,omitempty"`
-	ClientToken              string            `json:"clientToken,omitempty"`
-}
-
-type describeRequest struct {
-	ExecutionNumber    *int64 `json:"executionNumber,omitempty"`
-	IncludeJobDocument *bool  `json:"includeJobDocument,omitempty"`
-	ClientToken        string `json:"clientToken,omitempty"`
+	Update(thing, jobID string, req protocol.UpdateRequest) (*protocol.JobExecution, error)
 }
 
 type tokenRequest struct {
 	ClientToken string `json:"clientToken,omitempty"`
 }
 
-// Jobs MQTT API error codes ("Jobs device MQTT and HTTPS APIs" > error
-// response).
-const (
-	CodeInvalidTopic           = "InvalidTopic"
-	CodeInvalidJSON            = "InvalidJson"
-	CodeInvalidRequest         = "InvalidRequest"
-	CodeInvalidStateTransition = "InvalidStateTransition"
-	CodeResourceNotFound       = "ResourceNotFound"
-	CodeVersionMismatch        = "VersionMismatch"
-	CodeInternalError          = "InternalError"
-	CodeRequestThrottled       = "RequestThrottled"
-	CodeTerminalStateReached   = "TerminalStateReached"
-)
-
 // JobError is an error with a Jobs API code; State is included in the
 // rejection when known (VersionMismatch, InvalidStateTransition).
 type JobError struct {
-	Code    string
+	Code    protocol.JobsErrorCode
 	Message string
-	State   *ExecutionState
+	State   *protocol.ExecutionState
 }
 
-func (e *JobError) Error() string { return e.Code + ": " + e.Message }
-
-type rejection struct {
-	Code           string          `json:"code"`
-	Message        string          `json:"message"`
-	ClientToken    string          `json:"clientToken,omitempty"`
-	Timestamp      int64           `json:"timestamp"`
-	ExecutionState *ExecutionState `json:"executionState,omitempty"`
-}
+func (e *JobError) Error() string { return string(e.Code) + ": " + e.Message }
 
 // parseJobsTopic splits $aws/things/{thing}/jobs/{op}; op is "get",
 // "start-next", "{jobId}/get" or "{jobId}/update". Replies and
 // notifications (accepted, rejected, notify) are not requests.
 func parseJobsTopic(topic string) (thing, op string, ok bool) {
-	rest, found := strings.CutPrefix(topic, "$aws/things/")
-	if !found {
+	thing, op, ok = protocol.ParseJobsTopic(topic)
+	if !ok || strings.Contains(thing, "/") {
 		return "", "", false
 	}
-	thing, op, found = strings.Cut(rest, "/jobs/")
-	if !found || thing == "" || strings.Contains(thing, "/") {
-		return "", "", false
-	}
-	if strings.HasSuffix(op, "/accepted") || strings.HasSuffix(op, "/rejected") || op == "notify" || op == "notify-next" {
+	if strings.HasSuffix(op, "/accepted") || strings.HasSuffix(op, "/rejected") || op == protocol.JobsNotify || op == protocol.JobsNotifyNext {
 		return "", "", false
 	}
 	return thing, op, true
 }
-
-func (s *Server) jobsTopic(thing, op string) string { return "$aws/things/" + thing + "/jobs/" + op }
 
 // handleJobs answers one Jobs API request.
 func (s *Server) handleJobs(thing, op string, payload []byte) {
@@ -159,7 +76,7 @@ func (s *Server) handleJobs(thing, op string, payload []byte) {
 			log.Error("encoding jobs reply", "err", err)
 			return
 		}
-		if err := s.Publish(s.jobsTopic(thing, op+"/"+suffix), b, 1); err != nil {
+		if err := s.Publish(protocol.JobsTopic(thing, op+"/"+suffix), b, 1); err != nil {
 			log.Error("publishing jobs reply", "err", err)
 		}
 	}
@@ -168,40 +85,40 @@ func (s *Server) handleJobs(thing, op string, payload []byte) {
 		var je *JobError
 		if !errors.As(err, &je) {
 			log.Error("jobs store failed", "err", err)
-			je = &JobError{Code: CodeInternalError, Message: "internal error"}
+			je = &JobError{Code: protocol.JobsInternalError, Message: "internal error"}
 		}
 		log.Info("jobs request rejected", "code", je.Code, "message", je.Message)
-		reply("rejected", rejection{Code: je.Code, Message: je.Message, ClientToken: token, Timestamp: now, ExecutionState: je.State})
+		reply("rejected", protocol.JobsRejected{Code: je.Code, Message: je.Message, ClientToken: token, Timestamp: now, ExecutionState: je.State})
 	}
 	if len(bytes.TrimSpace(payload)) == 0 {
 		payload = []byte("{}")
 	}
 	var tok tokenRequest
 	if err := json.Unmarshal(payload, &tok); err != nil {
-		reject("", &JobError{Code: CodeInvalidJSON, Message: "request payload is not a JSON object: " + err.Error()})
+		reject("", &JobError{Code: protocol.JobsInvalidJSON, Message: "request payload is not a JSON object: " + err.Error()})
 		return
 	}
 	if s.cfg.Jobs == nil {
-		reject(tok.ClientToken, &JobError{Code: CodeInvalidTopic, Message: "jobs are not available in this lab"})
+		reject(tok.ClientToken, &JobError{Code: protocol.JobsInvalidTopic, Message: "jobs are not available in this lab"})
 		return
 	}
 	jobID, verb, _ := strings.Cut(op, "/")
 	switch {
-	case op == "get":
+	case op == protocol.JobsGetPending:
 		inProgress, queued, err := s.cfg.Jobs.Pending(thing)
 		if err != nil {
 			reject(tok.ClientToken, err)
 			return
 		}
 		if inProgress == nil {
-			inProgress = []JobExecutionSummary{}
+			inProgress = []protocol.JobExecutionSummary{}
 		}
 		if queued == nil {
-			queued = []JobExecutionSummary{}
+			queued = []protocol.JobExecutionSummary{}
 		}
-		reply("accepted", map[string]any{"inProgressJobs": inProgress, "queuedJobs": queued, "timestamp": now, "clientToken": tok.ClientToken})
-	case op == "start-next":
-		var req StartNextRequest
+		reply("accepted", protocol.GetPendingAccepted{InProgressJobs: inProgress, QueuedJobs: queued, Timestamp: now, ClientToken: tok.ClientToken})
+	case op == protocol.JobsStartNext:
+		var req protocol.StartNextRequest
 		if err := strictJSON(payload, &req); err != nil {
 			reject(tok.ClientToken, err)
 			return
@@ -211,14 +128,13 @@ func (s *Server) handleJobs(thing, op string, payload []byte) {
 			reject(req.ClientToken, err)
 			return
 		}
-		out := map[string]any{"timestamp": now, "clientToken": req.ClientToken}
+		out := protocol.ExecutionAccepted{Execution: exec, Timestamp: now, ClientToken: req.ClientToken}
 		if exec != nil {
-			out["execution"] = exec
 			log.Info("job execution started", "jobId", exec.JobID, "status", exec.Status, "versionNumber", exec.VersionNumber)
 		}
 		reply("accepted", out)
 	case verb == "get" && jobID != "":
-		var req describeRequest
+		var req protocol.DescribeRequest
 		if err := strictJSON(payload, &req); err != nil {
 			reject(tok.ClientToken, err)
 			return
@@ -230,18 +146,18 @@ func (s *Server) handleJobs(thing, op string, payload []byte) {
 			return
 		}
 		if exec == nil {
-			reject(req.ClientToken, &JobError{Code: CodeResourceNotFound, Message: fmt.Sprintf("no job execution %s for thing %s", jobID, thing)})
+			reject(req.ClientToken, &JobError{Code: protocol.JobsResourceNotFound, Message: fmt.Sprintf("no job execution %s for thing %s", jobID, thing)})
 			return
 		}
-		reply("accepted", map[string]any{"execution": exec, "timestamp": now, "clientToken": req.ClientToken})
+		reply("accepted", protocol.ExecutionAccepted{Execution: exec, Timestamp: now, ClientToken: req.ClientToken})
 	case verb == "update" && jobID != "":
-		var req UpdateRequest
+		var req protocol.UpdateRequest
 		if err := strictJSON(payload, &req); err != nil {
 			reject(tok.ClientToken, err)
 			return
 		}
 		if req.Status == "" {
-			reject(req.ClientToken, &JobError{Code: CodeInvalidRequest, Message: "status is required"})
+			reject(req.ClientToken, &JobError{Code: protocol.JobsInvalidRequest, Message: "status is required"})
 			return
 		}
 		exec, err := s.cfg.Jobs.Update(thing, jobID, req)
@@ -250,16 +166,16 @@ func (s *Server) handleJobs(thing, op string, payload []byte) {
 			return
 		}
 		log.Info("job execution updated", "jobId", jobID, "status", exec.Status, "versionNumber", exec.VersionNumber)
-		out := map[string]any{"timestamp": now, "clientToken": req.ClientToken}
+		out := protocol.UpdateAccepted{Timestamp: now, ClientToken: req.ClientToken}
 		if req.IncludeJobExecutionState {
-			out["executionState"] = ExecutionState{Status: exec.Status, StatusDetails: exec.StatusDetails, VersionNumber: exec.VersionNumber}
+			out.ExecutionState = &protocol.ExecutionState{Status: exec.Status, StatusDetails: exec.StatusDetails, VersionNumber: exec.VersionNumber}
 		}
 		if req.IncludeJobDocument && len(exec.JobDocument) > 0 {
-			out["jobDocument"] = exec.JobDocument
+			out.JobDocument = exec.JobDocument
 		}
 		reply("accepted", out)
 	default:
-		reject(tok.ClientToken, &JobError{Code: CodeInvalidTopic, Message: "unknown jobs topic " + s.jobsTopic(thing, op)})
+		reject(tok.ClientToken, &JobError{Code: protocol.JobsInvalidTopic, Message: "unknown jobs topic " + protocol.JobsTopic(thing, op)})
 	}
 }
 
@@ -269,10 +185,10 @@ func (s *Server) handleJobs(thing, op string, payload []byte) {
 func strictJSON(payload []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	if err := dec.Decode(v); err != nil {
-		return &JobError{Code: CodeInvalidJSON, Message: err.Error()}
+		return &JobError{Code: protocol.JobsInvalidJSON, Message: err.Error()}
 	}
 	if dec.More() {
-		return &JobError{Code: CodeInvalidJSON, Message: "trailing data after the JSON object"}
+		return &JobError{Code: protocol.JobsInvalidJSON, Message: "trailing data after the JSON object"}
 	}
 	return nil
 }
@@ -282,22 +198,13 @@ func strictJSON(payload []byte, v any) error {
 type JobExecutionEvent struct {
 	ThingName     string
 	JobID         string
-	Status        string // new status
-	OldStatus     string // "" for a new (QUEUED) execution
+	Status        protocol.JobStatus // new status
+	OldStatus     protocol.JobStatus // "" for a new (QUEUED) execution
 	StatusDetails map[string]string
 	Operation     string // "update", "start", "queue", "cancel", "timeout" ...
 	// NoEvent: JOB_EXECUTION events are disabled (UpdateEventConfigurations);
 	// only the device's notify and notify-next go out.
 	NoEvent bool
-}
-
-// Terminal reports whether a job execution status is terminal.
-func Terminal(status string) bool {
-	switch status {
-	case "SUCCEEDED", "FAILED", "REJECTED", "REMOVED", "CANCELED", "TIMED_OUT":
-		return true
-	}
-	return false
 }
 
 // JobExecutionChanged publishes what AWS publishes when a job execution
@@ -322,7 +229,7 @@ func (s *Server) JobExecutionChanged(ev JobExecutionEvent) {
 	b, _ := json.Marshal(event)
 	s.log.Info("job execution event", "thing", ev.ThingName, "jobId", ev.JobID, "from", ev.OldStatus, "to", ev.Status, "operation", ev.Operation, "published", !ev.NoEvent)
 	if !ev.NoEvent {
-		if err := s.Publish("$aws/events/jobExecution/"+ev.JobID+"/"+strings.ToLower(ev.Status), b, 1); err != nil {
+		if err := s.Publish("$aws/events/jobExecution/"+ev.JobID+"/"+strings.ToLower(string(ev.Status)), b, 1); err != nil {
 			s.log.Error("publishing job execution event", "err", err)
 		}
 	}
@@ -330,7 +237,7 @@ func (s *Server) JobExecutionChanged(ev JobExecutionEvent) {
 	// thing's pending list ("Jobs device MQTT API": notify "whenever a job
 	// execution is added to or removed from the list of pending job
 	// executions").
-	if s.cfg.Jobs == nil || !(ev.OldStatus == "" || Terminal(ev.Status)) {
+	if s.cfg.Jobs == nil || !(ev.OldStatus == "" || ev.Status.Terminal()) {
 		return
 	}
 	inProgress, queued, err := s.cfg.Jobs.Pending(ev.ThingName)
@@ -338,15 +245,15 @@ func (s *Server) JobExecutionChanged(ev JobExecutionEvent) {
 		s.log.Error("listing pending jobs for notify", "thing", ev.ThingName, "err", err)
 		return
 	}
-	jobs := map[string][]JobExecutionSummary{}
+	jobs := map[protocol.JobStatus][]protocol.JobExecutionSummary{}
 	if len(inProgress) > 0 {
-		jobs["IN_PROGRESS"] = inProgress
+		jobs[protocol.JobInProgress] = inProgress
 	}
 	if len(queued) > 0 {
-		jobs["QUEUED"] = queued
+		jobs[protocol.JobQueued] = queued
 	}
 	b, _ = json.Marshal(map[string]any{"timestamp": now.Unix(), "jobs": jobs})
-	if err := s.Publish(s.jobsTopic(ev.ThingName, "notify"), b, 1); err != nil {
+	if err := s.Publish(protocol.JobsTopic(ev.ThingName, protocol.JobsNotify), b, 1); err != nil {
 		s.log.Error("publishing notify", "err", err)
 	}
 	s.NotifyNext(ev.ThingName)
@@ -358,21 +265,17 @@ func (s *Server) NotifyNext(thing string) {
 	if s.cfg.Jobs == nil {
 		return
 	}
-	exec, err := s.cfg.Jobs.Describe(thing, "$next", nil, true)
+	exec, err := s.cfg.Jobs.Describe(thing, protocol.JobsNextID, nil, true)
 	if err != nil {
 		var je *JobError
-		if !errors.As(err, &je) || je.Code != CodeResourceNotFound {
+		if !errors.As(err, &je) || je.Code != protocol.JobsResourceNotFound {
 			s.log.Error("describing next job for notify-next", "thing", thing, "err", err)
 			return
 		}
 		exec = nil
 	}
-	out := map[string]any{"timestamp": s.cfg.Clock.Now().Unix()}
-	if exec != nil {
-		out["execution"] = exec
-	}
-	b, _ := json.Marshal(out)
-	if err := s.Publish(s.jobsTopic(thing, "notify-next"), b, 1); err != nil {
+	b, _ := json.Marshal(protocol.ExecutionAccepted{Execution: exec, Timestamp: s.cfg.Clock.Now().Unix()})
+	if err := s.Publish(protocol.JobsTopic(thing, protocol.JobsNotifyNext), b, 1); err != nil {
 		s.log.Error("publishing notify-next", "err", err)
 	}
 }

@@ -11,10 +11,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -29,6 +27,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/internal/testenv"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // CA is a test certificate authority.
@@ -120,9 +119,8 @@ func (ca *CA) Issue(t testing.TB, cn string, opts ...Options) *Leaf {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256(der)
 	return &Leaf{
-		Cert: cert, Key: key, ID: hex.EncodeToString(sum[:]),
+		Cert: cert, Key: key, ID: protocol.CertificateID(der),
 		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk8}),
 	}

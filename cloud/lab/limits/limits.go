@@ -16,6 +16,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/bootcert/bootcert/internal/clock"
 )
 
 // Limits are rates in requests per second; 0 (or absent) means unlimited.
@@ -198,13 +200,6 @@ func (l Limits) APIRate(op string) float64 {
 	return l.API["*"]
 }
 
-// Clock gives the current time.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // bucket is a token bucket holding at most max(1, rate) tokens, refilled at
 // rate per second.
 type bucket struct {
@@ -234,7 +229,7 @@ const maxClientBuckets = 100000
 // Limiter enforces Limits. Safe for concurrent use.
 type Limiter struct {
 	limits Limits
-	clock  Clock
+	clock  clock.Clock
 
 	mu      sync.Mutex
 	api     map[string]*bucket
@@ -244,11 +239,11 @@ type Limiter struct {
 }
 
 // NewLimiter returns a limiter for l; clock may be nil.
-func NewLimiter(l Limits, clock Clock) *Limiter {
-	if clock == nil {
-		clock = systemClock{}
+func NewLimiter(l Limits, clk clock.Clock) *Limiter {
+	if clk == nil {
+		clk = clock.Real{}
 	}
-	return &Limiter{limits: l, clock: clock, api: map[string]*bucket{}, clients: map[string]*bucket{}, publish: map[string]*bucket{}}
+	return &Limiter{limits: l, clock: clk, api: map[string]*bucket{}, clients: map[string]*bucket{}, publish: map[string]*bucket{}}
 }
 
 // Limits returns the limits enforced.

@@ -4,22 +4,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/bootcert/bootcert/internal/clock"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 func TestParse(t *testing.T) {
 	for _, tc := range []struct {
@@ -63,7 +52,7 @@ func TestLoad(t *testing.T) {
 }
 
 func TestLimiter(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1000, 0)}
+	clk := clock.NewFake(time.Unix(1000, 0))
 	l := NewLimiter(Limits{API: map[string]float64{"CreateThing": 2}, ConnectsPerSecond: 3, ConnectsPerClientPerSecond: 1}, clk)
 	if !l.AllowAPI("CreateThing") || !l.AllowAPI("CreateThing") || l.AllowAPI("CreateThing") {
 		t.Fatal("CreateThing at 2 TPS: want 2 allowed then throttled")
@@ -107,7 +96,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		lim := NewLimiter(l, &fakeClock{t: time.Unix(0, 0)})
+		lim := NewLimiter(l, clock.NewFake(time.Unix(0, 0)))
 		for op := range l.API {
 			lim.AllowAPI(op)
 		}

@@ -30,14 +30,8 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/internal/atomicfile"
+	"github.com/bootcert/bootcert/internal/clock"
 )
-
-// Clock gives the current time.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
 
 // File names under the data directory.
 const (
@@ -56,7 +50,7 @@ var AWSNotAfter = time.Date(2049, 12, 31, 23, 59, 59, 0, time.UTC)
 // PKI is the lab's CAs.
 type PKI struct {
 	dir   string
-	clock Clock
+	clock clock.Clock
 
 	serverCA   *x509.Certificate
 	serverCert tls.Certificate
@@ -66,16 +60,16 @@ type PKI struct {
 
 // Load loads the CAs from DIR/pki, creating what is missing, and writes
 // DIR/server-ca.pem. clock may be nil.
-func Load(dir string, clock Clock) (*PKI, error) {
-	if clock == nil {
-		clock = systemClock{}
+func Load(dir string, clk clock.Clock) (*PKI, error) {
+	if clk == nil {
+		clk = clock.Real{}
 	}
-	p := &PKI{dir: dir, clock: clock}
+	p := &PKI{dir: dir, clock: clk}
 	pd := filepath.Join(dir, subdir)
 	if err := os.MkdirAll(pd, 0o700); err != nil {
 		return nil, fmt.Errorf("lab pki: %w", err)
 	}
-	now := clock.Now()
+	now := clk.Now()
 	caCert, caKey, err := p.loadOrCreate("server-ca", func(key crypto.Signer) (*x509.Certificate, error) {
 		return selfSigned(key, pkix.Name{Organization: []string{"bootcert lab"}, CommonName: "bootcert lab server CA"}, now, now.AddDate(10, 0, 0))
 	}, nil, nil)

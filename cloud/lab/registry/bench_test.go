@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+
+	"github.com/bootcert/bootcert/internal/clock"
 )
 
 // BenchmarkJITRFlow measures the registry side of one device's JITR and
@@ -21,7 +23,7 @@ func BenchmarkJITRFlow(b *testing.B) {
 				if mode != "memory" {
 					dir = b.TempDir()
 				}
-				r, err := Open(Config{Dir: dir, Clock: &fakeClock{t: t0}, WriteBehind: mode == "write-behind"})
+				r, err := Open(Config{Dir: dir, Clock: clock.NewFake(t0), WriteBehind: mode == "write-behind"})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -74,7 +76,7 @@ func BenchmarkJITRFlow(b *testing.B) {
 // BenchmarkJITRFlowParallel is BenchmarkJITRFlow from 16 goroutines with
 // synced writes: concurrent callers share writes (group commit).
 func BenchmarkJITRFlowParallel(b *testing.B) {
-	r, err := Open(Config{Dir: b.TempDir(), Clock: &fakeClock{t: t0}})
+	r, err := Open(Config{Dir: b.TempDir(), Clock: clock.NewFake(t0)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,23 +1,14 @@
 package registry
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"strings"
 	"time"
-)
 
-// CertificateID is the AWS IoT certificate ID: the lower-hex SHA-256 of the
-// DER (https://docs.aws.amazon.com/iot/latest/apireference/API_Certificate.html
-// "certificateId ... (The last part of the certificate ARN contains the
-// certificate ID.)"; AWS computes it as the SHA-256 fingerprint).
-func CertificateID(der []byte) string {
-	sum := sha256.Sum256(der)
-	return hex.EncodeToString(sum[:])
-}
+	"github.com/bootcert/bootcert/protocol"
+)
 
 // MaxPEM bounds certificate and CSR PEM inputs (AWS: certificatePem is at
 // most 65536 characters).
@@ -100,7 +91,7 @@ func (r *Registry) RegisterCACertificate(in RegisterCAInput) (CACertificate, err
 				return newErr(CodeRegistrationCode, "verificationCertificate", "subject CN is not this account's registration code (GetRegistrationCode)")
 			}
 		}
-		id := CertificateID(ca.Raw)
+		id := protocol.CertificateID(ca.Raw)
 		if _, ok := r.st.CAs[id]; ok {
 			return newErr(CodeAlreadyExists, "cacert "+id, "CA certificate %s is already registered", id)
 		}
@@ -212,7 +203,7 @@ func (r *Registry) FindCAFor(leaf *x509.Certificate) (CACertificate, error) {
 }
 
 func (r *Registry) addCertLocked(op string, c *x509.Certificate, caID, status, mode string, now time.Time) (*Certificate, error) {
-	id := CertificateID(c.Raw)
+	id := protocol.CertificateID(c.Raw)
 	if _, ok := r.st.Certs[id]; ok {
 		return nil, newErr(CodeAlreadyExists, "cert "+id, "certificate %s is already registered", id)
 	}
@@ -240,7 +231,7 @@ func (r *Registry) RegisterPendingCertificate(der []byte, caID string) (Certific
 	var out Certificate
 	var isNew bool
 	err = r.do(func(now time.Time) error {
-		if old, ok := r.st.Certs[CertificateID(der)]; ok {
+		if old, ok := r.st.Certs[protocol.CertificateID(der)]; ok {
 			out = *old
 			return nil
 		}
@@ -249,7 +240,7 @@ func (r *Registry) RegisterPendingCertificate(der []byte, caID string) (Certific
 			return notFound("CA certificate", caID)
 		}
 		if ca.Status != StatusActive || ca.AutoRegistrationStatus != AutoRegistrationEnable {
-			r.logDecision("JITR", CertificateID(der), "refused", "ca", caID, "caStatus", ca.Status, "autoRegistration", ca.AutoRegistrationStatus)
+			r.logDecision("JITR", protocol.CertificateID(der), "refused", "ca", caID, "caStatus", ca.Status, "autoRegistration", ca.AutoRegistrationStatus)
 			return newErr(CodeCertificateState, "cacert "+caID, "CA is %s with auto-registration %s: JITR needs ACTIVE and ENABLE", ca.Status, ca.AutoRegistrationStatus)
 		}
 		if err := r.checkValidity("certificate", c, now); err != nil {
@@ -282,7 +273,7 @@ func (r *Registry) RegisterCertificate(certPEM, caPEM, status string) (Certifica
 		if err != nil {
 			return Certificate{}, err
 		}
-		wantCA = CertificateID(ca.Raw)
+		wantCA = protocol.CertificateID(ca.Raw)
 	}
 	ca, err := r.FindCAFor(c)
 	if err != nil {

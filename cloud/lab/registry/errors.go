@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // Code classifies a registry error. The names follow the AWS IoT Jobs MQTT
@@ -105,20 +107,20 @@ func CodeOf(err error) Code {
 // "ErrorCode": InvalidTopic, InvalidJson, InvalidRequest,
 // InvalidStateTransition, ResourceNotFound, VersionMismatch, InternalError,
 // RequestThrottled, TerminalStateReached).
-func JobsCode(err error) string {
+func JobsCode(err error) protocol.JobsErrorCode {
 	switch CodeOf(err) {
 	case CodeNotFound:
-		return "ResourceNotFound"
+		return protocol.JobsResourceNotFound
 	case CodeInvalidStateTransition:
-		return "InvalidStateTransition"
+		return protocol.JobsInvalidStateTransition
 	case CodeTerminalStateReached:
-		return "TerminalStateReached"
+		return protocol.JobsTerminalStateReached
 	case CodeVersionMismatch:
-		return "VersionMismatch"
+		return protocol.JobsVersionMismatch
 	case CodeInternal:
-		return "InternalError"
+		return protocol.JobsInternalError
 	default:
-		return "InvalidRequest"
+		return protocol.JobsInvalidRequest
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // Limits of the Jobs APIs
@@ -170,12 +172,12 @@ func (r *Registry) queueLocked(j *Job, thing string, now time.Time) {
 	var num int64 = 1
 	if n := len(execs); n > 0 {
 		last := execs[n-1]
-		if !Terminal(last.Status) || j.TargetSelection == TargetSnapshot {
+		if !last.Status.Terminal() || j.TargetSelection == TargetSnapshot {
 			return
 		}
 		num = last.ExecutionNumber + 1
 	}
-	e := &JobExecution{JobID: j.ID, ThingName: thing, ThingARN: r.ThingARN(thing), Status: ExecQueued,
+	e := &JobExecution{JobID: j.ID, ThingName: thing, ThingARN: r.ThingARN(thing), Status: protocol.JobQueued,
 		QueuedAt: now, LastUpdatedAt: now, VersionNumber: 1, ExecutionNumber: num}
 	byJob[j.ID] = append(execs, e)
 	r.touch()
@@ -184,25 +186,25 @@ func (r *Registry) queueLocked(j *Job, thing string, now time.Time) {
 }
 
 // setStatusLocked changes an execution's status and bumps its version.
-func (r *Registry) setStatusLocked(j *Job, e *JobExecution, status string, now time.Time) {
+func (r *Registry) setStatusLocked(j *Job, e *JobExecution, status protocol.JobStatus, now time.Time) {
 	old := e.Status
 	e.Status = status
 	e.LastUpdatedAt = now
 	e.VersionNumber++
-	if status == ExecInProgress && e.StartedAt.IsZero() {
+	if status == protocol.JobInProgress && e.StartedAt.IsZero() {
 		e.StartedAt = now
 		if j.InProgressTimeoutInMinutes > 0 {
 			e.InProgressTimeoutAt = now.Add(time.Duration(j.InProgressTimeoutInMinutes) * time.Minute)
 		}
 	}
-	if Terminal(status) {
+	if status.Terminal() {
 		e.StepTimeoutAt, e.InProgressTimeoutAt = time.Time{}, time.Time{}
 	}
 	r.trackTimeout(e)
 	r.touch()
-	r.logDecision("JobExecution", j.ID+"/"+e.ThingName, "status "+status, "old", old, "version", e.VersionNumber, "executionNumber", e.ExecutionNumber)
+	r.logDecision("JobExecution", j.ID+"/"+e.ThingName, "status "+string(status), "old", old, "version", e.VersionNumber, "executionNumber", e.ExecutionNumber)
 	r.emit(JobExecutionChanged{Exec: copyExec(e), Job: copyJob(j), OldStatus: old})
-	if Terminal(status) {
+	if status.Terminal() {
 		r.maybeCompleteLocked(j, now)
 	}
 }
@@ -215,7 +217,7 @@ func (r *Registry) maybeCompleteLocked(j *Job, now time.Time) {
 	}
 	for _, byJob := range r.st.Execs {
 		for _, e := range byJob[j.ID] {
-			if !Terminal(e.Status) {
+			if !e.Status.Terminal() {
 				return
 			}
 		}
@@ -227,7 +229,7 @@ func (r *Registry) maybeCompleteLocked(j *Job, now time.Time) {
 
 // trackTimeout keeps r.timed in step with e.
 func (r *Registry) trackTimeout(e *JobExecution) {
-	if e.Status == ExecInProgress && !e.TimeoutAt().IsZero() {
+	if e.Status == protocol.JobInProgress && !e.TimeoutAt().IsZero() {
 		r.timed[e] = true
 	} else {
 		delete(r.timed, e)
@@ -252,7 +254,7 @@ func (r *Registry) expireLocked(now time.Time) {
 	})
 	for _, e := range due {
 		if j := r.st.Jobs[e.JobID]; j != nil {
-			r.setStatusLocked(j, e, ExecTimedOut, now)
+			r.setStatusLocked(j, e, protocol.JobTimedOut, now)
 		} else {
 			delete(r.timed, e)
 		}
@@ -276,9 +278,9 @@ func (r *Registry) ExpireTimeouts() time.Time {
 }
 
 // DescribeJob returns a job and the number of executions in each status.
-func (r *Registry) DescribeJob(jobID string) (Job, map[string]int, error) {
+func (r *Registry) DescribeJob(jobID string) (Job, map[protocol.JobStatus]int, error) {
 	var out Job
-	counts := map[string]int{}
+	counts := map[protocol.JobStatus]int{}
 	err := r.do(func(time.Time) error {
 		j, ok := r.st.Jobs[jobID]
 		if !ok {
@@ -346,7 +348,7 @@ func (r *Registry) DescribeJobExecution(jobID, thing string, executionNumber *in
 
 // ListJobExecutionsForThing lists a thing's executions (all of them, newest
 // queued first), optionally only those with status.
-func (r *Registry) ListJobExecutionsForThing(thing, status string) ([]JobExecution, error) {
+func (r *Registry) ListJobExecutionsForThing(thing string, status protocol.JobStatus) ([]JobExecution, error) {
 	var out []JobExecution
 	err := r.do(func(time.Time) error {
 		if _, ok := r.st.Things[thing]; !ok {
@@ -389,16 +391,16 @@ func (r *Registry) CancelJobExecution(jobID, thing string, force bool, expectedV
 			return newErr(CodeVersionMismatch, "job execution "+jobID+"/"+thing, "expected version %d, current version is %d", *expectedVersion, e.VersionNumber)
 		}
 		switch {
-		case Terminal(e.Status):
+		case e.Status.Terminal():
 			return newErr(CodeInvalidStateTransition, "job execution "+jobID+"/"+thing, "execution is %s (terminal)", e.Status)
-		case e.Status == ExecInProgress && !force:
+		case e.Status == protocol.JobInProgress && !force:
 			return newErr(CodeInvalidStateTransition, "job execution "+jobID+"/"+thing, "execution is IN_PROGRESS: use force to cancel it")
 		}
 		if statusDetails != nil {
 			e.StatusDetails = copyMap(statusDetails)
 		}
-		e.ForceCanceled = e.Status == ExecInProgress
-		r.setStatusLocked(j, e, ExecCanceled, now)
+		e.ForceCanceled = e.Status == protocol.JobInProgress
+		r.setStatusLocked(j, e, protocol.JobCanceled, now)
 		return nil
 	})
 }
@@ -413,9 +415,9 @@ func (r *Registry) pendingLocked(thing string) (inProgress, queued []*JobExecuti
 		}
 		e := execs[len(execs)-1]
 		switch e.Status {
-		case ExecInProgress:
+		case protocol.JobInProgress:
 			inProgress = append(inProgress, e)
-		case ExecQueued:
+		case protocol.JobQueued:
 			queued = append(queued, e)
 		}
 	}
@@ -500,14 +502,14 @@ func (r *Registry) StartNextPendingJobExecution(thing string, statusDetails map[
 			return nil
 		}
 		job := r.st.Jobs[n.JobID]
-		if n.Status == ExecQueued {
+		if n.Status == protocol.JobQueued {
 			if statusDetails != nil {
 				n.StatusDetails = copyMap(statusDetails)
 			}
 			if stepTimeoutMinutes != nil {
 				n.StepTimeoutAt = now.Add(time.Duration(*stepTimeoutMinutes) * time.Minute)
 			}
-			r.setStatusLocked(job, n, ExecInProgress, now)
+			r.setStatusLocked(job, n, protocol.JobInProgress, now)
 		}
 		e, j, ok = copyExec(n), copyJob(job), true
 		return nil
@@ -519,7 +521,7 @@ func (r *Registry) StartNextPendingJobExecution(thing string, statusDetails map[
 type UpdateJobExecutionInput struct {
 	ThingName            string
 	JobID                string
-	Status               string // IN_PROGRESS, SUCCEEDED, FAILED or REJECTED
+	Status               protocol.JobStatus // IN_PROGRESS, SUCCEEDED, FAILED or REJECTED
 	StatusDetails        map[string]string
 	ExpectedVersion      *int64
 	ExecutionNumber      *int64
@@ -535,7 +537,7 @@ type UpdateJobExecutionInput struct {
 // (the MQTT rejection carries it when includeJobExecutionState is set).
 func (r *Registry) UpdateJobExecution(in UpdateJobExecutionInput) (JobExecution, Job, error) {
 	switch in.Status {
-	case ExecInProgress, ExecSucceeded, ExecFailed, ExecRejected:
+	case protocol.JobInProgress, protocol.JobSucceeded, protocol.JobFailed, protocol.JobRejected:
 	default:
 		return JobExecution{}, Job{}, invalid("status", "a device can set IN_PROGRESS, SUCCEEDED, FAILED or REJECTED, not %q", in.Status)
 	}
@@ -558,14 +560,14 @@ func (r *Registry) UpdateJobExecution(in UpdateJobExecutionInput) (JobExecution,
 			r.logDecision("UpdateJobExecution", res, "rejected: version mismatch", "expected", *in.ExpectedVersion, "current", e.VersionNumber)
 			return newErr(CodeVersionMismatch, res, "expected version %d, current version is %d", *in.ExpectedVersion, e.VersionNumber)
 		}
-		if Terminal(e.Status) {
+		if e.Status.Terminal() {
 			r.logDecision("UpdateJobExecution", res, "rejected: terminal", "status", e.Status)
 			return newErr(CodeInvalidStateTransition, res, "execution is %s (terminal), cannot become %s", e.Status, in.Status)
 		}
 		if in.StatusDetails != nil {
 			e.StatusDetails = copyMap(in.StatusDetails)
 		}
-		if in.StepTimeoutInMinutes != nil && in.Status == ExecInProgress {
+		if in.StepTimeoutInMinutes != nil && in.Status == protocol.JobInProgress {
 			e.StepTimeoutAt = now.Add(time.Duration(*in.StepTimeoutInMinutes) * time.Minute)
 		}
 		r.setStatusLocked(j, e, in.Status, now)

@@ -3,6 +3,8 @@ package registry
 import (
 	"strings"
 	"time"
+
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // CancelJob cancels a job: QUEUED executions become CANCELED, and with
@@ -31,9 +33,9 @@ func (r *Registry) CancelJob(jobID string, force bool, comment, reasonCode strin
 				continue
 			}
 			e := execs[len(execs)-1]
-			if e.Status == ExecQueued || (force && e.Status == ExecInProgress) {
-				e.ForceCanceled = e.Status == ExecInProgress
-				r.setStatusLocked(j, e, ExecCanceled, now)
+			if e.Status == protocol.JobQueued || (force && e.Status == protocol.JobInProgress) {
+				e.ForceCanceled = e.Status == protocol.JobInProgress
+				r.setStatusLocked(j, e, protocol.JobCanceled, now)
 			}
 		}
 		out = copyJob(j)
@@ -231,8 +233,8 @@ func (r *Registry) dropUntargetedLocked(thing string, now time.Time) {
 		if j == nil || j.TargetSelection != TargetContinuous || r.targetsLocked(j, thing) {
 			continue
 		}
-		if e := execs[len(execs)-1]; e.Status == ExecQueued {
-			r.setStatusLocked(j, e, ExecRemoved, now)
+		if e := execs[len(execs)-1]; e.Status == protocol.JobQueued {
+			r.setStatusLocked(j, e, protocol.JobRemoved, now)
 		}
 	}
 }

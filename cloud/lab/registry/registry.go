@@ -25,14 +25,9 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/internal/atomicfile"
+	"github.com/bootcert/bootcert/internal/clock"
+	"github.com/bootcert/bootcert/protocol"
 )
-
-// Clock gives the current time; tests inject a fake one.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
 
 // Defaults for Config.
 const (
@@ -47,7 +42,7 @@ type Config struct {
 	Dir       string
 	Region    string // default us-east-1
 	AccountID string // default 123456789012
-	Clock     Clock
+	Clock     clock.Clock
 	Logger    *slog.Logger
 	// Issuer signs certificates for CreateCertificateFromCsr (the lab's
 	// issuing CA, cloud/lab/pki). Without it that operation fails.
@@ -104,7 +99,7 @@ type CertificateStatusChanged struct {
 type JobExecutionChanged struct {
 	Exec      JobExecution
 	Job       Job
-	OldStatus string
+	OldStatus protocol.JobStatus
 }
 
 // ThingGroupMembershipChanged: a thing joined (Added) or left a group.
@@ -206,7 +201,7 @@ func (s *state) fill() {
 // Registry is the lab's state. Safe for concurrent use.
 type Registry struct {
 	region, account string
-	clock           Clock
+	clock           clock.Clock
 	log             *slog.Logger
 	issuer          Issuer
 	path            string
@@ -243,7 +238,7 @@ func Open(cfg Config) (*Registry, error) {
 		r.account = DefaultAccountID
 	}
 	if r.clock == nil {
-		r.clock = systemClock{}
+		r.clock = clock.Real{}
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -527,7 +522,7 @@ func (r *Registry) Snapshot() Snapshot {
 			s.Counts["certificates."+c.Status]++
 		}
 		for _, e := range s.JobExecutions {
-			s.Counts["jobExecutions."+e.Status]++
+			s.Counts["jobExecutions."+string(e.Status)]++
 		}
 		return nil
 	})

@@ -17,19 +17,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bootcert/bootcert/internal/clock"
+	"github.com/bootcert/bootcert/protocol"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 
@@ -66,7 +57,7 @@ func (ca testCA) issue(t testing.TB, cn string) (der []byte, pemStr string) {
 	return der, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
-func open(t testing.TB, dir string, clk Clock) *Registry {
+func open(t testing.TB, dir string, clk clock.Clock) *Registry {
 	t.Helper()
 	r, err := Open(Config{Dir: dir, Clock: clk})
 	if err != nil {
@@ -86,7 +77,7 @@ func registerCA(t testing.TB, r *Registry, ca testCA) CACertificate {
 }
 
 func TestRegisterCA(t *testing.T) {
-	clk := &fakeClock{t: t0}
+	clk := clock.NewFake(t0)
 	r := open(t, t.TempDir(), clk)
 	ca := newCA(t, "factory")
 	other := newCA(t, "other")
@@ -117,7 +108,7 @@ func TestRegisterCA(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.ID != CertificateID(mustPEM(t, tc.in.CACertificatePEM).Raw) {
+			if c.ID != protocol.CertificateID(mustPEM(t, tc.in.CACertificatePEM).Raw) {
 				t.Errorf("id %s is not the SHA-256 of the DER", c.ID)
 			}
 		})
@@ -134,7 +125,7 @@ func mustPEM(t testing.TB, s string) *x509.Certificate {
 
 func TestJITRAndPersistence(t *testing.T) {
 	dir := t.TempDir()
-	clk := &fakeClock{t: t0}
+	clk := clock.NewFake(t0)
 	r := open(t, dir, clk)
 	var events []Event
 	r.AddListener(func(e Event) { events = append(events, e) })
@@ -199,7 +190,7 @@ func setupRotation(t testing.TB, r *Registry) {
 }
 
 func TestContinuousJob(t *testing.T) {
-	clk := &fakeClock{t: t0}
+	clk := clock.NewFake(t0)
 	r := open(t, t.TempDir(), clk)
 	setupRotation(t, r)
 	var changes []JobExecutionChanged
@@ -224,21 +215,21 @@ func TestContinuousJob(t *testing.T) {
 	clk.Advance(time.Second)
 	st := int64(5)
 	e, _, ok, err := r.StartNextPendingJobExecution("gw-1", map[string]string{"progress": "started"}, &st)
-	if err != nil || !ok || e.Status != ExecInProgress || e.VersionNumber != 2 || e.StatusDetails["progress"] != "started" {
+	if err != nil || !ok || e.Status != protocol.JobInProgress || e.VersionNumber != 2 || e.StatusDetails["progress"] != "started" {
 		t.Fatalf("start-next = %+v %v %v", e, ok, err)
 	}
 	v1 := int64(1)
-	_, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: ExecSucceeded, ExpectedVersion: &v1})
+	_, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: protocol.JobSucceeded, ExpectedVersion: &v1})
 	if !errors.Is(err, ErrVersionMismatch) || JobsCode(err) != "VersionMismatch" {
 		t.Fatalf("expectedVersion mismatch: %v", err)
 	}
 	// Step timeout: 5 minutes later it is TIMED_OUT.
 	clk.Advance(5 * time.Minute)
 	got, err := r.DescribeJobExecution("bootcert-rotation", "gw-1", nil)
-	if err != nil || got.Status != ExecTimedOut {
+	if err != nil || got.Status != protocol.JobTimedOut {
 		t.Fatalf("after step timeout: %+v %v", got, err)
 	}
-	_, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: ExecSucceeded})
+	_, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: protocol.JobSucceeded})
 	if !errors.Is(err, ErrInvalidStateTransition) {
 		t.Fatalf("update of a terminal execution: %v", err)
 	}
@@ -253,8 +244,8 @@ func TestContinuousJob(t *testing.T) {
 	if !ok || e.ExecutionNumber != 2 {
 		t.Fatalf("rejoin: %+v", e)
 	}
-	e, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: ExecSucceeded, ExpectedVersion: &e.VersionNumber})
-	if err != nil || e.Status != ExecSucceeded {
+	e, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: protocol.JobSucceeded, ExpectedVersion: &e.VersionNumber})
+	if err != nil || e.Status != protocol.JobSucceeded {
 		t.Fatalf("succeed: %+v %v", e, err)
 	}
 	want := []string{"/QUEUED", "QUEUED/IN_PROGRESS", "IN_PROGRESS/TIMED_OUT", "/QUEUED", "QUEUED/IN_PROGRESS", "IN_PROGRESS/SUCCEEDED"}
@@ -262,7 +253,7 @@ func TestContinuousJob(t *testing.T) {
 		t.Fatalf("%d changes, want %d", len(changes), len(want))
 	}
 	for i, c := range changes {
-		if got := c.OldStatus + "/" + c.Exec.Status; got != want[i] {
+		if got := string(c.OldStatus + "/" + c.Exec.Status); got != want[i] {
 			t.Errorf("change %d = %s, want %s", i, got, want[i])
 		}
 	}
@@ -272,7 +263,7 @@ func TestContinuousJob(t *testing.T) {
 	}
 	_ = r.AddThingToThingGroup("bootcert-rotation", "gw-2")
 	_ = r.RemoveThingFromThingGroup("bootcert-rotation", "gw-2")
-	if e, _ := r.DescribeJobExecution("bootcert-rotation", "gw-2", nil); e.Status != ExecRemoved {
+	if e, _ := r.DescribeJobExecution("bootcert-rotation", "gw-2", nil); e.Status != protocol.JobRemoved {
 		t.Fatalf("after leaving: %s", e.Status)
 	}
 }
@@ -333,7 +324,7 @@ func TestWriteBehindRestart(t *testing.T) {
 // events must arrive once per change.
 func TestConcurrentJITR(t *testing.T) {
 	dir := t.TempDir()
-	r := open(t, dir, &fakeClock{t: t0})
+	r := open(t, dir, clock.NewFake(t0))
 	ca := newCA(t, "factory")
 	cac := registerCA(t, r, ca)
 	setupRotation(t, r)
@@ -393,7 +384,7 @@ func TestConcurrentJITR(t *testing.T) {
 // unchanged.
 func TestRestartKeepsEverything(t *testing.T) {
 	dir := t.TempDir()
-	clk := &fakeClock{t: t0}
+	clk := clock.NewFake(t0)
 	r := open(t, dir, clk)
 	ca := newCA(t, "factory")
 	cac := registerCA(t, r, ca)
@@ -435,7 +426,7 @@ func TestRestartKeepsEverything(t *testing.T) {
 	}
 	// The step timeout still fires after the restart.
 	clk.Advance(11 * time.Minute)
-	if e, _ := r2.DescribeJobExecution("bootcert-rotation", "gw-1", nil); e.Status != ExecTimedOut {
+	if e, _ := r2.DescribeJobExecution("bootcert-rotation", "gw-1", nil); e.Status != protocol.JobTimedOut {
 		t.Fatalf("after restart and step timeout: %s", e.Status)
 	}
 }

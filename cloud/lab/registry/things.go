@@ -7,23 +7,18 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/cloud/lab/policy"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 var (
-	thingNameRE  = regexp.MustCompile(`^[a-zA-Z0-9:_-]{1,128}$`)
 	policyNameRE = regexp.MustCompile(`^[\w+=,.@-]{1,128}$`)
 	jobIDRE      = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
 	attrNameRE   = regexp.MustCompile(`^[a-zA-Z0-9_.,@/:#-]{1,128}$`)
 	attrValueRE  = regexp.MustCompile(`^[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}$`)
 )
 
-// ValidThingName reports whether name is a valid thing (or thing group, or
-// thing type) name: [a-zA-Z0-9:_-]+, 1 to 128 characters
-// (https://docs.aws.amazon.com/iot/latest/apireference/API_CreateThing.html).
-func ValidThingName(name string) bool { return thingNameRE.MatchString(name) }
-
 func checkName(what, name string) error {
-	if !ValidThingName(name) {
+	if protocol.ValidThingName(name) != nil {
 		return invalid(what, "%q is not a valid name: 1-128 characters of [a-zA-Z0-9:_-]", name)
 	}
 	return nil

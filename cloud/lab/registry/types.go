@@ -1,6 +1,10 @@
 package registry
 
-import "time"
+import (
+	"time"
+
+	"github.com/bootcert/bootcert/protocol"
+)
 
 // Certificate and CA statuses (AWS IoT CertificateStatus / CACertificateStatus).
 const (
@@ -18,34 +22,16 @@ const (
 	CertificateModeSNIOnly = "SNI_ONLY"
 )
 
-// Job and job execution statuses.
+// Job statuses (a job's, not an execution's: API_Job "status"; execution
+// statuses are protocol.JobStatus).
 const (
 	JobInProgress = "IN_PROGRESS"
 	JobCanceled   = "CANCELED"
 	JobCompleted  = "COMPLETED"
 
-	ExecQueued     = "QUEUED"
-	ExecInProgress = "IN_PROGRESS"
-	ExecSucceeded  = "SUCCEEDED"
-	ExecFailed     = "FAILED"
-	ExecTimedOut   = "TIMED_OUT"
-	ExecRejected   = "REJECTED"
-	ExecRemoved    = "REMOVED"
-	ExecCanceled   = "CANCELED"
-
 	TargetContinuous = "CONTINUOUS"
 	TargetSnapshot   = "SNAPSHOT"
 )
-
-// Terminal reports whether a job execution status is terminal
-// (https://docs.aws.amazon.com/iot/latest/developerguide/iot-jobs-lifecycle.html).
-func Terminal(status string) bool {
-	switch status {
-	case ExecSucceeded, ExecFailed, ExecTimedOut, ExecRejected, ExecRemoved, ExecCanceled:
-		return true
-	}
-	return false
-}
 
 // CACertificate is a registered CA.
 type CACertificate struct {
@@ -155,16 +141,16 @@ type Job struct {
 
 // JobExecution is one thing's execution of a job.
 type JobExecution struct {
-	JobID           string            `json:"jobId"`
-	ThingName       string            `json:"thingName"`
-	ThingARN        string            `json:"thingArn"`
-	Status          string            `json:"status"`
-	StatusDetails   map[string]string `json:"statusDetails,omitempty"`
-	QueuedAt        time.Time         `json:"queuedAt"`
-	StartedAt       time.Time         `json:"startedAt,omitzero"`
-	LastUpdatedAt   time.Time         `json:"lastUpdatedAt"`
-	VersionNumber   int64             `json:"versionNumber"`
-	ExecutionNumber int64             `json:"executionNumber"`
+	JobID           string             `json:"jobId"`
+	ThingName       string             `json:"thingName"`
+	ThingARN        string             `json:"thingArn"`
+	Status          protocol.JobStatus `json:"status"`
+	StatusDetails   map[string]string  `json:"statusDetails,omitempty"`
+	QueuedAt        time.Time          `json:"queuedAt"`
+	StartedAt       time.Time          `json:"startedAt,omitzero"`
+	LastUpdatedAt   time.Time          `json:"lastUpdatedAt"`
+	VersionNumber   int64              `json:"versionNumber"`
+	ExecutionNumber int64              `json:"executionNumber"`
 	// StepTimeoutAt is when an IN_PROGRESS execution times out because of
 	// its step timeout (zero: none).
 	StepTimeoutAt time.Time `json:"stepTimeoutAt,omitzero"`

@@ -14,6 +14,7 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/bootcert/bootcert/cloud/lab/api"
+	"github.com/bootcert/bootcert/internal/clock"
 )
 
 // TestChunkedPutStoresTheObject: a PutObject with a trailing checksum (what
@@ -24,7 +25,7 @@ import (
 func TestChunkedPutStoresTheObject(t *testing.T) {
 	body := []byte("device_id,bootstrap_sha256,final_csr\ngw-0001,ab12,\n")
 	for _, creds := range []*api.Credentials{nil, {AccessKeyID: "AK", SecretAccessKey: "SK"}} {
-		e := startWith(t, t.TempDir(), &fakeClock{t: time.Now()}, creds, "AK", "SK")
+		e := startWith(t, t.TempDir(), clock.NewFake(time.Now()), creds, "AK", "SK")
 		var sent http.Header
 		ctx := context.Background()
 		_, err := e.client.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("trust/allow-list.csv"),

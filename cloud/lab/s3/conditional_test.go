@@ -11,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
+	"github.com/bootcert/bootcert/internal/clock"
 )
 
 // TestPutIfNoneMatch: PutObject with If-None-Match: "*" creates an object
@@ -18,7 +19,7 @@ import (
 // (https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html);
 // of concurrent conditional writers exactly one wins.
 func TestPutIfNoneMatch(t *testing.T) {
-	e := start(t, t.TempDir(), &fakeClock{t: time.Now()})
+	e := start(t, t.TempDir(), clock.NewFake(time.Now()))
 	ctx := context.Background()
 	put := func(key, body string) error {
 		_, err := e.client.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String(key),

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/cloud/lab/api"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3bolt"
 	bolt "go.etcd.io/bbolt"
@@ -29,17 +30,10 @@ import (
 // FileName is the database file under the data directory.
 const FileName = "s3.db"
 
-// Clock gives the current time.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // Config configures a Store.
 type Config struct {
 	Dir    string // DIR; the database is DIR/s3.db
-	Clock  Clock
+	Clock  clock.Clock
 	Logger *slog.Logger
 	// Buckets are created at start if missing.
 	Buckets []string
@@ -54,12 +48,12 @@ type Store struct {
 	db      *bolt.DB
 	backend *s3bolt.Backend
 	fake    *gofakes3.GoFakeS3
-	clock   Clock
+	clock   clock.Clock
 	log     *slog.Logger
 	creds   *api.Credentials
 }
 
-type timeSource struct{ c Clock }
+type timeSource struct{ c clock.Clock }
 
 func (t timeSource) Now() time.Time                   { return t.c.Now().UTC() }
 func (t timeSource) Since(at time.Time) time.Duration { return t.c.Now().Sub(at) }
@@ -67,7 +61,7 @@ func (t timeSource) Since(at time.Time) time.Duration { return t.c.Now().Sub(at)
 // Open opens (or creates) DIR/s3.db. Only one process may have it open.
 func Open(cfg Config) (*Store, error) {
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.Real{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

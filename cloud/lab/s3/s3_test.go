@@ -19,19 +19,8 @@ import (
 
 	"github.com/bootcert/bootcert/cloud/lab/api"
 	"github.com/bootcert/bootcert/cloud/lab/pki"
+	"github.com/bootcert/bootcert/internal/clock"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 type env struct {
 	dir    string
@@ -42,15 +31,15 @@ type env struct {
 	http   *http.Client
 }
 
-func start(t *testing.T, dir string, clk Clock) *env {
+func start(t *testing.T, dir string, clk clock.Clock) *env {
 	return startWith(t, dir, clk, nil, "AK", "SK")
 }
 
-func startWith(t *testing.T, dir string, clk Clock, creds *api.Credentials, ak, sk string) *env {
+func startWith(t *testing.T, dir string, clk clock.Clock, creds *api.Credentials, ak, sk string) *env {
 	return startLogged(t, dir, clk, creds, ak, sk, nil)
 }
 
-func startLogged(t *testing.T, dir string, clk Clock, creds *api.Credentials, ak, sk string, log *slog.Logger) *env {
+func startLogged(t *testing.T, dir string, clk clock.Clock, creds *api.Credentials, ak, sk string, log *slog.Logger) *env {
 	t.Helper()
 	p, err := pki.Load(dir, nil)
 	if err != nil {
@@ -82,7 +71,7 @@ func (e *env) close() {
 func TestPutGetHeadPresignRestart(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	clk := &fakeClock{t: time.Now()}
+	clk := clock.NewFake(time.Now())
 	e := start(t, dir, clk)
 	body := []byte(`{"certificatePem":"..."}`)
 	_, err := e.client.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("gw-1/package.json"),
@@ -157,7 +146,7 @@ func TestBadBucketName(t *testing.T) {
 func TestCredentials(t *testing.T) {
 	ctx := context.Background()
 	creds := &api.Credentials{AccessKeyID: "AKIALAB", SecretAccessKey: "lab-secret"}
-	clk := &fakeClock{t: time.Now()}
+	clk := clock.NewFake(time.Now())
 	dir := t.TempDir()
 	good := startWith(t, dir, clk, creds, "AKIALAB", "lab-secret")
 	put := func(e *env) error {
@@ -204,7 +193,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	var buf bytes.Buffer
 	var mu sync.Mutex
 	log := slog.New(slog.NewJSONHandler(&lockedWriter{w: &buf, mu: &mu}, nil))
-	e := startLogged(t, t.TempDir(), &fakeClock{t: time.Now()}, &api.Credentials{AccessKeyID: "AK", SecretAccessKey: "SK"}, "AK", "SK", log)
+	e := startLogged(t, t.TempDir(), clock.NewFake(time.Now()), &api.Credentials{AccessKeyID: "AK", SecretAccessKey: "SK"}, "AK", "SK", log)
 	if _, err := e.client.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("bootcert-certs"), Key: aws.String("pkg"), Body: strings.NewReader("x")}); err != nil {
 		t.Fatal(err)
 	}
