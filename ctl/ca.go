@@ -27,7 +27,7 @@ func newCACmd() *cobra.Command {
 kept in the station's PKCS#11 HSM (--key pkcs11:...); without --key it is a
 software key written beside the certificate (development).
 
-Register ca.pem with AWS IoT (bootcertctl cloud setup) and upload the CRL
+Register ca.pem with AWS IoT (bootcert-admin cloud setup) and upload the CRL
 (ca revoke / ca crl) with the manifest.`,
 	}
 	cmd.AddCommand(newCACreateCmd(), newCASignCmd(), newCARevokeCmd(), newCACRLCmd())
