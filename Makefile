@@ -16,7 +16,7 @@ RELEASE_FLAGS   := -trimpath -tags nosimulator
 RELEASE_GCFLAGS := -gcflags=all=-l
 RELEASE_LDFLAGS := -s -w
 
-.PHONY: all deps build test test-compat test-go vet bench bench-daemon bench-fleet bench-factory bench-lab factory-demo demo lambdas packages test-packages test-fresh clean
+.PHONY: all deps build sizes test test-compat test-go vet bench bench-daemon bench-fleet bench-factory bench-lab factory-demo demo lambdas packages test-packages test-fresh clean
 
 all: build
 
@@ -24,15 +24,22 @@ all: build
 deps:
 	@./scripts/deps.sh
 
-## build: the three binaries into bin/
+## build: the four binaries into bin/: bootcertd, bootcertctl (the gateway's package), bootcert-admin (the account tool, its own package), bootcert-lab
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/bootcertd ./cmd/bootcertctl ./cmd/bootcert-lab 2>/dev/null || $(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/bootcertd ./cmd/bootcertctl ./cmd/bootcert-admin ./cmd/bootcert-lab
+
+## sizes: stripped sizes of the shipped binaries built with the RELEASE_* flags (what make packages ships on this architecture)
+sizes:
+	@d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
+	  CGO_ENABLED=$(RELEASE_CGO) $(GO) build $(RELEASE_FLAGS) $(RELEASE_GCFLAGS) -ldflags='$(RELEASE_LDFLAGS)' -o "$$d/" ./cmd/bootcertd ./cmd/bootcertctl ./cmd/bootcert-admin && \
+	  for b in bootcertd bootcertctl bootcert-admin; do \
+	    stat -c '%n %s' "$$d/$$b" | awk '{ n = $$1; sub(".*/", "", n); printf "%-15s %9d bytes  %5.2f MiB\n", n, $$2, $$2 / 1048576 }'; \
+	  done
 
 ## test: install what is missing, then run every test
 test: deps vet
-	CGO_ENABLED=0 $(GO) build ./cmd/bootcertctl
-	@rm -f bootcertctl
+	CGO_ENABLED=0 $(GO) build ./cmd/bootcertctl ./cmd/bootcert-admin
 	$(GO) test $(GOTEST_FLAGS) ./...
 
 ## test-compat: only the clients nobody here wrote (AWS IoT Device SDK for JavaScript, the Lambda zips under the Runtime Interface Emulator, the IAM check, cfn-lint where installed); part of make test too
@@ -80,7 +87,7 @@ lambdas:
 	@./scripts/lambdas.sh dist/lambda
 	@ls -l dist/lambda/*/*.zip
 
-## packages: $(DIST)/bootcert_<version>_<arch>.deb and bootcert-<version>-1.<rpmarch>.rpm with the RELEASE_* flags: amd64 (cgo: TPM + PKCS#11), arm64 (CGO_ENABLED=0: TPM only); VERSION=x.y.z overrides git describe, ARCHES=amd64 builds one
+## packages: $(DIST)/bootcert_<version>_<arch>.deb and bootcert-<version>-1.<rpmarch>.rpm (the gateway: bootcertd, bootcertctl), bootcert-admin_<version>_<arch>.deb and bootcert-admin-<version>-1.<rpmarch>.rpm (the account tool) with the RELEASE_* flags: amd64 (cgo: TPM + PKCS#11), arm64 (CGO_ENABLED=0: TPM only); VERSION=x.y.z overrides git describe, ARCHES=amd64 builds one
 DIST ?= dist
 packages:
 	@RELEASE_CGO='$(RELEASE_CGO)' RELEASE_FLAGS='$(RELEASE_FLAGS)' RELEASE_GCFLAGS='$(RELEASE_GCFLAGS)' \

@@ -1,17 +1,13 @@
 package ctl
 
 import (
-	"context"
 	"crypto"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"math/big"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,8 +15,6 @@ import (
 	"github.com/bootcert/bootcert/factory"
 	"github.com/bootcert/bootcert/internal/atomicfile"
 	"github.com/bootcert/bootcert/keystore"
-	"github.com/bootcert/bootcert/keystore/csr"
-	"github.com/bootcert/bootcert/manifest"
 )
 
 func init() { register(newCACmd) }
@@ -33,24 +27,11 @@ func newCACmd() *cobra.Command {
 kept in the station's PKCS#11 HSM (--key pkcs11:...); without --key it is a
 software key written beside the certificate (development).
 
-Register ca.pem with AWS IoT (bootcertctl cloud setup) and upload the CRL
+Register ca.pem with AWS IoT (bootcert-admin cloud setup) and upload the CRL
 (ca revoke / ca crl) with the manifest.`,
 	}
 	cmd.AddCommand(newCACreateCmd(), newCASignCmd(), newCARevokeCmd(), newCACRLCmd())
 	return cmd
-}
-
-type caCreateResult struct {
-	Certificate    string    `json:"certificate"`
-	KeyURI         string    `json:"key_uri"`
-	KeyGenerated   bool      `json:"key_generated"`
-	Hardware       bool      `json:"hardware"`
-	Subject        string    `json:"subject"`
-	Serial         string    `json:"serial"`
-	NotAfter       time.Time `json:"not_after"`
-	SHA256         string    `json:"sha256"`
-	KeyAlgorithm   string    `json:"key_algorithm"`
-	KeyFingerprint string    `json:"key_fingerprint"`
 }
 
 func newCACreateCmd() *cobra.Command {
@@ -82,76 +63,19 @@ ca.key is never overwritten.`,
 	cmd.MarkFlagRequired("out")
 	jsonOut := addJSONFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		ctx := cmd.Context()
 		a, err := keystore.ParseAlgorithm(alg)
 		if err != nil {
 			return fmt.Errorf("--alg: %w", err)
 		}
-		if days <= 0 {
-			return fmt.Errorf("--days %d: must be at least 1", days)
-		}
-		dir, err := filepath.Abs(out)
+		res, err := station().InitCA(cmd.Context(), factory.CASpec{Dir: out, KeyURI: keyURI, Algorithm: a, CommonName: cn, Days: days})
 		if err != nil {
-			return fmt.Errorf("--out %s: %w", out, err)
-		}
-		certPath := filepath.Join(dir, "ca.pem")
-		if _, err := os.Stat(certPath); err == nil {
-			return fmt.Errorf("--out: %s already exists; a CA is never overwritten: choose another directory", certPath)
-		}
-		if keyURI == "" {
-			keyURI = "file:" + filepath.Join(dir, "ca.key")
-		}
-		if _, err := keystore.ParseURI(keyURI); err != nil {
-			return fmt.Errorf("--key: %w", err)
-		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("--out: creating %s: %w", dir, err)
-		}
-		signer, err := keystore.Open(ctx, keyURI)
-		generated := false
-		switch {
-		case err == nil:
-		case errors.Is(err, keystore.ErrNotFound):
-			signer, err = keystore.Generate(ctx, keyURI, a)
-			if err != nil {
-				return fmt.Errorf("--key: %w", err)
-			}
-			generated = true
-		default:
-			return fmt.Errorf("--key: %w", err)
-		}
-		undo := func() {
-			if generated {
-				keystore.Delete(context.WithoutCancel(ctx), keyURI)
-			}
-		}
-		ca, err := factory.CreateCA(signer, cn, days, factoryNow())
-		keystore.CloseSigner(signer)
-		if err != nil {
-			undo()
 			return err
-		}
-		if err := atomicfile.CreateExclusive(certPath, factory.EncodeCertificate(ca), 0o644); err != nil {
-			undo()
-			if errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("--out: %s already exists; a CA is never overwritten", certPath)
-			}
-			return err
-		}
-		info, err := keystore.Describe(ctx, keyURI)
-		if err != nil {
-			return fmt.Errorf("CA created in %s, but describing its key failed: %w", certPath, err)
-		}
-		res := caCreateResult{
-			Certificate: certPath, KeyURI: redactKeyURI(keyURI), KeyGenerated: generated, Hardware: info.Hardware,
-			Subject: ca.Subject.CommonName, Serial: fmt.Sprintf("%x", ca.SerialNumber), NotAfter: ca.NotAfter,
-			SHA256: factory.CertificateID(ca), KeyAlgorithm: string(info.Algorithm), KeyFingerprint: info.Fingerprint,
 		}
 		if *jsonOut {
 			return writeJSON(cmd.OutOrStdout(), res)
 		}
 		hw := "no: software key, development only; keep it offline or use --key pkcs11:..."
-		if info.Hardware {
+		if res.Hardware {
 			hw = "yes"
 		}
 		return writeFields(cmd.OutOrStdout(),
@@ -167,28 +91,13 @@ ca.key is never overwritten.`,
 	return cmd
 }
 
+// station is the factory workflows with the factory commands' clock.
+func station() *factory.Provisioner { return &factory.Provisioner{Now: factoryNow} }
+
 // loadCA reads the CA certificate and opens its key, checking they match.
 // The caller closes the signer.
 func loadCA(cmd *cobra.Command, certPath, keyURI string) (*x509.Certificate, crypto.Signer, error) {
-	if certPath == "" {
-		return nil, nil, errors.New("--ca-cert: required (the factory CA certificate, ca.pem)")
-	}
-	if keyURI == "" {
-		return nil, nil, errors.New("--ca-key: required (the factory CA key URI, e.g. file:/path/ca.key or pkcs11:...)")
-	}
-	ca, err := factory.ReadCertificate(certPath)
-	if err != nil {
-		return nil, nil, fmt.Errorf("--ca-cert: %w", err)
-	}
-	signer, err := keystore.Open(cmd.Context(), keyURI)
-	if err != nil {
-		return nil, nil, fmt.Errorf("--ca-key: %w", err)
-	}
-	if err := factory.CheckCA(ca, signer); err != nil {
-		keystore.CloseSigner(signer)
-		return nil, nil, fmt.Errorf("--ca-cert %s / --ca-key %s: %w", certPath, redactKeyURI(keyURI), err)
-	}
-	return ca, signer, nil
+	return station().OpenCA(cmd.Context(), certPath, keyURI)
 }
 
 type crlResult struct {
@@ -309,17 +218,6 @@ CRL number, new this/next update times). Run it before the CRL's next update.`,
 	return cmd
 }
 
-type signResult struct {
-	DeviceID        string    `json:"device_id"`
-	Certificate     string    `json:"certificate"`
-	Serial          string    `json:"serial"`
-	BootstrapSHA256 string    `json:"bootstrap_sha256"`
-	KeyFingerprint  string    `json:"key_fingerprint"`
-	NotAfter        time.Time `json:"not_after"`
-	Manifest        string    `json:"manifest,omitempty"`
-	FinalCSRSHA256  string    `json:"final_csr_sha256,omitempty"`
-}
-
 func newCASignCmd() *cobra.Command {
 	var (
 		csrPath, caCert, caKey, certOut, manifestPath, finalCSR string
@@ -358,46 +256,14 @@ non-extractable: run "bootcertctl key info" on the device and keep its output.`,
 	}
 	jsonOut := addJSONFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		req, err := readCSR(csrPath)
+		req, err := factory.ReadCSR(csrPath)
 		if err != nil {
 			return fmt.Errorf("--csr: %w", err)
 		}
-		id := req.Subject.CommonName
-		if err := manifest.ValidDeviceID(id); err != nil {
-			return fmt.Errorf("--csr %s: subject CN: %w", csrPath, err)
-		}
-		entry := manifest.Entry{DeviceID: id}
+		sg := factory.Signing{CSR: req, CertOut: certOut, Manifest: manifestPath, Days: days}
 		if finalCSR != "" {
-			if manifestPath == "" {
-				return errors.New("--final-csr needs --manifest (it is recorded there)")
-			}
-			freq, err := readCSR(finalCSR)
-			if err != nil {
+			if sg.FinalCSR, err = factory.ReadCSR(finalCSR); err != nil {
 				return fmt.Errorf("--final-csr: %w", err)
-			}
-			if freq.Subject.CommonName != id {
-				return fmt.Errorf("--final-csr %s: CN %q differs from the device CSR's %q", finalCSR, freq.Subject.CommonName, id)
-			}
-			entry.FinalCSR = freq.Raw
-		}
-		if manifestPath != "" {
-			if l, err := manifest.ReadFile(manifestPath); err == nil {
-				if _, dup := l.Lookup(id); dup {
-					return fmt.Errorf("--manifest %s: %w: %s; revoke and remove it first to sign a new certificate", manifestPath, manifest.ErrDuplicate, id)
-				}
-			} else if !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("--manifest: %w", err)
-			}
-		}
-		if _, err := os.Stat(certOut); err == nil {
-			return fmt.Errorf("--cert-out: %s already exists and is never overwritten", certOut)
-		}
-		for flag, path := range map[string]string{"--cert-out": certOut, "--manifest": manifestPath} {
-			if path == "" {
-				continue
-			}
-			if st, err := os.Stat(filepath.Dir(path)); err != nil || !st.IsDir() {
-				return fmt.Errorf("%s %s: directory %s does not exist; create it first", flag, path, filepath.Dir(path))
 			}
 		}
 		ca, signer, err := loadCA(cmd, caCert, caKey)
@@ -405,29 +271,10 @@ non-extractable: run "bootcertctl key info" on the device and keep its output.`,
 			return err
 		}
 		defer keystore.CloseSigner(signer)
-		cert, err := factory.Issue(ca, signer, req, days, factoryNow())
+		sg.CACert, sg.CASigner = ca, signer
+		res, err := station().Sign(cmd.Context(), sg)
 		if err != nil {
 			return err
-		}
-		if err := atomicfile.CreateExclusive(certOut, factory.EncodeCertificate(cert), 0o644); err != nil {
-			if errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("--cert-out: %s already exists and is never overwritten", certOut)
-			}
-			return fmt.Errorf("--cert-out: %w", err)
-		}
-		entry.BootstrapSHA256 = factory.CertificateID(cert)
-		res := signResult{DeviceID: id, Certificate: certOut, Serial: fmt.Sprintf("%x", cert.SerialNumber), BootstrapSHA256: entry.BootstrapSHA256, NotAfter: cert.NotAfter}
-		res.KeyFingerprint, _ = keystore.Fingerprint(cert.PublicKey)
-		if manifestPath != "" {
-			if err := manifest.Append(manifestPath, entry); err != nil {
-				os.Remove(certOut)
-				return err
-			}
-			res.Manifest = manifestPath
-			if entry.FinalCSR != nil {
-				sum := sha256.Sum256(entry.FinalCSR)
-				res.FinalCSRSHA256 = hex.EncodeToString(sum[:])
-			}
 		}
 		if *jsonOut {
 			return writeJSON(cmd.OutOrStdout(), res)
@@ -439,17 +286,4 @@ non-extractable: run "bootcertctl key info" on the device and keep its output.`,
 		return writeFields(cmd.OutOrStdout(), kv...)
 	}
 	return cmd
-}
-
-// readCSR reads and verifies a PEM or DER CSR.
-func readCSR(path string) (*x509.CertificateRequest, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	req, err := csr.Parse(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return req, nil
 }

@@ -1,61 +1,28 @@
 package ctl
 
 import (
-	"context"
-	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/bootcert/bootcert/cloud/lab"
 )
 
-func TestCloudSetupAgainstLab(t *testing.T) {
-	dir := t.TempDir()
-	labDir := filepath.Join(dir, "lab")
-	l, err := lab.Start(context.Background(), lab.Config{DataDir: labDir, MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0",
-		TemplatePath: filepath.Join("..", "cloud", "template.yaml"), NoBuild: true})
-	if err != nil {
-		t.Fatalf("lab.Start: %v", err)
+// `bootcertctl cloud setup` moved to bootcert-admin: the old command line
+// (any flags) fails saying where it went, and help no longer lists it.
+func TestCloudSetupMoved(t *testing.T) {
+	for _, args := range [][]string{
+		{"cloud", "setup", "--lab", "/tmp/lab", "--bucket", "b", "--ca-cert", "ca.pem", "--json"},
+		{"cloud", "setup", "--help"},
+		{"cloud"},
+	} {
+		out, _, err := runCtl(t, args...)
+		if err == nil || !strings.Contains(err.Error(), `moved to "bootcert-admin cloud setup"`) {
+			t.Errorf("bootcertctl %v: err %v (output %q), want it to point at bootcert-admin cloud setup", args, err, out)
+		}
 	}
-	t.Cleanup(func() { l.Close() })
-	caDir := filepath.Join(dir, "ca")
-	mustCtl(t, "ca", "create", "--out", caDir)
-	allow := filepath.Join(dir, "manifest.csv")
-	os.WriteFile(allow, []byte("device_id,bootstrap_sha256,final_csr\ngw-1,,\n"), 0o600)
-	bad := filepath.Join(dir, "bad.csv")
-	os.WriteFile(bad, []byte("device_id\nnot a valid id!\n"), 0o600)
-	args := func(list string) []string {
-		return []string{"cloud", "setup", "--lab", labDir, "--bucket", "bootcert-123456789012-us-east-1",
-			"--ca-cert", filepath.Join(caDir, "ca.pem"), "--ca-key", "file:" + filepath.Join(caDir, "ca.key"), "--allow-list", list, "--json"}
+	help := mustCtl(t, "--help")
+	if strings.Contains(help, "\n  cloud ") {
+		t.Errorf("help lists the moved cloud command:\n%s", help)
 	}
-	t.Run("fail/bad-allow-list-changes-nothing", func(t *testing.T) {
-		_, _, err := runCtl(t, args(bad)...)
-		if err == nil || !strings.Contains(err.Error(), "line 2") {
-			t.Fatalf("err %v, want the bad line named", err)
-		}
-	})
-	var first, second struct {
-		CACertificateID string   `json:"caCertificateId"`
-		CARegistered    bool     `json:"caRegistered"`
-		JobCreated      bool     `json:"jobCreated"`
-		Uploaded        []string `json:"uploaded"`
+	if !strings.Contains(help, "bootcert-admin cloud setup") {
+		t.Errorf("help does not say where cloud setup is:\n%s", help)
 	}
-	t.Run("ok/first-run-registers", func(t *testing.T) {
-		if err := json.Unmarshal([]byte(mustCtl(t, args(allow)...)), &first); err != nil {
-			t.Fatal(err)
-		}
-		if !first.CARegistered || !first.JobCreated || len(first.Uploaded) != 2 {
-			t.Fatalf("%+v", first)
-		}
-	})
-	t.Run("ok/second-run-is-idempotent", func(t *testing.T) {
-		if err := json.Unmarshal([]byte(mustCtl(t, args(allow)...)), &second); err != nil {
-			t.Fatal(err)
-		}
-		if second.CARegistered || second.JobCreated || second.CACertificateID != first.CACertificateID {
-			t.Fatalf("%+v", second)
-		}
-	})
 }

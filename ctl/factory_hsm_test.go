@@ -74,7 +74,7 @@ func TestFactoryHSMCA(t *testing.T) {
 	caDir := filepath.Join(dir, "ca")
 	caKey := hsmURI(h, unique("factory-ca"), hsmPIN)
 
-	ca := decodeJSON[caCreateResult](t, mustCtl(t, "ca", "create", "--out", caDir, "--key", caKey, "--cn", "HSM Factory CA", "--json"))
+	ca := decodeJSON[factory.CAReport](t, mustCtl(t, "ca", "create", "--out", caDir, "--key", caKey, "--cn", "HSM Factory CA", "--json"))
 	if !ca.KeyGenerated || !ca.Hardware || strings.Contains(ca.KeyURI, hsmPIN) {
 		t.Fatalf("ca create %+v", ca)
 	}

@@ -57,7 +57,7 @@ func TestFactoryWithFileKeys(t *testing.T) {
 	caDir := filepath.Join(dir, "ca")
 
 	// ca create without --key: DIR/ca.key
-	ca := decodeJSON[caCreateResult](t, mustCtl(t, "ca", "create", "--out", caDir, "--cn", "Test Factory CA", "--days", "30", "--json"))
+	ca := decodeJSON[factory.CAReport](t, mustCtl(t, "ca", "create", "--out", caDir, "--cn", "Test Factory CA", "--days", "30", "--json"))
 	caKey := "file:" + filepath.Join(caDir, "ca.key")
 	if ca.KeyURI != caKey || !ca.KeyGenerated || ca.Hardware || ca.Subject != "Test Factory CA" {
 		t.Fatalf("ca create: %+v", ca)
@@ -293,7 +293,7 @@ func TestCASign(t *testing.T) {
 	mustCtl(t, "key", "csr", "--cn", "bad id", "--out", filepath.Join(dir, "bad.csr"), key)
 	args := []string{"ca", "sign", "--csr", filepath.Join(dir, "dev.csr"), "--ca-cert", caPEM, "--ca-key", caKey,
 		"--cert-out", filepath.Join(dir, "gw-split.pem"), "--manifest", filepath.Join(dir, "manifest.csv"), "--final-csr", filepath.Join(dir, "op.csr"), "--json"}
-	res := decodeJSON[signResult](t, mustCtl(t, args...))
+	res := decodeJSON[factory.SignReport](t, mustCtl(t, args...))
 	opensslOK(t, ": OK", "verify", "-CAfile", caPEM, res.Certificate)
 	info := decodeJSON[keystore.Info](t, mustCtl(t, "key", "info", "--json", key))
 	if res.KeyFingerprint != info.Fingerprint || res.FinalCSRSHA256 == "" {
@@ -311,12 +311,14 @@ func TestCASign(t *testing.T) {
 		args   []string
 		substr string
 	}{
-		{"fail/already-in-manifest", append(append([]string{}, args[:9]...), filepath.Join(dir, "other.pem"), "--manifest", filepath.Join(dir, "manifest.csv")), "listed twice"},
+		// the flags reach factory.Sign (its own tests cover every refusal)
 		{"fail/cert-exists", args[:10], "never overwritten"},
+		{"fail/already-in-manifest", append(append([]string{}, args[:9]...), filepath.Join(dir, "other.pem"), "--manifest", filepath.Join(dir, "manifest.csv")), "listed twice"},
 		{"fail/bad-cn", []string{"ca", "sign", "--csr", filepath.Join(dir, "bad.csr"), "--ca-cert", caPEM, "--ca-key", caKey, "--cert-out", filepath.Join(dir, "bad.pem")}, "not a valid AWS IoT thing name"},
+		// what the command itself reads
 		{"fail/not-a-csr", []string{"ca", "sign", "--csr", caPEM, "--ca-cert", caPEM, "--ca-key", caKey, "--cert-out", filepath.Join(dir, "x.pem")}, "--csr"},
-		{"fail/cert-out-dir-missing", []string{"ca", "sign", "--csr", filepath.Join(dir, "dev.csr"), "--ca-cert", caPEM, "--ca-key", caKey, "--cert-out", filepath.Join(dir, "certs", "x.pem")}, "directory " + filepath.Join(dir, "certs") + " does not exist"},
-		{"fail/manifest-dir-missing", []string{"ca", "sign", "--csr", filepath.Join(dir, "dev.csr"), "--ca-cert", caPEM, "--ca-key", caKey, "--cert-out", filepath.Join(dir, "y.pem"), "--manifest", filepath.Join(dir, "station", "m.csv")}, "directory " + filepath.Join(dir, "station") + " does not exist"},
+		{"fail/final-csr-not-a-csr", append(append([]string{}, args[:9]...), filepath.Join(dir, "z.pem"), "--manifest", filepath.Join(dir, "manifest.csv"), "--final-csr", caPEM), "--final-csr: " + caPEM},
+		{"fail/ca-key-missing", []string{"ca", "sign", "--csr", filepath.Join(dir, "dev.csr"), "--ca-cert", caPEM, "--ca-key", "file:" + filepath.Join(dir, "nope.key"), "--cert-out", filepath.Join(dir, "y.pem")}, "--ca-key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := snapshotDir(t, dir)

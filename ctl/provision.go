@@ -82,7 +82,7 @@ Several stations may share one manifest file: appends take a lock.`,
 		}
 		defer keystore.CloseSigner(signer)
 		r.CACert, r.CASigner = ca, signer
-		p := &factory.Provisioner{Now: factoryNow}
+		p := station()
 		rep, err := p.Provision(cmd.Context(), r)
 		if err != nil {
 			return err

@@ -23,13 +23,14 @@ func NewRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:     "bootcertctl",
 		Version: version.String(),
-		Short:   "Control bootcert: gateway status, hardware keys, factory provisioning, cloud setup",
+		Short:   "Control bootcert: gateway status, hardware keys, factory provisioning",
 		Long: `bootcertctl works with bootcert, which gives IoT gateways a hardware-protected
 identity on AWS IoT Core.
 
 On the gateway:      bootcertctl status, bootcertctl rotate
 On the factory line: bootcertctl key ..., bootcertctl ca create, bootcertctl provision
-For the cloud:       bootcertctl cloud setup
+For the cloud:       bootcert-admin cloud setup (a separate tool and package:
+                     the AWS account's side, from a workstation or CI)
 
 Keys are named by URI:
   tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/op-1.tpmkey

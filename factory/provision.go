@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/attest"
-	"github.com/bootcert/bootcert/internal/atomicfile"
 	"github.com/bootcert/bootcert/keystore"
 	"github.com/bootcert/bootcert/keystore/csr"
 	"github.com/bootcert/bootcert/manifest"
@@ -303,30 +302,9 @@ func (p *Provisioner) Provision(ctx context.Context, r Provisioning) (rep *Repor
 		return nil, fmt.Errorf("device %s: interrupted before writing the certificate; nothing kept: %w", r.DeviceID, err)
 	}
 
-	// 4. certificate file, atomically
-	pemCert := EncodeCertificate(cert)
-	if certExists {
-		if err := atomicfile.WriteFile(r.CertOut, pemCert, 0o644); err != nil {
-			return nil, fmt.Errorf("device %s: %w", r.DeviceID, err)
-		}
-		undo = append(undo, func() { atomicfile.WriteFile(r.CertOut, oldCert, 0o644) })
-	} else {
-		if err := atomicfile.CreateExclusive(r.CertOut, pemCert, 0o644); err != nil {
-			if errors.Is(err, fs.ErrExist) {
-				return nil, fmt.Errorf("device %s: certificate file %s appeared meanwhile (another station?); it is never overwritten without --force", r.DeviceID, r.CertOut)
-			}
-			return nil, fmt.Errorf("device %s: %w", r.DeviceID, err)
-		}
-		undo = append(undo, func() { os.Remove(r.CertOut) })
-	}
-
-	// 5. manifest line, last
-	if r.Force {
-		err = manifest.Replace(r.Manifest, entry)
-	} else {
-		err = manifest.Append(r.Manifest, entry)
-	}
-	if err != nil {
+	// 4. certificate file, atomically, then 5. the manifest line, last
+	id := identity{cert: cert, certOut: r.CertOut, overwrite: certExists, previous: oldCert, manifest: r.Manifest, entry: entry, replace: r.Force}
+	if err := commit(id); err != nil {
 		return nil, fmt.Errorf("device %s: %w", r.DeviceID, err)
 	}
 	return rep, nil

@@ -177,12 +177,16 @@ func TestProvisionPreProvisioned(t *testing.T) {
 // faultKeys wraps the real keystore to inject failures.
 type faultKeys struct {
 	Keystore
-	describe func(uri string, info keystore.Info) keystore.Info
-	after    func(uri string)
+	describe    func(uri string, info keystore.Info) keystore.Info
+	describeErr error
+	after       func(uri string)
 }
 
 func (f faultKeys) Describe(ctx context.Context, uri string) (keystore.Info, error) {
 	info, err := f.Keystore.Describe(ctx, uri)
+	if f.describeErr != nil {
+		err = f.describeErr
+	}
 	if f.describe != nil {
 		info = f.describe(uri, info)
 	}

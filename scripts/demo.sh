@@ -16,7 +16,7 @@ case "$SCENARIO" in
 esac
 command -v swtpm >/dev/null || { echo "demo: swtpm not found (make deps installs it)" >&2; exit 1; }
 mkdir -p "$BIN"
-$GO build -o "$BIN/" ./cmd/bootcertd ./cmd/bootcertctl ./cmd/bootcert-lab
+$GO build -o "$BIN/" ./cmd/bootcertd ./cmd/bootcertctl ./cmd/bootcert-admin ./cmd/bootcert-lab
 $GO build -o "$BIN/bootcert-demo" ./internal/demo/cmd
 args=(-scenario "$SCENARIO" -bin "$BIN" -template cloud/template.yaml)
 [ -n "${RESULT:-}" ] && args+=(-result "$RESULT")

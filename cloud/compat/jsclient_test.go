@@ -128,7 +128,7 @@ func TestJavaScriptDeviceSDK(t *testing.T) {
 	cfg, _ := json.Marshal(map[string]any{
 		"host": host, "port": p, "thingName": thing, "jobId": "bootcert-rotation",
 		"caFile":   r.writeFile("server-ca.pem", r.lab.ServerCAPEM()),
-		"certFile": r.writeFile("device.crt", dev.PEM()),
+		"certFile": r.writeFile("device.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: dev.DER})),
 		"keyFile":  r.writeFile("device.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk8})),
 	})
 	cfgPath := r.writeFile("client.json", cfg)

@@ -1,7 +1,7 @@
 // Package demo runs bootcert's main job end to end on one machine, with
 // the real programs: swtpm as the gateway's TPM, bootcert-lab (with
-// cloud/template.yaml) as AWS IoT Core, bootcertctl for the factory and the
-// cloud setup, and bootcertd. It narrates each step with its time, taken
+// cloud/template.yaml) as AWS IoT Core, bootcertctl for the factory,
+// bootcert-admin for the cloud setup, and bootcertd. It narrates each step with its time, taken
 // from what it observes (the lab's JSON log, bootcertd's log, the journal
 // file, the lab's IoT API), and stops everything it started at the end.
 // `make demo [SCENARIO=default|rollback|crash]` runs it through
@@ -47,7 +47,7 @@ const Bucket = "bootcert-123456789012-us-east-1"
 // Options configure a run.
 type Options struct {
 	Scenario string // default, rollback or crash ("" = default)
-	Bin      string // directory holding bootcertd, bootcertctl and bootcert-lab
+	Bin      string // directory holding bootcertd, bootcertctl, bootcert-admin and bootcert-lab
 	Template string // the SAM template (cloud/template.yaml)
 	Dir      string // work directory; "" = a new temporary directory
 	Keep     bool   // keep the work directory
@@ -179,7 +179,7 @@ func validScenario(s string) bool {
 }
 
 func checkPrograms(o Options) error {
-	for _, p := range []string{"bootcertd", "bootcertctl", "bootcert-lab"} {
+	for _, p := range []string{"bootcertd", "bootcertctl", "bootcert-admin", "bootcert-lab"} {
 		if _, err := os.Stat(filepath.Join(o.Bin, p)); err != nil {
 			return fmt.Errorf("%s not found in %s (make build): %w", p, o.Bin, err)
 		}
@@ -317,11 +317,21 @@ func readFileOrNil(p string) []byte {
 
 // ctl runs bootcertctl and returns its standard output.
 func (r *run) ctl(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, filepath.Join(r.o.Bin, "bootcertctl"), args...)
+	return r.tool(ctx, "bootcertctl", args...)
+}
+
+// admin runs bootcert-admin (the account tool) and returns its standard
+// output.
+func (r *run) admin(ctx context.Context, args ...string) (string, error) {
+	return r.tool(ctx, "bootcert-admin", args...)
+}
+
+func (r *run) tool(ctx context.Context, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(r.o.Bin, name), args...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("bootcertctl %s: %w: %s", args[0], err, strings.TrimSpace(stderr.String()))
+		return stdout.String(), fmt.Errorf("%s %s: %w: %s", name, args[0], err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.String(), nil
 }
@@ -371,7 +381,7 @@ func (r *run) factory(ctx context.Context) error {
 }
 
 func (r *run) cloudSetup(ctx context.Context) error {
-	out, err := r.ctl(ctx, "cloud", "setup", "--json", "--lab", r.path("lab"), "--bucket", Bucket,
+	out, err := r.admin(ctx, "cloud", "setup", "--json", "--lab", r.path("lab"), "--bucket", Bucket,
 		"--ca-cert", r.path("factory", "ca", "ca.pem"), "--ca-key", r.caKey(), "--allow-list", r.path("factory", "manifest.csv"))
 	if err != nil {
 		return err
@@ -382,7 +392,7 @@ func (r *run) cloudSetup(ctx context.Context) error {
 		JobID           string   `json:"jobId"`
 	}
 	json.Unmarshal([]byte(out), &s)
-	r.n.say("bootcertctl cloud setup: factory CA %s registered (auto-registration on), allow list uploaded, JOB_EXECUTION events on, continuous job %s created",
+	r.n.say("bootcert-admin cloud setup: factory CA %s registered (auto-registration on), allow list uploaded, JOB_EXECUTION events on, continuous job %s created",
 		short(s.CACertificateID), s.JobID)
 	return nil
 }

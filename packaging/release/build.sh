@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Builds <OUTDIR>/bootcert_<version>_<arch>.deb and
-# <OUTDIR>/bootcert-<version>-1.<rpmarch>.rpm from nfpm.yaml.
+# Builds two packages an architecture:
+#   <OUTDIR>/bootcert_<version>_<arch>.deb, bootcert-<version>-1.<rpmarch>.rpm
+#     the gateway (bootcertd, bootcertctl), from nfpm.yaml;
+#   <OUTDIR>/bootcert-admin_<version>_<arch>.deb, bootcert-admin-<version>-1.<rpmarch>.rpm
+#     the account tool (bootcert-admin, which links the AWS SDK), from
+#     nfpm-admin.yaml.
 # Run it as `make packages [DIST=dir] [VERSION=x.y.z] [ARCHES=amd64]`: the
 # Makefile passes its release build flags (RELEASE_CGO, RELEASE_FLAGS,
 # RELEASE_GCFLAGS, RELEASE_LDFLAGS: stripped, -trimpath, tag nosimulator).
@@ -54,6 +58,38 @@ if ! [[ $ver =~ ^[0-9][A-Za-z0-9.+~]*$ ]]; then
 fi
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 
+# package NAME CONFIG BINARY...: the .deb and .rpm of one nfpm config for
+# $arch, whose library dependencies are those the given binaries (in $bin)
+# need: read with readelf, mapped to Debian packages with dpkg -S and to rpm
+# sonames.
+package() {
+  local name=$1 config=$2
+  shift 2
+  local deb_libs=() rpm_libs=() so pkg i
+  for so in $(cd "$bin" && readelf -d "$@" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort -u); do
+    pkg=$(dpkg -S "*/$so" 2>/dev/null | sed -n "s/^\([^:,]*\):$arch: .*/\1/p" | sort -u | head -1)
+    if [ -z "$pkg" ]; then
+      echo "build.sh: no Debian package of architecture $arch holds $so (needed by the $arch $name binaries)" >&2
+      exit 1
+    fi
+    deb_libs+=("$pkg")
+    rpm_libs+=("$so()(64bit)")
+  done
+  if [ ${#deb_libs[@]} -gt 4 ]; then
+    echo "build.sh: the $arch $name binaries need ${#deb_libs[@]} libraries (${deb_libs[*]}); $config has 4 slots" >&2
+    exit 1
+  fi
+  for i in 1 2 3 4; do
+    export BOOTCERT_DEB_LIB$i="${deb_libs[i-1]:-}" BOOTCERT_RPM_LIB$i="${rpm_libs[i-1]:-}"
+  done
+  # each format's own file name convention: name_version_arch.deb (Debian),
+  # name-version-release.arch.rpm (rpm: x86_64, aarch64)
+  local deb="$out/${name}_${ver}_${arch}.deb" rpm="$out/${name}-${ver}-1.$(rpm_arch "$arch").rpm"
+  $GO tool -modfile=tools/go.mod nfpm package -f "$config" -p deb -t "$deb" >/dev/null
+  $GO tool -modfile=tools/go.mod nfpm package -f "$config" -p rpm -t "$rpm" >/dev/null
+  echo "$deb $rpm (cgo=$cgo, needs: ${deb_libs[*]:-nothing})"
+}
+
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$out"
@@ -64,32 +100,8 @@ for arch in $ARCHES; do
   [ "$arch" = "$host" ] && cgo=$RELEASE_CGO
   bin=$stage/$arch
   mkdir -p "$bin"
-  GOOS=linux GOARCH=$arch CGO_ENABLED=$cgo $GO build $RELEASE_FLAGS ${RELEASE_GCFLAGS:-} -ldflags="$RELEASE_LDFLAGS -X github.com/bootcert/bootcert/internal/version.Version=$ver" -o "$bin/" ./cmd/bootcertd ./cmd/bootcertctl
-
-  # shared libraries the binaries need -> package dependencies
-  deb_libs=() rpm_libs=()
-  for so in $(readelf -d "$bin/bootcertd" "$bin/bootcertctl" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort -u); do
-    pkg=$(dpkg -S "*/$so" 2>/dev/null | sed -n "s/^\([^:,]*\):$arch: .*/\1/p" | sort -u | head -1)
-    if [ -z "$pkg" ]; then
-      echo "build.sh: no Debian package of architecture $arch holds $so (needed by the $arch binaries)" >&2
-      exit 1
-    fi
-    deb_libs+=("$pkg")
-    rpm_libs+=("$so()(64bit)")
-  done
+  GOOS=linux GOARCH=$arch CGO_ENABLED=$cgo $GO build $RELEASE_FLAGS ${RELEASE_GCFLAGS:-} -ldflags="$RELEASE_LDFLAGS -X github.com/bootcert/bootcert/internal/version.Version=$ver" -o "$bin/" ./cmd/bootcertd ./cmd/bootcertctl ./cmd/bootcert-admin
   export BOOTCERT_VERSION=$ver BOOTCERT_ARCH=$arch BOOTCERT_BIN=$bin
-  if [ ${#deb_libs[@]} -gt 4 ]; then
-    echo "build.sh: the $arch binaries need ${#deb_libs[@]} libraries (${deb_libs[*]}); nfpm.yaml has 4 slots" >&2
-    exit 1
-  fi
-  for i in 1 2 3 4; do
-    export BOOTCERT_DEB_LIB$i="${deb_libs[i-1]:-}" BOOTCERT_RPM_LIB$i="${rpm_libs[i-1]:-}"
-  done
-  # each format's own file name convention: name_version_arch.deb (Debian),
-  # name-version-release.arch.rpm (rpm: x86_64, aarch64)
-  deb="$out/bootcert_${ver}_${arch}.deb"
-  rpm="$out/bootcert-${ver}-1.$(rpm_arch "$arch").rpm"
-  $GO tool -modfile=tools/go.mod nfpm package -f nfpm.yaml -p deb -t "$deb" >/dev/null
-  $GO tool -modfile=tools/go.mod nfpm package -f nfpm.yaml -p rpm -t "$rpm" >/dev/null
-  echo "$deb $rpm (cgo=$cgo, needs: ${deb_libs[*]:-nothing})"
+  package bootcert nfpm.yaml bootcertd bootcertctl
+  package bootcert-admin nfpm-admin.yaml bootcert-admin
 done

@@ -2,6 +2,7 @@ package release
 
 import (
 	"bytes"
+	"debug/buildinfo"
 	"debug/elf"
 	"os"
 	"os/exec"
@@ -18,9 +19,23 @@ import (
 
 const testVersion = "0.1.0"
 
-// the files every package holds: path -> mode as dpkg-deb -c and rpm -qplv
+// the files each package holds: path -> mode as dpkg-deb -c and rpm -qplv
 // print it (owner root:root)
-var wantFiles = map[string]string{
+var wantFiles = map[string]map[string]string{gateway: gatewayFiles, admin: adminFiles}
+
+// the two packages make packages builds
+const (
+	gateway = "bootcert"       // bootcertd, bootcertctl
+	admin   = "bootcert-admin" // the account tool (AWS SDK), never on a gateway
+)
+
+var adminFiles = map[string]string{
+	"/usr/bin/bootcert-admin":                 "-rwxr-xr-x",
+	"/usr/share/doc/bootcert-admin/README.md": "-rw-r--r--",
+	"/usr/share/doc/bootcert-admin/cloud.md":  "-rw-r--r--",
+}
+
+var gatewayFiles = map[string]string{
 	"/usr/bin/bootcertd":                        "-rwxr-xr-x",
 	"/usr/bin/bootcertctl":                      "-rwxr-xr-x",
 	"/usr/lib/systemd/system/bootcertd.service": "-rw-r--r--",
@@ -40,8 +55,9 @@ var (
 )
 
 // packages builds the packages once per test binary with `make packages`
-// (the Makefile's release flags) and returns the path of one of them.
-func packages(t *testing.T, arch, ext string) string {
+// (the Makefile's release flags) and returns the path of one of them: the
+// package name's .deb or .rpm for arch.
+func packages(t *testing.T, name, arch, ext string) string {
 	t.Helper()
 	testenv.Require(t, "make", "go", "readelf", "dpkg")
 	buildOnce.Do(func() {
@@ -57,9 +73,9 @@ func packages(t *testing.T, arch, ext string) string {
 		t.Fatalf("build.sh: %v\n%s", buildErr, buildOut)
 	}
 	if ext == "rpm" { // rpm's own file name convention and architecture names
-		return filepath.Join(buildDir, "bootcert-"+testVersion+"-1."+map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[arch]+".rpm")
+		return filepath.Join(buildDir, name+"-"+testVersion+"-1."+map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[arch]+".rpm")
 	}
-	return filepath.Join(buildDir, "bootcert_"+testVersion+"_"+arch+"."+ext)
+	return filepath.Join(buildDir, name+"_"+testVersion+"_"+arch+"."+ext)
 }
 
 func TestMain(m *testing.M) {
@@ -91,7 +107,7 @@ func TestDeb(t *testing.T) {
 	testenv.Require(t, "dpkg-deb")
 	for _, arch := range []string{"amd64", "arm64"} {
 		t.Run(arch, func(t *testing.T) {
-			deb := packages(t, arch, "deb")
+			deb := packages(t, gateway, arch, "deb")
 			field := func(f string) string { return strings.TrimSpace(run(t, "dpkg-deb", "-f", deb, f)) }
 			for f, want := range map[string]string{"Package": "bootcert", "Version": testVersion + "-1", "Architecture": arch} {
 				if got := field(f); got != want {
@@ -101,7 +117,7 @@ func TestDeb(t *testing.T) {
 			checkDeps(t, arch, "Depends", strings.Split(field("Depends"), ", "),
 				[]string{"libc6"}, "systemd-sysusers", "systemd-tmpfiles")
 			// mode owner/group size date time ./path
-			checkFiles(t, run(t, "dpkg-deb", "-c", deb), 6, func(f []string) (string, string) {
+			checkFiles(t, gateway, run(t, "dpkg-deb", "-c", deb), 6, func(f []string) (string, string) {
 				return strings.TrimPrefix(f[5], "."), f[1]
 			})
 
@@ -123,16 +139,50 @@ func TestDeb(t *testing.T) {
 
 			root := t.TempDir()
 			run(t, "dpkg-deb", "-x", deb, root)
-			checkBinaries(t, root, arch)
+			checkBinaries(t, root, arch, "bootcertd", "bootcertctl")
+		})
+		t.Run(admin+"/"+arch, func(t *testing.T) {
+			deb := packages(t, admin, arch, "deb")
+			field := func(f string) string { return strings.TrimSpace(run(t, "dpkg-deb", "-f", deb, f)) }
+			for f, want := range map[string]string{"Package": admin, "Version": testVersion + "-1", "Architecture": arch, "Section": "admin"} {
+				if got := field(f); got != want {
+					t.Errorf("%s: %q, want %q", f, got, want)
+				}
+			}
+			// the binary's libraries only: no systemd, no user, no bootcert
+			checkDeps(t, arch, "Depends", nonEmpty(strings.Split(field("Depends"), ", ")), []string{"libc6"})
+			checkFiles(t, admin, run(t, "dpkg-deb", "-c", deb), 6, func(f []string) (string, string) {
+				return strings.TrimPrefix(f[5], "."), f[1]
+			})
+			ctrl := t.TempDir()
+			run(t, "dpkg-deb", "-e", deb, ctrl)
+			for _, s := range []string{"conffiles", "postinst", "prerm", "postrm", "preinst"} {
+				if _, err := os.Stat(filepath.Join(ctrl, s)); err == nil {
+					t.Errorf("the admin package has %s; it installs one binary and its docs", s)
+				}
+			}
+			root := t.TempDir()
+			run(t, "dpkg-deb", "-x", deb, root)
+			checkBinaries(t, root, arch, "bootcert-admin")
 		})
 	}
+}
+
+func nonEmpty(ss []string) []string {
+	var out []string
+	for _, s := range ss {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func TestRPM(t *testing.T) {
 	testenv.Require(t, "rpm")
 	for arch, rpmArch := range map[string]string{"amd64": "x86_64", "arm64": "aarch64"} {
 		t.Run(arch, func(t *testing.T) {
-			rpm := packages(t, arch, "rpm")
+			rpm := packages(t, gateway, arch, "rpm")
 			info := run(t, "rpm", "-qp", "--qf", "%{NAME} %{VERSION} %{RELEASE} %{ARCH}", rpm)
 			if want := "bootcert " + testVersion + " 1 " + rpmArch; info != want {
 				t.Errorf("rpm %q, want %q", info, want)
@@ -140,7 +190,7 @@ func TestRPM(t *testing.T) {
 			checkDeps(t, arch, "Requires", strings.Split(strings.TrimSpace(run(t, "rpm", "-qpR", rpm)), "\n"),
 				[]string{"libc.so.6()(64bit)"}, "/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles")
 			// mode links owner group size month day time path
-			checkFiles(t, run(t, "rpm", "-qplv", rpm), 9, func(f []string) (string, string) {
+			checkFiles(t, gateway, run(t, "rpm", "-qplv", rpm), 9, func(f []string) (string, string) {
 				return f[8], f[2] + "/" + f[3]
 			})
 
@@ -155,6 +205,26 @@ func TestRPM(t *testing.T) {
 			}
 			checkScripts(t, scripts)
 		})
+		t.Run(admin+"/"+arch, func(t *testing.T) {
+			rpm := packages(t, admin, arch, "rpm")
+			info := run(t, "rpm", "-qp", "--qf", "%{NAME} %{VERSION} %{RELEASE} %{ARCH}", rpm)
+			if want := admin + " " + testVersion + " 1 " + rpmArch; info != want {
+				t.Errorf("rpm %q, want %q", info, want)
+			}
+			var reqs []string
+			for _, r := range strings.Split(strings.TrimSpace(run(t, "rpm", "-qpR", rpm)), "\n") {
+				if !strings.HasPrefix(r, "rpmlib(") { // rpm's own feature requirements
+					reqs = append(reqs, r)
+				}
+			}
+			checkDeps(t, arch, "Requires", nonEmpty(reqs), []string{"libc.so.6()(64bit)"})
+			checkFiles(t, admin, run(t, "rpm", "-qplv", rpm), 9, func(f []string) (string, string) {
+				return f[8], f[2] + "/" + f[3]
+			})
+			if sc := run(t, "rpm", "-qp", "--scripts", rpm); strings.TrimSpace(sc) != "" {
+				t.Errorf("the admin package has scriptlets:\n%s", sc)
+			}
+		})
 	}
 }
 
@@ -164,7 +234,7 @@ func TestRPM(t *testing.T) {
 // fail naming the first missing file, never pass.
 func TestInstalledCheckConfig(t *testing.T) {
 	testenv.Require(t, "dpkg-deb")
-	deb := packages(t, runtime.GOARCH, "deb")
+	deb := packages(t, gateway, runtime.GOARCH, "deb")
 	root := t.TempDir()
 	run(t, "dpkg-deb", "-x", deb, root)
 	cmd := exec.Command(filepath.Join(root, "usr/bin/bootcertd"), "--check-config", filepath.Join(root, "etc/bootcert/bootcertd.toml"))
@@ -200,6 +270,52 @@ func TestInstalledCheckConfig(t *testing.T) {
 	}
 }
 
+// TestGatewayShipsNoAWSSDK reads the Go build information of every binary
+// in both packages: the gateway's (bootcertd, bootcertctl) link no module
+// of the AWS SDK; the account tool does, and is what the gateway's
+// bootcertctl sends `cloud setup` to.
+func TestGatewayShipsNoAWSSDK(t *testing.T) {
+	testenv.Require(t, "dpkg-deb")
+	roots := map[string]string{}
+	for _, pkg := range []string{gateway, admin} {
+		roots[pkg] = t.TempDir()
+		run(t, "dpkg-deb", "-x", packages(t, pkg, runtime.GOARCH, "deb"), roots[pkg])
+	}
+	awsModules := func(bin string) []string {
+		bi, err := buildinfo.ReadFile(bin)
+		if err != nil {
+			t.Fatalf("%s: %v", bin, err)
+		}
+		var aws []string
+		for _, d := range bi.Deps {
+			if strings.HasPrefix(d.Path, "github.com/aws/") {
+				aws = append(aws, d.Path)
+			}
+		}
+		return aws
+	}
+	for _, b := range []string{"bootcertd", "bootcertctl"} {
+		if m := awsModules(filepath.Join(roots[gateway], "usr/bin", b)); len(m) > 0 {
+			t.Errorf("the gateway's %s links %v", b, m)
+		}
+	}
+	if m := awsModules(filepath.Join(roots[admin], "usr/bin/bootcert-admin")); !slices.Contains(m, "github.com/aws/aws-sdk-go-v2/service/iot") {
+		t.Errorf("bootcert-admin links %v, want the AWS SDK's IoT client among them", m)
+	}
+
+	out, err := exec.Command(filepath.Join(roots[gateway], "usr/bin/bootcertctl"), "cloud", "setup", "--bucket", "b").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `moved to "bootcert-admin cloud setup"`) {
+		t.Errorf("installed bootcertctl cloud setup: %v\n%s\nwant it to point at bootcert-admin", err, out)
+	}
+	adminBin := filepath.Join(roots[admin], "usr/bin/bootcert-admin")
+	if out, err := exec.Command(adminBin, "--version").CombinedOutput(); err != nil || string(out) != "bootcert-admin version "+testVersion+"\n" {
+		t.Errorf("installed bootcert-admin --version: %q (%v)", out, err)
+	}
+	if out, err := exec.Command(adminBin, "cloud", "setup", "--help").CombinedOutput(); err != nil || !strings.Contains(string(out), "--ca-cert") {
+		t.Errorf("installed bootcert-admin cloud setup --help: %v\n%s", err, out)
+	}
+}
+
 // checkDeps compares a package's dependencies with the wanted ones: the
 // cgo build's shared libraries first, then the others.
 func checkDeps(t *testing.T, arch, what string, got, cgoLibs []string, others ...string) {
@@ -216,8 +332,9 @@ func checkDeps(t *testing.T, arch, what string, got, cgoLibs []string, others ..
 // checkFiles checks a package listing (dpkg-deb -c, rpm -qplv): exactly the
 // wanted files with their modes, owned by root/root; directories aside.
 // pathOwner picks the path and owner/group from a line's fields.
-func checkFiles(t *testing.T, listing string, minFields int, pathOwner func(fields []string) (path, owner string)) {
+func checkFiles(t *testing.T, pkg, listing string, minFields int, pathOwner func(fields []string) (path, owner string)) {
 	t.Helper()
+	want := wantFiles[pkg]
 	got := map[string]string{}
 	for _, l := range strings.Split(strings.TrimSpace(listing), "\n") {
 		f := strings.Fields(l)
@@ -230,13 +347,13 @@ func checkFiles(t *testing.T, listing string, minFields int, pathOwner func(fiel
 		}
 		got[path] = f[0]
 	}
-	for f, mode := range wantFiles {
+	for f, mode := range want {
 		if got[f] != mode {
 			t.Errorf("%s: mode %q, want %q", f, got[f], mode)
 		}
 	}
 	for f := range got {
-		if _, ok := wantFiles[f]; !ok {
+		if _, ok := want[f]; !ok {
 			t.Errorf("unexpected file %s", f)
 		}
 	}
@@ -261,10 +378,10 @@ func checkScripts(t *testing.T, got map[string]string) {
 
 // checkBinaries checks the unpacked binaries' machine, and that the other
 // architecture's are static (CGO_ENABLED=0).
-func checkBinaries(t *testing.T, root, arch string) {
+func checkBinaries(t *testing.T, root, arch string, bins ...string) {
 	t.Helper()
 	machine := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}[arch]
-	for _, b := range []string{"bootcertd", "bootcertctl"} {
+	for _, b := range bins {
 		f, err := elf.Open(filepath.Join(root, "usr/bin", b))
 		if err != nil {
 			t.Fatalf("%s: %v", b, err)

@@ -16,7 +16,7 @@ import (
 
 func main() {
 	scenario := flag.String("scenario", "default", "default, rollback or crash")
-	bin := flag.String("bin", "bin", "directory with bootcertd, bootcertctl and bootcert-lab")
+	bin := flag.String("bin", "bin", "directory with bootcertd, bootcertctl, bootcert-admin and bootcert-lab")
 	template := flag.String("template", "cloud/template.yaml", "SAM template the lab loads")
 	keep := flag.Bool("keep", os.Getenv("KEEP") == "1", "keep the work directory (also KEEP=1)")
 	wait := flag.Duration("wait", 60*time.Second, "longest wait for each observed state (a hang guard)")

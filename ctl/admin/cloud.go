@@ -1,0 +1,193 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/spf13/cobra"
+
+	cloudaws "github.com/bootcert/bootcert/cloud/aws"
+	"github.com/bootcert/bootcert/cloud/setup"
+	"github.com/bootcert/bootcert/ctl/internal/cliout"
+	"github.com/bootcert/bootcert/factory"
+	"github.com/bootcert/bootcert/keystore"
+)
+
+func newCloudCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cloud",
+		Short: "Cloud side: one-time setup of AWS IoT (or the lab) after the stack is deployed",
+		Long: `The cloud side is an AWS SAM stack (cloud/template.yaml, see docs/cloud.md).
+CloudFormation has no resource for a continuous IoT job or for registering a
+CA certificate, so "bootcert-admin cloud setup" does those through the AWS SDK.`,
+	}
+	cmd.AddCommand(newCloudSetupCmd())
+	return cmd
+}
+
+type cloudSetupFlags struct {
+	bucket, caCert, caKey, allowList, crl string
+	endpoint, s3Endpoint, caBundle, lab   string
+	region, jobID, group                  string
+	skipEvents                            bool
+}
+
+func newCloudSetupCmd() *cobra.Command {
+	var f cloudSetupFlags
+	var asJSON *bool
+	cmd := &cobra.Command{
+		Use:   "setup --bucket BUCKET --ca-cert ca.pem [--ca-key URI] [--allow-list manifest.csv] [--crl crl.pem]",
+		Short: "Register the factory CA, upload allow list and CRL, create the continuous rotation job",
+		Long: `Idempotent; run it after "sam deploy" and again whenever the allow list or
+the CRL changes:
+
+  1. registers the factory CA with AWS IoT (registration code, a verification
+     certificate signed by --ca-key, ACTIVE, auto-registration on), or turns an
+     already registered one ACTIVE with auto-registration;
+  2. uploads the CA certificate, the allow list (the factory manifest) and the
+     CRL to the stack's bucket (validated first: a bad file changes nothing);
+  3. enables JOB_EXECUTION events (the reaper's input);
+  4. creates the continuous job bootcert-rotation on the group bootcert-rotation.
+
+AWS endpoints and credentials come from the standard AWS configuration
+(AWS_PROFILE, AWS_REGION, ...). --lab DIR points at a running bootcert-lab
+(its DIR/endpoints.json and DIR/server-ca.pem).`,
+		Example: `  bootcert-admin cloud setup --bucket bootcert-123456789012-eu-west-1 \
+    --ca-cert /etc/bootcert/factory-ca/ca.pem \
+    --ca-key 'pkcs11:token=factory;object=factory-ca?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/bootcert/hsm-pin' \
+    --allow-list manifest.csv --crl /etc/bootcert/factory-ca/crl.pem
+
+  # against the lab
+  bootcert-admin cloud setup --lab /tmp/lab --bucket bootcert-123456789012-us-east-1 \
+    --ca-cert ca/ca.pem --ca-key file:$PWD/ca/ca.key --allow-list manifest.csv`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			res, err := runCloudSetup(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				return cliout.WriteJSON(cmd.OutOrStdout(), res)
+			}
+			return cliout.WriteFields(cmd.OutOrStdout(),
+				"CA certificate ID", res.CACertificateID,
+				"CA registered now", fmt.Sprint(res.CARegistered),
+				"uploaded", strings.Join(res.Uploaded, " "),
+				"job execution events", fmt.Sprint(res.EventsEnabled),
+				"rotation job", res.JobID+map[bool]string{true: " (created)", false: " (exists)"}[res.JobCreated])
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.bucket, "bucket", "", "the stack's bucket (output BucketName) (required)")
+	fl.StringVar(&f.caCert, "ca-cert", "", "factory CA certificate, PEM (required)")
+	fl.StringVar(&f.caKey, "ca-key", "", "factory CA key URI (pkcs11:, tpm:, file:), needed to register the CA the first time")
+	fl.StringVar(&f.allowList, "allow-list", "", "allow list to upload (factory manifest CSV)")
+	fl.StringVar(&f.crl, "crl", "", "CRL to upload (DER or PEM, signed by the factory CA)")
+	fl.StringVar(&f.endpoint, "endpoint-url", "", "IoT control plane endpoint override (e.g. the lab's https://127.0.0.1:PORT)")
+	fl.StringVar(&f.s3Endpoint, "s3-endpoint-url", "", "S3 endpoint override (path-style)")
+	fl.StringVar(&f.caBundle, "ca-bundle", "", "PEM file of CAs to trust for the endpoints (the lab's server-ca.pem)")
+	fl.StringVar(&f.lab, "lab", "", "bootcert-lab data directory: endpoints, CA bundle and region from it")
+	fl.StringVar(&f.region, "region", "", "AWS region (default from the AWS configuration)")
+	fl.StringVar(&f.jobID, "job-id", "bootcert-rotation", "continuous job ID")
+	fl.StringVar(&f.group, "group", "bootcert-rotation", "rotation thing group")
+	fl.BoolVar(&f.skipEvents, "skip-event-config", false, "do not call UpdateEventConfigurations (JOB_EXECUTION events; the reaper needs them)")
+	asJSON = cliout.AddJSONFlag(cmd)
+	cmd.MarkFlagRequired("bucket")
+	cmd.MarkFlagRequired("ca-cert")
+	return cmd
+}
+
+type labEndpoints struct {
+	API      string `json:"api"`
+	S3       string `json:"s3"`
+	ServerCA string `json:"serverCa"`
+	Region   string `json:"region"`
+}
+
+func runCloudSetup(ctx context.Context, f cloudSetupFlags) (setup.Result, error) {
+	if f.lab != "" {
+		p := filepath.Join(f.lab, "endpoints.json")
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return setup.Result{}, fmt.Errorf("--lab: %w (is bootcert-lab serve --data %s running?)", err, f.lab)
+		}
+		var ep labEndpoints
+		if err := json.Unmarshal(b, &ep); err != nil {
+			return setup.Result{}, fmt.Errorf("--lab: %s: %w", p, err)
+		}
+		if f.endpoint == "" {
+			f.endpoint = ep.API
+		}
+		if f.s3Endpoint == "" {
+			f.s3Endpoint = ep.S3
+		}
+		if f.caBundle == "" {
+			f.caBundle = filepath.Join(f.lab, "server-ca.pem")
+		}
+		if f.region == "" {
+			f.region = ep.Region
+		}
+	}
+	caCert, err := factory.ReadCertificate(f.caCert)
+	if err != nil {
+		return setup.Result{}, fmt.Errorf("--ca-cert: %w", err)
+	}
+	var signer crypto.Signer
+	if f.caKey != "" {
+		signer, err = keystore.Open(ctx, f.caKey)
+		if err != nil {
+			return setup.Result{}, fmt.Errorf("--ca-key: %w", err)
+		}
+		defer keystore.CloseSigner(signer)
+	}
+	o := setup.Options{Bucket: f.bucket, CACert: caCert, CASigner: signer, JobID: f.jobID, Group: f.group, SkipEventConfig: f.skipEvents, Now: time.Now}
+	if f.allowList != "" {
+		if o.AllowList, err = os.ReadFile(f.allowList); err != nil {
+			return setup.Result{}, fmt.Errorf("--allow-list: %w", err)
+		}
+	}
+	if f.crl != "" {
+		if o.CRL, err = os.ReadFile(f.crl); err != nil {
+			return setup.Result{}, fmt.Errorf("--crl: %w", err)
+		}
+	}
+	var opts []func(*config.LoadOptions) error
+	if f.region != "" {
+		opts = append(opts, config.WithRegion(f.region))
+	}
+	if f.caBundle != "" {
+		pem, err := os.ReadFile(f.caBundle)
+		if err != nil {
+			return setup.Result{}, fmt.Errorf("--ca-bundle: %w", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return setup.Result{}, fmt.Errorf("--ca-bundle %s: no PEM certificate", f.caBundle)
+		}
+		opts = append(opts, config.WithCustomCABundle(bytes.NewReader(pem)))
+	}
+	if f.lab != "" && os.Getenv("AWS_ACCESS_KEY_ID") == "" {
+		// The lab accepts any SigV4 credentials unless started with
+		// --credentials; these are placeholders, not secrets.
+		opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("AKIALABPLACEHOLDER00", "lab-placeholder", "")))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return setup.Result{}, fmt.Errorf("loading the AWS configuration: %w", err)
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	iotc := cloudaws.NewIoTClient(cfg, f.endpoint)
+	s3c := cloudaws.NewS3Client(cfg, f.s3Endpoint)
+	return setup.Run(ctx, iotc, s3c, o)
+}

@@ -1,0 +1,15 @@
+// Package archtest holds no code: its tests enforce bootcert's architecture
+// on the real import graph (go list), so that a forbidden import fails
+// `go test ./...` instead of being found in a review:
+//
+//   - bootcertd, as released (cgo, tag nosimulator; and the static
+//     CGO_ENABLED=0 build of the other architecture), links no cloud code,
+//     no AWS SDK, no MQTT broker (mochi), no cobra and no TPM simulator;
+//   - the gateway's bootcertctl links no cloud code and no AWS SDK (the
+//     account-level commands live in bootcert-admin, packaged apart);
+//   - only the lab's main (cmd/bootcert-lab), the demo (internal/demo), the
+//     benchmarks (bench/...) and tests import the lab (cloud/lab/...).
+//
+// The rule that ctl does not import the rotation engine lives with the
+// engine's control-socket wire type.
+package archtest
