@@ -252,7 +252,6 @@ func (e Entry) Record() []string {
 	return rec
 }
 
-
 // ValidDeviceID checks that s can be an AWS IoT thing name (and so an MQTT
 // client ID and a certificate CN): protocol.ValidThingName, the one rule.
 func ValidDeviceID(s string) error {
