@@ -46,8 +46,11 @@ test: deps vet
 test-compat: deps
 	$(GO) test $(GOTEST_FLAGS) -v ./cloud/compat/...
 
+## vet: go vet, go.mod tidy, staticcheck (pinned in tools/go.mod)
 vet:
 	$(GO) vet ./...
+	$(GO) mod tidy -diff
+	$(GO) tool -modfile=tools/go.mod staticcheck ./...
 
 ## bench: benchmark tables (figures, not assertions)
 bench: deps

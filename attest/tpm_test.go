@@ -383,7 +383,7 @@ func TestVerifySWTPM(t *testing.T) {
 			ak := loadAK(t, tp, a.akPath)
 			tmpl := eccTemplate(tpm2.TPMAObject{UserWithAuth: true, SignEncrypt: true}, tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull})
 			tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{X: tpm2.TPM2BECCParameter{Buffer: sk.X.FillBytes(make([]byte, 32))}, Y: tpm2.TPM2BECCParameter{Buffer: sk.Y.FillBytes(make([]byte, 32))}})
-			priv := tpm2.TPMTSensitive{SensitiveType: tpm2.TPMAlgECC, Sensitive: tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgECC, &tpm2.TPM2BECCParameter{Buffer: sk.D.FillBytes(make([]byte, 32))})}
+			priv := tpm2.TPMTSensitive{SensitiveType: tpm2.TPMAlgECC, Sensitive: tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgECC, &tpm2.TPM2BECCParameter{Buffer: scalarBytes(t, sk)})}
 			l, err := tpm2.LoadExternal{InPrivate: tpm2.New2B(priv), InPublic: tpm2.New2B(tmpl), Hierarchy: tpm2.TPMRHNull}.Execute(tp)
 			if err != nil {
 				t.Fatalf("load external: %v", err)
@@ -527,4 +527,15 @@ func selfSigned(t *testing.T) *x509.Certificate {
 	c, _ := x509.ParseCertificate(der)
 	_ = pem.EncodeToMemory
 	return c
+}
+
+// scalarBytes is an ECDSA private key's scalar, fixed length (what
+// TPM2_LoadExternal takes as the sensitive part of an imported key).
+func scalarBytes(t *testing.T, k *ecdsa.PrivateKey) []byte {
+	t.Helper()
+	b, err := k.Bytes()
+	if err != nil {
+		t.Fatalf("private key bytes: %v", err)
+	}
+	return b
 }

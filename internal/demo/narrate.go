@@ -381,17 +381,6 @@ func (w *journalWatcher) run(stop <-chan struct{}) {
 	}
 }
 
-func (w *journalWatcher) seen(p journal.Phase) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, q := range w.phases {
-		if q == p {
-			return true
-		}
-	}
-	return false
-}
-
 func describeEntry(e journal.Entry) string {
 	switch e.Phase {
 	case journal.KeyStaged:

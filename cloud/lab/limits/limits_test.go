@@ -54,7 +54,8 @@ func TestLoad(t *testing.T) {
 func TestLimiter(t *testing.T) {
 	clk := clock.NewFake(time.Unix(1000, 0))
 	l := NewLimiter(Limits{API: map[string]float64{"CreateThing": 2}, ConnectsPerSecond: 3, ConnectsPerClientPerSecond: 1}, clk)
-	if !l.AllowAPI("CreateThing") || !l.AllowAPI("CreateThing") || l.AllowAPI("CreateThing") {
+	first, second, third := l.AllowAPI("CreateThing"), l.AllowAPI("CreateThing"), l.AllowAPI("CreateThing")
+	if !first || !second || third {
 		t.Fatal("CreateThing at 2 TPS: want 2 allowed then throttled")
 	}
 	for range 100 {

@@ -216,6 +216,7 @@ func parseStatement(raw json.RawMessage) (Statement, error) {
 		switch k {
 		case "Sid":
 			if json.Unmarshal(v, &st.Sid) != nil {
+				//lint:ignore ST1005 "Sid" is the policy element's name
 				return st, errors.New("Sid must be a string")
 			}
 		case "Effect":

@@ -133,6 +133,8 @@ func (s *Store) Handler() http.Handler {
 }
 
 // ErrExpired is returned for presigned requests past their expiry.
+//
+//lint:ignore ST1005 S3's own message, verbatim
 var ErrExpired = errors.New("Request has expired")
 
 // authorize verifies the request's signature when the store has
@@ -158,10 +160,13 @@ func (s *Store) authorize(r *http.Request) (string, int, error) {
 	case ae.Expired:
 		return "AccessDenied", http.StatusForbidden, ErrExpired
 	case ae.Code == "UnrecognizedClientException":
+		//lint:ignore ST1005 S3's own message, verbatim
 		return "InvalidAccessKeyId", http.StatusForbidden, errors.New("The AWS Access Key Id you provided does not exist in our records.")
 	case ae.Code == "InvalidSignatureException":
+		//lint:ignore ST1005 S3's own message, verbatim
 		return "SignatureDoesNotMatch", http.StatusForbidden, errors.New("The request signature we calculated does not match the signature you provided.")
 	case ae.Code == "MissingAuthenticationTokenException":
+		//lint:ignore ST1005 S3's own message, verbatim
 		return "AccessDenied", http.StatusForbidden, errors.New("Access Denied: the lab's S3 needs signed requests")
 	default:
 		return "AuthorizationHeaderMalformed", http.StatusBadRequest, errors.New(ae.Message)
