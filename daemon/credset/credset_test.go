@@ -10,19 +10,19 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/bootcert/bootcert/daemon/internal/testpki"
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/protocol"
 )
 
-func cred(t *testing.T, ca *testpki.CA, gen int) *Credential {
+func cred(t *testing.T, ca *testca.CA, gen int) *Credential {
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	c := ca.Client(t, "gw-1", k.Public())
+	c := ca.Issue(t, "gw-1", k.Public())
 	return &Credential{Generation: gen, KeyURI: "file:/k/op-1.pem", Chain: []*x509.Certificate{c, ca.Cert},
 		Meta: Meta{Generation: gen, CertificateID: protocol.CertificateID(c.Raw), NotAfter: c.NotAfter}}
 }
 
 func TestPutGet(t *testing.T) {
-	ca := testpki.NewCA(t, "ca")
+	ca := testca.New(t, "ca")
 	s, err := Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +106,7 @@ func TestInterruptedPut(t *testing.T) {
 // recorded the key's role and the mode still loads, as an operational key
 // made on demand; one stored now keeps what it recorded.
 func TestLoadsMetaWithoutRoleAndMode(t *testing.T) {
-	ca := testpki.NewCA(t, "ca")
+	ca := testca.New(t, "ca")
 	dir := t.TempDir()
 	s, err := Open(dir)
 	if err != nil {

@@ -23,9 +23,9 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/daemon/credset"
-	"github.com/bootcert/bootcert/daemon/internal/testpki"
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/internal/clock"
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/internal/testkit"
 	"github.com/bootcert/bootcert/keystore"
 	_ "github.com/bootcert/bootcert/keystore/file"
@@ -35,7 +35,7 @@ import (
 type rig struct {
 	t      *testing.T
 	dir    string
-	ca     *testpki.CA
+	ca     *testca.CA
 	cloud  *fakeCloud
 	cfg    Config
 	eng    *Engine
@@ -52,7 +52,7 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	dir := t.TempDir()
-	ca := testpki.NewCA(t, "factory CA")
+	ca := testca.New(t, "factory CA")
 	ctx := context.Background()
 	bootURI := "file:" + filepath.Join(dir, "keys", "bootstrap.pem")
 	os.MkdirAll(filepath.Join(dir, "keys"), 0o700)
@@ -60,7 +60,7 @@ func newRig(t *testing.T) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	boot := ca.Client(t, "gw-1", bk.Public())
+	boot := ca.Issue(t, "gw-1", bk.Public())
 	cloud := newFakeCloud(t, ca, "gw-1")
 	cloud.accept(protocol.CertificateID(boot.Raw))
 	r := &rig{t: t, dir: dir, ca: ca, cloud: cloud, clock: clock.NewFake(time.Now())}
@@ -272,18 +272,18 @@ func TestBadInput(t *testing.T) {
 		{name: "fail/malformed-job-document", doc: json.RawMessage(`{"operation":"bootcert.rotate","version":"1","get":{"publish":"$aws/x"}}`), reason: "job document"},
 		{name: "fail/wrong-operation", doc: json.RawMessage(`{"operation":"reboot","version":"1"}`), reason: "operation"},
 		{name: "fail/certificate-for-another-key", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
-			c := r.ca.Client(r.t, "gw-1", otherKey.Public())
-			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificatePEM: string(testpki.PEM(c))})
+			c := r.ca.Issue(r.t, "gw-1", otherKey.Public())
+			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificatePEM: string(testca.PEM(c))})
 			return "accepted", p, true
 		}, reason: "not the staged key"},
 		{name: "fail/expired-certificate", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
-			c := r.ca.Issue(r.t, "gw-1", pub, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
-			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificatePEM: string(testpki.PEM(c))})
+			c := r.ca.Issue(r.t, "gw-1", pub, testca.Valid(time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour)))
+			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificatePEM: string(testca.PEM(c))})
 			return "accepted", p, true
 		}, reason: "expired"},
 		{name: "fail/wrong-cn", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
-			c := r.ca.Client(r.t, "gw-2", pub)
-			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificatePEM: string(testpki.PEM(c))})
+			c := r.ca.Issue(r.t, "gw-2", pub)
+			p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificatePEM: string(testca.PEM(c))})
 			return "accepted", p, true
 		}, reason: "CN"},
 		{name: "fail/location-host-not-allowed", reply: func(r *rig, req protocol.GetRequest, pub any) (string, []byte, bool) {
@@ -532,9 +532,9 @@ func TestLocationDownload(t *testing.T) {
 	pool.AddCert(srv.Certificate())
 	r.fetch = &HTTPFetcher{AllowedHosts: []string{"127.0.0.1"}, RootCAs: pool}
 	r.cloud.getReply = func(req protocol.GetRequest, pub any) (string, []byte, bool) {
-		cert := r.ca.Client(t, "gw-1", pub)
+		cert := r.ca.Issue(t, "gw-1", pub)
 		r.cloud.accept(protocol.CertificateID(cert.Raw))
-		b, _ := json.Marshal(map[string]string{"certificatePem": string(testpki.PEM(cert))})
+		b, _ := json.Marshal(map[string]string{"certificatePem": string(testca.PEM(cert))})
 		pkg.Store(b)
 		p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificateID: protocol.CertificateID(cert.Raw), Location: srv.URL + "/pkg?X-Amz-Signature=sig"})
 		return "accepted", p, true
@@ -613,7 +613,7 @@ func TestRollbackWhenNewSessionDenied(t *testing.T) {
 }
 
 func TestVerifyCertificate(t *testing.T) {
-	ca := testpki.NewCA(t, "ca")
+	ca := testca.New(t, "ca")
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	now := time.Now()
@@ -625,16 +625,16 @@ func TestVerifyCertificate(t *testing.T) {
 		pins  []string
 		ok    bool
 	}{
-		{"ok/plain", []*x509.Certificate{ca.Client(t, "gw-1", k.Public())}, nil, true},
-		{"ok/aws-issued-cn", []*x509.Certificate{ca.Client(t, AWSIssuedCN, k.Public())}, nil, true},
-		{"ok/issued-a-minute-ahead", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public(), now.Add(time.Minute), now.Add(time.Hour))}, nil, true},
-		{"ok/pinned", []*x509.Certificate{ca.Client(t, "gw-1", k.Public()), ca.Cert}, []string{pin}, true},
-		{"fail/pinned-no-ca-in-chain", []*x509.Certificate{ca.Client(t, "gw-1", k.Public())}, []string{pin}, false},
-		{"fail/pinned-other-ca", []*x509.Certificate{ca.Client(t, "gw-1", k.Public()), ca.Cert}, []string{strings.Repeat("0", 64)}, false},
-		{"fail/other-key", []*x509.Certificate{ca.Client(t, "gw-1", other.Public())}, nil, false},
-		{"fail/other-cn", []*x509.Certificate{ca.Client(t, "gw-2", k.Public())}, nil, false},
-		{"fail/expired", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public(), now.Add(-2*time.Hour), now.Add(-time.Hour))}, nil, false},
-		{"fail/not-yet-valid", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public(), now.Add(time.Hour), now.Add(2*time.Hour))}, nil, false},
+		{"ok/plain", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public())}, nil, true},
+		{"ok/aws-issued-cn", []*x509.Certificate{ca.Issue(t, AWSIssuedCN, k.Public())}, nil, true},
+		{"ok/issued-a-minute-ahead", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public(), testca.Valid(now.Add(time.Minute), now.Add(time.Hour)))}, nil, true},
+		{"ok/pinned", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public()), ca.Cert}, []string{pin}, true},
+		{"fail/pinned-no-ca-in-chain", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public())}, []string{pin}, false},
+		{"fail/pinned-other-ca", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public()), ca.Cert}, []string{strings.Repeat("0", 64)}, false},
+		{"fail/other-key", []*x509.Certificate{ca.Issue(t, "gw-1", other.Public())}, nil, false},
+		{"fail/other-cn", []*x509.Certificate{ca.Issue(t, "gw-2", k.Public())}, nil, false},
+		{"fail/expired", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public(), testca.Valid(now.Add(-2*time.Hour), now.Add(-time.Hour)))}, nil, false},
+		{"fail/not-yet-valid", []*x509.Certificate{ca.Issue(t, "gw-1", k.Public(), testca.Valid(now.Add(time.Hour), now.Add(2*time.Hour)))}, nil, false},
 		{"fail/empty", nil, nil, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

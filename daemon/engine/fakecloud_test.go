@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bootcert/bootcert/daemon/internal/testpki"
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/keystore/csr"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -22,7 +22,7 @@ import (
 // is tested against the lab.
 type fakeCloud struct {
 	t     *testing.T
-	ca    *testpki.CA
+	ca    *testca.CA
 	thing string
 
 	mu       sync.Mutex
@@ -63,7 +63,7 @@ type refusedErr struct{}
 func (refusedErr) Error() string { return "remote error: tls: bad certificate" }
 func (refusedErr) Refused() bool { return true }
 
-func newFakeCloud(t *testing.T, ca *testpki.CA, thing string) *fakeCloud {
+func newFakeCloud(t *testing.T, ca *testca.CA, thing string) *fakeCloud {
 	return &fakeCloud{t: t, ca: ca, thing: thing, accepted: map[string]bool{}, acceptNew: true, byCSR: map[string]*x509.Certificate{}}
 }
 
@@ -281,7 +281,7 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 		cert, again := f.byCSR[req.CSR]
 		f.mu.Unlock()
 		if !again {
-			cert = f.ca.Client(f.t, r.Subject.CommonName, r.PublicKey)
+			cert = f.ca.Issue(f.t, r.Subject.CommonName, r.PublicKey)
 		}
 		id := protocol.CertificateID(cert.Raw)
 		f.mu.Lock()
@@ -294,7 +294,7 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 		}
 		dup := f.dupReplies
 		f.mu.Unlock()
-		p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificateID: id, CertificatePEM: string(testpki.PEM(cert)) + string(testpki.PEM(f.ca.Cert))})
+		p, _ := json.Marshal(protocol.GetAccepted{ClientToken: req.ClientToken, CertificateID: id, CertificatePEM: string(testca.PEM(cert)) + string(testca.PEM(f.ca.Cert))})
 		c.deliver("certificates/"+t+"/get/accepted", p)
 		if dup {
 			c.deliver("certificates/"+t+"/get/accepted", p)

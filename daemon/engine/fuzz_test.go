@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bootcert/bootcert/daemon/internal/testpki"
 	"github.com/bootcert/bootcert/daemon/journal"
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/protocol"
 )
 
@@ -19,10 +19,10 @@ import (
 // packages) and the certificate check: nothing panics, and no certificate
 // is accepted unless it is for the staged key, for the thing, valid now.
 func FuzzReplies(f *testing.F) {
-	ca := testpki.NewCA(f, "ca")
+	ca := testca.New(f, "ca")
 	staged, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	good := ca.Client(f, "gw-1", staged.Public())
-	ga, _ := json.Marshal(protocol.GetAccepted{ClientToken: "t", CertificatePEM: string(testpki.PEM(good))})
+	good := ca.Issue(f, "gw-1", staged.Public())
+	ga, _ := json.Marshal(protocol.GetAccepted{ClientToken: "t", CertificatePEM: string(testca.PEM(good))})
 	f.Add(ga)
 	f.Add([]byte(`{"clientToken":"t","execution":{"jobId":"j","status":"QUEUED","jobDocument":{"operation":"bootcert.rotate","version":"1"}}}`))
 	f.Add([]byte(`{"clientToken":"t","code":"BAD_CSR","message":"m","retryable":false}`))

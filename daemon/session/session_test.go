@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/daemon/internal/testbroker"
-	"github.com/bootcert/bootcert/daemon/internal/testpki"
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/internal/testenv"
 )
 
@@ -25,14 +25,14 @@ func cfgFor(t *testing.T, m *testbroker.Mosquitto, clientID string) Config {
 	return Config{Address: m.Addr(), ServerName: "localhost", RootCAs: pool, ClientID: clientID, KeepAlive: 30 * time.Second, Timeout: 10 * time.Second}
 }
 
-func credFor(t *testing.T, ca *testpki.CA, cn string) Credential {
+func credFor(t *testing.T, ca *testca.CA, cn string) Credential {
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	return Credential{Chain: [][]byte{ca.Client(t, cn, k.Public()).Raw}, Signer: k}
+	return Credential{Chain: [][]byte{ca.Issue(t, cn, k.Public()).Raw}, Signer: k}
 }
 
 func TestDial(t *testing.T) {
-	ca := testpki.NewCA(t, "device CA")
-	other := testpki.NewCA(t, "unknown CA")
+	ca := testca.New(t, "device CA")
+	other := testca.New(t, "unknown CA")
 	m := testbroker.Start(t, ca)
 	ctx := context.Background()
 

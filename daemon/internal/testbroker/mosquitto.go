@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bootcert/bootcert/daemon/internal/testpki"
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/internal/testenv"
 )
 
@@ -21,7 +21,7 @@ import (
 type Mosquitto struct {
 	Port     int
 	CAFile   string // the CA of the server certificate (and of accepted clients)
-	ServerCA *testpki.CA
+	ServerCA *testca.CA
 	cmd      *exec.Cmd
 	out      *bytes.Buffer
 }
@@ -34,16 +34,16 @@ func (m *Mosquitto) Log() string { return m.out.String() }
 
 // Start runs mosquitto requiring client certificates signed by clientCA,
 // with the certificate CN as user name and the ACL of AWS-like topics.
-func Start(t testing.TB, clientCA *testpki.CA) *Mosquitto {
+func Start(t testing.TB, clientCA *testca.CA) *Mosquitto {
 	t.Helper()
 	testenv.Require(t, "mosquitto")
 	dir := t.TempDir()
-	srvCA := testpki.NewCA(t, "test server CA")
+	srvCA := testca.New(t, "test server CA")
 	certFile, keyFile := srvCA.Server(t, dir)
 	caFile := filepath.Join(dir, "server-ca.pem")
-	os.WriteFile(caFile, testpki.PEM(srvCA.Cert), 0o600)
+	os.WriteFile(caFile, testca.PEM(srvCA.Cert), 0o600)
 	clientCAFile := filepath.Join(dir, "client-ca.pem")
-	os.WriteFile(clientCAFile, testpki.PEM(clientCA.Cert), 0o600)
+	os.WriteFile(clientCAFile, testca.PEM(clientCA.Cert), 0o600)
 	acl := filepath.Join(dir, "acl")
 	os.WriteFile(acl, []byte("pattern readwrite certificates/%u/#\npattern readwrite $aws/things/%u/#\npattern readwrite test/%u/#\n"), 0o600)
 	for attempt := 0; attempt < 5; attempt++ {
