@@ -115,8 +115,10 @@ func (f *rieFunction) output() string {
 // the function's whole environment (plus PATH).
 func startRIE(t *testing.T, rie, bootstrap string, env map[string]string) *rieFunction {
 	t.Helper()
-	port := testenv.FreePort(t)
-	apiPort := testenv.FreePort(t)
+	// Two distinct ports: two FreePort calls can return the same one, and
+	// the emulator then panics on "address already in use".
+	ports := testenv.FreePorts(t, 2)
+	port, apiPort := ports[0], ports[1]
 	f := &rieFunction{url: fmt.Sprintf("http://127.0.0.1:%d/2015-03-31/functions/function/invocations", port)}
 	f.cmd = exec.Command(rie, "--runtime-interface-emulator-address", fmt.Sprintf("127.0.0.1:%d", port),
 		"--runtime-api-address", fmt.Sprintf("127.0.0.1:%d", apiPort), bootstrap)

@@ -65,6 +65,23 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// FreePorts returns n distinct free loopback ports: every listener stays
+// open until all are chosen, so (unlike n calls of FreePort, which may hand
+// the same just-released port out twice) no two are equal.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("finding a free port: %v", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
 // FreePortPair returns two consecutive free ports (swtpm's command and
 // control ports).
 func FreePortPair(t testing.TB) int {
