@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/bootcert/bootcert/cloud/lab/broker"
-	"github.com/bootcert/bootcert/cloud/lab/labtest"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
+	"github.com/bootcert/bootcert/internal/testca"
 )
 
 // authEnv is an in-memory registry with n devices, each with a thing and
@@ -25,11 +25,11 @@ func authEnv(t testing.TB, n int) (*authorizer, []broker.Principal) {
 	if _, err := r.CreatePolicy("bootstrap", doc); err != nil {
 		t.Fatal(err)
 	}
-	ca := labtest.NewCA(t, "ca")
+	ca := testca.New(t, "ca")
 	var ps []broker.Principal
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("gw-%d", i)
-		leaf := ca.Issue(t, name)
+		leaf := ca.NewLeaf(t, name)
 		c, err := r.RegisterCertificateWithoutCA(string(leaf.CertPEM), "ACTIVE")
 		if err != nil {
 			t.Fatal(err)

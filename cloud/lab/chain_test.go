@@ -61,7 +61,7 @@ func rotation(t *testing.T, credentialsPath string) {
 	}
 	s3c := s3.NewFromConfig(f.awsConfig(cfg), func(o *s3.Options) { o.BaseEndpoint = aws.String(f.lab.Endpoints().S3); o.UsePathStyle = true })
 
-	leaf := f.ca.Issue(t, "gw-1")
+	leaf := f.ca.NewLeaf(t, "gw-1")
 	put := func(key string, body []byte) {
 		t.Helper()
 		if _, err := s3c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(key), Body: bytes.NewReader(body)}); err != nil {
@@ -69,7 +69,7 @@ func rotation(t *testing.T, credentialsPath string) {
 		}
 	}
 	put("trust/factory-ca.pem", f.ca.PEM)
-	put("trust/allow-list.csv", []byte("device_id,bootstrap_sha256,final_csr\ngw-1,"+leaf.ID+",\n"))
+	put("trust/allow-list.csv", []byte("device_id,bootstrap_sha256,final_csr\ngw-1,"+leaf.CertID+",\n"))
 	doc, _ := json.Marshal(protocol.DefaultJobDocument())
 	if _, err := f.api.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("bootcert-rotation"), Document: aws.String(string(doc)),
 		Targets: []string{acct + "thinggroup/bootcert-rotation"}, TargetSelection: types.TargetSelectionContinuous}); err != nil {
@@ -80,7 +80,7 @@ func rotation(t *testing.T, credentialsPath string) {
 	if out, err := labtest.Pub(t, f.client(leaf, "gw-1"), "certificates/gw-1/get", "{}"); err == nil {
 		t.Fatalf("first connect succeeded: %s", out)
 	}
-	waitStatus(t, f, leaf.ID, types.CertificateStatusActive)
+	waitStatus(t, f, leaf.CertID, types.CertificateStatusActive)
 	th, err := f.api.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String("gw-1")})
 	if err != nil || aws.ToString(th.ThingTypeName) != "bootcert-gateway" {
 		t.Fatalf("thing after activation: %v %v", err, th)
@@ -128,7 +128,7 @@ func rotation(t *testing.T, credentialsPath string) {
 	}
 	op.pub("$aws/things/gw-1/jobs/bootcert-rotation/update", `{"clientToken":"u1","status":"SUCCEEDED","statusDetails":{"progress":"committed"}}`)
 	op.wait("$aws/things/gw-1/jobs/bootcert-rotation/update/accepted")
-	waitStatus(t, f, leaf.ID, types.CertificateStatusInactive)
+	waitStatus(t, f, leaf.CertID, types.CertificateStatusInactive)
 	if out, err := labtest.Pub(t, f.client(leaf, "gw-1"), "certificates/gw-1/get", "{}"); err == nil {
 		t.Fatalf("bootstrap certificate still connects after the rotation: %s", out)
 	}

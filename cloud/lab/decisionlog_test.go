@@ -38,7 +38,7 @@ next:
 func TestDecisionLog(t *testing.T) {
 	logs := &faultLog{}
 	f := newFixture(t, Config{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
-	leaf := f.ca.Issue(t, "gw-log")
+	leaf := f.ca.NewLeaf(t, "gw-log")
 	f.registerActive(leaf, `{"Version":"2012-10-17","Statement":[
  {"Sid":"Connect","Effect":"Allow","Action":"iot:Connect","Resource":"*"},
  {"Sid":"PublishAnything","Effect":"Allow","Action":"iot:Publish","Resource":"*"},

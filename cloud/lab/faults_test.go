@@ -45,7 +45,7 @@ func TestFaultRefuseIssuedCertificates(t *testing.T) {
 	logs := &faultLog{}
 	f := newFixture(t, Config{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	ctx := context.Background()
-	boot := f.ca.Issue(t, "dev-f")
+	boot := f.ca.NewLeaf(t, "dev-f")
 	f.registerActive(boot, devicePolicy, "device")
 
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -26,6 +26,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
 	"github.com/bootcert/bootcert/internal/clock"
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/protocol"
 )
 
@@ -35,7 +36,7 @@ type fixture struct {
 	t      *testing.T
 	lab    *Lab
 	api    *iot.Client
-	ca     *labtest.CA
+	ca     *testca.CA
 	caID   string
 	dir    string // for client files
 	caFile string
@@ -65,9 +66,9 @@ func newFixture(t *testing.T, cfg Config) *fixture {
 	f.lab = start(t, cfg)
 	f.caFile = f.lab.Endpoints().ServerCA
 	f.api = iot.NewFromConfig(f.awsConfig(cfg), func(o *iot.Options) { o.BaseEndpoint = aws.String(f.lab.Endpoints().API) })
-	f.ca = labtest.NewCA(t, "factory CA")
+	f.ca = testca.New(t, "factory CA")
 	f.caID = registerCA(t, f.api, f.ca)
-	adminLeaf := f.ca.Issue(t, "admin")
+	adminLeaf := f.ca.NewLeaf(t, "admin")
 	f.registerActive(adminLeaf, `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}`, "admin-policy")
 	cf, kf := adminLeaf.Files(t, f.dir, "admin")
 	f.admin = labtest.Client{Addr: f.lab.Endpoints().MQTT, CAFile: f.caFile, CertFile: cf, KeyFile: kf, ClientID: "admin"}
@@ -88,14 +89,14 @@ func (f *fixture) awsConfig(cfg Config) aws.Config {
 	return c
 }
 
-func registerCA(t *testing.T, api *iot.Client, ca *labtest.CA) string {
+func registerCA(t *testing.T, api *iot.Client, ca *testca.CA) string {
 	t.Helper()
 	ctx := context.Background()
 	code, err := api.GetRegistrationCode(ctx, &iot.GetRegistrationCodeInput{})
 	if err != nil {
 		t.Fatalf("GetRegistrationCode: %v", err)
 	}
-	ver := ca.Issue(t, aws.ToString(code.RegistrationCode))
+	ver := ca.NewLeaf(t, aws.ToString(code.RegistrationCode))
 	out, err := api.RegisterCACertificate(ctx, &iot.RegisterCACertificateInput{
 		CaCertificate: aws.String(string(ca.PEM)), VerificationCertificate: aws.String(string(ver.CertPEM)),
 		SetAsActive: true, AllowAutoRegistration: true,
@@ -107,7 +108,7 @@ func registerCA(t *testing.T, api *iot.Client, ca *labtest.CA) string {
 }
 
 // registerActive registers leaf ACTIVE and attaches a new policy to it.
-func (f *fixture) registerActive(leaf *labtest.Leaf, doc, policyName string) string {
+func (f *fixture) registerActive(leaf *testca.Leaf, doc, policyName string) string {
 	f.t.Helper()
 	ctx := context.Background()
 	out, err := f.api.RegisterCertificate(ctx, &iot.RegisterCertificateInput{CertificatePem: aws.String(string(leaf.CertPEM)), CaCertificatePem: aws.String(string(f.ca.PEM)), Status: types.CertificateStatusActive})
@@ -127,8 +128,8 @@ func (f *fixture) registerActive(leaf *labtest.Leaf, doc, policyName string) str
 	return aws.ToString(out.CertificateArn)
 }
 
-func (f *fixture) client(leaf *labtest.Leaf, clientID string) labtest.Client {
-	cf, kf := leaf.Files(f.t, f.dir, leaf.ID[:12])
+func (f *fixture) client(leaf *testca.Leaf, clientID string) labtest.Client {
+	cf, kf := leaf.Files(f.t, f.dir, leaf.CertID[:12])
 	return labtest.Client{Addr: f.lab.Endpoints().MQTT, CAFile: f.caFile, CertFile: cf, KeyFile: kf, ClientID: clientID}
 }
 
@@ -170,22 +171,22 @@ func TestJITRAndPolicies(t *testing.T) {
 	events := labtest.StartSub(t, f.admin, "$aws/events/certificates/registered/#")
 	all := labtest.StartSub(t, withID(f.admin, "admin-2"), "devices/#")
 
-	leaf := f.ca.Issue(t, "dev-1")
+	leaf := f.ca.NewLeaf(t, "dev-1")
 	dev := f.client(leaf, "dev-1")
 	if out, err := labtest.Pub(t, dev, "devices/dev-1/hello", "x"); err == nil {
 		t.Fatalf("unknown certificate connected: %s", out)
 	}
-	d, err := f.api.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(leaf.ID)})
+	d, err := f.api.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(leaf.CertID)})
 	if err != nil {
 		t.Fatalf("DescribeCertificate after JITR: %v", err)
 	}
 	if d.CertificateDescription.Status != types.CertificateStatusPendingActivation {
 		t.Fatalf("status %s, want PENDING_ACTIVATION", d.CertificateDescription.Status)
 	}
-	events.WaitFor(t, "registered event", labtest.Contains("$aws/events/certificates/registered/"+f.caID, leaf.ID))
+	events.WaitFor(t, "registered event", labtest.Contains("$aws/events/certificates/registered/"+f.caID, leaf.CertID))
 
 	// The chain a device sends may include the CA: JITR registers the leaf.
-	chained := f.ca.Issue(t, "dev-chain")
+	chained := f.ca.NewLeaf(t, "dev-chain")
 	cc := f.client(chained, "dev-chain")
 	if err := os.WriteFile(cc.CertFile, append(append([]byte{}, chained.CertPEM...), f.ca.PEM...), 0o600); err != nil {
 		t.Fatal(err)
@@ -193,9 +194,9 @@ func TestJITRAndPolicies(t *testing.T) {
 	if out, err := labtest.Pub(t, cc, "devices/dev-chain/hello", "x"); err == nil {
 		t.Fatalf("unknown certificate (with its CA in the chain) connected: %s", out)
 	}
-	events.WaitFor(t, "registered event for a chain with the CA", labtest.Contains("$aws/events/certificates/registered/"+f.caID, chained.ID))
+	events.WaitFor(t, "registered event for a chain with the CA", labtest.Contains("$aws/events/certificates/registered/"+f.caID, chained.CertID))
 
-	if _, err := f.api.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(leaf.ID), NewStatus: types.CertificateStatusActive}); err != nil {
+	if _, err := f.api.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(leaf.CertID), NewStatus: types.CertificateStatusActive}); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := labtest.Pub(t, dev, "devices/dev-1/hello", "x"); err == nil {
@@ -253,7 +254,7 @@ func withID(c labtest.Client, id string) labtest.Client {
 func TestJobsOverMQTT(t *testing.T) {
 	f := newFixture(t, Config{})
 	ctx := context.Background()
-	leaf := f.ca.Issue(t, "gw-1")
+	leaf := f.ca.NewLeaf(t, "gw-1")
 	arn := f.registerActive(leaf, devicePolicy, "device")
 	if _, err := f.api.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("gw-1")}); err != nil {
 		t.Fatal(err)
@@ -349,7 +350,7 @@ func TestJobsOverMQTT(t *testing.T) {
 
 func itoa(n int64) string { return big.NewInt(n).String() }
 
-func pahoClient(t *testing.T, f *fixture, leaf *labtest.Leaf, id string, lost chan error) paho.Client {
+func pahoClient(t *testing.T, f *fixture, leaf *testca.Leaf, id string, lost chan error) paho.Client {
 	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(f.lab.ServerCAPEM())
@@ -377,7 +378,7 @@ func pahoClient(t *testing.T, f *fixture, leaf *labtest.Leaf, id string, lost ch
 func TestPahoAndInactive(t *testing.T) {
 	f := newFixture(t, Config{})
 	ctx := context.Background()
-	leaf := f.ca.Issue(t, "dev-9")
+	leaf := f.ca.NewLeaf(t, "dev-9")
 	f.registerActive(leaf, devicePolicy, "device")
 	lost := make(chan error, 1)
 	c := pahoClient(t, f, leaf, "dev-9", lost)
@@ -436,7 +437,7 @@ func TestPahoAndInactive(t *testing.T) {
 		t.Fatal("message published through the data endpoint not received")
 	}
 
-	if _, err := f.api.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(leaf.ID), NewStatus: types.CertificateStatusInactive}); err != nil {
+	if _, err := f.api.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(leaf.CertID), NewStatus: types.CertificateStatusInactive}); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -453,7 +454,7 @@ func TestRestartKeepsState(t *testing.T) {
 	labtest.RequireMosquitto(t)
 	dir := t.TempDir()
 	f := newFixture(t, Config{DataDir: dir})
-	leaf := f.ca.Issue(t, "dev-r")
+	leaf := f.ca.NewLeaf(t, "dev-r")
 	f.registerActive(leaf, devicePolicy, "device")
 	if out, err := labtest.Pub(t, f.client(leaf, "dev-r"), "devices/dev-r/a", "1"); err != nil {
 		t.Fatalf("%v %s", err, out)
@@ -470,11 +471,11 @@ func TestRestartKeepsState(t *testing.T) {
 	}
 	sub.WaitFor(t, "message after restart", labtest.Contains("devices/dev-r/a", "after-restart"))
 	// JITR still works with the CA registered before the restart.
-	other := f.ca.Issue(t, "dev-new")
+	other := f.ca.NewLeaf(t, "dev-new")
 	if _, err := labtest.Pub(t, f.client(other, "dev-new"), "devices/dev-new/a", "x"); err == nil {
 		t.Fatal("unknown certificate connected")
 	}
-	if st, err := l2.Registry().CertificateStatus(other.ID); err != nil || st != "PENDING_ACTIVATION" {
+	if st, err := l2.Registry().CertificateStatus(other.CertID); err != nil || st != "PENDING_ACTIVATION" {
 		t.Fatalf("after restart JITR: %q %v", st, err)
 	}
 }
@@ -604,7 +605,7 @@ func TestTemplateRules(t *testing.T) {
 		t.Fatalf("template policy not created: %v", err)
 	}
 
-	leaf := f.ca.Issue(t, "gw-7")
+	leaf := f.ca.NewLeaf(t, "gw-7")
 	if out, err := labtest.Pub(t, f.client(leaf, "gw-7"), "certificates/gw-7/get", "{}"); err == nil {
 		t.Fatalf("first connect succeeded: %s", out)
 	}
@@ -628,7 +629,7 @@ func TestTemplateRules(t *testing.T) {
 	}
 	select {
 	case e := <-vendorEvents:
-		if e["thingName"] != "gw-7" || e["operation"] != "get" || e["principal"] != leaf.ID || e["clientId"] != "gw-7" || e["clientToken"] != "tok-1" || e["jobId"] != "bootcert-rotation" {
+		if e["thingName"] != "gw-7" || e["operation"] != "get" || e["principal"] != leaf.CertID || e["clientId"] != "gw-7" || e["clientToken"] != "tok-1" || e["jobId"] != "bootcert-rotation" {
 			t.Fatalf("vendor event %v", e)
 		}
 		if _, ok := e["receivedAt"].(float64); !ok {
@@ -776,14 +777,14 @@ func TestConnectQuotas(t *testing.T) {
 	}
 	clock := clock.NewFake(time.Now())
 	f := newFixture(t, Config{LimitsPath: limitsFile, Clock: clock})
-	a := f.ca.Issue(t, "dev-a")
-	b := f.ca.Issue(t, "dev-b")
+	a := f.ca.NewLeaf(t, "dev-a")
+	b := f.ca.NewLeaf(t, "dev-b")
 	f.registerActive(a, devicePolicy, "device")
-	if _, err := f.api.AttachPolicy(context.Background(), &iot.AttachPolicyInput{PolicyName: aws.String("device"), Target: aws.String(acct + "cert/" + b.ID)}); err == nil {
+	if _, err := f.api.AttachPolicy(context.Background(), &iot.AttachPolicyInput{PolicyName: aws.String("device"), Target: aws.String(acct + "cert/" + b.CertID)}); err == nil {
 		t.Fatal("attaching to an unregistered certificate succeeded")
 	}
 	f.registerActive(b, "", "device")
-	c := f.ca.Issue(t, "dev-c")
+	c := f.ca.NewLeaf(t, "dev-c")
 	f.registerActive(c, "", "device")
 	ca, cb, cc := f.client(a, "dev-a"), f.client(b, "dev-b"), f.client(c, "dev-c")
 	clock.Advance(10 * time.Second) // fresh buckets
@@ -814,7 +815,7 @@ func TestConnectQuotas(t *testing.T) {
 // which makes the rule's error action publish AWS's error message.
 func TestRepublishAndErrorAction(t *testing.T) {
 	f := newFixture(t, Config{TemplatePath: filepath.Join("testdata", "lab-republish.yaml"), NoBuild: true})
-	leaf := f.ca.Issue(t, "dev-5")
+	leaf := f.ca.NewLeaf(t, "dev-5")
 	f.registerActive(leaf, devicePolicy, "device")
 	watch := labtest.StartSub(t, f.admin, "alerts/#", "errors/#")
 	dev := f.client(leaf, "dev-5")
@@ -864,11 +865,11 @@ func TestJITRNeedsActiveCAWithAutoRegistration(t *testing.T) {
 			if _, err := f.api.UpdateCACertificate(ctx, &in); err != nil {
 				t.Fatalf("UpdateCACertificate: %v", err)
 			}
-			leaf := f.ca.Issue(t, "dev-x")
+			leaf := f.ca.NewLeaf(t, "dev-x")
 			if out, err := labtest.Pub(t, f.client(leaf, "dev-x"), "devices/dev-x/a", "x"); err == nil {
 				t.Fatalf("connected: %s", out)
 			}
-			if _, err := f.api.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(leaf.ID)}); err == nil {
+			if _, err := f.api.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(leaf.CertID)}); err == nil {
 				t.Fatal("certificate registered although JITR is off for its CA")
 			}
 		})

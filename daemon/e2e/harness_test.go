@@ -32,11 +32,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/bootcert/bootcert/cloud/lab"
-	"github.com/bootcert/bootcert/cloud/lab/labtest"
 	"github.com/bootcert/bootcert/cloud/lab/template"
 	"github.com/bootcert/bootcert/daemon/config"
 	"github.com/bootcert/bootcert/daemon/control"
 	"github.com/bootcert/bootcert/daemon/engine"
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/internal/testenv"
 	"github.com/bootcert/bootcert/internal/testkit"
 	"github.com/bootcert/bootcert/keystore"
@@ -80,7 +80,7 @@ type cloudEnv struct {
 	api    *iot.Client
 	s3     *s3.Client
 	bucket string
-	ca     *labtest.CA
+	ca     *testca.CA
 	dir    string
 	data   string
 	allow  []string
@@ -108,12 +108,12 @@ func newCloudWith(t testing.TB, o cloudOpts) *cloudEnv {
 	for _, b := range tmpl.Buckets {
 		c.bucket = b
 	}
-	c.ca = labtest.NewCA(t, "factory CA")
+	c.ca = testca.New(t, "factory CA")
 	code, err := c.api.GetRegistrationCode(ctx, &iot.GetRegistrationCodeInput{})
 	if err != nil {
 		t.Fatalf("GetRegistrationCode: %v", err)
 	}
-	ver := c.ca.Issue(t, aws.ToString(code.RegistrationCode))
+	ver := c.ca.NewLeaf(t, aws.ToString(code.RegistrationCode))
 	if _, err := c.api.RegisterCACertificate(ctx, &iot.RegisterCACertificateInput{
 		CaCertificate: aws.String(string(c.ca.PEM)), VerificationCertificate: aws.String(string(ver.CertPEM)),
 		SetAsActive: true, AllowAutoRegistration: true,

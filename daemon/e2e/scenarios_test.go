@@ -24,10 +24,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
 
 	"github.com/bootcert/bootcert/cloud/lab"
-	"github.com/bootcert/bootcert/cloud/lab/labtest"
 	"github.com/bootcert/bootcert/ctl"
 	"github.com/bootcert/bootcert/daemon/config"
 	"github.com/bootcert/bootcert/daemon/journal"
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/internal/testkit"
 	"github.com/bootcert/bootcert/keystore/csr"
 	"github.com/bootcert/bootcert/protocol"
@@ -76,7 +76,7 @@ func TestRollback(t *testing.T) {
 	bv := &badVendor{reply: map[string]func(protocol.GetRequest, any) []byte{}}
 	c := newCloudWith(t, cloudOpts{functions: map[string]lab.Function{"VendorFunction": bv.fn}})
 	bv.lab = c.lab
-	rogue := labtest.NewCA(t, "unregistered CA")
+	rogue := testca.New(t, "unregistered CA")
 	bv.reply["gw-rb"] = func(r protocol.GetRequest, pub any) []byte {
 		cert := issueWith(t, rogue, "gw-rb", pub)
 		b, _ := json.Marshal(protocol.GetAccepted{ClientToken: r.ClientToken, CertificateID: protocol.CertificateID(cert.Raw), CertificatePEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))})
@@ -100,7 +100,7 @@ func TestRollback(t *testing.T) {
 	d.stop()
 }
 
-func issueWith(t *testing.T, ca *labtest.CA, cn string, pub any) *x509.Certificate {
+func issueWith(t *testing.T, ca *testca.CA, cn string, pub any) *x509.Certificate {
 	t.Helper()
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/cloud/lab/labtest"
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/protocol"
 )
 
@@ -174,7 +174,7 @@ type env struct {
 	t      *testing.T
 	srv    *Server
 	reg    *fakeRegistry
-	ca     *labtest.CA
+	ca     *testca.CA
 	dir    string
 	caFile string
 	jobs   *fakeJobs
@@ -185,8 +185,8 @@ func newEnv(t *testing.T, opts ...func(*Config)) *env {
 	t.Helper()
 	labtest.RequireMosquitto(t)
 	dir := t.TempDir()
-	serverCA := labtest.NewCA(t, "lab server CA")
-	srvLeaf := serverCA.Issue(t, "localhost", labtest.Options{Server: true, DNSNames: []string{"localhost"}, IPs: []net.IP{net.ParseIP("127.0.0.1")}})
+	serverCA := testca.New(t, "lab server CA")
+	srvLeaf := serverCA.NewLeaf(t, "localhost", testca.Server("localhost", "127.0.0.1"))
 	caFile := filepath.Join(dir, "server-ca.pem")
 	if err := os.WriteFile(caFile, serverCA.PEM, 0o600); err != nil {
 		t.Fatal(err)
@@ -195,7 +195,7 @@ func newEnv(t *testing.T, opts ...func(*Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deviceCA := labtest.NewCA(t, "factory CA")
+	deviceCA := testca.New(t, "factory CA")
 	reg := &fakeRegistry{status: map[string]string{}, cas: map[string]*x509.Certificate{"ca1": deviceCA.Cert}, auto: map[string]bool{"ca1": true}}
 	e := &env{t: t, reg: reg, ca: deviceCA, dir: dir, caFile: caFile, jobs: &fakeJobs{}, msgs: make(chan Message, 100)}
 	cfg := Config{
@@ -219,10 +219,10 @@ func newEnv(t *testing.T, opts ...func(*Config)) *env {
 }
 
 // device issues an ACTIVE certificate for cn and returns a client for it.
-func (e *env) device(cn string, status string) (labtest.Client, *labtest.Leaf) {
-	leaf := e.ca.Issue(e.t, cn)
+func (e *env) device(cn string, status string) (labtest.Client, *testca.Leaf) {
+	leaf := e.ca.NewLeaf(e.t, cn)
 	if status != "" {
-		e.reg.set(leaf.ID, status)
+		e.reg.set(leaf.CertID, status)
 	}
 	certFile, keyFile := leaf.Files(e.t, e.dir, cn)
 	return labtest.Client{Addr: e.srv.Addr(), CAFile: e.caFile, CertFile: certFile, KeyFile: keyFile, ClientID: cn}, leaf
@@ -237,7 +237,7 @@ func TestJITR(t *testing.T) {
 	if out, err := labtest.Pub(t, dev, "devices/dev-1/hello", "hi"); err == nil {
 		t.Fatalf("first connect with an unknown certificate succeeded: %s", out)
 	}
-	if st, _ := e.reg.CertificateStatus(leaf.ID); st != StatusPendingActivation {
+	if st, _ := e.reg.CertificateStatus(leaf.CertID); st != StatusPendingActivation {
 		t.Fatalf("status after JITR = %q, want PENDING_ACTIVATION", st)
 	}
 	m := sub.WaitFor(t, "registered event", labtest.Topic("$aws/events/certificates/registered/ca1"))
@@ -245,14 +245,14 @@ func TestJITR(t *testing.T) {
 	if err := json.Unmarshal([]byte(m.Payload), &ev); err != nil {
 		t.Fatal(err)
 	}
-	if ev["certificateId"] != leaf.ID || ev["caCertificateId"] != "ca1" || ev["certificateStatus"] != "PENDING_ACTIVATION" || ev["awsAccountId"] != "123456789012" {
+	if ev["certificateId"] != leaf.CertID || ev["caCertificateId"] != "ca1" || ev["certificateStatus"] != "PENDING_ACTIVATION" || ev["awsAccountId"] != "123456789012" {
 		t.Fatalf("registered event = %v", ev)
 	}
 	// Still pending: refused again, no second event.
 	if _, err := labtest.Pub(t, dev, "devices/dev-1/hello", "hi"); err == nil {
 		t.Fatal("PENDING_ACTIVATION certificate connected")
 	}
-	e.reg.set(leaf.ID, StatusActive)
+	e.reg.set(leaf.CertID, StatusActive)
 	if out, err := labtest.Pub(t, dev, "devices/dev-1/hello", "hi"); err != nil {
 		t.Fatalf("ACTIVE certificate refused: %v %s", err, out)
 	}
@@ -263,14 +263,14 @@ func TestJITR(t *testing.T) {
 
 func TestUnknownCA(t *testing.T) {
 	e := newEnv(t)
-	other := labtest.NewCA(t, "someone else")
-	leaf := other.Issue(t, "dev-x")
+	other := testca.New(t, "someone else")
+	leaf := other.NewLeaf(t, "dev-x")
 	c, k := leaf.Files(t, e.dir, "dev-x")
 	out, err := labtest.Pub(t, labtest.Client{Addr: e.srv.Addr(), CAFile: e.caFile, CertFile: c, KeyFile: k, ClientID: "dev-x"}, "devices/dev-x/a", "x")
 	if err == nil {
 		t.Fatalf("certificate from an unregistered CA connected: %s", out)
 	}
-	if _, ok := e.reg.CertificateStatus(leaf.ID); ok {
+	if _, ok := e.reg.CertificateStatus(leaf.CertID); ok {
 		t.Fatal("certificate from an unregistered CA was registered")
 	}
 	// No client certificate at all.
@@ -349,8 +349,8 @@ func TestInactiveEndsSession(t *testing.T) {
 	if n := len(e.srv.Stats().Clients); n != 1 {
 		t.Fatalf("%d clients connected, want 1", n)
 	}
-	e.reg.set(leaf.ID, StatusInactive)
-	e.srv.CertificateStatusChanged(leaf.ID, StatusInactive)
+	e.reg.set(leaf.CertID, StatusInactive)
+	e.srv.CertificateStatusChanged(leaf.CertID, StatusInactive)
 	// mosquitto_sub reconnects by itself: the session must be gone and
 	// every reconnect refused.
 	for deadline := time.Now().Add(20 * time.Second); len(e.srv.Stats().Clients) != 0; time.Sleep(10 * time.Millisecond) {
@@ -430,7 +430,7 @@ func TestRuleHookSeesPrincipal(t *testing.T) {
 			if m.Topic != "devices/dev-1/get" {
 				continue
 			}
-			if m.Principal != leaf.ID || m.ClientID != "dev-1" || string(m.Payload) != `{"a":1}` {
+			if m.Principal != leaf.CertID || m.ClientID != "dev-1" || string(m.Payload) != `{"a":1}` {
 				t.Fatalf("message = %+v", m)
 			}
 			return
@@ -471,8 +471,8 @@ func FuzzJobsRequest(f *testing.F) {
 		f.Add("$next/get", []byte(s))
 		f.Add("get", []byte(s))
 	}
-	ca := labtest.NewCA(f, "fuzz CA")
-	leaf := ca.Issue(f, "localhost", labtest.Options{Server: true, IPs: []net.IP{net.ParseIP("127.0.0.1")}})
+	ca := testca.New(f, "fuzz CA")
+	leaf := ca.NewLeaf(f, "localhost", testca.Server("127.0.0.1"))
 	cert, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
 	if err != nil {
 		f.Fatal(err)
@@ -536,7 +536,7 @@ func TestLifecycleEvents(t *testing.T) {
 	c := s.WaitFor(t, "connected", labtest.Topic("$aws/events/presence/connected/dev-1"))
 	d := s.WaitFor(t, "disconnected", labtest.Contains("$aws/events/presence/disconnected/dev-1", "CLIENT_INITIATED_DISCONNECT"))
 	var ev map[string]any
-	if err := json.Unmarshal([]byte(c.Payload), &ev); err != nil || ev["principalIdentifier"] != leaf.ID || ev["eventType"] != "connected" || ev["ipAddress"] != "127.0.0.1" {
+	if err := json.Unmarshal([]byte(c.Payload), &ev); err != nil || ev["principalIdentifier"] != leaf.CertID || ev["eventType"] != "connected" || ev["ipAddress"] != "127.0.0.1" {
 		t.Fatalf("connected event %s (%v)", c.Payload, err)
 	}
 	if !strings.Contains(d.Payload, `"clientInitiatedDisconnect":true`) {

@@ -1,25 +1,15 @@
-// Package labtest has test helpers for the lab: a throwaway certificate
-// authority and device certificates, and the real mosquitto_pub and
+// Package labtest has test helpers for the lab: the real mosquitto_pub and
 // mosquitto_sub clients driven against a broker with client certificates.
+// Certificates come from internal/testca.
 package labtest
 
 import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,126 +17,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/internal/testenv"
-	"github.com/bootcert/bootcert/protocol"
 )
-
-// CA is a test certificate authority.
-type CA struct {
-	Cert *x509.Certificate
-	Key  crypto.Signer
-	PEM  []byte
-}
-
-// NewCA makes a self-signed ECDSA P-256 CA.
-func NewCA(t testing.TB, cn string) *CA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"bootcert test"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &CA{Cert: cert, Key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// Leaf is a certificate with its private key.
-type Leaf struct {
-	Cert    *x509.Certificate
-	Key     crypto.Signer
-	CertPEM []byte
-	KeyPEM  []byte
-	ID      string // AWS IoT certificate ID: lower-hex SHA-256 of the DER
-}
-
-// Options for Issue.
-type Options struct {
-	DNSNames  []string
-	IPs       []net.IP
-	Server    bool
-	NotBefore time.Time
-	NotAfter  time.Time
-}
-
-// Issue signs a new P-256 leaf certificate with subject CN cn.
-func (ca *CA) Issue(t testing.TB, cn string, opts ...Options) *Leaf {
-	t.Helper()
-	var o Options
-	if len(opts) > 0 {
-		o = opts[0]
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if o.NotBefore.IsZero() {
-		o.NotBefore = time.Now().Add(-time.Hour)
-	}
-	if o.NotAfter.IsZero() {
-		o.NotAfter = time.Now().Add(24 * time.Hour)
-	}
-	eku := x509.ExtKeyUsageClientAuth
-	if o.Server {
-		eku = x509.ExtKeyUsageServerAuth
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    o.NotBefore,
-		NotAfter:     o.NotAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{eku},
-		DNSNames:     o.DNSNames,
-		IPAddresses:  o.IPs,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pk8, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &Leaf{
-		Cert: cert, Key: key, ID: protocol.CertificateID(der),
-		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk8}),
-	}
-}
-
-func serial(t testing.TB) *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// Files writes the certificate and key into dir and returns their paths.
-func (l *Leaf) Files(t testing.TB, dir, name string) (certPath, keyPath string) {
-	t.Helper()
-	certPath = filepath.Join(dir, name+".crt")
-	keyPath = filepath.Join(dir, name+".key")
-	if err := os.WriteFile(certPath, l.CertPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyPath, l.KeyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certPath, keyPath
-}
 
 // Client is what mosquitto_pub/mosquitto_sub need to connect.
 type Client struct {

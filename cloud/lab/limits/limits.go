@@ -11,9 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
-	"sort"
+	"slices"
 	"sync"
 	"time"
 
@@ -166,7 +167,7 @@ func Parse(data []byte) (Limits, error) {
 		}
 		return nil
 	}
-	for _, k := range sortedKeys(l.API) {
+	for _, k := range slices.Sorted(maps.Keys(l.API)) {
 		if k == "" {
 			return Limits{}, fmt.Errorf("%w: api: empty operation name", ErrInvalid)
 		}
@@ -181,15 +182,6 @@ func Parse(data []byte) (Limits, error) {
 		}
 	}
 	return l, nil
-}
-
-func sortedKeys(m map[string]float64) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 // APIRate is the TPS for op (0 = unlimited).

@@ -4,6 +4,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -169,7 +171,7 @@ func (r *Registry) DeleteCACertificate(id string) error {
 func (r *Registry) CACertificates() []CACertificate {
 	var out []CACertificate
 	_ = r.do(func(time.Time) error {
-		for _, k := range sortedKeys(r.st.CAs) {
+		for _, k := range slices.Sorted(maps.Keys(r.st.CAs)) {
 			out = append(out, *r.st.CAs[k])
 		}
 		return nil
@@ -183,7 +185,7 @@ func (r *Registry) CACertificates() []CACertificate {
 func (r *Registry) FindCAFor(leaf *x509.Certificate) (CACertificate, error) {
 	var out CACertificate
 	err := r.do(func(time.Time) error {
-		for _, k := range sortedKeys(r.st.CAs) {
+		for _, k := range slices.Sorted(maps.Keys(r.st.CAs)) {
 			c := r.st.CAs[k]
 			ca, err := ParseCertificatePEM("caCertificate", c.PEM)
 			if err != nil {
@@ -433,11 +435,11 @@ func (r *Registry) DeleteCertificate(id string, force bool) error {
 		if c.Status == StatusActive {
 			return newErr(CodeCertificateState, "cert "+id, "certificate is ACTIVE: set it INACTIVE first")
 		}
-		if things := sortedKeys(r.byPrinc[c.ARN]); len(things) > 0 {
+		if things := slices.Sorted(maps.Keys(r.byPrinc[c.ARN])); len(things) > 0 {
 			return newErr(CodeDeleteConflict, "cert "+id, "certificate is attached to thing %s: detach it first (DetachThingPrincipal)", things[0])
 		}
 		var attached []string
-		for _, p := range sortedKeys(r.st.PolicyTargets) {
+		for _, p := range slices.Sorted(maps.Keys(r.st.PolicyTargets)) {
 			if r.st.PolicyTargets[p][c.ARN] {
 				attached = append(attached, p)
 			}

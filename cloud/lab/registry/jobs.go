@@ -2,7 +2,9 @@ package registry
 
 import (
 	"encoding/json"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"time"
 	"unicode"
@@ -112,7 +114,7 @@ func (r *Registry) CreateJob(in CreateJobInput) (Job, error) {
 		r.st.Jobs[j.ID] = j
 		r.touch()
 		r.logDecision("CreateJob", j.ID, "created", "targetSelection", sel, "targets", len(j.Targets))
-		for _, thing := range sortedKeys(r.st.Things) {
+		for _, thing := range slices.Sorted(maps.Keys(r.st.Things)) {
 			if r.targetsLocked(j, thing) {
 				r.queueLocked(j, thing, now)
 			}

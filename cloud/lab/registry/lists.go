@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,7 +29,7 @@ func (r *Registry) CancelJob(jobID string, force bool, comment, reasonCode strin
 		j.Status, j.ForceCanceled, j.Comment, j.ReasonCode, j.LastUpdatedAt = JobCanceled, force, comment, reasonCode, now
 		r.touch()
 		r.logDecision("CancelJob", jobID, "canceled", "force", force)
-		for _, thing := range sortedKeys(r.st.Execs) {
+		for _, thing := range slices.Sorted(maps.Keys(r.st.Execs)) {
 			execs := r.st.Execs[thing][jobID]
 			if len(execs) == 0 {
 				continue
@@ -53,7 +55,7 @@ func (r *Registry) ListJobs(status, targetSelection, thingGroup string) []Job {
 		if thingGroup != "" {
 			garn = r.ThingGroupARN(thingGroup)
 		}
-		for _, id := range sortedKeys(r.st.Jobs) {
+		for _, id := range slices.Sorted(maps.Keys(r.st.Jobs)) {
 			j := r.st.Jobs[id]
 			if (status == "" || j.Status == status) && (targetSelection == "" || j.TargetSelection == targetSelection) &&
 				(garn == "" || contains(j.Targets, garn)) {
@@ -70,7 +72,7 @@ func (r *Registry) ListJobs(status, targetSelection, thingGroup string) []Job {
 func (r *Registry) ListCertificates(caID string) []Certificate {
 	var out []Certificate
 	_ = r.do(func(time.Time) error {
-		for _, id := range sortedKeys(r.st.Certs) {
+		for _, id := range slices.Sorted(maps.Keys(r.st.Certs)) {
 			c := r.st.Certs[id]
 			if caID == "" || c.CACertificateID == caID {
 				out = append(out, *c)
@@ -95,7 +97,7 @@ func sortByTime[T any](l []T, at func(T) time.Time) {
 func (r *Registry) ListPolicies() []Policy {
 	var out []Policy
 	_ = r.do(func(time.Time) error {
-		for _, k := range sortedKeys(r.st.Policies) {
+		for _, k := range slices.Sorted(maps.Keys(r.st.Policies)) {
 			out = append(out, copyPolicy(r.st.Policies[k]))
 		}
 		return nil
@@ -116,7 +118,7 @@ func (r *Registry) DeletePolicy(name string) error {
 		if n := len(copyPolicy(p).Versions); n > 1 {
 			return newErr(CodeDeleteConflict, "policy "+name, "policy %s has %d versions: delete the non-default versions first (DeletePolicyVersion)", name, n)
 		}
-		if ts := sortedKeys(r.st.PolicyTargets[name]); len(ts) > 0 {
+		if ts := slices.Sorted(maps.Keys(r.st.PolicyTargets[name])); len(ts) > 0 {
 			return newErr(CodeDeleteConflict, "policy "+name, "policy %s is attached to %s: detach it first (DetachPolicy)", name, ts[0])
 		}
 		delete(r.st.Policies, name)
@@ -161,7 +163,7 @@ func (r *Registry) DeletePolicyVersion(name, versionID string) error {
 func (r *Registry) ListThingGroups(parent, prefix string, recursive bool) []ThingGroup {
 	var out []ThingGroup
 	_ = r.do(func(time.Time) error {
-		for _, k := range sortedKeys(r.st.Groups) {
+		for _, k := range slices.Sorted(maps.Keys(r.st.Groups)) {
 			g := r.st.Groups[k]
 			if !strings.HasPrefix(g.Name, prefix) {
 				continue
@@ -208,7 +210,7 @@ func (r *Registry) DeleteThingGroup(name string, expectedVersion *int64) error {
 				return invalid("thinggroup "+name, "thing group has child group %s: delete it first", c.Name)
 			}
 		}
-		members := sortedKeys(r.st.Members[name])
+		members := slices.Sorted(maps.Keys(r.st.Members[name]))
 		delete(r.st.Members, name)
 		delete(r.st.Groups, name)
 		for p := range r.st.PolicyTargets {
@@ -227,7 +229,7 @@ func (r *Registry) DeleteThingGroup(name string, expectedVersion *int64) error {
 // dropUntargetedLocked removes the QUEUED executions of continuous jobs
 // that no longer target thing.
 func (r *Registry) dropUntargetedLocked(thing string, now time.Time) {
-	for _, jobID := range sortedKeys(r.st.Execs[thing]) {
+	for _, jobID := range slices.Sorted(maps.Keys(r.st.Execs[thing])) {
 		execs := r.st.Execs[thing][jobID]
 		j := r.st.Jobs[jobID]
 		if j == nil || j.TargetSelection != TargetContinuous || r.targetsLocked(j, thing) {

@@ -18,9 +18,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"sync"
 	"time"
 
@@ -479,29 +480,29 @@ func (r *Registry) Snapshot() Snapshot {
 		s = Snapshot{Region: r.region, AccountID: r.account, RegistrationCode: st.RegistrationCode,
 			GroupMembers: setsToLists(st.Members), PolicyTargets: setsToLists(st.PolicyTargets),
 			ThingPrincipals: setsToLists(st.ThingPrincipals), Counts: map[string]int{}}
-		for _, k := range sortedKeys(st.CAs) {
+		for _, k := range slices.Sorted(maps.Keys(st.CAs)) {
 			s.CACertificates = append(s.CACertificates, *st.CAs[k])
 		}
-		for _, k := range sortedKeys(st.Certs) {
+		for _, k := range slices.Sorted(maps.Keys(st.Certs)) {
 			s.Certificates = append(s.Certificates, *st.Certs[k])
 		}
-		for _, k := range sortedKeys(st.Things) {
+		for _, k := range slices.Sorted(maps.Keys(st.Things)) {
 			s.Things = append(s.Things, copyThing(st.Things[k]))
 		}
-		for _, k := range sortedKeys(st.ThingTypes) {
+		for _, k := range slices.Sorted(maps.Keys(st.ThingTypes)) {
 			s.ThingTypes = append(s.ThingTypes, *st.ThingTypes[k])
 		}
-		for _, k := range sortedKeys(st.Groups) {
+		for _, k := range slices.Sorted(maps.Keys(st.Groups)) {
 			s.ThingGroups = append(s.ThingGroups, *st.Groups[k])
 		}
-		for _, k := range sortedKeys(st.Policies) {
+		for _, k := range slices.Sorted(maps.Keys(st.Policies)) {
 			s.Policies = append(s.Policies, *st.Policies[k])
 		}
-		for _, k := range sortedKeys(st.Jobs) {
+		for _, k := range slices.Sorted(maps.Keys(st.Jobs)) {
 			s.Jobs = append(s.Jobs, *st.Jobs[k])
 		}
-		for _, t := range sortedKeys(st.Execs) {
-			for _, j := range sortedKeys(st.Execs[t]) {
+		for _, t := range slices.Sorted(maps.Keys(st.Execs)) {
+			for _, j := range slices.Sorted(maps.Keys(st.Execs[t])) {
 				for _, e := range st.Execs[t][j] {
 					s.JobExecutions = append(s.JobExecutions, copyExec(e))
 				}
@@ -529,20 +530,11 @@ func (r *Registry) Snapshot() Snapshot {
 	return s
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
-}
-
 func setsToLists(m map[string]map[string]bool) map[string][]string {
 	out := make(map[string][]string, len(m))
 	for k, set := range m {
-		if len(set) > 0 {
-			out[k] = sortedKeys(set)
+		if len(set) > 0 { // never an empty set: slices.Sorted of one is nil, which marshals as null
+			out[k] = slices.Sorted(maps.Keys(set))
 		}
 	}
 	return out

@@ -3,6 +3,7 @@ package registry
 import (
 	"maps"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -107,7 +108,7 @@ func (r *Registry) DescribeThing(name string) (Thing, error) {
 func (r *Registry) ListThings(thingType string) ([]Thing, error) {
 	var out []Thing
 	err := r.do(func(time.Time) error {
-		for _, name := range sortedKeys(r.st.Things) {
+		for _, name := range slices.Sorted(maps.Keys(r.st.Things)) {
 			t := r.st.Things[name]
 			if thingType != "" && t.TypeName != thingType {
 				continue
@@ -342,7 +343,7 @@ func (r *Registry) AddThingToThingGroup(group, thing string) error {
 		r.touch()
 		r.logDecision("AddThingToThingGroup", thing, "joined", "group", group)
 		r.emit(ThingGroupMembershipChanged{Group: group, Thing: thing, Added: true})
-		for _, id := range sortedKeys(r.st.Jobs) {
+		for _, id := range slices.Sorted(maps.Keys(r.st.Jobs)) {
 			j := r.st.Jobs[id]
 			if j.TargetSelection == TargetContinuous && j.Status == JobInProgress && r.targetsLocked(j, thing) {
 				r.queueLocked(j, thing, now)
@@ -383,7 +384,7 @@ func (r *Registry) ListThingGroupsForThing(thing string) ([]ThingGroup, error) {
 		if _, ok := r.st.Things[thing]; !ok {
 			return notFound("thing", thing)
 		}
-		for _, g := range sortedKeys(r.st.Members) {
+		for _, g := range slices.Sorted(maps.Keys(r.st.Members)) {
 			if r.st.Members[g][thing] {
 				out = append(out, *r.st.Groups[g])
 			}
@@ -416,7 +417,7 @@ func (r *Registry) ListThingsInThingGroup(group string, recursive bool) ([]strin
 			}
 		}
 		walk(group)
-		out = sortedKeys(seen)
+		out = sortedOrEmpty(seen)
 		return nil
 	})
 	return out, err
@@ -488,7 +489,7 @@ func (r *Registry) ListThingPrincipals(thing string) ([]string, error) {
 		if _, ok := r.st.Things[thing]; !ok {
 			return notFound("thing", thing)
 		}
-		out = sortedKeys(r.st.ThingPrincipals[thing])
+		out = sortedOrEmpty(r.st.ThingPrincipals[thing])
 		return nil
 	})
 	return out, err
@@ -501,7 +502,7 @@ func (r *Registry) ListPrincipalThings(principal string) ([]string, error) {
 		if !r.principalExistsLocked(principal) {
 			return notFound("principal", principal)
 		}
-		out = sortedKeys(r.byPrinc[principal])
+		out = sortedOrEmpty(r.byPrinc[principal])
 		return nil
 	})
 	return out, err
@@ -614,7 +615,7 @@ func (r *Registry) ListAttachedPolicies(target string, recursive bool) ([]Policy
 				}
 			}
 		}
-		for _, p := range sortedKeys(r.st.PolicyTargets) {
+		for _, p := range slices.Sorted(maps.Keys(r.st.PolicyTargets)) {
 			for t := range targets {
 				if r.st.PolicyTargets[p][t] {
 					out = append(out, *r.st.Policies[p])
@@ -644,7 +645,7 @@ func (r *Registry) EffectivePolicies(certID, thing string) []Policy {
 				targets[r.ThingGroupARN(g)] = true
 			}
 		}
-		for _, p := range sortedKeys(r.st.PolicyTargets) {
+		for _, p := range slices.Sorted(maps.Keys(r.st.PolicyTargets)) {
 			for t := range targets {
 				if r.st.PolicyTargets[p][t] {
 					out = append(out, *r.st.Policies[p])
@@ -664,4 +665,13 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// sortedOrEmpty returns m's keys sorted, and an empty list (which marshals
+// as [], where slices.Sorted's nil would be null) when there are none.
+func sortedOrEmpty(m map[string]bool) []string {
+	if len(m) == 0 {
+		return []string{}
+	}
+	return slices.Sorted(maps.Keys(m))
 }
