@@ -58,9 +58,10 @@ bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./cloud/lab/...
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./daemon/e2e
 
-## bench-daemon: bootcertd figures (bootstrap-to-operational p50/p95 over 20 runs on swtpm, TPM commands per rotation, idle RSS, stripped size)
+## bench-daemon: bootcertd figures (docs/bootcertd.md, Footprint): rotation overhead beyond TPM time p50/p99 and start to READY over 50 runs on swtpm, TPM commands per rotation; idle PSS/RSS of the release build (samples every 10s for 10m after a 5m warm-up: BENCH_IDLE_WARMUP, BENCH_IDLE_DURATION, BENCH_IDLE_INTERVAL shorten it); stripped sizes
 bench-daemon: deps
-	$(GO) test -run '^$$' -bench . -benchtime 20x ./daemon/e2e
+	$(GO) test -run '^$$' -bench 'BootstrapToOperational|StartToReady' -benchtime 50x -timeout 30m ./daemon/e2e
+	$(GO) test -run '^$$' -bench 'IdleRSS|BinarySize' -benchtime 1x -timeout 60m ./daemon/e2e
 
 ## bench-fleet: the lab's fleet load harness (2,000 TLS MQTT clients at 500 connects/s; see bench/README.md)
 FLEET_FLAGS ?= -clients 2000 -rate 500

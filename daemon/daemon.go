@@ -141,9 +141,7 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 		ClientID: thing, KeepAlive: c.Timeouts.KeepAlive.D(), Timeout: c.Timeouts.Connect.D(), Logger: log}
 	var fetch engine.Fetcher
 	if len(c.Verify.LocationHosts) > 0 {
-		f := &engine.HTTPFetcher{AllowedHosts: c.Verify.LocationHosts, Timeout: c.Timeouts.Reply.D()}
-		f.RootCAs = ck.LocationCAs
-		fetch = f
+		fetch = &locationFetcher{allowed: c.Verify.LocationHosts, roots: ck.LocationCAs, timeout: c.Timeouts.Reply.D()}
 	}
 	alg := ck.Algorithm
 	ecfg := engine.Config{

@@ -2,6 +2,7 @@ package archtest
 
 import (
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -144,5 +145,58 @@ func TestLabImportersDetects(t *testing.T) {
 	want := []string{module + "/daemon/engine -> " + lab + "/broker", module + "/cloud/setup -> " + lab}
 	if !slices.Equal(got, want) {
 		t.Fatalf("labImporters:\n got %q\nwant %q", got, want)
+	}
+}
+
+// httpClientSymbols are what linking net/http's client brings into a
+// binary: the Transport (connection pool, proxy, HTTP/2) and the Client.
+// bootcertd downloads a location with one GET over crypto/tls
+// (daemon/fetch.go) and must not link them again: they were 0.5 MiB of its
+// binary (docs/bootcertd.md, Footprint). paho links net/http for its
+// websocket transport, so an import rule cannot say this; the linked
+// symbols can.
+var httpClientSymbols = []string{"net/http.(*Transport).RoundTrip", "net/http.(*Client).Do", "net/http.(*http2Transport)"}
+
+// linkedSymbols returns the lines of a `go tool nm` listing that name one
+// of the symbols (a prefix of the symbol name).
+func linkedSymbols(nm string, symbols []string) []string {
+	var bad []string
+	for _, line := range strings.Split(nm, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		name := strings.Join(f[2:], " ")
+		for _, s := range symbols {
+			if strings.HasPrefix(name, s) {
+				bad = append(bad, name)
+				break
+			}
+		}
+	}
+	return bad
+}
+
+func TestDaemonLinksNoHTTPClient(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "bootcertd")
+	testkit.Go(t, releaseBuilds[0].env, "build", "-tags", releaseTags, "-o", bin, module+"/cmd/bootcertd")
+	nm := testkit.Go(t, nil, "tool", "nm", bin)
+	if len(linkedSymbols(nm, []string{"net/http.ReadResponse", "crypto/tls.Client"})) < 2 {
+		t.Fatalf("go tool nm lists neither net/http.ReadResponse nor crypto/tls.Client: not bootcertd's symbol table?")
+	}
+	if bad := linkedSymbols(nm, httpClientSymbols); len(bad) > 0 {
+		if len(bad) > 5 {
+			bad = bad[:5]
+		}
+		t.Errorf("bootcertd (release build) links net/http's client again: %s (use a GET over crypto/tls, as daemon/fetch.go does)", strings.Join(bad, ", "))
+	}
+}
+
+func TestLinkedSymbolsDetects(t *testing.T) {
+	nm := "  65e920 T net/http.(*Transport).RoundTrip\n  65fbe0 T net/http.ReadResponse\n  664c40 t net/http.(*http2Transport).RoundTrip\n"
+	got := linkedSymbols(nm, httpClientSymbols)
+	want := []string{"net/http.(*Transport).RoundTrip", "net/http.(*http2Transport).RoundTrip"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("linkedSymbols: got %q, want %q", got, want)
 	}
 }

@@ -14,6 +14,9 @@
 #      upgraded (still enabled), removed (stopped, disabled, state kept).
 #   3. rpm --root into the Debian root (scriptlets run): install, upgrade
 #      (edited %config(noreplace) kept), erase (.rpmsave, state kept).
+# The account tool's package (bootcert-admin, nfpm-admin.yaml) is installed
+# beside the gateway's in 1 (deb) and 3 (rpm), run (--version, --help) and
+# removed on its own.
 # Needs root, debootstrap, systemd-container, rpm (make deps).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -56,6 +59,8 @@ done
 debA=$work/pkgs/bootcert_0.1.0_$arch.deb debB=$work/pkgs/bootcert_0.2.0_$arch.deb
 rpmarch=$(case $arch in amd64) echo x86_64 ;; arm64) echo aarch64 ;; esac)
 rpmA=$work/pkgs/bootcert-0.1.0-1.$rpmarch.rpm rpmB=$work/pkgs/bootcert-0.2.0-1.$rpmarch.rpm
+adminDeb=$work/pkgs/bootcert-admin_0.1.0_$arch.deb adminRpm=$work/pkgs/bootcert-admin-0.1.0-1.$rpmarch.rpm
+[ -s "$adminDeb" ] && [ -s "$adminRpm" ] || fail "make packages did not build the bootcert-admin packages"
 
 # --- Debian 12 root, cached
 include=systemd
@@ -118,6 +123,20 @@ ok "bootcertd --check-config as user bootcert reads the config, names the missin
 [ -d "$R/run/systemd/system" ] && fail "/run/systemd/system in the chroot"
 in_root "$R" systemctl is-enabled bootcertd.service >/dev/null 2>&1 && fail "bootcertd enabled on install"
 ok "not enabled on install"
+
+# the account tool's package: its own, installed and removed beside the gateway's
+cp "$adminDeb" "$R/var/tmp/"
+in_root "$R" dpkg -i "/var/tmp/$(basename "$adminDeb")" >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; fail "dpkg -i $(basename "$adminDeb")"; }
+expect_mode "$R" /usr/bin/bootcert-admin "755 root:root"
+[ -f "$R/usr/share/doc/bootcert-admin/cloud.md" ] || fail "bootcert-admin: docs/cloud.md not installed"
+out=$(in_root "$R" bootcert-admin --version 2>&1) || fail "bootcert-admin --version: $out"
+[ "$out" = "bootcert-admin version 0.1.0" ] || fail "bootcert-admin --version printed: $out"
+out=$(in_root "$R" bootcert-admin --help 2>&1) || fail "bootcert-admin --help: $out"
+grep -q 'cloud' <<<"$out" || fail "bootcert-admin --help does not list the cloud commands: $out"
+in_root "$R" dpkg -r bootcert-admin >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; fail "dpkg -r bootcert-admin"; }
+[ -e "$R/usr/bin/bootcert-admin" ] && fail "bootcert-admin still there after remove"
+[ -e "$R/usr/bin/bootcertd" ] || fail "removing bootcert-admin removed bootcertd"
+ok "bootcert-admin .deb: installs beside bootcert, runs (--version 0.1.0, --help), removes alone"
 
 sed -i 's/^endpoint = .*/endpoint = "gw-test-ats.iot.eu-west-1.amazonaws.com"/' "$R/etc/bootcert/bootcertd.toml"
 echo "generation 1" >"$R/var/lib/bootcert/keys/op-1.tpmkey"
@@ -226,6 +245,14 @@ expect_mode "$P" /etc/bootcert "750 root:bootcert"
 expect_mode "$P" /var/lib/bootcert/keys "700 bootcert:bootcert"
 expect_mode "$P" /usr/bin/bootcertd "755 root:root"
 ok "rpm -i: scriptlets ran (user, tmpfiles), modes"
+rpmq -i --nodeps "$adminRpm" >"$work/rpm.log" || true
+rpmq -q bootcert-admin >/dev/null || { cat "$work/rpm.log" >&2; fail "rpm -i bootcert-admin"; }
+expect_mode "$P" /usr/bin/bootcert-admin "755 root:root"
+out=$(in_root "$P" bootcert-admin --version 2>&1) || fail "rpm: bootcert-admin --version: $out"
+[ "$out" = "bootcert-admin version 0.1.0" ] || fail "rpm: bootcert-admin --version printed: $out"
+rpmq -e bootcert-admin >"$work/rpm.log" || true
+[ -e "$P/usr/bin/bootcert-admin" ] && fail "rpm -e bootcert-admin left the binary"
+ok "bootcert-admin .rpm: installs, runs (--version 0.1.0), erases"
 sed -i 's/^endpoint = .*/endpoint = "gw-test-ats.iot.eu-west-1.amazonaws.com"/' "$P/etc/bootcert/bootcertd.toml"
 echo "generation 1" >"$P/var/lib/bootcert/keys/op-1.tpmkey"
 rpmq -U --nodeps "$rpmB" >"$work/rpm.log" || true
