@@ -22,6 +22,11 @@ type session struct {
 	startToken string           // only the reply to the latest start-next counts
 	retryAt    <-chan time.Time // when to ask again for an unanswered reply
 	unanswered int              // get/ack requests sent on this session since its last reply
+	// docPublish is the job document topic last published to on this
+	// session while its reply is awaited ("" once answered): a broker that
+	// closes the connection then refused the publish (wedge.go).
+	docPublish    string
+	describeToken string // only the reply to the latest DescribeJobExecution counts
 }
 
 // runSession drives one connected session until it ends.
@@ -59,7 +64,11 @@ func (s *session) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.conn.Done():
-			return fmt.Errorf("connection lost: %v", s.conn.Err())
+			err := fmt.Errorf("connection lost: %v", s.conn.Err())
+			if s.docPublish != "" {
+				return s.publishLost(s.docPublish, err)
+			}
+			return err
 		case m := <-s.in:
 			err = s.handle(ctx, m)
 		case r := <-e.keygenDone:
@@ -163,7 +172,7 @@ func (s *session) asked(what string) {
 }
 
 // answered notes a reply on this session.
-func (s *session) answered() { s.unanswered = 0 }
+func (s *session) answered() { s.unanswered, s.docPublish = 0, "" }
 
 // retryDelay is how long to wait for a reply before asking again: the reply
 // timeout plus a jittered, growing backoff (no fixed retry intervals).
