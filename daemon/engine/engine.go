@@ -128,6 +128,7 @@ type Engine struct {
 	beatC   <-chan time.Time // the idle beat, re-armed on the engine clock
 	signers map[string]crypto.Signer
 	rot     rotation
+	net     safetyNet // the device's rotation requests (safetynet.go)
 	// keygenDone receives the staged key made off the MQTT path; a result
 	// that arrives between connections waits here for the next one.
 	keygenDone chan keygenResult

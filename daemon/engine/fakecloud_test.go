@@ -65,8 +65,18 @@ type fakeCloud struct {
 	// after its start-next (a session that never does useful work)
 	dropAfterStartNext bool
 	// status of each job execution the cloud ended (CANCELED, REMOVED)
-	ended    map[string]protocol.JobStatus
+	ended     map[string]protocol.JobStatus
 	describes int
+	// rotation requests (the safety net) and how the cloud answers them:
+	// nil accepts and queues a job, as the cloud does
+	rotates     []protocol.RotateRequest
+	rotateReply func(req protocol.RotateRequest) (suffix string, payload []byte)
+}
+
+func (f *fakeCloud) rotateRequests() []protocol.RotateRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]protocol.RotateRequest(nil), f.rotates...)
 }
 
 // deniedErr is a SUBACK 0x80.
@@ -387,6 +397,26 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 		if dup {
 			c.deliver("certificates/"+t+"/get/accepted", p)
 		}
+	case topic == "certificates/"+t+"/rotate":
+		var req protocol.RotateRequest
+		if err := json.Unmarshal(payload, &req); err != nil {
+			f.t.Errorf("bad rotate request: %v", err)
+			return nil
+		}
+		f.mu.Lock()
+		f.rotates = append(f.rotates, req)
+		n, reply := len(f.rotates), f.rotateReply
+		f.mu.Unlock()
+		if reply != nil {
+			if suffix, p := reply(req); suffix != "" {
+				c.deliver("certificates/"+t+"/rotate/"+suffix, p)
+			}
+			return nil
+		}
+		job := fmt.Sprintf("rot-req-%d", n)
+		p, _ := json.Marshal(protocol.RotateAccepted{ClientToken: req.ClientToken, JobID: job})
+		c.deliver("certificates/"+t+"/rotate/accepted", p)
+		go f.queueJob(job)
 	case topic == "certificates/"+t+"/ack":
 		var req protocol.AckRequest
 		json.Unmarshal(payload, &req)

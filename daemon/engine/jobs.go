@@ -101,6 +101,7 @@ func (s *session) handleJobs(ctx context.Context, m message) (handled bool, err 
 			return true, nil
 		}
 		if r.Execution != nil && idle(j.Phase) {
+			s.noJob = false
 			return true, s.startNext(ctx)
 		}
 		if !idle(j.Phase) && (r.Execution == nil || r.Execution.JobID != j.JobID) {
@@ -123,8 +124,9 @@ func (s *session) handleJobs(ctx context.Context, m message) (handled bool, err 
 			if !idle(j.Phase) {
 				return true, s.describeJob(ctx)
 			}
-			return true, nil
+			return true, s.noJobPending(ctx)
 		}
+		s.noJob = false
 		if !idle(j.Phase) {
 			if r.Execution.JobID != j.JobID {
 				return true, s.describeJob(ctx)

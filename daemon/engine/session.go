@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/daemon/journal"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // session is one connected MQTT session: everything in it dies with the
@@ -27,6 +28,10 @@ type session struct {
 	// closes the connection then refused the publish (wedge.go).
 	docPublish    string
 	describeToken string // only the reply to the latest DescribeJobExecution counts
+	// noJob: the Jobs API said no execution is pending (the safety net
+	// may ask for one); safetyAt is when to look at it again.
+	noJob    bool
+	safetyAt <-chan time.Time
 }
 
 // runSession drives one connected session until it ends.
@@ -49,6 +54,7 @@ func (s *session) run(ctx context.Context) error {
 			return &notEstablished{err}
 		}
 	}
+	s.safetyStart()
 	if err := s.resume(ctx); err != nil {
 		return err
 	}
@@ -78,6 +84,9 @@ func (s *session) run(ctx context.Context) error {
 		case <-s.retryAt:
 			s.retryAt = nil
 			err = s.retry(ctx)
+		case <-s.safetyAt:
+			s.safetyAt = nil
+			err = s.checkSafetyNet(ctx)
 		}
 		if err != nil {
 			return err
@@ -138,6 +147,9 @@ func (s *session) publishJSON(ctx context.Context, topic string, v any) error {
 func (s *session) handle(ctx context.Context, m message) error {
 	if handled, err := s.handleJobs(ctx, m); handled {
 		return err
+	}
+	if suffix, ok := replySuffix(protocol.RotateTopic(s.e.cfg.Thing)+"/+", m.topic); ok {
+		return s.onRotateReply(ctx, suffix, m.payload)
 	}
 	j := s.e.journal.Current()
 	if j.Doc == nil {

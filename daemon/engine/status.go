@@ -16,6 +16,9 @@ type Status = control.Status
 // ActiveCredential describes the active credential set.
 type ActiveCredential = control.ActiveCredential
 
+// RotationRequest is the last device-initiated rotation request.
+type RotationRequest = control.RotationRequest
+
 // Status returns a snapshot.
 func (e *Engine) Status() Status {
 	e.mu.Lock()
