@@ -40,7 +40,7 @@ func TestSafetyNetAsksAndRotates(t *testing.T) {
 	r.cloud.queueJob("rot-1")
 	r.waitFor("generation 1", operational(1))
 	r.clock.Advance(79 * 24 * time.Hour) // 79% of 100 days
-	r.settle(2)                           // beat and safety-net timers armed again: the engine has looked
+	r.settle(2)                          // beat and safety-net timers armed again: the engine has looked
 	if n := len(r.cloud.rotateRequests()); n != 0 {
 		t.Fatalf("%d requests before 80%% of the life", n)
 	}
@@ -103,7 +103,9 @@ func TestSafetyNetBackoff(t *testing.T) {
 	}
 	wantAsk(1, "first request")
 	// throttled: the next one after ~1h, not before
-	r.waitFor("rejected", func(s Status) bool { return s.RotationRequest != nil && s.RotationRequest.Code == string(protocol.Throttled) })
+	r.waitFor("rejected", func(s Status) bool {
+		return s.RotationRequest != nil && s.RotationRequest.Code == string(protocol.Throttled)
+	})
 	r.clock.Advance(50 * time.Minute)
 	r.settle(2)
 	wantAsk(1, "no request before the gap")
@@ -144,7 +146,9 @@ func TestSafetyNetRefusedTopic(t *testing.T) {
 	r.cloud.mu.Unlock()
 	dials := r.cloud.dialCount()
 	r.clock.Advance(10*24*time.Hour + time.Minute)
-	s := r.waitFor("refused", func(s Status) bool { return s.RotationRequest != nil && s.RotationRequest.Answer == "refused by the broker" })
+	s := r.waitFor("refused", func(s Status) bool {
+		return s.RotationRequest != nil && s.RotationRequest.Answer == "refused by the broker"
+	})
 	if !strings.Contains(s.LastRefusal, "rotation request") {
 		t.Errorf("last refusal %q", s.LastRefusal)
 	}
