@@ -110,7 +110,43 @@ func printStatus(w io.Writer, s control.Status) error {
 			kv = append(kv, "advice", s.Advice)
 		}
 	}
+	if s.Fallbacks > 0 {
+		kv = append(kv, "fallbacks to bootstrap", strconv.Itoa(s.Fallbacks)+" since start, last "+fmtTime(s.LastFallbackAt)+": "+s.LastFallback)
+	}
+	if s.LastRefusal != "" {
+		kv = append(kv, "last refusal", s.LastRefusal+" ("+fmtTime(s.LastRefusalAt)+")")
+	}
+	if r := s.RotationRequest; r != nil {
+		kv = append(kv, "rotation request", rotationRequest(r))
+	}
 	return writeFields(w, kv...)
+}
+
+// rotationRequest is the one-line view of the device's last rotation
+// request: "age, attempt 2 at T: rejected THROTTLED (m); next at T".
+func rotationRequest(r *control.RotationRequest) string {
+	out := r.Reason + ", attempt " + strconv.Itoa(r.Attempts) + " at " + fmtTime(r.SentAt) + ": "
+	switch r.Answer {
+	case "":
+		out += "awaiting the answer"
+	case "accepted":
+		out += "accepted"
+		if r.JobID != "" {
+			out += " (job " + r.JobID + ")"
+		}
+	default:
+		out += r.Answer
+		if r.Code != "" {
+			out += " " + r.Code
+		}
+		if r.Message != "" {
+			out += " (" + r.Message + ")"
+		}
+	}
+	if !r.NextAt.IsZero() && r.Answer != "accepted" {
+		out += "; next at " + fmtTime(r.NextAt)
+	}
+	return out
 }
 
 func fmtTime(t time.Time) string {

@@ -150,6 +150,8 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 		ReplyTimeout: c.Timeouts.Reply.D(), Backoff: engine.Backoff{Initial: c.Backoff.Initial.D(), Max: c.Backoff.Max.D()},
 		RollbackRefusals: c.Fallback.Refusals, RollbackWindow: c.Fallback.Window.D(), FallbackToBoot: c.Fallback.Bootstrap,
 		IssuerSHA256: c.Verify.IssuerSHA256, ShutdownQuiesce: c.Timeouts.Shutdown.D(),
+		PhaseSessions: c.Rotation.PhaseSessions, StableAfter: c.Backoff.ResetAfter.D(),
+		RequestAfterLife: c.Rotation.RequestAfterLife, MaxAge: c.Rotation.MaxAge.D(), RequestInterval: c.Rotation.RequestInterval.D(),
 	}
 	if c.Identity.OperationalKey != "" {
 		ecfg.OperationalFn = c.OperationalKeyURI

@@ -133,7 +133,15 @@ func Decode(what string, payload []byte, v any) error {
 	return nil
 }
 
-// ParseJobDocument decodes and validates a rotation job document for a thing.
+// ParseJobDocument decodes and validates a rotation job document. Every
+// topic must lie under TopicNamespace (certificates/{thingName}/, the only
+// bootcert topics the device policies grant, for the thing itself): a
+// document naming anything else would make the device publish or subscribe
+// where the broker refuses it, and AWS IoT answers that by disconnecting an
+// MQTT 3.1.1 client (publish) or refusing the subscription (SUBACK 0x80).
+// Each pair's subscribe filter must be its publish topic + "/+": the cloud
+// replies on the request topic + "/accepted" or "/rejected". The error names
+// the field and the rule it breaks.
 func ParseJobDocument(payload []byte) (JobDocument, error) {
 	var d JobDocument
 	if err := Decode("job document", payload, &d); err != nil {
@@ -145,19 +153,67 @@ func ParseJobDocument(payload []byte) (JobDocument, error) {
 	if d.Version != Version {
 		return d, fmt.Errorf("job document: version %q not supported (want %q)", d.Version, Version)
 	}
-	for name, t := range map[string]string{"get.subscribe": d.Get.Subscribe, "get.publish": d.Get.Publish, "ack.subscribe": d.Ack.Subscribe, "ack.publish": d.Ack.Publish} {
-		if t == "" {
-			return d, fmt.Errorf("job document: %s is missing", name)
+	for _, p := range []struct {
+		name string
+		tp   TopicPair
+	}{{"get", d.Get}, {"ack", d.Ack}} {
+		if err := checkRequestTopic(p.name+".publish", p.tp.Publish); err != nil {
+			return d, err
 		}
-		if strings.HasPrefix(t, "$") || strings.ContainsAny(t, "#\x00") {
-			return d, fmt.Errorf("job document: %s %q is not an allowed topic", name, t)
+		if p.tp.Subscribe == "" {
+			return d, fmt.Errorf("job document: %s.subscribe is missing", p.name)
 		}
-		if strings.HasSuffix(name, ".publish") && strings.Contains(t, "+") {
-			return d, fmt.Errorf("job document: %s %q has a wildcard", name, t)
-		}
-		if !strings.Contains(t, "{thingName}") {
-			return d, fmt.Errorf("job document: %s %q does not contain {thingName}", name, t)
+		if want := p.tp.Publish + "/+"; p.tp.Subscribe != want {
+			return d, fmt.Errorf("job document: %s.subscribe %q is not %q (replies come on the request topic + /accepted or /rejected)", p.name, clip(p.tp.Subscribe), clip(want))
 		}
 	}
+	if d.Get.Publish == d.Ack.Publish {
+		return d, fmt.Errorf("job document: get.publish and ack.publish are the same topic %q", clip(d.Get.Publish))
+	}
 	return d, nil
+}
+
+// maxTopicLevels and maxLevelLen bound the part of a request topic after
+// TopicNamespace: with a 128-character thing name and a reply suffix the
+// expanded topic stays far below AWS IoT's 256-byte topic limit and 7
+// forward slashes
+// (https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits).
+const (
+	maxTopicLevels = 3
+	maxLevelLen    = 32
+)
+
+// checkRequestTopic checks a publish topic of the job document:
+// TopicNamespace, then 1 to maxTopicLevels levels of [A-Za-z0-9_-].
+func checkRequestTopic(name, t string) error {
+	if t == "" {
+		return fmt.Errorf("job document: %s is missing", name)
+	}
+	rest, ok := strings.CutPrefix(t, TopicNamespace)
+	if !ok {
+		return fmt.Errorf("job document: %s %q is outside %s (the only topics the device policies grant)", name, clip(t), TopicNamespace)
+	}
+	levels := strings.Split(rest, "/")
+	if len(levels) > maxTopicLevels {
+		return fmt.Errorf("job document: %s %q has more than %d levels after %s", name, clip(t), maxTopicLevels, TopicNamespace)
+	}
+	for _, l := range levels {
+		if l == "" || len(l) > maxLevelLen {
+			return fmt.Errorf("job document: %s %q has an empty or over-long level (1-%d characters each)", name, clip(t), maxLevelLen)
+		}
+		for i := 0; i < len(l); i++ {
+			if c := l[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+				return fmt.Errorf("job document: %s %q has %q after %s (allowed: A-Z a-z 0-9 _ -; no wildcard, no placeholder)", name, clip(t), string(rune(c)), TopicNamespace)
+			}
+		}
+	}
+	return nil
+}
+
+// clip bounds a value quoted in an error (a document can be 128 KiB).
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }

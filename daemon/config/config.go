@@ -68,6 +68,7 @@ type Config struct {
 	Timeouts Timeouts `toml:"timeouts" json:"timeouts"`
 	Backoff  Backoff  `toml:"backoff" json:"backoff"`
 	Fallback Fallback `toml:"fallback" json:"fallback"`
+	Rotation Rotation `toml:"rotation" json:"rotation"`
 	Verify   Verify   `toml:"verify" json:"verify"`
 	Control  Control  `toml:"control" json:"control"`
 	Log      Log      `toml:"log" json:"log"`
@@ -109,10 +110,12 @@ type Timeouts struct {
 	Shutdown  Duration `toml:"shutdown" json:"shutdown"`
 }
 
-// Backoff is exponential with full jitter, capped.
+// Backoff is exponential with full jitter, capped. It starts again from
+// Initial only after a session that lasted ResetAfter or moved a rotation on.
 type Backoff struct {
-	Initial Duration `toml:"initial" json:"initial"`
-	Max     Duration `toml:"max" json:"max"`
+	Initial    Duration `toml:"initial" json:"initial"`
+	Max        Duration `toml:"max" json:"max"`
+	ResetAfter Duration `toml:"reset_after" json:"reset_after"`
 }
 
 // Fallback is the rollback and recovery policy.
@@ -154,8 +157,9 @@ func Defaults() Config {
 		Identity: Identity{KeyAlgorithm: string(keystore.DefaultAlgorithm), Mode: ModeOnDemand},
 		State:    State{Dir: "/var/lib/bootcert"},
 		Timeouts: Timeouts{Connect: Duration(30 * time.Second), Reply: Duration(30 * time.Second), KeepAlive: Duration(60 * time.Second), Shutdown: Duration(5 * time.Second)},
-		Backoff:  Backoff{Initial: Duration(time.Second), Max: Duration(5 * time.Minute)},
+		Backoff:  Backoff{Initial: Duration(time.Second), Max: Duration(5 * time.Minute), ResetAfter: Duration(time.Minute)},
 		Fallback: Fallback{Refusals: 3, Window: Duration(10 * time.Minute), Bootstrap: true},
+		Rotation: DefaultRotation(),
 		Control:  Control{Socket: "/run/bootcert/control.sock"},
 		Log:      Log{Level: "info"},
 	}
@@ -354,6 +358,9 @@ func (c *Config) validate(md toml.MetaData) error {
 	}
 	if c.Fallback.Refusals < 1 || c.Fallback.Refusals > 100 {
 		return bad("fallback.refusals", "%d is out of range [1, 100]", c.Fallback.Refusals)
+	}
+	if err := c.validateRotation(); err != nil {
+		return err
 	}
 	for i, h := range c.Verify.IssuerSHA256 {
 		if len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {

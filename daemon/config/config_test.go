@@ -70,6 +70,30 @@ func TestParse(t *testing.T) {
 		{name: "fail/location-host", extra: "[verify]\nlocation_hosts = [\"https://evil\"]\n", key: "verify.location_hosts[0]"},
 		{name: "fail/log-level", extra: "[log]\nlevel = \"loud\"\n", key: "log.level"},
 		{name: "fail/syntax", extra: "[broker\n", key: ""},
+		{name: "ok/rotation-defaults", check: func(t *testing.T, c *Config) {
+			r := c.Rotation
+			if r.PhaseSessions != 5 || r.RequestAfterLife != 0.8 || r.MaxAge != 0 || r.RequestInterval.D() != time.Hour || c.Backoff.ResetAfter.D() != time.Minute {
+				t.Errorf("rotation defaults %+v, backoff %+v", r, c.Backoff)
+			}
+		}},
+		{name: "ok/rotation", extra: "[rotation]\nphase_sessions = 3\nrequest_after_life = 0.66\nmax_age = \"400d\"\nrequest_interval = \"30m\"\n[backoff]\nreset_after = \"10s\"\n", check: func(t *testing.T, c *Config) {
+			r := c.Rotation
+			if r.PhaseSessions != 3 || r.RequestAfterLife != 0.66 || r.MaxAge.D() != 400*24*time.Hour || r.RequestInterval.D() != 30*time.Minute || c.Backoff.ResetAfter.D() != 10*time.Second {
+				t.Errorf("rotation %+v, backoff %+v", r, c.Backoff)
+			}
+		}},
+		{name: "ok/max-age-hours", extra: "[rotation]\nmax_age = \"9600h\"\nrequest_after_life = 0\n", check: func(t *testing.T, c *Config) {
+			if c.Rotation.MaxAge.D() != 9600*time.Hour || c.Rotation.RequestAfterLife != 0 {
+				t.Errorf("rotation %+v", c.Rotation)
+			}
+		}},
+		{name: "fail/phase-sessions", extra: "[rotation]\nphase_sessions = 0\n", key: "rotation.phase_sessions"},
+		{name: "fail/request-after-life", extra: "[rotation]\nrequest_after_life = 1.5\n", key: "rotation.request_after_life"},
+		{name: "fail/request-after-life-low", extra: "[rotation]\nrequest_after_life = 0.1\n", key: "rotation.request_after_life"},
+		{name: "fail/max-age-unit", extra: "[rotation]\nmax_age = \"1y\"\n", key: "max_age"},
+		{name: "fail/max-age-range", extra: "[rotation]\nmax_age = \"1h\"\n", key: "rotation.max_age"},
+		{name: "fail/request-interval", extra: "[rotation]\nrequest_interval = \"1s\"\n", key: "rotation.request_interval"},
+		{name: "fail/reset-after", extra: "[backoff]\nreset_after = \"0s\"\n", key: "backoff.reset_after"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -169,4 +193,24 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted an invalid config: %+v", c)
 		}
 	})
+}
+
+func TestAgeText(t *testing.T) {
+	for in, want := range map[string]time.Duration{"365d": 365 * 24 * time.Hour, "0": 0, "36h": 36 * time.Hour} {
+		var a Age
+		if err := a.UnmarshalText([]byte(in)); err != nil || a.D() != want {
+			t.Errorf("%q: %s %v, want %s", in, a.D(), err, want)
+		}
+		out, _ := a.MarshalText()
+		var b Age
+		if err := b.UnmarshalText(out); err != nil || b != a {
+			t.Errorf("%q does not round-trip through %q", in, out)
+		}
+	}
+	for _, in := range []string{"d", "-1d", "1.5d", "99999999d", "soon"} {
+		var a Age
+		if err := a.UnmarshalText([]byte(in)); err == nil {
+			t.Errorf("%q accepted as %s", in, a.D())
+		}
+	}
 }

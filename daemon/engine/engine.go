@@ -86,6 +86,20 @@ type Config struct {
 	FallbackToBoot   bool
 	IssuerSHA256     []string
 	ShutdownQuiesce  time.Duration
+	// PhaseSessions bounds the MQTT sessions a rotation may start in one
+	// phase; one more fails it (rotation.phase_sessions, default 5).
+	PhaseSessions int
+	// StableAfter is how long a session must last to count as useful and
+	// reset the reconnect backoff, unless it moved a rotation on
+	// (backoff.reset_after, default 60s).
+	StableAfter time.Duration
+	// The safety net (safetynet.go): ask for a rotation once the
+	// operational certificate has used RequestAfterLife of its validity
+	// (0: never) or is older than MaxAge (0: never), again after
+	// RequestInterval (doubling to a day) while no job comes.
+	RequestAfterLife float64
+	MaxAge           time.Duration
+	RequestInterval  time.Duration
 }
 
 // Engine runs rotations. Everything but the status (mu) belongs to the
@@ -114,6 +128,7 @@ type Engine struct {
 	beatC   <-chan time.Time // the idle beat, re-armed on the engine clock
 	signers map[string]crypto.Signer
 	rot     rotation
+	net     safetyNet // the device's rotation requests (safetynet.go)
 	// keygenDone receives the staged key made off the MQTT path; a result
 	// that arrives between connections waits here for the next one.
 	keygenDone chan keygenResult
@@ -153,6 +168,15 @@ func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clk clock.Clock, log
 	}
 	if cfg.ReplyTimeout <= 0 {
 		cfg.ReplyTimeout = 30 * time.Second
+	}
+	if cfg.PhaseSessions <= 0 {
+		cfg.PhaseSessions = 5
+	}
+	if cfg.StableAfter <= 0 {
+		cfg.StableAfter = time.Minute
+	}
+	if cfg.RequestInterval <= 0 {
+		cfg.RequestInterval = time.Hour
 	}
 	if cfg.Algorithm == "" {
 		cfg.Algorithm = keystore.DefaultAlgorithm
@@ -239,7 +263,7 @@ type reconnect int
 const (
 	reconnectLater reconnect = iota // back off, then try again
 	reconnectNow                    // a credential changed: try at once
-	resetBackoff                    // a session ran: back off from the start
+	resetBackoff                    // a useful session ran: back off from the start
 )
 
 // connectOnce tries the candidate credentials in order and runs a session
@@ -291,7 +315,9 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 				why = fmt.Sprintf("operational certificate (generation %d) not usable; connected with the bootstrap certificate", e.activeGeneration())
 			}
 			e.setError(why, "the operational certificate may be revoked, inactive or expired; a new rotation job will replace it")
+			e.noteFallback(why)
 		}
+		started, before := e.clock.Now(), progress(e.journal.Current())
 		err = e.runSession(ctx, conn, c)
 		if ctx.Err() != nil {
 			conn.Close(e.cfg.ShutdownQuiesce)
@@ -318,9 +344,28 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 		if errors.Is(err, errSwitch) {
 			return reconnectNow, false // with the new credential
 		}
-		return resetBackoff, false
+		if e.useful(started, before) {
+			return resetBackoff, false
+		}
+		// a session that died before doing anything (a broker that
+		// closes it at once, a job that cannot go on) backs off further
+		return reconnectLater, false
 	}
 	return reconnectLater, false
+}
+
+// useful reports whether a session that started at started, with the
+// rotation at before, did useful work: it lasted StableAfter, or the
+// rotation moved to another phase or job during it. Only useful sessions
+// reset the reconnect backoff, so connections that die at once (a policy
+// that closes them, a job that cannot go on) back off like refused ones.
+func (e *Engine) useful(started time.Time, before string) bool {
+	return e.clock.Now().Sub(started) >= e.cfg.StableAfter || progress(e.journal.Current()) != before
+}
+
+// progress identifies where a rotation is, for useful.
+func progress(j journal.Entry) string {
+	return fmt.Sprintf("%s/%s/%d/%s", j.Phase, j.JobID, j.Generation, j.Result)
 }
 
 var errSwitch = errors.New("switching credentials")
@@ -453,14 +498,26 @@ func (e *Engine) onRefused(c *Credential, err error) (rolledBack bool) {
 // rolled-back). The job is reported FAILED once connected
 // (session.finishRollback).
 func (e *Engine) rollback(reason string) bool {
+	return e.rollbackAs(reason, protocol.JobFailed, false)
+}
+
+// rollbackAs makes the previous credential active again and journals
+// rolled-back with the result to record: FAILED (reported to the Jobs API
+// once connected) or a status the cloud set (CANCELED, REMOVED, TIMED_OUT:
+// not reported). abandoned marks a rotation that had not switched.
+func (e *Engine) rollbackAs(reason string, result protocol.Result, abandoned bool) bool {
 	j := e.journal.Current()
 	if err := e.store.SetPointer(credset.Pointer{Active: j.Previous}); err != nil {
 		e.log.Error("rollback: restoring the active pointer", "err", err)
 		return false
 	}
+	if j.Phase != journal.RolledBack {
+		j.Sessions, j.Denials = 0, 0
+	}
 	j.Phase = journal.RolledBack
 	j.Reason = reason
-	j.Result = protocol.JobFailed
+	j.Result = result
+	j.Abandoned = abandoned
 	j.UpdatedAt = e.clock.Now()
 	if err := e.journal.Write(j); err != nil {
 		e.log.Error("rollback: journal", "err", err)

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -56,6 +57,56 @@ type fakeCloud struct {
 	// stall: when set, a start-next publish blocks, deadline or not, until
 	// it is closed (a call that never returns), after closing stalled
 	stall, stalled chan struct{}
+	// deniedSubs: filters the policy refuses (SUBACK 0x80, connection up);
+	// deniedPubs: topics whose publish makes the broker close the
+	// connection (AWS IoT's answer to an ungranted publish)
+	deniedSubs, deniedPubs map[string]bool
+	// dropAfterStartNext: every connection is closed by the broker right
+	// after its start-next (a session that never does useful work)
+	dropAfterStartNext bool
+	// status of each job execution the cloud ended (CANCELED, REMOVED)
+	ended     map[string]protocol.JobStatus
+	describes int
+	// rotation requests (the safety net) and how the cloud answers them:
+	// nil accepts and queues a job, as the cloud does
+	rotates     []protocol.RotateRequest
+	rotateReply func(req protocol.RotateRequest) (suffix string, payload []byte)
+}
+
+func (f *fakeCloud) rotateRequests() []protocol.RotateRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]protocol.RotateRequest(nil), f.rotates...)
+}
+
+// deniedErr is a SUBACK 0x80.
+type deniedErr struct{ filter string }
+
+func (d deniedErr) Error() string { return "subscribing to " + d.filter + ": refused by the broker" }
+func (deniedErr) Denied() bool    { return true }
+
+// cancel ends a job execution in the cloud (CancelJobExecution --force):
+// the device is told by notify-next without it.
+func (f *fakeCloud) cancel(jobID string, status protocol.JobStatus) {
+	f.mu.Lock()
+	if f.ended == nil {
+		f.ended = map[string]protocol.JobStatus{}
+	}
+	f.ended[jobID] = status
+	if f.job == jobID {
+		f.job = ""
+	}
+	conns := append([]*fakeConn(nil), f.conns...)
+	f.mu.Unlock()
+	for _, c := range conns {
+		c.deliver(c.jobs("notify-next"), []byte(`{"timestamp":1}`))
+	}
+}
+
+func (f *fakeCloud) dialCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dials
 }
 
 type refusedErr struct{}
@@ -158,6 +209,12 @@ func (c *fakeConn) Subscribe(ctx context.Context, filter string, h func(string, 
 		c.drop(errors.New("closed by the broker: not authorized"))
 		return errors.New("subscribing to " + filter + ": connection lost")
 	}
+	f.mu.Lock()
+	refused := f.deniedSubs[filter]
+	f.mu.Unlock()
+	if refused {
+		return deniedErr{filter}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.subs[filter] = h
@@ -207,7 +264,42 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 	}
 	f := c.cloud
 	t := f.thing
+	f.mu.Lock()
+	refused := f.deniedPubs[topic]
+	f.mu.Unlock()
+	if refused {
+		c.drop(io.EOF) // AWS IoT closes the connection
+		return errors.New("publishing to " + topic + ": connection lost")
+	}
+	if topic == c.jobs("start-next") {
+		f.mu.Lock()
+		drop := f.dropAfterStartNext
+		f.mu.Unlock()
+		if drop {
+			defer c.drop(io.EOF)
+		}
+	}
 	switch {
+	case strings.HasPrefix(topic, c.jobs("")) && strings.HasSuffix(topic, "/get") && topic != c.jobs("get"):
+		jobID := strings.TrimSuffix(strings.TrimPrefix(topic, c.jobs("")), "/get")
+		var req protocol.DescribeRequest
+		json.Unmarshal(payload, &req)
+		f.mu.Lock()
+		f.describes++
+		st, ended := f.ended[jobID]
+		pending := f.job == jobID
+		f.mu.Unlock()
+		switch {
+		case ended:
+			p, _ := json.Marshal(protocol.ExecutionAccepted{ClientToken: req.ClientToken, Execution: &protocol.JobExecution{JobID: jobID, Status: st}})
+			c.deliver(c.jobs(jobID+"/get/accepted"), p)
+		case pending:
+			p, _ := json.Marshal(protocol.ExecutionAccepted{ClientToken: req.ClientToken, Execution: &protocol.JobExecution{JobID: jobID, Status: protocol.JobInProgress}})
+			c.deliver(c.jobs(jobID+"/get/accepted"), p)
+		default:
+			p, _ := json.Marshal(protocol.JobsRejected{ClientToken: req.ClientToken, Code: protocol.JobsResourceNotFound, Message: "no such execution"})
+			c.deliver(c.jobs(jobID+"/get/rejected"), p)
+		}
 	case topic == c.jobs("start-next"):
 		f.mu.Lock()
 		stall, stalled := f.stall, f.stalled
@@ -238,6 +330,12 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 		}
 		json.Unmarshal(payload, &u)
 		f.mu.Lock()
+		if st, ended := f.ended[jobID]; ended {
+			f.mu.Unlock()
+			p, _ := json.Marshal(protocol.JobsRejected{Code: protocol.JobsInvalidStateTransition, Message: "execution is terminal", ExecutionState: &protocol.ExecutionState{Status: st}})
+			c.deliver(c.jobs(jobID+"/update/rejected"), p)
+			return nil
+		}
 		f.updates = append(f.updates, jobID+" "+u.Status+" "+u.StatusDetails["progress"]+u.StatusDetails["reason"])
 		if (u.Status == "SUCCEEDED" || u.Status == "FAILED") && f.job == jobID {
 			f.job = ""
@@ -299,6 +397,26 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 		if dup {
 			c.deliver("certificates/"+t+"/get/accepted", p)
 		}
+	case topic == "certificates/"+t+"/rotate":
+		var req protocol.RotateRequest
+		if err := json.Unmarshal(payload, &req); err != nil {
+			f.t.Errorf("bad rotate request: %v", err)
+			return nil
+		}
+		f.mu.Lock()
+		f.rotates = append(f.rotates, req)
+		n, reply := len(f.rotates), f.rotateReply
+		f.mu.Unlock()
+		if reply != nil {
+			if suffix, p := reply(req); suffix != "" {
+				c.deliver("certificates/"+t+"/rotate/"+suffix, p)
+			}
+			return nil
+		}
+		job := fmt.Sprintf("rot-req-%d", n)
+		p, _ := json.Marshal(protocol.RotateAccepted{ClientToken: req.ClientToken, JobID: job})
+		c.deliver("certificates/"+t+"/rotate/accepted", p)
+		go f.queueJob(job)
 	case topic == "certificates/"+t+"/ack":
 		var req protocol.AckRequest
 		json.Unmarshal(payload, &req)

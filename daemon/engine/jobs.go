@@ -24,6 +24,7 @@ func (s *session) jobsSubscriptions() []string {
 		s.jobsTopic(protocol.JobsNotifyNext),
 		s.jobsTopic(protocol.JobsStartNext + "/+"),
 		s.jobsTopic("+/update/+"),
+		s.jobsTopic("+/get/+"), // DescribeJobExecution replies
 	}
 }
 
@@ -70,6 +71,21 @@ func (s *session) updateJob(ctx context.Context, jobID string, status protocol.J
 	return s.conn.PublishNoWait(topic, b)
 }
 
+// updateJobNoWait reports a status without waiting for the PUBACK, logging
+// a failure.
+func (s *session) updateJobNoWait(jobID string, status protocol.JobStatus, details map[string]string) {
+	if jobID == "" {
+		return
+	}
+	b, err := json.Marshal(protocol.UpdateRequest{Status: status, StatusDetails: details})
+	if err == nil {
+		err = s.conn.PublishNoWait(protocol.JobUpdateTopic(s.e.cfg.Thing, jobID), b)
+	}
+	if err != nil {
+		s.e.log.Warn("job status not reported", "job", jobID, "status", status, "err", err)
+	}
+}
+
 // handleJobs handles a Jobs API message; handled is false for other topics.
 func (s *session) handleJobs(ctx context.Context, m message) (handled bool, err error) {
 	thing, op, ok := protocol.ParseJobsTopic(m.topic)
@@ -85,7 +101,13 @@ func (s *session) handleJobs(ctx context.Context, m message) (handled bool, err 
 			return true, nil
 		}
 		if r.Execution != nil && idle(j.Phase) {
+			s.noJob = false
 			return true, s.startNext(ctx)
+		}
+		if !idle(j.Phase) && (r.Execution == nil || r.Execution.JobID != j.JobID) {
+			// the rotation's execution left the pending list: cancelled
+			// or removed? (the reply decides: notifications are not ordered)
+			return true, s.describeJob(ctx)
 		}
 	case op == protocol.JobsStartNext+"/accepted":
 		var r protocol.ExecutionAccepted
@@ -99,9 +121,16 @@ func (s *session) handleJobs(ctx context.Context, m message) (handled bool, err 
 		s.startToken = ""
 		if r.Execution == nil {
 			s.e.setPending("")
-			return true, nil
+			if !idle(j.Phase) {
+				return true, s.describeJob(ctx)
+			}
+			return true, s.noJobPending(ctx)
 		}
+		s.noJob = false
 		if !idle(j.Phase) {
+			if r.Execution.JobID != j.JobID {
+				return true, s.describeJob(ctx)
+			}
 			return true, nil // a rotation is in progress; its own job comes back here too
 		}
 		return true, s.begin(ctx, r.Execution)
@@ -109,6 +138,15 @@ func (s *session) handleJobs(ctx context.Context, m message) (handled bool, err 
 		s.logRejected("jobs start-next rejected", m)
 	case strings.HasSuffix(op, "/update/rejected"):
 		s.logRejected("job update rejected", m)
+		var r protocol.JobsRejected
+		if protocol.Decode("job update rejected", m.payload, &r) == nil {
+			jobID, _, _, _ := jobsOp(op)
+			return true, s.onUpdateRejected(ctx, jobID, r)
+		}
+	case strings.HasSuffix(op, "/get/accepted") || strings.HasSuffix(op, "/get/rejected"):
+		if jobID, _, suffix, ok := jobsOp(op); ok && jobID == j.JobID {
+			return true, s.onDescribed(ctx, suffix == protocol.SuffixAccepted, m.payload)
+		}
 	default:
 		return false, nil // .../update/accepted, or a job document's own topic
 	}

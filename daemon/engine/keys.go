@@ -86,6 +86,8 @@ func (e *Engine) closeSigners() {
 
 type keygenResult struct {
 	gen    int
+	uri    string
+	mode   credset.Mode
 	signer crypto.Signer
 	err    error
 }
@@ -103,7 +105,7 @@ func (e *Engine) startKeygen(gen int, uri string, mode credset.Mode) {
 		ctx := context.Background()
 		if mode == credset.ModePreProvisioned {
 			signer, err := e.keys.Open(ctx, uri)
-			ch <- keygenResult{gen: gen, signer: signer, err: err}
+			ch <- keygenResult{gen: gen, uri: uri, mode: mode, signer: signer, err: err}
 			return
 		}
 		signer, err := e.keys.Generate(ctx, uri, alg)
@@ -111,7 +113,7 @@ func (e *Engine) startKeygen(gen int, uri string, mode credset.Mode) {
 			// made before a crash, under this generation's name: ours
 			signer, err = e.keys.Open(ctx, uri)
 		}
-		ch <- keygenResult{gen: gen, signer: signer, err: err}
+		ch <- keygenResult{gen: gen, uri: uri, mode: mode, signer: signer, err: err}
 	}()
 }
 

@@ -27,6 +27,13 @@ import (
 //	switched -> rolled-back   Engine.rollback: refused, or ack rejected
 //	rolled-back -> idle       finishRollback: job FAILED, staged key destroyed
 //	key/cert-staged -> idle   fail: job FAILED, nothing switched
+//	key/cert-staged -> idle   endedInCloud: execution cancelled/removed, not reported
+//	key/cert-staged -> rolled-back  abandon: the broker closed the connection
+//	                          after deniedPublishes publishes to a document topic
+//	switched -> rolled-back   a document topic refused, the session budget
+//	                          spent, or the execution ended in the cloud
+//
+// A phase may start at most Config.PhaseSessions sessions (wedge.go).
 //
 // Each is one journal write; resume continues from any of them after a
 // reconnect or a restart (reconcile runs first).
@@ -35,10 +42,26 @@ func idle(p journal.Phase) bool {
 	return p == journal.Idle || p == journal.Committed || p == journal.RolledBack
 }
 
-// resume continues a rotation the journal says is in progress.
+// resume continues a rotation the journal says is in progress. Every
+// session it resumes on counts against the phase's budget (wedge.go), and
+// the job execution is described, so that one cancelled or removed while
+// the device was away ends the rotation.
 func (s *session) resume(ctx context.Context) error {
 	e := s.e
+	over, err := s.countSession()
+	if err != nil {
+		return err
+	}
+	if over {
+		return s.overBudget(ctx)
+	}
 	j := e.journal.Current()
+	switch j.Phase {
+	case journal.KeyStaged, journal.Switched:
+		if err := s.describeJob(ctx); err != nil {
+			return err
+		}
+	}
 	switch j.Phase {
 	case journal.KeyStaged:
 		if e.rot.staged == nil && !e.rot.keygenBusy {
@@ -54,9 +77,9 @@ func (s *session) resume(ctx context.Context) error {
 			return s.sendAck(ctx)
 		}
 	case journal.Committed:
-		return s.finishCommit(ctx)
+		return s.finishCommit(ctx, true)
 	case journal.RolledBack:
-		return s.finishRollback(ctx)
+		return s.finishRollback(ctx, true)
 	}
 	return nil
 }
@@ -120,6 +143,11 @@ func (s *session) onKeygen(ctx context.Context, r keygenResult) error {
 		if r.signer != nil {
 			keystore.CloseSigner(r.signer)
 		}
+		// the rotation ended while its key was being made (failed,
+		// cancelled): the key made after the cleanup is destroyed too
+		if ptr, _ := e.store.Pointer(); r.err == nil && r.gen != ptr.Active && r.gen != ptr.Previous && (idle(j.Phase) || j.Generation != r.gen) {
+			e.destroyKey(ctx, r.uri, credset.RoleStaged, r.mode)
+		}
 		return nil
 	}
 	if r.err != nil {
@@ -138,6 +166,9 @@ func (s *session) sendGet(ctx context.Context) error {
 	j := e.journal.Current()
 	get := j.Doc.Get.Expand(e.cfg.Thing)
 	if err := s.subscribe(ctx, get.Subscribe); err != nil {
+		if isDenied(err) {
+			return s.subscribeDenied(ctx, get.Subscribe, err)
+		}
 		return err
 	}
 	req := protocol.GetRequest{JobID: j.JobID, ClientToken: j.ClientToken}
@@ -158,8 +189,9 @@ func (s *session) sendGet(ctx context.Context) error {
 		req.CSR = j.CSR
 	}
 	if err := s.publishJSON(ctx, get.Publish, req); err != nil {
-		return err
+		return s.publishLost(get.Publish, err)
 	}
+	s.docPublish = get.Publish
 	e.lap("csr+publish")
 	s.asked("certificate request")
 	return nil
@@ -269,6 +301,7 @@ func (s *session) onGetReply(ctx context.Context, suffix string, payload []byte)
 		return err
 	}
 	j.Phase = journal.CertStaged
+	j.Sessions, j.Denials = 0, 0
 	j.CertificateID = cred.Meta.CertificateID
 	j.UpdatedAt = e.clock.Now()
 	if err := e.journal.Write(j); err != nil {
@@ -300,6 +333,7 @@ func (s *session) swap(ctx context.Context) error {
 		return fmt.Errorf("switching credentials: %w", err)
 	}
 	j.Phase = journal.Switched
+	j.Sessions, j.Denials = 0, 0
 	j.UpdatedAt = e.clock.Now()
 	if err := e.journal.Write(j); err != nil {
 		return err
@@ -318,11 +352,15 @@ func (s *session) sendAck(ctx context.Context) error {
 	j := s.e.journal.Current()
 	ack := j.Doc.Ack.Expand(s.e.cfg.Thing)
 	if err := s.subscribe(ctx, ack.Subscribe); err != nil {
+		if isDenied(err) {
+			return s.subscribeDenied(ctx, ack.Subscribe, err)
+		}
 		return err
 	}
 	if err := s.publishJSON(ctx, ack.Publish, protocol.AckRequest{JobID: j.JobID, ClientToken: j.ClientToken, CertificateID: j.CertificateID}); err != nil {
-		return err
+		return s.publishLost(ack.Publish, err)
 	}
+	s.docPublish = ack.Publish
 	s.asked("acknowledgement")
 	return nil
 }
@@ -342,6 +380,7 @@ func (s *session) onAckReply(ctx context.Context, suffix string, payload []byte)
 		}
 		s.answered()
 		j.Phase = journal.Committed
+		j.Sessions, j.Denials = 0, 0
 		j.UpdatedAt = e.clock.Now()
 		if err := e.journal.Write(j); err != nil {
 			return err
@@ -350,7 +389,7 @@ func (s *session) onAckReply(ctx context.Context, suffix string, payload []byte)
 		e.lap("wait-ack")
 		e.rot.replyTries = 0
 		e.log.Info("rotation committed", "job", j.JobID, "generation", j.Generation)
-		return s.finishCommit(ctx)
+		return s.finishCommit(ctx, true)
 	case protocol.SuffixRejected:
 		var r protocol.Rejected
 		if err := protocol.Decode("ack/rejected", payload, &r); err != nil || r.ClientToken != j.ClientToken {
@@ -368,11 +407,17 @@ func (s *session) onAckReply(ctx context.Context, suffix string, payload []byte)
 }
 
 // finishCommit is idempotent (committed -> idle): job SUCCEEDED, previous
-// operational key destroyed (never the bootstrap key), journal idle.
-func (s *session) finishCommit(ctx context.Context) error {
+// operational key destroyed (never the bootstrap key), journal idle. With
+// report false (the phase is over its session budget) the SUCCEEDED update
+// is sent without waiting for its PUBACK: the rotation has happened, and
+// the job's in-progress timeout settles it in the cloud if it is lost.
+func (s *session) finishCommit(ctx context.Context, report bool) error {
 	e := s.e
 	j := e.journal.Current()
-	if err := s.updateJob(ctx, j.JobID, protocol.JobSucceeded, map[string]string{"progress": "committed", "certificateId": j.CertificateID}); err != nil {
+	details := map[string]string{"progress": "committed", "certificateId": j.CertificateID}
+	if !report {
+		s.updateJobNoWait(j.JobID, protocol.JobSucceeded, details)
+	} else if err := s.updateJob(ctx, j.JobID, protocol.JobSucceeded, details); err != nil {
 		return err
 	}
 	if j.Previous > 0 {
@@ -427,17 +472,30 @@ func (s *session) fail(ctx context.Context, reason string) error {
 }
 
 // finishRollback (rolled-back -> idle) reports the rolled-back job FAILED
-// and removes the refused credential.
-func (s *session) finishRollback(ctx context.Context) error {
+// and removes the refused credential. A job execution the cloud ended
+// (cancelled, removed, timed out) is not reported; with report false (over
+// the session budget) the FAILED update does not wait for its PUBACK.
+func (s *session) finishRollback(ctx context.Context, report bool) error {
 	e := s.e
 	j := e.journal.Current()
-	if err := s.updateJob(ctx, j.JobID, protocol.JobFailed, map[string]string{"reason": j.Reason}); err != nil {
-		return err
+	result := protocol.ResultRolledBack
+	switch {
+	case endedInCloud(j.Result):
+		result = j.Result
+	case !report:
+		s.updateJobNoWait(j.JobID, protocol.JobFailed, map[string]string{"reason": j.Reason})
+	default:
+		if err := s.updateJob(ctx, j.JobID, protocol.JobFailed, map[string]string{"reason": j.Reason}); err != nil {
+			return err
+		}
+	}
+	if j.Abandoned && result == protocol.ResultRolledBack {
+		result = protocol.JobFailed // nothing had been switched
 	}
 	e.destroyKey(ctx, j.KeyURI, j.KeyRole, j.Mode)
 	e.removeGeneration(j.Generation, "rolled back")
 	now := e.clock.Now()
-	if err := e.journal.Write(journal.Entry{Phase: journal.Idle, Generation: j.Generation, JobID: j.JobID, Result: protocol.ResultRolledBack, Reason: j.Reason, FinishedAt: now, UpdatedAt: now}); err != nil {
+	if err := e.journal.Write(journal.Entry{Phase: journal.Idle, Generation: j.Generation, JobID: j.JobID, Result: result, Reason: j.Reason, FinishedAt: now, UpdatedAt: now}); err != nil {
 		return err
 	}
 	e.setPending("")

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/daemon/journal"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // session is one connected MQTT session: everything in it dies with the
@@ -22,6 +23,15 @@ type session struct {
 	startToken string           // only the reply to the latest start-next counts
 	retryAt    <-chan time.Time // when to ask again for an unanswered reply
 	unanswered int              // get/ack requests sent on this session since its last reply
+	// docPublish is the job document topic last published to on this
+	// session while its reply is awaited ("" once answered): a broker that
+	// closes the connection then refused the publish (wedge.go).
+	docPublish    string
+	describeToken string // only the reply to the latest DescribeJobExecution counts
+	// noJob: the Jobs API said no execution is pending (the safety net
+	// may ask for one); safetyAt is when to look at it again.
+	noJob    bool
+	safetyAt <-chan time.Time
 }
 
 // runSession drives one connected session until it ends.
@@ -44,6 +54,7 @@ func (s *session) run(ctx context.Context) error {
 			return &notEstablished{err}
 		}
 	}
+	s.safetyStart()
 	if err := s.resume(ctx); err != nil {
 		return err
 	}
@@ -59,7 +70,11 @@ func (s *session) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.conn.Done():
-			return fmt.Errorf("connection lost: %v", s.conn.Err())
+			err := fmt.Errorf("connection lost: %v", s.conn.Err())
+			if s.docPublish != "" {
+				return s.publishLost(s.docPublish, err)
+			}
+			return err
 		case m := <-s.in:
 			err = s.handle(ctx, m)
 		case r := <-e.keygenDone:
@@ -69,6 +84,9 @@ func (s *session) run(ctx context.Context) error {
 		case <-s.retryAt:
 			s.retryAt = nil
 			err = s.retry(ctx)
+		case <-s.safetyAt:
+			s.safetyAt = nil
+			err = s.checkSafetyNet(ctx)
 		}
 		if err != nil {
 			return err
@@ -130,6 +148,9 @@ func (s *session) handle(ctx context.Context, m message) error {
 	if handled, err := s.handleJobs(ctx, m); handled {
 		return err
 	}
+	if suffix, ok := replySuffix(protocol.RotateTopic(s.e.cfg.Thing)+"/+", m.topic); ok {
+		return s.onRotateReply(ctx, suffix, m.payload)
+	}
 	j := s.e.journal.Current()
 	if j.Doc == nil {
 		return nil
@@ -163,7 +184,7 @@ func (s *session) asked(what string) {
 }
 
 // answered notes a reply on this session.
-func (s *session) answered() { s.unanswered = 0 }
+func (s *session) answered() { s.unanswered, s.docPublish = 0, "" }
 
 // retryDelay is how long to wait for a reply before asking again: the reply
 // timeout plus a jittered, growing backoff (no fixed retry intervals).

@@ -16,6 +16,9 @@ type Status = control.Status
 // ActiveCredential describes the active credential set.
 type ActiveCredential = control.ActiveCredential
 
+// RotationRequest is the last device-initiated rotation request.
+type RotationRequest = control.RotationRequest
+
 // Status returns a snapshot.
 func (e *Engine) Status() Status {
 	e.mu.Lock()
@@ -106,7 +109,24 @@ func (e *Engine) setError(msg, advice string) {
 // setRefusal records that the broker refused credential generation gen.
 func (e *Engine) setRefusal(gen int, msg, advice string) {
 	now := e.clock.Now()
-	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, e.refusedGen = msg, advice, now, gen+1 })
+	e.update(func(s *Status) {
+		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen = msg, advice, now, gen+1
+		s.LastRefusal, s.LastRefusalAt = msg, now
+	})
+}
+
+// setRefusalReason records a refusal that is not a connect's (a job
+// document topic the broker refused), kept after errors clear.
+func (e *Engine) setRefusalReason(msg string) {
+	now := e.clock.Now()
+	e.update(func(s *Status) { s.LastRefusal, s.LastRefusalAt = msg, now })
+}
+
+// noteFallback records a connect with the bootstrap certificate while an
+// operational one is active.
+func (e *Engine) noteFallback(why string) {
+	now := e.clock.Now()
+	e.update(func(s *Status) { s.Fallbacks++; s.LastFallback, s.LastFallbackAt = why, now })
 }
 
 func (e *Engine) setResult(result protocol.Result, reason string) {

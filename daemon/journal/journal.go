@@ -65,9 +65,20 @@ type Entry struct {
 	// CSR is the staged key's request (PEM), sent again unchanged on retries.
 	CSR string `json:"csr,omitempty"`
 	// Refusals are when the broker refused the just-switched credential.
-	Refusals  []time.Time `json:"refusals,omitempty"`
-	StartedAt time.Time   `json:"startedAt,omitzero"`
-	UpdatedAt time.Time   `json:"updatedAt,omitzero"`
+	Refusals []time.Time `json:"refusals,omitempty"`
+	// Sessions counts the MQTT sessions the rotation started in its
+	// current phase, Denials the connections the broker closed right after
+	// a publish to a job document topic in it (AWS IoT's answer to a
+	// publish its policies do not grant). Both start from 0 in each phase;
+	// the engine fails the rotation when either passes its bound, so a job
+	// can never hold a device in a reconnect loop, not across restarts.
+	Sessions int `json:"sessions,omitempty"`
+	Denials  int `json:"denials,omitempty"`
+	// Abandoned marks a rotation rolled back before its switch (nothing
+	// was switched): it ends FAILED, not ROLLED_BACK.
+	Abandoned bool      `json:"abandoned,omitempty"`
+	StartedAt time.Time `json:"startedAt,omitzero"`
+	UpdatedAt time.Time `json:"updatedAt,omitzero"`
 	// Result and Reason describe the last finished rotation.
 	Result     protocol.Result `json:"result,omitempty"`
 	Reason     string          `json:"reason,omitempty"`
@@ -143,7 +154,7 @@ func Decode(data []byte) (Entry, error) {
 	if !e.Phase.Valid() {
 		return e, fmt.Errorf("%w: unknown phase %q", ErrCorrupt, e.Phase)
 	}
-	if e.Generation < 0 || e.Previous < 0 {
+	if e.Generation < 0 || e.Previous < 0 || e.Sessions < 0 || e.Denials < 0 {
 		return e, fmt.Errorf("%w: negative counter", ErrCorrupt)
 	}
 	return e, nil

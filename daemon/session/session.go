@@ -232,11 +232,50 @@ func (s *Session) Subscribe(ctx context.Context, filter string, h func(topic str
 	if st, ok := tok.(*mqtt.SubscribeToken); ok {
 		for _, code := range st.Result() {
 			if code == 0x80 {
-				return fmt.Errorf("subscribing to %s: refused by the broker (check the IoT policy)", filter)
+				return &DeniedError{Op: "subscribing to", Topic: filter}
 			}
 		}
 	}
 	return nil
+}
+
+// DeniedError is a request the broker refused: a SUBSCRIBE answered with
+// the failure return code 0x80 (MQTT 3.1.1 section 3.9.3; AWS IoT Core
+// answers a subscription its policies do not grant this way). The
+// connection stays up.
+type DeniedError struct {
+	Op    string // "subscribing to"
+	Topic string
+}
+
+func (e *DeniedError) Error() string {
+	return fmt.Sprintf("%s %s: refused by the broker (SUBACK 0x80: the IoT policy does not grant it)", e.Op, e.Topic)
+}
+
+// Denied reports that the broker refused the request (the rotation engine
+// asks this).
+func (e *DeniedError) Denied() bool { return true }
+
+// ClosedByPeer reports whether the session ended because the broker closed
+// the connection (a clean end of stream), as opposed to a network failure
+// (timeout, reset) or a Close on this side. AWS IoT Core closes the
+// connection of an MQTT 3.1.1 client that publishes to a topic its policies
+// do not grant; the rotation engine counts that against the topic it
+// published to last.
+func (s *Session) ClosedByPeer() bool {
+	select {
+	case <-s.done:
+	default:
+		return false
+	}
+	return closedByPeer(s.Err())
+}
+
+func closedByPeer(err error) bool {
+	if err == nil || errors.Is(err, ErrClosed) {
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.HasSuffix(err.Error(), "EOF")
 }
 
 // Unsubscribe removes a subscription.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,4 +123,41 @@ func TestDial(t *testing.T) {
 			t.Error("Publish on a lost session succeeded")
 		}
 	})
+}
+
+// TestClosedByPeer: a session the broker ends (here a take-over by the
+// same client ID) is ClosedByPeer, a live one or one closed on this side is
+// not. (A SUBACK 0x80 is a DeniedError: mosquitto grants filters its ACL
+// refuses, so daemon/e2e tests that against the lab's broker.)
+func TestClosedByPeer(t *testing.T) {
+	ca := testca.New(t, "device CA")
+	m := testbroker.Start(t, ca)
+	ctx := context.Background()
+	s, err := Dial(ctx, cfgFor(t, m, "gw-d"), credFor(t, ca, "gw-d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ClosedByPeer() {
+		t.Error("ClosedByPeer on a live session")
+	}
+	s2, err := Dial(ctx, cfgFor(t, m, "gw-d"), credFor(t, ca, "gw-d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("take-over not reported")
+	}
+	if !s.ClosedByPeer() {
+		t.Errorf("a session the broker closed is not ClosedByPeer (err %v)", s.Err())
+	}
+	s2.Close(0)
+	if s2.ClosedByPeer() {
+		t.Error("a session closed on this side is ClosedByPeer")
+	}
+	de := &DeniedError{Op: "subscribing to", Topic: "certificates/gw-d/x/+"}
+	if !de.Denied() || !strings.Contains(de.Error(), "certificates/gw-d/x/+") || !strings.Contains(de.Error(), "0x80") {
+		t.Errorf("DeniedError %q", de)
+	}
 }
