@@ -245,3 +245,23 @@ func TestScanPace(t *testing.T) {
 		t.Fatalf("an hour later: %+v", res)
 	}
 }
+
+// cloud rotate's mark: due until a certificate issued after it.
+func TestOperatorRequest(t *testing.T) {
+	b := testbed.New(t, nil)
+	r := b.Renewal()
+	now := b.Clock.Now()
+	attrs := map[string]string{fleet.AttrActivated: "true", fleet.AttrBootstrap: "b", fleet.AttrOperational: "c",
+		fleet.AttrNotBefore: strconv.FormatInt(now.Add(-24*time.Hour).Unix(), 10), fleet.AttrNotAfter: strconv.FormatInt(now.Add(9000*24*time.Hour).Unix(), 10)}
+	if r.Due("gw-1", attrs, now) {
+		t.Fatal("a day-old certificate is due")
+	}
+	attrs[renewal.AttrRotationRequested] = strconv.FormatInt(now.Unix(), 10)
+	if !r.Due("gw-1", attrs, now) {
+		t.Fatal("requested, not due")
+	}
+	attrs[fleet.AttrNotBefore] = strconv.FormatInt(now.Add(time.Hour).Unix(), 10)
+	if r.Due("gw-1", attrs, now.Add(2*time.Hour)) {
+		t.Fatal("still due after a certificate issued after the request")
+	}
+}
