@@ -121,9 +121,14 @@ func Build(ctx context.Context, logicalID string, getenv func(string) string, de
 			return marshal(h.HandleEvent(ctx, event))
 		}, nil
 	case Renewal:
-		h := &renewal.Renewal{Registry: reg, Trust: trust, Settings: settings, Clock: clk, Log: log}
+		cfg, err := renewal.ConfigFromEnv(getenv)
+		if err != nil {
+			return nil, fmt.Errorf("building %s: %w", logicalID, err)
+		}
+		h := &renewal.Renewal{Registry: reg, Jobs: ports.RetryingJobCreator(raw, ports.Backoff{Clock: clk}), Store: store, Publisher: pub,
+			Trust: trust, Settings: settings, Config: cfg, Clock: clk, Log: log}
 		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
-			return marshal(h.Run(ctx))
+			return marshal(h.HandleEvent(ctx, event))
 		}, nil
 	}
 	return nil, fmt.Errorf("%w: %q (known: %v)", ErrUnknownFunction, logicalID, LogicalIDs)

@@ -641,8 +641,9 @@ func TestLabExplicitActivationAndFailedRotation(t *testing.T) {
 		t.Errorf("bootstrap %s after a failed rotation", st)
 	}
 	// A failed rotation does not drop the device: the renewal scan adds it
-	// to the rotation group again and the continuous job queues a new
-	// execution.
+	// to the rotation group again and queues a new snapshot job for it (the
+	// continuous job does not run twice for a thing: AWS documents no
+	// second execution).
 	waitFor(t, "the thing out of the rotation group", func() bool {
 		g, err := r.iot.ListThingGroupsForThing(context.Background(), &iot.ListThingGroupsForThingInput{ThingName: aws.String(d.ID)})
 		return err == nil && len(g.ThingGroups) == 0
@@ -651,5 +652,20 @@ func TestLabExplicitActivationAndFailedRotation(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), `"added":["`+d.ID+`"]`) {
 		t.Fatalf("renewal: %s %v", out, err)
 	}
-	waitFor(t, "a new job execution", func() bool { return r.jobStatus(d.ID) == protocol.JobQueued })
+	th, err := r.iot.DescribeThing(context.Background(), &iot.DescribeThingInput{ThingName: aws.String(d.ID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := th.Attributes["rotationJob"]
+	waitFor(t, "a new job execution", func() bool {
+		out, err := r.iot.DescribeJobExecution(context.Background(), &iot.DescribeJobExecutionInput{JobId: aws.String(job), ThingName: aws.String(d.ID)})
+		return err == nil && out.Execution != nil && out.Execution.Status == "QUEUED"
+	})
+	if st := r.jobStatus(d.ID); st != protocol.JobFailed {
+		t.Errorf("continuous job execution %s after the renewal, want FAILED (no second execution)", st)
+	}
+	dj, err := r.iot.DescribeJob(context.Background(), &iot.DescribeJobInput{JobId: aws.String(job)})
+	if err != nil || dj.Job.TargetSelection != "SNAPSHOT" || dj.Job.TimeoutConfig == nil || aws.ToInt64(dj.Job.TimeoutConfig.InProgressTimeoutInMinutes) != 60 {
+		t.Errorf("renewal job %s: %+v %v", job, dj, err)
+	}
 }

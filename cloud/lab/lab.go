@@ -85,6 +85,7 @@ type Endpoints struct {
 // Lab is a running lab.
 type Lab struct {
 	cfg       Config
+	schedules []schedule // the template's Schedule events (schedule.go)
 	log       *slog.Logger
 	pki       *pki.PKI
 	reg       *registry.Registry
@@ -255,6 +256,7 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	l.stop = cancel
 	l.wg.Add(1)
 	go l.expireLoop(bctx)
+	l.runSchedules(bctx)
 
 	if err := atomicfile.WriteFile(filepath.Join(cfg.DataDir, pki.ServerCAFile), l.pki.ServerCAPEM(), 0o644); err != nil {
 		return nil, fmt.Errorf("lab: %w", err)

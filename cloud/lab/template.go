@@ -79,6 +79,11 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 		Logger: l.log.With("component", "function"),
 	}
 	for _, f := range t.Functions {
+		for _, e := range f.Events {
+			if e.Type == "Schedule" {
+				l.addSchedule(f.LogicalID, e.Name, e.Schedule)
+			}
+		}
 		if f.Timeout > 0 {
 			l.invoker.setTimeout(f.LogicalID, time.Duration(f.Timeout)*time.Second)
 		}

@@ -49,6 +49,8 @@ type Registry struct {
 	// Throttle makes the next N calls fail with ErrThrottled.
 	Throttle int
 	Calls    int
+	// CreatedJobs are the jobs CreateJob made, in order.
+	CreatedJobs []ports.JobSpec
 
 	caKey  *ecdsa.PrivateKey
 	caCert *x509.Certificate
@@ -551,4 +553,30 @@ func DriveClock(t testing.TB, c *clock.Fake, step time.Duration) {
 		close(done)
 		<-stopped
 	})
+}
+
+// CreateJob implements ports.JobCreator: every thing gets a QUEUED
+// execution; the spec is kept in CreatedJobs.
+func (r *Registry) CreateJob(_ context.Context, spec ports.JobSpec) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.call(); err != nil {
+		return err
+	}
+	for _, j := range r.CreatedJobs {
+		if j.ID == spec.ID {
+			return fmt.Errorf("fake: job %s: %w", spec.ID, ports.ErrExists)
+		}
+	}
+	for _, t := range spec.Things {
+		if r.Things[t] == nil {
+			return notFound("thing " + t)
+		}
+	}
+	for _, t := range spec.Things {
+		r.Jobs[t+"/"+spec.ID] = protocol.JobQueued
+	}
+	spec.Things = append([]string(nil), spec.Things...)
+	r.CreatedJobs = append(r.CreatedJobs, spec)
+	return nil
 }

@@ -102,7 +102,8 @@ func (b *Bed) Reaper() *reaper.Reaper {
 
 // Renewal returns the renewal function.
 func (b *Bed) Renewal() *renewal.Renewal {
-	return &renewal.Renewal{Registry: b.Reg, Trust: b.Trust, Settings: b.Settings, Clock: b.Clock, Log: b.Log}
+	return &renewal.Renewal{Registry: b.Reg, Jobs: b.Reg, Store: b.Store, Publisher: b.Pub, Trust: b.Trust, Settings: b.Settings,
+		Config: renewal.DefaultConfig(), Clock: b.Clock, Log: b.Log}
 }
 
 // Activation returns the activation API.

@@ -19,6 +19,12 @@ func (s *Server) createJob(q *request) (any, error) {
 		TimeoutConfig   *struct {
 			InProgressTimeoutInMinutes int64 `json:"inProgressTimeoutInMinutes"`
 		} `json:"timeoutConfig"`
+		RolloutConfig *struct {
+			MaximumPerMinute int `json:"maximumPerMinute"`
+		} `json:"jobExecutionsRolloutConfig"`
+		AbortConfig *struct {
+			CriteriaList []registry.AbortCriteria `json:"criteriaList"`
+		} `json:"abortConfig"`
 	}
 	if err := q.decode(&in); err != nil {
 		return nil, err
@@ -30,6 +36,12 @@ func (s *Server) createJob(q *request) (any, error) {
 		TargetSelection: in.TargetSelection, Description: in.Description}
 	if in.TimeoutConfig != nil {
 		ci.InProgressTimeoutInMinutes = in.TimeoutConfig.InProgressTimeoutInMinutes
+	}
+	if in.RolloutConfig != nil {
+		ci.MaxPerMinute = in.RolloutConfig.MaximumPerMinute
+	}
+	if in.AbortConfig != nil {
+		ci.Abort = in.AbortConfig.CriteriaList
 	}
 	j, err := s.reg.CreateJob(ci)
 	if err != nil {

@@ -68,6 +68,37 @@ type CreateJobInput struct {
 	TargetSelection            string // CONTINUOUS or SNAPSHOT (default)
 	Description                string
 	InProgressTimeoutInMinutes int64
+	// MaxPerMinute is jobExecutionsRolloutConfig.maximumPerMinute (1-1000;
+	// zero: not set).
+	MaxPerMinute int
+	Abort        []AbortCriteria
+}
+
+// Limits of CreateJob's rollout and abort configurations
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_JobExecutionsRolloutConfig.html,
+// https://docs.aws.amazon.com/iot/latest/apireference/API_AbortCriteria.html).
+const (
+	MaxRolloutPerMinute = 1000
+)
+
+func checkAbort(list []AbortCriteria) error {
+	for i, c := range list {
+		switch c.FailureType {
+		case "FAILED", "REJECTED", "TIMED_OUT", "ALL":
+		default:
+			return invalid("abortConfig.criteriaList", "[%d].failureType %q: FAILED, REJECTED, TIMED_OUT or ALL", i, c.FailureType)
+		}
+		if c.Action != "CANCEL" {
+			return invalid("abortConfig.criteriaList", "[%d].action %q: only CANCEL", i, c.Action)
+		}
+		if c.Threshold <= 0 || c.Threshold > 100 {
+			return invalid("abortConfig.criteriaList", "[%d].thresholdPercentage %v: above 0, at most 100", i, c.Threshold)
+		}
+		if c.MinExecuted < 1 {
+			return invalid("abortConfig.criteriaList", "[%d].minNumberOfExecutedThings %d: at least 1", i, c.MinExecuted)
+		}
+	}
+	return nil
 }
 
 // CreateJob creates a job and queues an execution for every thing it
@@ -98,6 +129,12 @@ func (r *Registry) CreateJob(in CreateJobInput) (Job, error) {
 	if in.InProgressTimeoutInMinutes < 0 || in.InProgressTimeoutInMinutes > MaxStepTimeoutMinutes {
 		return Job{}, invalid("timeoutConfig.inProgressTimeoutInMinutes", "must be 1 to %d", MaxStepTimeoutMinutes)
 	}
+	if in.MaxPerMinute < 0 || in.MaxPerMinute > MaxRolloutPerMinute {
+		return Job{}, invalid("jobExecutionsRolloutConfig.maximumPerMinute", "must be 1 to %d, got %d", MaxRolloutPerMinute, in.MaxPerMinute)
+	}
+	if err := checkAbort(in.Abort); err != nil {
+		return Job{}, err
+	}
 	var out Job
 	err := r.do(func(now time.Time) error {
 		if _, ok := r.st.Jobs[in.JobID]; ok {
@@ -110,7 +147,8 @@ func (r *Registry) CreateJob(in CreateJobInput) (Job, error) {
 		}
 		j := &Job{ID: in.JobID, ARN: r.arn("job", in.JobID), Description: in.Description, Document: in.Document,
 			Targets: append([]string(nil), in.Targets...), TargetSelection: sel, Status: JobInProgress,
-			InProgressTimeoutInMinutes: in.InProgressTimeoutInMinutes, CreatedAt: now, LastUpdatedAt: now}
+			InProgressTimeoutInMinutes: in.InProgressTimeoutInMinutes, CreatedAt: now, LastUpdatedAt: now,
+			MaxPerMinute: in.MaxPerMinute, Abort: append([]AbortCriteria(nil), in.Abort...)}
 		r.st.Jobs[j.ID] = j
 		r.touch()
 		r.logDecision("CreateJob", j.ID, "created", "targetSelection", sel, "targets", len(j.Targets))
@@ -119,6 +157,7 @@ func (r *Registry) CreateJob(in CreateJobInput) (Job, error) {
 				r.queueLocked(j, thing, now)
 			}
 		}
+		r.releaseLocked(j, now)
 		out = copyJob(j)
 		return nil
 	})
@@ -128,7 +167,94 @@ func (r *Registry) CreateJob(in CreateJobInput) (Job, error) {
 func copyJob(j *Job) Job {
 	c := *j
 	c.Targets = append([]string(nil), j.Targets...)
+	c.Abort = append([]AbortCriteria(nil), j.Abort...)
+	c.Held = append([]string(nil), j.Held...)
+	c.Notified = append([]time.Time(nil), j.Notified...)
 	return c
+}
+
+// releaseLocked queues held executions of j as its rollout rate allows:
+// at most MaxPerMinute notifications in any minute. AWS:
+// "maximumPerMinute: The maximum number of things that will be notified of
+// a pending job, per minute"
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_JobExecutionsRolloutConfig.html);
+// the lab holds the execution itself until its slot, so a device sees it
+// no earlier than AWS would notify it.
+func (r *Registry) releaseLocked(j *Job, now time.Time) {
+	if j.MaxPerMinute <= 0 {
+		return
+	}
+	keep := j.Notified[:0]
+	for _, t := range j.Notified {
+		if now.Sub(t) < time.Minute {
+			keep = append(keep, t)
+		}
+	}
+	j.Notified = keep
+	for len(j.Held) > 0 && len(j.Notified) < j.MaxPerMinute && j.Status == JobInProgress {
+		thing := j.Held[0]
+		j.Held = j.Held[1:]
+		j.Notified = append(j.Notified, now)
+		r.touch()
+		if _, ok := r.st.Things[thing]; ok {
+			r.createExecLocked(j, thing, now)
+		}
+	}
+	if j.Status != JobInProgress && len(j.Held) > 0 {
+		j.Held = nil
+		r.touch()
+	}
+}
+
+// rolloutLocked releases held executions of every job with a rollout rate.
+func (r *Registry) rolloutLocked(now time.Time) {
+	for _, id := range slices.Sorted(maps.Keys(r.st.Jobs)) {
+		if j := r.st.Jobs[id]; len(j.Held) > 0 {
+			r.releaseLocked(j, now)
+		}
+	}
+}
+
+// abortLocked cancels j when one of its abort criteria is met
+// (https://docs.aws.amazon.com/iot/latest/developerguide/jobs-configurations-details.html:
+// the job is canceled when the threshold percentage of executions failed
+// and at least minNumberOfExecutedThings executions ended). Canceling
+// is CancelJob without force: QUEUED executions are canceled, IN_PROGRESS
+// ones run on.
+func (r *Registry) abortLocked(j *Job, now time.Time) {
+	if len(j.Abort) == 0 || j.Status != JobInProgress {
+		return
+	}
+	executed := 0
+	failed := map[protocol.JobStatus]int{}
+	for _, byJob := range r.st.Execs {
+		for _, e := range byJob[j.ID] {
+			if e.Status.Terminal() && e.Status != protocol.JobCanceled && e.Status != protocol.JobRemoved {
+				executed++
+				failed[e.Status]++
+			}
+		}
+	}
+	for _, c := range j.Abort {
+		n := failed[protocol.JobStatus(c.FailureType)]
+		if c.FailureType == "ALL" {
+			n = failed[protocol.JobFailed] + failed[protocol.JobRejected] + failed[protocol.JobTimedOut]
+		}
+		if executed < c.MinExecuted || float64(n)*100 < c.Threshold*float64(executed) {
+			continue
+		}
+		j.Status, j.ReasonCode, j.Comment, j.LastUpdatedAt = JobCanceled, "ABORTED", "abort criteria met: "+c.FailureType, now
+		j.Held = nil
+		r.touch()
+		r.logDecision("AbortJob", j.ID, "canceled", "failureType", c.FailureType, "failed", n, "executed", executed)
+		for _, thing := range slices.Sorted(maps.Keys(r.st.Execs)) {
+			execs := r.st.Execs[thing][j.ID]
+			if len(execs) > 0 && execs[len(execs)-1].Status == protocol.JobQueued {
+				r.setStatusLocked(j, execs[len(execs)-1], protocol.JobCanceled, now)
+			}
+		}
+		return
+	}
 }
 
 func (r *Registry) jobTargetExistsLocked(arn string) bool {
@@ -153,32 +279,40 @@ func (r *Registry) targetsLocked(j *Job, thing string) bool {
 	return false
 }
 
-// queueLocked queues an execution of j for thing unless one is pending.
-// AWS: "If continuous, the job may also be run on a thing when a change is
-// detected in a target. For example, a job will run on a thing when the
-// thing is added to a target group, even after the job was completed by all
-// things originally in the group"
+// queueLocked queues an execution of j for thing unless the thing already
+// has one. AWS documents that a continuous job runs on a thing added to a
+// target group: "If continuous, the job may also be run on a thing when a
+// change is detected in a target. For example, a job will run on a thing
+// when the thing is added to a target group, even after the job was
+// completed by all things originally in the group"
 // (https://docs.aws.amazon.com/iot/latest/apireference/API_JobSummary.html,
-// targetSelection). The page does not say what happens when the same thing
-// leaves and joins again after its execution ended; the lab queues a new
-// execution (the next executionNumber), which is what bootcert's renewal
-// relies on (DESIGN.md "Renewal") -- verify on AWS before depending on it.
-// A snapshot job runs once per thing.
+// targetSelection). It does not document a second execution for a thing
+// that leaves the group and joins it again after its execution ended, so
+// the lab does not create one: a thing gets one execution per job (docs/cloud.md,
+// "Rotation triggers"; bootcert queues every later rotation as a new
+// snapshot job). With a rollout rate the target is held until its slot
+// (releaseLocked).
 func (r *Registry) queueLocked(j *Job, thing string, now time.Time) {
+	if len(r.st.Execs[thing][j.ID]) > 0 || contains(j.Held, thing) {
+		return
+	}
+	if j.MaxPerMinute > 0 {
+		j.Held = append(j.Held, thing)
+		r.touch()
+		r.releaseLocked(j, now)
+		return
+	}
+	r.createExecLocked(j, thing, now)
+}
+
+func (r *Registry) createExecLocked(j *Job, thing string, now time.Time) {
 	byJob := r.st.Execs[thing]
 	if byJob == nil {
 		byJob = map[string][]*JobExecution{}
 		r.st.Execs[thing] = byJob
 	}
 	execs := byJob[j.ID]
-	var num int64 = 1
-	if n := len(execs); n > 0 {
-		last := execs[n-1]
-		if !last.Status.Terminal() || j.TargetSelection == TargetSnapshot {
-			return
-		}
-		num = last.ExecutionNumber + 1
-	}
+	num := int64(len(execs)) + 1
 	e := &JobExecution{JobID: j.ID, ThingName: thing, ThingARN: r.ThingARN(thing), Status: protocol.JobQueued,
 		QueuedAt: now, LastUpdatedAt: now, VersionNumber: 1, ExecutionNumber: num}
 	byJob[j.ID] = append(execs, e)
@@ -207,6 +341,7 @@ func (r *Registry) setStatusLocked(j *Job, e *JobExecution, status protocol.JobS
 	r.logDecision("JobExecution", j.ID+"/"+e.ThingName, "status "+string(status), "old", old, "version", e.VersionNumber, "executionNumber", e.ExecutionNumber)
 	r.emit(JobExecutionChanged{Exec: copyExec(e), Job: copyJob(j), OldStatus: old})
 	if status.Terminal() {
+		r.abortLocked(j, now)
 		r.maybeCompleteLocked(j, now)
 	}
 }
@@ -214,7 +349,7 @@ func (r *Registry) setStatusLocked(j *Job, e *JobExecution, status protocol.JobS
 // maybeCompleteLocked completes a snapshot job whose executions are all
 // terminal (continuous jobs stay IN_PROGRESS).
 func (r *Registry) maybeCompleteLocked(j *Job, now time.Time) {
-	if j.TargetSelection != TargetSnapshot || j.Status != JobInProgress {
+	if j.TargetSelection != TargetSnapshot || j.Status != JobInProgress || len(j.Held) > 0 {
 		return
 	}
 	for _, byJob := range r.st.Execs {

@@ -369,6 +369,7 @@ func (r *Registry) do(fn func(now time.Time) error) error {
 	r.mu.Lock()
 	now := r.clock.Now().UTC()
 	r.expireLocked(now)
+	r.rolloutLocked(now)
 	var err error
 	if fn != nil {
 		err = fn(now)

@@ -233,20 +233,31 @@ func TestContinuousJob(t *testing.T) {
 	if !errors.Is(err, ErrInvalidStateTransition) {
 		t.Fatalf("update of a terminal execution: %v", err)
 	}
-	// Rejoining queues execution number 2.
+	// Rejoining queues nothing: AWS documents no second execution of a
+	// continuous job for a thing that had one; a later rotation is a new
+	// snapshot job.
 	if err := r.RemoveThingFromThingGroup("bootcert-rotation", "gw-1"); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.AddThingToThingGroup("bootcert-rotation", "gw-1"); err != nil {
 		t.Fatal(err)
 	}
-	e, _, ok, _ = r.StartNextPendingJobExecution("gw-1", nil, nil)
-	if !ok || e.ExecutionNumber != 2 {
-		t.Fatalf("rejoin: %+v", e)
+	if e, _, ok, _ := r.StartNextPendingJobExecution("gw-1", nil, nil); ok {
+		t.Fatalf("rejoin queued %+v", e)
 	}
-	e, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-rotation", Status: protocol.JobSucceeded, ExpectedVersion: &e.VersionNumber})
+	if _, err := r.CreateJob(CreateJobInput{JobID: "bootcert-r-2", Targets: []string{r.ThingARN("gw-1")}, Document: `{"operation":"rotate"}`}); err != nil {
+		t.Fatal(err)
+	}
+	e, _, ok, _ = r.StartNextPendingJobExecution("gw-1", nil, nil)
+	if !ok || e.JobID != "bootcert-r-2" || e.ExecutionNumber != 1 {
+		t.Fatalf("snapshot job: %+v", e)
+	}
+	e, _, err = r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: "gw-1", JobID: "bootcert-r-2", Status: protocol.JobSucceeded, ExpectedVersion: &e.VersionNumber})
 	if err != nil || e.Status != protocol.JobSucceeded {
 		t.Fatalf("succeed: %+v %v", e, err)
+	}
+	if j, _, _ := r.DescribeJob("bootcert-r-2"); j.Status != JobCompleted {
+		t.Errorf("snapshot job %s after its only execution ended", j.Status)
 	}
 	want := []string{"/QUEUED", "QUEUED/IN_PROGRESS", "IN_PROGRESS/TIMED_OUT", "/QUEUED", "QUEUED/IN_PROGRESS", "IN_PROGRESS/SUCCEEDED"}
 	if len(changes) != len(want) {
@@ -501,5 +512,63 @@ func TestWriteBehindCloseWhileBusy(t *testing.T) {
 	wg.Wait()
 	if got := len(open(t, dir, nil).Snapshot().Things); got != 20 {
 		t.Fatalf("%d things after restart, want 20", got)
+	}
+}
+
+func TestJobRolloutAndAbort(t *testing.T) {
+	clk := clock.NewFake(t0)
+	r := open(t, t.TempDir(), clk)
+	var targets []string
+	for i := range 5 {
+		n := "gw-" + string(rune('a'+i))
+		if _, err := r.CreateThing(n, "", nil); err != nil {
+			t.Fatal(err)
+		}
+		targets = append(targets, r.ThingARN(n))
+	}
+	_, err := r.CreateJob(CreateJobInput{JobID: "wave", Targets: targets, Document: `{}`, MaxPerMinute: 2,
+		Abort: []AbortCriteria{{FailureType: "ALL", Action: "CANCEL", Threshold: 50, MinExecuted: 2}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := func() (n int) {
+		for _, tg := range targets {
+			if _, err := r.DescribeJobExecution("wave", nameFromARN("thing", tg), nil); err == nil {
+				n++
+			}
+		}
+		return n
+	}
+	if n := queued(); n != 2 {
+		t.Fatalf("%d executions right after CreateJob, want 2 (maximumPerMinute)", n)
+	}
+	clk.Advance(59 * time.Second)
+	if n := queued(); n != 2 {
+		t.Fatalf("%d executions before a minute passed, want 2", n)
+	}
+	clk.Advance(time.Second)
+	if n := queued(); n != 4 {
+		t.Fatalf("%d executions after a minute, want 4", n)
+	}
+	// Two executions end FAILED: 100 % of 2 executed >= 50 %: the job is
+	// canceled, its QUEUED executions canceled, the held one never queued.
+	for _, thing := range []string{"gw-a", "gw-b"} {
+		if _, _, err := r.UpdateJobExecution(UpdateJobExecutionInput{ThingName: thing, JobID: "wave", Status: protocol.JobFailed}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j, counts, _ := r.DescribeJob("wave")
+	if j.Status != JobCanceled || counts[protocol.JobCanceled] != 2 || counts[protocol.JobFailed] != 2 {
+		t.Fatalf("after the abort threshold: job %s, executions %v", j.Status, counts)
+	}
+	clk.Advance(time.Hour)
+	if n := queued(); n != 4 {
+		t.Errorf("%d executions after the abort, want 4 (the held one dropped)", n)
+	}
+	if _, err := r.CreateJob(CreateJobInput{JobID: "bad", Targets: targets, Document: `{}`, MaxPerMinute: 1001}); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("maximumPerMinute 1001: %v", err)
+	}
+	if _, err := r.CreateJob(CreateJobInput{JobID: "bad", Targets: targets, Document: `{}`, Abort: []AbortCriteria{{FailureType: "ALL", Action: "CANCEL", Threshold: 0, MinExecuted: 1}}}); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("threshold 0: %v", err)
 	}
 }

@@ -137,6 +137,24 @@ type Job struct {
 	ForceCanceled              bool      `json:"forceCanceled,omitempty"`
 	Comment                    string    `json:"comment,omitempty"`
 	ReasonCode                 string    `json:"reasonCode,omitempty"`
+	// Rollout and abort configurations (CreateJob's
+	// jobExecutionsRolloutConfig.maximumPerMinute and abortConfig).
+	MaxPerMinute int             `json:"maximumPerMinute,omitempty"`
+	Abort        []AbortCriteria `json:"abortCriteria,omitempty"`
+	// Held are targets whose execution waits for the rollout rate;
+	// Notified the times of the last minute's notifications.
+	Held     []string    `json:"held,omitempty"`
+	Notified []time.Time `json:"notified,omitempty"`
+}
+
+// AbortCriteria is one of CreateJob's abortConfig.criteriaList: the job is
+// canceled when, of at least MinExecuted executions that ended, Threshold
+// percent ended with FailureType (FAILED, REJECTED, TIMED_OUT or ALL of them).
+type AbortCriteria struct {
+	FailureType string  `json:"failureType"`
+	Action      string  `json:"action"`
+	Threshold   float64 `json:"thresholdPercentage"`
+	MinExecuted int     `json:"minNumberOfExecutedThings"`
 }
 
 // JobExecution is one thing's execution of a job.

@@ -258,7 +258,7 @@ func TestCloudTemplate(t *testing.T) {
 			}
 		}
 	}
-	want := map[string]string{"$aws/events/certificates/registered/+": "ActivatorFunction", "certificates/+/+": "VendorFunction", "$aws/events/jobExecution/+/+": "ReaperFunction"}
+	want := map[string]string{"$aws/events/certificates/registered/+": "ActivatorFunction", "certificates/+/+": "VendorFunction", "$aws/events/jobExecution/+/+": "ReaperFunction", "certificates/+/rotate": "RenewalFunction"}
 	if !reflect.DeepEqual(targets, want) {
 		t.Errorf("rule targets %v\nwant %v", targets, want)
 	}
