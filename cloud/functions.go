@@ -89,7 +89,7 @@ func Build(ctx context.Context, logicalID string, getenv func(string) string, de
 		dataEP = settings.DataEndpoint
 	}
 	pub := &cloudaws.Publisher{Config: deps.AWS, Endpoint: dataEP, Resolve: raw.DataEndpoint, Now: clk.Now}
-	trust := &fleet.Trust{Store: store, Settings: settings}
+	trust := &fleet.Trust{Store: store, Settings: settings, Clock: clk}
 
 	switch logicalID {
 	case Activator:

@@ -32,8 +32,13 @@ type Event struct {
 }
 
 // ParseEvent decodes and validates an event.
+// The certificate comes from AWS's certificateId; an event with a key equal
+// to it ignoring case (or twice) is refused.
 func ParseEvent(b []byte) (Event, error) {
 	var ev Event
+	if err := fleet.CheckComputedKeys("certificate registration event", b, "certificateId", "caCertificateId"); err != nil {
+		return ev, err
+	}
 	if err := protocol.Decode("certificate registration event", b, &ev); err != nil {
 		return ev, err
 	}

@@ -91,7 +91,7 @@ func TestActivator(t *testing.T) {
 				s.b.SetAllowList(manifest.Entry{DeviceID: s.dev.ID})
 				s.b.SetCRL(s.dev)
 			}},
-		{name: "fail/other-ca", outcome: activator.Rejected, reason: "not issued by the factory CA",
+		{name: "fail/other-ca", outcome: activator.Rejected, reason: "not issued by a factory CA",
 			prepare: func(s *setup) {
 				other := testpki.NewCA(t, "grey market CA", s.b.Clock.Now())
 				d := other.Issue(t, s.dev.ID, s.b.Clock.Now())

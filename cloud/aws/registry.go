@@ -196,9 +196,13 @@ func (r *Registry) DetachPolicy(ctx context.Context, policy, target string) erro
 	return mapErr("DetachPolicy", policy+" from "+target, err)
 }
 
-// AttachThingPrincipal implements ports.Registry.
+// AttachThingPrincipal implements ports.Registry. Every bootcert
+// certificate belongs to one device: it is attached with EXCLUSIVE_THING, so
+// AWS refuses to attach it to any other thing ("The thing will be the only
+// thing that's attached to the principal",
+// https://docs.aws.amazon.com/iot/latest/apireference/API_AttachThingPrincipal.html).
 func (r *Registry) AttachThingPrincipal(ctx context.Context, thing, principal string) error {
-	_, err := r.IoT.AttachThingPrincipal(ctx, &iot.AttachThingPrincipalInput{ThingName: aws.String(thing), Principal: aws.String(principal)})
+	_, err := r.IoT.AttachThingPrincipal(ctx, &iot.AttachThingPrincipalInput{ThingName: aws.String(thing), Principal: aws.String(principal), ThingPrincipalType: types.ThingPrincipalTypeExclusiveThing})
 	return mapErr("AttachThingPrincipal", principal+" to "+thing, err)
 }
 

@@ -54,8 +54,17 @@ var ErrEvent = errors.New("unusable vendor event")
 
 // ParseEvent decodes an event. Operation defaults to "get" for the
 // DESIGN.md rule that selects only certificates/+/get.
+//
+// The identity (thingName, clientId, principal) and the operation come only
+// from the fields the rule computes: an event with a key equal to one of
+// them ignoring case, or with one of them twice, is refused
+// (fleet.CheckComputedKeys) before anything is decoded, so it is dropped and
+// nothing is published on any topic.
 func ParseEvent(b []byte) (Event, error) {
 	var ev Event
+	if err := fleet.CheckComputedKeys("certificate request event", b, fleet.VendorComputed...); err != nil {
+		return ev, fmt.Errorf("%w: %w", ErrEvent, err)
+	}
 	if err := protocol.Decode("certificate request event", b, &ev); err != nil {
 		return ev, fmt.Errorf("%w: %v", ErrEvent, err)
 	}
@@ -143,7 +152,14 @@ func rej(code protocol.Code, format string, a ...any) *rejection {
 func (v *Vendor) HandleEvent(ctx context.Context, b []byte) (Reply, error) {
 	ev, err := ParseEvent(b)
 	if err != nil {
-		v.Log.Warn("request dropped", "err", err.Error())
+		// The audit line: what was refused and why (key names, never
+		// values); the sender is the rule's exact-case thingName (topic(2)).
+		var raw map[string]json.RawMessage // exact-key matching, unlike a struct
+		var sender string
+		if json.Unmarshal(b, &raw) == nil {
+			json.Unmarshal(raw["thingName"], &sender)
+		}
+		v.Log.Warn("request dropped", "err", err.Error(), "identityKeyCollision", errors.Is(err, fleet.ErrIdentityKey), "topicThing", sender)
 		return Reply{}, nil
 	}
 	return v.Handle(ctx, ev)

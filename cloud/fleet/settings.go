@@ -29,6 +29,8 @@ const (
 	EnvRenewalFraction        = "RENEWAL_FRACTION"
 	EnvRenewalJitter          = "RENEWAL_JITTER"
 	EnvDataEndpoint           = "IOT_DATA_ENDPOINT"
+	EnvCRLGrace               = "CRL_GRACE"
+	EnvRecoveryBudget         = "RECOVERY_BUDGET"
 )
 
 // Settings configure the functions. Every function reads the same set.
@@ -57,6 +59,15 @@ type Settings struct {
 	RenewalFraction float64
 	RenewalJitter   float64
 	DataEndpoint    string
+	// CRLGrace is how long past its nextUpdate a factory CRL is still
+	// accepted (default 7 days); after it every check of that CA's
+	// certificates fails with ErrCRLExpired.
+	CRLGrace time.Duration
+	// RecoveryBudget is how many automatic recoveries (an operational
+	// certificate revoked, the device back on its bootstrap identity, a new
+	// rotation queued) a device gets before an operator must raise its budget
+	// (default 2; see Recovery).
+	RecoveryBudget int
 }
 
 // Defaults.
@@ -87,6 +98,8 @@ func FromEnv(getenv func(string) string) (Settings, error) {
 		RenewalFraction:        1.0 / 3,
 		RenewalJitter:          0.05,
 		DataEndpoint:           getenv(EnvDataEndpoint),
+		CRLGrace:               DefaultCRLGrace,
+		RecoveryBudget:         DefaultRecoveryBudget,
 	}
 	if s.Bucket == "" {
 		return s, fmt.Errorf("%w: %s is not set (the S3 bucket holding the allow list, CRL and packages)", ErrSetting, EnvBucket)
@@ -128,6 +141,9 @@ func FromEnv(getenv func(string) string) (Settings, error) {
 			return s, fmt.Errorf("%w: %s=%q is not a number in [0, 1)", ErrSetting, EnvRenewalJitter, v)
 		}
 		s.RenewalJitter = f
+	}
+	if err := s.lifecycleFromEnv(getenv); err != nil {
+		return s, err
 	}
 	return s, nil
 }

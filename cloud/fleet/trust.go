@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/manifest"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -24,7 +25,12 @@ var (
 	ErrNotAllowed = errors.New("device not on the allow list")
 	ErrRevoked    = errors.New("certificate revoked by the factory CRL")
 	ErrBadCSR     = errors.New("bad certificate request")
-	ErrUntrusted  = errors.New("certificate not issued by the factory CA")
+	ErrUntrusted  = errors.New("certificate not issued by a factory CA")
+	// ErrCRLExpired: a factory CA's CRL is past its nextUpdate plus the
+	// configured grace (CRL_GRACE). Revocation cannot be checked, so every
+	// check of a certificate of that CA fails closed until a fresh CRL is
+	// uploaded (bootcert-admin cloud setup --crl).
+	ErrCRLExpired = errors.New("factory CRL expired")
 )
 
 // MaxCRL bounds the CRL read from the store.
@@ -37,16 +43,28 @@ type ObjectReader interface {
 	Get(ctx context.Context, key, ifNoneMatch string) (ports.Object, error)
 }
 
-// Trust reads the allow list, factory CA and CRL from the store and caches
-// them by ETag across invocations (a Lambda container keeps it warm).
+// Trust reads the allow list, the factory CAs and their CRLs from the store
+// and caches them by ETag across invocations (a Lambda container keeps it
+// warm).
+//
+// Trust can change (issue 10, item 7): the CA object (Settings.CAKey) is a
+// PEM bundle of every factory CA trusted now (several contract
+// manufacturers, or the old and the new CA during a rollover), and the CRL
+// object (Settings.CRLKey) holds one CRL per CA (PEM blocks, or one DER CRL),
+// each verified against the CA whose key signed it. A certificate is checked
+// against the CRL of the CA that issued it; a CA without a CRL revokes
+// nothing; a CRL past nextUpdate + Settings.CRLGrace is refused
+// (ErrCRLExpired).
 type Trust struct {
 	Store    ObjectReader
 	Settings Settings
+	// Clock tells CRL freshness; nil is clock.Real.
+	Clock clock.Clock
 
 	mu    sync.Mutex
 	allow cached[*manifest.List]
-	ca    cached[*x509.Certificate]
-	crl   cached[map[string]bool] // revoked serials (hex) of the factory CA
+	ca    cached[[]*x509.Certificate]
+	crl   cached[[]*x509.RevocationList]
 }
 
 type cached[T any] struct {
@@ -77,6 +95,13 @@ func load[T any](ctx context.Context, st ObjectReader, key string, c *cached[T],
 	return v, nil
 }
 
+func (t *Trust) now() time.Time {
+	if t.Clock == nil {
+		return clock.Real{}.Now()
+	}
+	return t.Clock.Now()
+}
+
 // AllowList returns the current allow list.
 func (t *Trust) AllowList(ctx context.Context) (*manifest.List, error) {
 	t.mu.Lock()
@@ -100,67 +125,165 @@ func (t *Trust) Lookup(ctx context.Context, thing string) (manifest.Entry, error
 	return e, nil
 }
 
-// CA returns the factory CA certificate (the first of the object's PEM).
-func (t *Trust) CA(ctx context.Context) (*x509.Certificate, error) {
+// CAs returns every trusted factory CA (the certificates of the CA object's
+// PEM bundle).
+func (t *Trust) CAs(ctx context.Context) ([]*x509.Certificate, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return load(ctx, t.Store, t.Settings.CAKey, &t.ca, func(b []byte) (*x509.Certificate, error) {
-		chain, err := protocol.ParseChain(b)
-		if err != nil {
-			return nil, err
-		}
-		return chain[0], nil
-	})
+	return load(ctx, t.Store, t.Settings.CAKey, &t.ca, ParseCABundle)
 }
 
-// Revoked reports whether a certificate issued by the factory CA is on the
-// CRL. A missing CRL object means nothing is revoked; a CRL that does not
-// verify against the factory CA is an error (fail closed).
+// ParseCABundle parses a PEM bundle of factory CA certificates; each must be
+// a CA (basic constraints).
+func ParseCABundle(b []byte) ([]*x509.Certificate, error) {
+	cas, err := protocol.ParseChain(b)
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range cas {
+		if !c.IsCA {
+			return nil, fmt.Errorf("certificate %d of the factory CA bundle (%q) is not a CA", i+1, c.Subject.String())
+		}
+	}
+	return cas, nil
+}
+
+// issuerOf returns the CA of cas that signed cert, or nil. The signature
+// decides, not the name: during a rollover the new CA may keep the old one's
+// subject.
+func issuerOf(cas []*x509.Certificate, cert *x509.Certificate) *x509.Certificate {
+	for _, ca := range cas {
+		if bytes.Equal(cert.RawIssuer, ca.RawSubject) && cert.CheckSignatureFrom(ca) == nil {
+			return ca
+		}
+	}
+	return nil
+}
+
+// Revoked reports whether a certificate issued by a factory CA is on that
+// CA's CRL. A certificate of no factory CA (an AWS-issued one) is not; a CA
+// without a CRL (or no CRL object) revokes nothing. A CRL signed by no
+// trusted CA is an error (fail closed), and so is the issuing CA's CRL once
+// it is past nextUpdate + Settings.CRLGrace (ErrCRLExpired).
 func (t *Trust) Revoked(ctx context.Context, cert *x509.Certificate) (bool, error) {
-	ca, err := t.CA(ctx)
+	cas, err := t.CAs(ctx)
 	if err != nil {
 		return false, err
 	}
-	if !bytes.Equal(cert.RawIssuer, ca.RawSubject) {
-		return false, nil // not a factory certificate (e.g. an AWS-issued one)
+	ca := issuerOf(cas, cert)
+	if ca == nil {
+		return false, nil
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	revoked, err := load(ctx, t.Store, t.Settings.CRLKey, &t.crl, func(b []byte) (map[string]bool, error) {
-		return ParseCRL(b, ca)
-	})
+	crls, err := load(ctx, t.Store, t.Settings.CRLKey, &t.crl, ParseCRLs)
+	t.mu.Unlock()
 	if errors.Is(err, ports.ErrNotFound) {
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	return revoked[serialKey(cert.SerialNumber)], nil
+	rl, err := crlFor(crls, cas, ca)
+	if err != nil || rl == nil {
+		return false, err
+	}
+	if err := Fresh(rl, ca, t.now(), t.Settings.CRLGrace); err != nil {
+		return false, err
+	}
+	for _, e := range rl.RevokedCertificateEntries {
+		if e.SerialNumber != nil && e.SerialNumber.Cmp(cert.SerialNumber) == 0 {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
-func serialKey(n *big.Int) string { return n.Text(16) }
+// crlFor picks ca's CRL among crls. Every CRL must be signed by one of cas
+// (a foreign CRL means the object is wrong: fail closed); when a CA has
+// several, the highest CRL number (else the latest thisUpdate) wins.
+func crlFor(crls []*x509.RevocationList, cas []*x509.Certificate, ca *x509.Certificate) (*x509.RevocationList, error) {
+	var best *x509.RevocationList
+	for i, rl := range crls {
+		var signer *x509.Certificate
+		for _, c := range cas {
+			if bytes.Equal(rl.RawIssuer, c.RawSubject) && rl.CheckSignatureFrom(c) == nil {
+				signer = c
+				break
+			}
+		}
+		if signer == nil {
+			return nil, fmt.Errorf("CRL %d (issuer %q) is not signed by any trusted factory CA", i+1, rl.Issuer.String())
+		}
+		if signer != ca {
+			continue
+		}
+		if best == nil || newer(rl, best) {
+			best = rl
+		}
+	}
+	return best, nil
+}
+
+func newer(a, b *x509.RevocationList) bool {
+	if a.Number != nil && b.Number != nil && a.Number.Cmp(b.Number) != 0 {
+		return a.Number.Cmp(b.Number) > 0
+	}
+	return a.ThisUpdate.After(b.ThisUpdate)
+}
+
+// Fresh checks a CRL's nextUpdate: past nextUpdate + grace it is refused
+// with ErrCRLExpired, naming the CA and the dates. A CRL without nextUpdate
+// never expires.
+func Fresh(rl *x509.RevocationList, ca *x509.Certificate, now time.Time, grace time.Duration) error {
+	if rl.NextUpdate.IsZero() || !now.After(rl.NextUpdate.Add(grace)) {
+		return nil
+	}
+	return fmt.Errorf("%w: the CRL of factory CA %q (CRL number %v) had nextUpdate %s; with the grace of %s it expired at %s (now %s): upload a fresh CRL (bootcert-admin cloud setup --crl)",
+		ErrCRLExpired, ca.Subject.String(), rl.Number, rl.NextUpdate.UTC().Format(time.RFC3339), grace, rl.NextUpdate.Add(grace).UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+}
+
+// ParseCRLs parses the CRL object: one DER CRL, or one or more PEM "X509
+// CRL" blocks. Signatures are checked against the CAs when used (crlFor).
+func ParseCRLs(b []byte) ([]*x509.RevocationList, error) {
+	if len(b) > MaxCRL {
+		return nil, fmt.Errorf("CRL larger than %d bytes", MaxCRL)
+	}
+	if !bytes.HasPrefix(bytes.TrimSpace(b), []byte("-----BEGIN")) {
+		rl, err := x509.ParseRevocationList(b)
+		if err != nil {
+			return nil, fmt.Errorf("parsing CRL: %w", err)
+		}
+		return []*x509.RevocationList{rl}, nil
+	}
+	var out []*x509.RevocationList
+	rest := b
+	for {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "X509 CRL" {
+			return nil, fmt.Errorf("PEM block %d %q is not an X509 CRL", len(out)+1, blk.Type)
+		}
+		rl, err := x509.ParseRevocationList(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("parsing CRL %d: %w", len(out)+1, err)
+		}
+		out = append(out, rl)
+	}
+	if len(bytes.TrimSpace(rest)) != 0 || len(out) == 0 {
+		return nil, errors.New("CRL object: data that is not an X509 CRL PEM block")
+	}
+	return out, nil
+}
 
 // ParseCRL parses a DER or PEM X.509 CRL, checks it is signed by ca and
 // returns the revoked serial numbers.
 func ParseCRL(b []byte, ca *x509.Certificate) (map[string]bool, error) {
-	if len(b) > MaxCRL {
-		return nil, fmt.Errorf("CRL larger than %d bytes", MaxCRL)
-	}
-	if blk, _ := pem.Decode(b); blk != nil {
-		if blk.Type != "X509 CRL" {
-			return nil, fmt.Errorf("PEM block %q is not an X509 CRL", blk.Type)
-		}
-		b = blk.Bytes
-	}
-	rl, err := x509.ParseRevocationList(b)
+	rl, err := ParseOneCRL(b, ca)
 	if err != nil {
-		return nil, fmt.Errorf("parsing CRL: %w", err)
-	}
-	if ca == nil {
-		return nil, errors.New("no factory CA to verify the CRL against")
-	}
-	if err := rl.CheckSignatureFrom(ca); err != nil {
-		return nil, fmt.Errorf("CRL is not signed by the factory CA %q: %w", ca.Subject.String(), err)
+		return nil, err
 	}
 	out := make(map[string]bool, len(rl.RevokedCertificateEntries))
 	for _, e := range rl.RevokedCertificateEntries {
@@ -171,17 +294,39 @@ func ParseCRL(b []byte, ca *x509.Certificate) (map[string]bool, error) {
 	return out, nil
 }
 
-// VerifyBootstrap checks that cert was issued by the factory CA and is valid
-// at now.
+// ParseOneCRL parses a single DER or PEM CRL and checks it is signed by ca.
+func ParseOneCRL(b []byte, ca *x509.Certificate) (*x509.RevocationList, error) {
+	crls, err := ParseCRLs(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(crls) != 1 {
+		return nil, fmt.Errorf("%d CRLs where one was expected", len(crls))
+	}
+	if ca == nil {
+		return nil, errors.New("no factory CA to verify the CRL against")
+	}
+	if err := crls[0].CheckSignatureFrom(ca); err != nil {
+		return nil, fmt.Errorf("CRL is not signed by the factory CA %q: %w", ca.Subject.String(), err)
+	}
+	return crls[0], nil
+}
+
+func serialKey(n *big.Int) string { return n.Text(16) }
+
+// VerifyBootstrap checks that cert was issued by one of the factory CAs and
+// is valid at now.
 func (t *Trust) VerifyBootstrap(ctx context.Context, cert *x509.Certificate, now time.Time) error {
-	ca, err := t.CA(ctx)
+	cas, err := t.CAs(ctx)
 	if err != nil {
 		return err
 	}
 	roots := x509.NewCertPool()
-	roots.AddCert(ca)
+	for _, ca := range cas {
+		roots.AddCert(ca)
+	}
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return fmt.Errorf("%w: %v", ErrUntrusted, err)
+		return fmt.Errorf("%w: %v (%d factory CAs trusted, s3://%s/%s)", ErrUntrusted, err, len(cas), t.Settings.Bucket, t.Settings.CAKey)
 	}
 	return nil
 }

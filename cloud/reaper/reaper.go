@@ -33,8 +33,13 @@ type Event struct {
 }
 
 // ParseEvent decodes an event and fills ThingName from thingArn.
+// The thing comes from AWS's thingName or thingArn; an event with a key
+// equal to one of them ignoring case (or twice) is refused.
 func ParseEvent(b []byte) (Event, error) {
 	var ev Event
+	if err := fleet.CheckComputedKeys("job execution event", b, "thingName", "thingArn", "jobId", "status"); err != nil {
+		return ev, err
+	}
 	if err := protocol.Decode("job execution event", b, &ev); err != nil {
 		return ev, err
 	}

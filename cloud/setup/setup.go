@@ -106,18 +106,27 @@ func Run(ctx context.Context, iotc *iot.Client, s3c *s3.Client, o Options) (Resu
 		}
 	}
 	if o.CRL != nil {
-		if _, err := fleet.ParseCRL(o.CRL, o.CACert); err != nil {
+		rl, err := fleet.ParseOneCRL(o.CRL, o.CACert)
+		if err != nil {
+			return res, fmt.Errorf("setup: CRL: %w", err)
+		}
+		if err := fleet.Fresh(rl, o.CACert, o.Now(), 0); err != nil {
 			return res, fmt.Errorf("setup: CRL: %w", err)
 		}
 	}
 	if err := registerCA(ctx, iotc, o, &res); err != nil {
 		return res, err
 	}
-	caPEM := protocol.EncodeChain([]*x509.Certificate{o.CACert})
+	// Several factory CAs can be trusted at once: the CA is added to the
+	// bundle and its CRL replaces only its own (trust.go).
+	caPEM, crlBody, err := mergeTrust(ctx, s3c, o)
+	if err != nil {
+		return res, err
+	}
 	for _, up := range []struct {
 		key  string
 		body []byte
-	}{{o.CAKey, caPEM}, {o.AllowListKey, o.AllowList}, {o.CRLKey, o.CRL}} {
+	}{{o.CAKey, caPEM}, {o.AllowListKey, o.AllowList}, {o.CRLKey, crlBody}} {
 		if up.body == nil {
 			continue
 		}

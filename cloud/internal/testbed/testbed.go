@@ -51,7 +51,7 @@ func New(t testing.TB, env map[string]string) *Bed {
 	b := &Bed{T: t, Reg: fake.NewRegistry(), Store: fake.NewStore(), Pub: &fake.Publisher{}, Clock: clock.NewFake(now),
 		CA: testpki.NewCA(t, "bootcert factory CA", now), Settings: s, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	b.Reg.Now = b.Clock.Now
-	b.Trust = &fleet.Trust{Store: b.Store, Settings: s}
+	b.Trust = &fleet.Trust{Store: b.Store, Settings: s, Clock: b.Clock}
 	b.put(s.CAKey, b.CA.PEM)
 	b.SetAllowList()
 	return b

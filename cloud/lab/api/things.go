@@ -146,7 +146,7 @@ func (s *Server) attachThingPrincipal(q *request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nil, s.reg.AttachThingPrincipal(q.v("thingName"), p)
+	return nil, s.reg.AttachThingPrincipal(q.v("thingName"), p, q.http.URL.Query().Get("thingPrincipalType"))
 }
 
 func (s *Server) detachThingPrincipal(q *request) (any, error) {

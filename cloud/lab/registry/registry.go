@@ -124,20 +124,23 @@ type Listener func(Event)
 
 // state is what registry.json holds.
 type state struct {
-	Version          int                                   `json:"version"`
-	RegistrationCode string                                `json:"registrationCode"`
-	CAs              map[string]*CACertificate             `json:"caCertificates"`
-	Certs            map[string]*Certificate               `json:"certificates"`
-	Things           map[string]*Thing                     `json:"things"`
-	ThingTypes       map[string]*ThingType                 `json:"thingTypes"`
-	Groups           map[string]*ThingGroup                `json:"thingGroups"`
-	Members          map[string]map[string]bool            `json:"groupMembers"`    // group -> things
-	Policies         map[string]*Policy                    `json:"policies"`        // name -> policy
-	PolicyTargets    map[string]map[string]bool            `json:"policyTargets"`   // policy -> target ARNs
-	ThingPrincipals  map[string]map[string]bool            `json:"thingPrincipals"` // thing -> principal ARNs
-	Jobs             map[string]*Job                       `json:"jobs"`
-	Execs            map[string]map[string][]*JobExecution `json:"jobExecutions"`       // thing -> job -> executions, oldest first
-	Events           map[string]bool                       `json:"eventConfigurations"` // event type -> enabled
+	Version          int                        `json:"version"`
+	RegistrationCode string                     `json:"registrationCode"`
+	CAs              map[string]*CACertificate  `json:"caCertificates"`
+	Certs            map[string]*Certificate    `json:"certificates"`
+	Things           map[string]*Thing          `json:"things"`
+	ThingTypes       map[string]*ThingType      `json:"thingTypes"`
+	Groups           map[string]*ThingGroup     `json:"thingGroups"`
+	Members          map[string]map[string]bool `json:"groupMembers"`    // group -> things
+	Policies         map[string]*Policy         `json:"policies"`        // name -> policy
+	PolicyTargets    map[string]map[string]bool `json:"policyTargets"`   // policy -> target ARNs
+	ThingPrincipals  map[string]map[string]bool `json:"thingPrincipals"` // thing -> principal ARNs
+	// Exclusive holds the principals attached with EXCLUSIVE_THING:
+	// principal ARN -> its only thing.
+	Exclusive map[string]string                     `json:"exclusivePrincipals,omitempty"`
+	Jobs      map[string]*Job                       `json:"jobs"`
+	Execs     map[string]map[string][]*JobExecution `json:"jobExecutions"`       // thing -> job -> executions, oldest first
+	Events    map[string]bool                       `json:"eventConfigurations"` // event type -> enabled
 }
 
 func newState() *state {
@@ -152,6 +155,7 @@ func newState() *state {
 		Policies:        map[string]*Policy{},
 		PolicyTargets:   map[string]map[string]bool{},
 		ThingPrincipals: map[string]map[string]bool{},
+		Exclusive:       map[string]string{},
 		Jobs:            map[string]*Job{},
 		Execs:           map[string]map[string][]*JobExecution{},
 		Events:          map[string]bool{},
@@ -187,6 +191,9 @@ func (s *state) fill() {
 	}
 	if s.ThingPrincipals == nil {
 		s.ThingPrincipals = n.ThingPrincipals
+	}
+	if s.Exclusive == nil {
+		s.Exclusive = map[string]string{}
 	}
 	if s.Jobs == nil {
 		s.Jobs = n.Jobs

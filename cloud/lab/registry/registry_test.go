@@ -572,3 +572,54 @@ func TestJobRolloutAndAbort(t *testing.T) {
 		t.Errorf("threshold 0: %v", err)
 	}
 }
+
+// TestAttachThingPrincipalExclusive: a principal attached with
+// EXCLUSIVE_THING cannot be attached to another thing, and a principal
+// attached to another thing cannot be attached exclusively (AWS's
+// API_AttachThingPrincipal.html); detaching frees it.
+func TestAttachThingPrincipalExclusive(t *testing.T) {
+	r := open(t, "", nil)
+	for _, n := range []string{"a", "b"} {
+		if _, err := r.CreateThing(n, "", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca := newCA(t, "factory")
+	cac := registerCA(t, r, ca)
+	cert := func() Certificate {
+		der, _ := ca.issue(t, "gw")
+		c, _, err := r.RegisterPendingCertificate(der, cac.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c1, c2 := cert(), cert()
+	if err := r.AttachThingPrincipal("a", c1.ARN, ExclusiveThing); err != nil {
+		t.Fatalf("ok/exclusive: %v", err)
+	}
+	if err := r.AttachThingPrincipal("a", c1.ARN, ExclusiveThing); err != nil {
+		t.Fatalf("ok/again-same-thing: %v", err)
+	}
+	if err := r.AttachThingPrincipal("b", c1.ARN); err == nil {
+		t.Fatal("fail/exclusive-to-another: attached")
+	}
+	if err := r.AttachThingPrincipal("b", c1.ARN, ExclusiveThing); err == nil {
+		t.Fatal("fail/exclusive-to-another-exclusive: attached")
+	}
+	if err := r.AttachThingPrincipal("a", c2.ARN, NonExclusiveThing); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AttachThingPrincipal("b", c2.ARN, ExclusiveThing); err == nil {
+		t.Fatal("fail/exclusive-while-attached-elsewhere: attached")
+	}
+	if err := r.AttachThingPrincipal("b", c2.ARN, "SOMETIMES"); err == nil {
+		t.Fatal("fail/bad-type accepted")
+	}
+	if err := r.DetachThingPrincipal("a", c1.ARN); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AttachThingPrincipal("b", c1.ARN); err != nil {
+		t.Fatalf("ok/after-detach: %v", err)
+	}
+}

@@ -449,14 +449,46 @@ func (r *Registry) principalExistsLocked(arn string) bool {
 	return ok && c.ARN == arn
 }
 
+// Thing-principal relation types of AttachThingPrincipal
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_AttachThingPrincipal.html).
+const (
+	ExclusiveThing    = "EXCLUSIVE_THING"
+	NonExclusiveThing = "NON_EXCLUSIVE_THING"
+)
+
 // AttachThingPrincipal attaches a principal (certificate ARN) to a thing.
-func (r *Registry) AttachThingPrincipal(thing, principal string) error {
+// typ is "" or NON_EXCLUSIVE_THING (the default: the principal may be
+// attached to other things too) or EXCLUSIVE_THING ("the thing will be the
+// only thing that's attached to the principal", AWS's
+// API_AttachThingPrincipal.html): attaching an exclusively attached
+// principal to another thing, or attaching exclusively a principal already
+// attached to another thing, is InvalidRequest. Attaching again to the same
+// thing succeeds.
+func (r *Registry) AttachThingPrincipal(thing, principal string, typ ...string) error {
+	t := NonExclusiveThing
+	if len(typ) > 0 && typ[0] != "" {
+		t = typ[0]
+	}
+	if t != ExclusiveThing && t != NonExclusiveThing {
+		return invalid("thingPrincipalType", "%q is not EXCLUSIVE_THING or NON_EXCLUSIVE_THING", t)
+	}
 	return r.do(func(now time.Time) error {
 		if _, ok := r.st.Things[thing]; !ok {
 			return notFound("thing", thing)
 		}
 		if !r.principalExistsLocked(principal) {
 			return notFound("principal", principal)
+		}
+		if owner, ok := r.st.Exclusive[principal]; ok && owner != thing {
+			return invalid("principal "+principal, "the principal is attached exclusively to thing %s (EXCLUSIVE_THING)", owner)
+		}
+		if t == ExclusiveThing {
+			for other := range r.byPrinc[principal] {
+				if other != thing {
+					return invalid("principal "+principal, "the principal is attached to thing %s: it cannot be attached exclusively to %s", other, thing)
+				}
+			}
+			r.st.Exclusive[principal] = thing
 		}
 		if addToSet(r.st.ThingPrincipals, thing, principal) {
 			addToSet(r.byPrinc, principal, thing)
@@ -475,6 +507,9 @@ func (r *Registry) DetachThingPrincipal(thing, principal string) error {
 		}
 		if removeFromSet(r.st.ThingPrincipals, thing, principal) {
 			removeFromSet(r.byPrinc, principal, thing)
+			if r.st.Exclusive[principal] == thing {
+				delete(r.st.Exclusive, principal)
+			}
 			r.touch()
 			r.logDecision("DetachThingPrincipal", thing, "detached", "principal", principal)
 		}
