@@ -283,7 +283,7 @@ func TestVerifySWTPM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.EK != attest.EKCertified || res.Algorithm != keystore.ECDSAP256 || !res.PublicKey.(*ecdsa.PublicKey).Equal(req.PublicKey) {
+		if res.EK != attest.EKCertified || res.Algorithm != string(keystore.ECDSAP256) || !res.PublicKey.(*ecdsa.PublicKey).Equal(req.PublicKey) {
 			t.Fatalf("result %+v", res)
 		}
 		// The manifest form carries the same record.
