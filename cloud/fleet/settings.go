@@ -29,6 +29,22 @@ const (
 	EnvRenewalFraction        = "RENEWAL_FRACTION"
 	EnvRenewalJitter          = "RENEWAL_JITTER"
 	EnvDataEndpoint           = "IOT_DATA_ENDPOINT"
+	EnvAttestationPolicy      = "ATTESTATION_POLICY"
+	EnvEKRootsKey             = "EK_ROOTS_KEY"
+)
+
+// Attestation policies (docs/attestation.md): whether the vendor requires
+// TPM key attestation with a CSR.
+const (
+	// AttestationRequired: every device must have an enrolment record and
+	// send valid evidence; no certificate otherwise.
+	AttestationRequired = "required"
+	// AttestationOptional: a device with an enrolment record must send
+	// valid evidence (it can, so omitting it is a downgrade); a device
+	// without one is issued to, recorded as not attested.
+	AttestationOptional = "optional"
+	// AttestationOff: evidence is ignored.
+	AttestationOff = "off"
 )
 
 // Settings configure the functions. Every function reads the same set.
@@ -57,6 +73,12 @@ type Settings struct {
 	RenewalFraction float64
 	RenewalJitter   float64
 	DataEndpoint    string
+	// AttestationPolicy is AttestationRequired, AttestationOptional or
+	// AttestationOff (default).
+	AttestationPolicy string
+	// EKRootsKey is the S3 key of the PEM bundle of the TPM manufacturers'
+	// EK roots the vendor trusts.
+	EKRootsKey string
 }
 
 // Defaults.
@@ -64,6 +86,7 @@ const (
 	DefaultAllowListKey = "trust/allow-list.csv"
 	DefaultCRLKey       = "trust/factory.crl"
 	DefaultCAKey        = "trust/factory-ca.pem"
+	DefaultEKRootsKey   = "trust/ek-roots.pem"
 )
 
 // ErrSetting is wrapped by every settings error.
@@ -87,6 +110,8 @@ func FromEnv(getenv func(string) string) (Settings, error) {
 		RenewalFraction:        1.0 / 3,
 		RenewalJitter:          0.05,
 		DataEndpoint:           getenv(EnvDataEndpoint),
+		AttestationPolicy:      strings.ToLower(or(getenv(EnvAttestationPolicy), AttestationOff)),
+		EKRootsKey:             or(getenv(EnvEKRootsKey), DefaultEKRootsKey),
 	}
 	if s.Bucket == "" {
 		return s, fmt.Errorf("%w: %s is not set (the S3 bucket holding the allow list, CRL and packages)", ErrSetting, EnvBucket)
@@ -107,6 +132,11 @@ func FromEnv(getenv func(string) string) (Settings, error) {
 	case "DELETE", "INACTIVE", "KEEP":
 	default:
 		return s, fmt.Errorf("%w: %s=%q is not DELETE, INACTIVE or KEEP", ErrSetting, EnvPreviousCertificate, s.PreviousCertificate)
+	}
+	switch s.AttestationPolicy {
+	case AttestationRequired, AttestationOptional, AttestationOff:
+	default:
+		return s, fmt.Errorf("%w: %s=%q is not required, optional or off", ErrSetting, EnvAttestationPolicy, s.AttestationPolicy)
 	}
 	if v := getenv(EnvPresignTTL); v != "" {
 		d, err := parseDuration(v)
