@@ -85,4 +85,3 @@ func (s *session) attest(ctx context.Context, keyURI, jobID, clientToken string)
 	e.lap("attest")
 	return ev
 }
-
