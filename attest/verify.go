@@ -345,3 +345,51 @@ func algorithmOf(pub crypto.PublicKey) (string, error) {
 	}
 	return "", fmt.Errorf("public key type %T is not accepted", pub)
 }
+
+// CheckCertification is the device's own check of a TPM2_Certify output,
+// without an enrolment record (bootcertctl key info): TPM-made certify
+// structure, the qualifying data, the name of the presented public area,
+// a key made in and fixed to the TPM, and that key is pub. It does not
+// check the signature or the EK: only Verify, with the stored record, says
+// a key is attested.
+func CheckCertification(ev *Evidence, qualifyingData []byte, pub crypto.PublicKey) error {
+	if len(ev.Attest) < 4 || binary.BigEndian.Uint32(ev.Attest) != uint32(tpm2.TPMGeneratedValue) {
+		return reject(ReasonAttestBadMagic, "not a TPM-made attestation")
+	}
+	att, err := ParseAttest(ev.Attest)
+	if err != nil {
+		return rejectErr(ReasonEvidenceMalformed, err, "attestation")
+	}
+	if att.Type != tpm2.TPMSTAttestCertify {
+		return reject(ReasonAttestNotCertify, "attestation type 0x%04x is not TPM_ST_ATTEST_CERTIFY", uint16(att.Type))
+	}
+	ci, err := att.Attested.Certify()
+	if err != nil {
+		return rejectErr(ReasonEvidenceMalformed, err, "certify info")
+	}
+	if subtle.ConstantTimeCompare(att.ExtraData.Buffer, qualifyingData) != 1 {
+		return reject(ReasonQualifyingData, "the attestation's qualifying data is not the one asked for")
+	}
+	p, err := ParsePublic(ev.Public)
+	if err != nil {
+		return rejectErr(ReasonEvidenceMalformed, err, "certified key's public area")
+	}
+	name, err := nameOf(p.NameAlg, ev.Public)
+	if err != nil {
+		return rejectErr(ReasonNameAlgorithm, err, "certified key")
+	}
+	if !bytes.Equal(name, ci.Name.Buffer) {
+		return reject(ReasonNameMismatch, "the certified name is not the name of the public area presented")
+	}
+	if err := checkKey(p); err != nil {
+		return err
+	}
+	key, err := publicKey(p)
+	if err != nil {
+		return rejectErr(ReasonKeyAlgorithm, err, "certified key")
+	}
+	if eq, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(key) {
+		return reject(ReasonCSRKeyMismatch, "the certified key is not this key")
+	}
+	return nil
+}

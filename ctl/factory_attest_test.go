@@ -98,6 +98,25 @@ func TestProvisionEnrolsTPM(t *testing.T) {
 		t.Errorf("EK %s, want certified by the local CA", res.EK)
 	}
 
+	// key info: the bootstrap key is certified by its AK now; lockout read,
+	// untouched by bootcert's own use (noDA).
+	ki := decodeJSON[keyInfo](t, mustCtl(t, "key", "info", "--json", boot))
+	if ki.Attestation == nil || ki.Attestation.Status != keyAttestable || ki.Lockout == nil || ki.Lockout.MaxTries == 0 || ki.Lockout.Counter != 0 {
+		t.Errorf("key info %+v attestation %+v lockout %+v", ki.Info, ki.Attestation, ki.Lockout)
+	}
+	// A TPM key next to which no AK was enrolled is not attested.
+	other := tpmURI(sw, filepath.Join(dir, "other.tpmkey"))
+	mustCtl(t, "key", "generate", other)
+	ki = decodeJSON[keyInfo](t, mustCtl(t, "key", "info", "--json", other))
+	if ki.Attestation == nil || ki.Attestation.Status != keyNotAttested {
+		t.Errorf("key without AK: %+v", ki.Attestation)
+	}
+	// With --ak naming the enrolled AK it is attestable.
+	ki = decodeJSON[keyInfo](t, mustCtl(t, "key", "info", "--json", "--ak", akURI, other))
+	if ki.Attestation == nil || ki.Attestation.Status != keyAttestable {
+		t.Errorf("key with --ak: %+v", ki.Attestation)
+	}
+
 	// Provisioning again over the same key and AK fails: nothing is overwritten.
 	if _, _, err := runCtl(t, provisionArgs(dir, caKey, "gw-att-2", boot)...); err == nil {
 		t.Errorf("second provision over the same key and AK succeeded")
