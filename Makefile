@@ -55,6 +55,7 @@ vet:
 ## bench: benchmark tables (figures, not assertions)
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./keystore/...
+	$(GO) test -run '^$$' -bench . -benchmem ./attest/
 	$(GO) test -run '^$$' -bench . -benchmem ./cloud/lab/...
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./daemon/e2e
 

@@ -142,7 +142,21 @@ type Binding struct {
 	Purpose   string
 	ThingName string
 	JobID     string
-	Nonce     []byte // from the cloud or the job; at least 16 random bytes
+	Nonce     []byte // at the factory: 16 random bytes; at a rotation: the request's clientToken
+	// Certificate is, at a rotation, the AWS IoT ID of the certificate the
+	// device is connected with (the broker authenticated it; the vendor
+	// reads it as the rule's principal()). It changes at every committed
+	// rotation, so an attestation made for one rotation never verifies in
+	// another even though the continuous job keeps its ID.
+	Certificate string
+}
+
+// RotationBinding is the binding of a rotation's attestation: the thing,
+// the job, the certificate the request came over and the request's
+// clientToken. Device and vendor both compute it from what they know:
+// nothing in it is taken from the attestation itself.
+func RotationBinding(thing, jobID, certificateID, clientToken string) Binding {
+	return Binding{Purpose: "rotation", ThingName: thing, JobID: jobID, Nonce: []byte(clientToken), Certificate: certificateID}
 }
 
 // QualifyingData is SHA-256 over a version label and each field preceded by
@@ -152,7 +166,7 @@ type Binding struct {
 func (b Binding) QualifyingData() []byte {
 	h := sha256.New()
 	h.Write([]byte("bootcert-attest-v1"))
-	for _, f := range [][]byte{[]byte(b.Purpose), []byte(b.ThingName), []byte(b.JobID), b.Nonce} {
+	for _, f := range [][]byte{[]byte(b.Purpose), []byte(b.ThingName), []byte(b.JobID), b.Nonce, []byte(b.Certificate)} {
 		h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(f))))
 		h.Write(f)
 	}

@@ -76,7 +76,7 @@ func trustOf(t testing.TB, m *testenv.Manufactured) attest.Trust {
 
 // startDevice starts a manufactured TPM and enrols an AK on it, as the
 // factory does.
-func startDevice(t *testing.T, m *testenv.Manufactured) *device {
+func startDevice(t testing.TB, m *testenv.Manufactured) *device {
 	t.Helper()
 	if m == nil {
 		testenv.Missing(t, "swtpm_setup could not manufacture a TPM with EK certificates (run `make deps`)")
@@ -118,7 +118,7 @@ func startDevice(t *testing.T, m *testenv.Manufactured) *device {
 }
 
 // newKey makes a key and its CSR.
-func (d *device) newKey(t *testing.T, name string) (string, *x509.CertificateRequest) {
+func (d *device) newKey(t testing.TB, name string) (string, *x509.CertificateRequest) {
 	t.Helper()
 	u := d.uri(name)
 	s, err := keystore.Generate(context.Background(), u, keystore.ECDSAP256)
@@ -137,7 +137,7 @@ func (d *device) newKey(t *testing.T, name string) (string, *x509.CertificateReq
 	return u, req
 }
 
-func (d *device) certify(t *testing.T, keyURI string, qd []byte) *attest.Evidence {
+func (d *device) certify(t testing.TB, keyURI string, qd []byte) *attest.Evidence {
 	t.Helper()
 	c, err := keystore.Certify(context.Background(), keyURI, d.akURI, qd)
 	if err != nil {
@@ -283,7 +283,7 @@ func TestVerifySWTPM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.EK != attest.EKCertified || res.Algorithm != keystore.ECDSAP256 || !res.PublicKey.(*ecdsa.PublicKey).Equal(req.PublicKey) {
+		if res.EK != attest.EKCertified || res.Algorithm != string(keystore.ECDSAP256) || !res.PublicKey.(*ecdsa.PublicKey).Equal(req.PublicKey) {
 			t.Fatalf("result %+v", res)
 		}
 		// The manifest form carries the same record.

@@ -3,6 +3,9 @@ package attest
 import (
 	"bytes"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/asn1"
@@ -11,8 +14,6 @@ import (
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
-
-	"github.com/bootcert/bootcert/keystore"
 )
 
 // Trust is the set of EK certificate issuers the verifier accepts.
@@ -60,15 +61,15 @@ type Clock struct {
 
 // Result is what a successful verification established.
 type Result struct {
-	KeyName         []byte             `json:"key_name"` // TPM name of the certified key
-	PublicKey       crypto.PublicKey   `json:"-"`
-	Algorithm       keystore.Algorithm `json:"algorithm"`
-	KeyFingerprint  string             `json:"key_fingerprint"` // SHA-256 of the DER SubjectPublicKeyInfo
-	AKName          []byte             `json:"ak_name"`
-	EK              string             `json:"ek"`                  // EKCertified, EKUnverified or EKFactoryRecored
-	EKIssuer        string             `json:"ek_issuer,omitempty"` // the EK certificate's issuer
-	Clock           Clock              `json:"clock"`
-	FirmwareVersion uint64             `json:"firmware_version"`
+	KeyName         []byte           `json:"key_name"` // TPM name of the certified key
+	PublicKey       crypto.PublicKey `json:"-"`
+	Algorithm       string           `json:"algorithm"`       // keystore.Algorithm names: ecdsa-p256, ...
+	KeyFingerprint  string           `json:"key_fingerprint"` // SHA-256 of the DER SubjectPublicKeyInfo
+	AKName          []byte           `json:"ak_name"`
+	EK              string           `json:"ek"`                  // EKCertified, EKUnverified or EKFactoryRecored
+	EKIssuer        string           `json:"ek_issuer,omitempty"` // the EK certificate's issuer
+	Clock           Clock            `json:"clock"`
+	FirmwareVersion uint64           `json:"firmware_version"`
 }
 
 // Verify checks an attestation against a stored enrolment record: every
@@ -167,7 +168,7 @@ func Verify(rec *Record, ev *Evidence, exp Expected, trust Trust) (*Result, erro
 	if err != nil {
 		return nil, rejectErr(ReasonKeyAlgorithm, err, "certified key")
 	}
-	alg, err := keystore.AlgorithmOf(key)
+	alg, err := algorithmOf(key)
 	if err != nil {
 		return nil, rejectErr(ReasonKeyAlgorithm, err, "certified key")
 	}
@@ -200,7 +201,7 @@ func Verify(rec *Record, ev *Evidence, exp Expected, trust Trust) (*Result, erro
 			return nil, reject(ReasonClockRollback, "TPM reset/restart counts %d/%d are below the last rotation's %d/%d", c.ResetCount, c.RestartCount, l.ResetCount, l.RestartCount)
 		}
 	}
-	fp, err := keystore.Fingerprint(key)
+	fp, err := spkiSHA256(key)
 	if err != nil {
 		return nil, err
 	}
@@ -248,7 +249,7 @@ func checkAK(public, recordedName []byte) (*akInfo, error) {
 	if err != nil {
 		return nil, rejectErr(ReasonAKAlgorithm, err, "AK public key")
 	}
-	if _, err := keystore.AlgorithmOf(k); err != nil {
+	if _, err := algorithmOf(k); err != nil {
 		return nil, rejectErr(ReasonAKAlgorithm, err, "AK")
 	}
 	info := &akInfo{pub: k}
@@ -320,3 +321,75 @@ func checkEKCert(der []byte, trust Trust) (*x509.Certificate, string, error) {
 }
 
 var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
+
+// algorithmOf names an accepted key algorithm as keystore.Algorithm does
+// (this package does not import keystore: the cloud functions link it).
+func algorithmOf(pub crypto.PublicKey) (string, error) {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return "ecdsa-p256", nil
+		case elliptic.P384():
+			return "ecdsa-p384", nil
+		}
+		return "", fmt.Errorf("ECDSA curve %s is not accepted (P-256, P-384)", k.Curve.Params().Name)
+	case *rsa.PublicKey:
+		switch k.N.BitLen() {
+		case 2048:
+			return "rsa-2048", nil
+		case 3072:
+			return "rsa-3072", nil
+		}
+		return "", fmt.Errorf("RSA-%d is not accepted (2048, 3072)", k.N.BitLen())
+	}
+	return "", fmt.Errorf("public key type %T is not accepted", pub)
+}
+
+// CheckCertification is the device's own check of a TPM2_Certify output,
+// without an enrolment record (bootcertctl key info): TPM-made certify
+// structure, the qualifying data, the name of the presented public area,
+// a key made in and fixed to the TPM, and that key is pub. It does not
+// check the signature or the EK: only Verify, with the stored record, says
+// a key is attested.
+func CheckCertification(ev *Evidence, qualifyingData []byte, pub crypto.PublicKey) error {
+	if len(ev.Attest) < 4 || binary.BigEndian.Uint32(ev.Attest) != uint32(tpm2.TPMGeneratedValue) {
+		return reject(ReasonAttestBadMagic, "not a TPM-made attestation")
+	}
+	att, err := ParseAttest(ev.Attest)
+	if err != nil {
+		return rejectErr(ReasonEvidenceMalformed, err, "attestation")
+	}
+	if att.Type != tpm2.TPMSTAttestCertify {
+		return reject(ReasonAttestNotCertify, "attestation type 0x%04x is not TPM_ST_ATTEST_CERTIFY", uint16(att.Type))
+	}
+	ci, err := att.Attested.Certify()
+	if err != nil {
+		return rejectErr(ReasonEvidenceMalformed, err, "certify info")
+	}
+	if subtle.ConstantTimeCompare(att.ExtraData.Buffer, qualifyingData) != 1 {
+		return reject(ReasonQualifyingData, "the attestation's qualifying data is not the one asked for")
+	}
+	p, err := ParsePublic(ev.Public)
+	if err != nil {
+		return rejectErr(ReasonEvidenceMalformed, err, "certified key's public area")
+	}
+	name, err := nameOf(p.NameAlg, ev.Public)
+	if err != nil {
+		return rejectErr(ReasonNameAlgorithm, err, "certified key")
+	}
+	if !bytes.Equal(name, ci.Name.Buffer) {
+		return reject(ReasonNameMismatch, "the certified name is not the name of the public area presented")
+	}
+	if err := checkKey(p); err != nil {
+		return err
+	}
+	key, err := publicKey(p)
+	if err != nil {
+		return rejectErr(ReasonKeyAlgorithm, err, "certified key")
+	}
+	if eq, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(key) {
+		return reject(ReasonCSRKeyMismatch, "the certified key is not this key")
+	}
+	return nil
+}

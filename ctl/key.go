@@ -97,18 +97,25 @@ algorithm, the SHA-256 fingerprint of its DER SubjectPublicKeyInfo (the same as
 ` + "`openssl pkey -pubin -outform DER | sha256sum`" + `), and the hardware attributes:
 fixedTPM/fixedParent/sensitiveDataOrigin for TPM keys, sensitive/
 neverExtractable/local for PKCS#11 keys. "hardware: yes" means the private key
-cannot leave the device.`,
+cannot leave the device.
+
+For a TPM key it also says whether the device's attestation key (--ak, by
+default next to the key: X.tpmkey -> X.ak.tpmkey) certifies it now
+("attestable"; the cloud's attested-key record says whether the vendor
+accepted it), and the TPM's dictionary-attack lockout counter, maximum tries
+and recovery time.`,
 		Example: `  bootcertctl key info 'tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/boot.tpmkey'
   bootcertctl key info --json file:/tmp/dev.pem`,
 		Args: oneKeyURI,
 	}
 	jsonOut := addJSONFlag(cmd)
+	ak := addAKFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		info, err := keystore.Describe(cmd.Context(), args[0])
 		if err != nil {
 			return err
 		}
-		return printInfo(cmd, info, *jsonOut)
+		return printKeyInfo(cmd, describeKey(cmd.Context(), args[0], *ak, info), *jsonOut)
 	}
 	return cmd
 }

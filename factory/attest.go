@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/bootcert/bootcert/attest"
 	"github.com/bootcert/bootcert/keystore"
@@ -17,7 +15,7 @@ import (
 
 // DefaultAKHandle is where the attestation key of a bootstrap key kept at a
 // persistent handle goes, unless Provisioning.AKURI says otherwise.
-const DefaultAKHandle = "0x81000002"
+const DefaultAKHandle = keystore.DefaultAKHandle
 
 // Attestation statuses in AttestationReport.Status.
 const (
@@ -41,31 +39,9 @@ type AttestationReport struct {
 	AKName        string `json:"ak_name,omitempty"`
 }
 
-// akURIFor derives the AK's URI next to the bootstrap key: blob=DIR/X.tpmkey
-// gives blob=DIR/X.ak.tpmkey, handle= gives handle=DefaultAKHandle.
-func akURIFor(keyURI string) (string, error) {
-	u, err := keystore.ParseURI(keyURI)
-	if err != nil {
-		return "", err
-	}
-	parts := []string{}
-	if d, ok := u.Get("device"); ok {
-		parts = append(parts, "device="+d)
-	}
-	if blob, ok := u.Get("blob"); ok {
-		if strings.ContainsAny(blob, ";?%") {
-			return "", fmt.Errorf("cannot derive the attestation key's file from %s: give Provisioning.AKURI", u.Redacted())
-		}
-		ext := filepath.Ext(blob)
-		parts = append(parts, "blob="+strings.TrimSuffix(blob, ext)+".ak"+ext)
-	} else {
-		parts = append(parts, "handle="+DefaultAKHandle)
-	}
-	if s, ok := u.Get("srk"); ok {
-		parts = append(parts, "srk="+s)
-	}
-	return "tpm:" + strings.Join(parts, ";"), nil
-}
+// akURIFor derives the AK's URI next to the bootstrap key
+// (keystore.DefaultAKURI: where bootcertd looks for it).
+func akURIFor(keyURI string) (string, error) { return keystore.DefaultAKURI(keyURI) }
 
 // enrol reads the EK, creates the AK next to the bootstrap key, proves the
 // AK is in the EK's TPM (credential activation), certifies the bootstrap

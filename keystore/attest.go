@@ -3,6 +3,8 @@ package keystore
 import (
 	"context"
 	"fmt"
+	"path/filepath"
+	"strings"
 )
 
 // Attestation abilities. A backend whose keys live in a TPM 2.0 can prove it:
@@ -173,4 +175,66 @@ func ReadLockout(ctx context.Context, raw string) (Lockout, error) {
 		return Lockout{}, fmt.Errorf("reading the lockout state behind %s: %w", u.Redacted(), err)
 	}
 	return lo, nil
+}
+
+// EKCertificateReader is implemented by backends that can read the EK
+// certificate alone (NV reads, no key creation): what a device sends with
+// each attestation, cheaply.
+type EKCertificateReader interface {
+	// EKCertificate is the DER EK certificate of the TPM behind u, nil when
+	// the TPM has none.
+	EKCertificate(ctx context.Context, u *URI) ([]byte, error)
+}
+
+// ReadEKCertificate reads the EK certificate of the TPM behind raw (nil
+// when it has none).
+func ReadEKCertificate(ctx context.Context, raw string) ([]byte, error) {
+	u, b, err := lookup(raw)
+	if err != nil {
+		return nil, err
+	}
+	r, ok := b.(EKCertificateReader)
+	if !ok {
+		return nil, fmt.Errorf("reading the EK certificate behind %s: %w", u.Redacted(), ErrUnsupported)
+	}
+	der, err := r.EKCertificate(ctx, u)
+	if err != nil {
+		return nil, fmt.Errorf("reading the EK certificate behind %s: %w", u.Redacted(), err)
+	}
+	return der, nil
+}
+
+// DefaultAKHandle is where the attestation key of a key kept at a
+// persistent handle goes by default.
+const DefaultAKHandle = "0x81000002"
+
+// DefaultAKURI is where the factory puts the attestation key of the
+// (bootstrap) key at keyURI, and where bootcertd looks for it: next to it,
+// on the same device. blob=DIR/X.tpmkey gives blob=DIR/X.ak.tpmkey;
+// handle= gives handle=DefaultAKHandle; device= and srk= are kept.
+func DefaultAKURI(keyURI string) (string, error) {
+	u, err := ParseURI(keyURI)
+	if err != nil {
+		return "", err
+	}
+	if u.Scheme != "tpm" {
+		return "", fmt.Errorf("%s: %w (only tpm: keys have an attestation key)", u.Redacted(), ErrUnsupported)
+	}
+	parts := []string{}
+	if d, ok := u.Get("device"); ok {
+		parts = append(parts, "device="+d)
+	}
+	if blob, ok := u.Get("blob"); ok {
+		if strings.ContainsAny(blob, ";?%") {
+			return "", fmt.Errorf("cannot derive the attestation key's file from %s: name it explicitly", u.Redacted())
+		}
+		ext := filepath.Ext(blob)
+		parts = append(parts, "blob="+strings.TrimSuffix(blob, ext)+".ak"+ext)
+	} else {
+		parts = append(parts, "handle="+DefaultAKHandle)
+	}
+	if s, ok := u.Get("srk"); ok {
+		parts = append(parts, "srk="+s)
+	}
+	return "tpm:" + strings.Join(parts, ";"), nil
 }

@@ -61,6 +61,9 @@ type GetRequest struct {
 	JobID       string `json:"jobId"`
 	ClientToken string `json:"clientToken"`
 	CSR         string `json:"csr,omitempty"`
+	// Attestation proves the CSR's key lives in the device's TPM
+	// (attestation.go); absent for keys that cannot be attested.
+	Attestation *Attestation `json:"attestation,omitempty"`
 }
 
 // GetAccepted carries the new certificate. Location is a presigned HTTPS URL

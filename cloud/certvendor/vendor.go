@@ -40,6 +40,8 @@ type Event struct {
 	ClientToken   string `json:"clientToken"`
 	CSR           string `json:"csr"`
 	CertificateID string `json:"certificateId"`
+	// Attestation is the CSR's key attestation (attest.go).
+	Attestation *protocol.Attestation `json:"attestation,omitempty"`
 }
 
 // Operations.
@@ -322,6 +324,9 @@ func (v *Vendor) get(ctx context.Context, ev Event) (any, error) {
 		if len(entry.FinalCSR) == 0 {
 			return nil, rej(protocol.BadCSR, "no csr in the request and no pre-provisioned CSR in the allow list for %s", ev.ThingName)
 		}
+		if err := v.checkAttestation(ctx, ev, entry, nil); err != nil {
+			return nil, err
+		}
 		csrDER = entry.FinalCSR
 	} else {
 		req, err := fleet.CheckCSR([]byte(ev.CSR), ev.ThingName)
@@ -329,6 +334,9 @@ func (v *Vendor) get(ctx context.Context, ev Event) (any, error) {
 			return nil, rej(protocol.BadCSR, "%v", err)
 		}
 		csrDER = req.Raw
+		if err := v.checkAttestation(ctx, ev, entry, req); err != nil {
+			return nil, err
+		}
 	}
 	recKey := fleet.IssuanceKey(ev.ThingName, ev.JobID, csrDER)
 	cert, found, err := v.previousIssuance(ctx, recKey)

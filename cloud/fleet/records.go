@@ -84,3 +84,48 @@ func CertARNID(arn string) string {
 	}
 	return arn[i+len(":cert/"):]
 }
+
+// AttestationPrefix + thing + "/" + keyName + ".json" (keyName the
+// lower-hex TPM name of the key) is the record of an attested key: which
+// key, which AK vouched for it, for which request, when. AttestationPrefix
+// + thing + "/latest.json" is a copy of the thing's last one. The vendor
+// writes them when a CSR's attestation verifies, before it issues; a key
+// name that has a record for another request is a reused key.
+const AttestationPrefix = "attestation/"
+
+// AttestedKeyKey is the S3 key of the record of an attested key.
+func AttestedKeyKey(thing, keyNameHex string) string {
+	return AttestationPrefix + thing + "/" + keyNameHex + ".json"
+}
+
+// LatestAttestationKey is the S3 key of a thing's last attested key.
+func LatestAttestationKey(thing string) string { return AttestationPrefix + thing + "/latest.json" }
+
+// AttestedKey is the record of a key whose attestation verified.
+type AttestedKey struct {
+	Thing string `json:"thing"`
+	// KeyName is the key's TPM name (lower hex), KeyFingerprint the SHA-256
+	// of its DER SubjectPublicKeyInfo, Algorithm its keystore algorithm.
+	KeyName        string `json:"keyName"`
+	KeyFingerprint string `json:"keyFingerprint"`
+	Algorithm      string `json:"algorithm"`
+	// AKName is the enrolled AK that certified it (lower hex TPM name).
+	AKName string `json:"akName"`
+	// EK is how the EK was established: "certificate" (chains to a
+	// trusted root) or "factory-recorded"; EKIssuer the certificate's issuer.
+	EK       string `json:"ek"`
+	EKIssuer string `json:"ekIssuer,omitempty"`
+	// The request it came with: the certificate the device was connected
+	// with (Principal), the job, the clientToken and the CSR.
+	JobID       string `json:"jobId"`
+	Principal   string `json:"principal"`
+	ClientToken string `json:"clientToken"`
+	CSRSHA256   string `json:"csrSha256"`
+	// TPM clock info of the attestation (reset and restart counts must
+	// not go back at the next rotation).
+	ResetCount   uint32 `json:"resetCount"`
+	RestartCount uint32 `json:"restartCount"`
+	VerifiedAt   string `json:"verifiedAt"`
+	// Policy is the fleet's AttestationPolicy at the time.
+	Policy string `json:"policy"`
+}

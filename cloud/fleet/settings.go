@@ -31,6 +31,22 @@ const (
 	EnvDataEndpoint           = "IOT_DATA_ENDPOINT"
 	EnvCRLGrace               = "CRL_GRACE"
 	EnvRecoveryBudget         = "RECOVERY_BUDGET"
+	EnvAttestationPolicy      = "ATTESTATION_POLICY"
+	EnvEKRootsKey             = "EK_ROOTS_KEY"
+)
+
+// Attestation policies (docs/attestation.md): whether the vendor requires
+// TPM key attestation with a CSR.
+const (
+	// AttestationRequired: every device must have an enrolment record and
+	// send valid evidence; no certificate otherwise.
+	AttestationRequired = "required"
+	// AttestationOptional: a device with an enrolment record must send
+	// valid evidence (it can, so omitting it is a downgrade); a device
+	// without one is issued to, recorded as not attested.
+	AttestationOptional = "optional"
+	// AttestationOff: evidence is ignored.
+	AttestationOff = "off"
 )
 
 // Settings configure the functions. Every function reads the same set.
@@ -68,6 +84,12 @@ type Settings struct {
 	// rotation queued) a device gets before an operator must raise its budget
 	// (default 2; see Recovery).
 	RecoveryBudget int
+	// AttestationPolicy is AttestationRequired, AttestationOptional or
+	// AttestationOff (default).
+	AttestationPolicy string
+	// EKRootsKey is the S3 key of the PEM bundle of the TPM manufacturers'
+	// EK roots the vendor trusts.
+	EKRootsKey string
 }
 
 // Defaults.
@@ -75,6 +97,7 @@ const (
 	DefaultAllowListKey = "trust/allow-list.csv"
 	DefaultCRLKey       = "trust/factory.crl"
 	DefaultCAKey        = "trust/factory-ca.pem"
+	DefaultEKRootsKey   = "trust/ek-roots.pem"
 )
 
 // ErrSetting is wrapped by every settings error.
@@ -100,6 +123,8 @@ func FromEnv(getenv func(string) string) (Settings, error) {
 		DataEndpoint:           getenv(EnvDataEndpoint),
 		CRLGrace:               DefaultCRLGrace,
 		RecoveryBudget:         DefaultRecoveryBudget,
+		AttestationPolicy:      strings.ToLower(or(getenv(EnvAttestationPolicy), AttestationOff)),
+		EKRootsKey:             or(getenv(EnvEKRootsKey), DefaultEKRootsKey),
 	}
 	if s.Bucket == "" {
 		return s, fmt.Errorf("%w: %s is not set (the S3 bucket holding the allow list, CRL and packages)", ErrSetting, EnvBucket)
@@ -120,6 +145,11 @@ func FromEnv(getenv func(string) string) (Settings, error) {
 	case "DELETE", "INACTIVE", "KEEP":
 	default:
 		return s, fmt.Errorf("%w: %s=%q is not DELETE, INACTIVE or KEEP", ErrSetting, EnvPreviousCertificate, s.PreviousCertificate)
+	}
+	switch s.AttestationPolicy {
+	case AttestationRequired, AttestationOptional, AttestationOff:
+	default:
+		return s, fmt.Errorf("%w: %s=%q is not required, optional or off", ErrSetting, EnvAttestationPolicy, s.AttestationPolicy)
 	}
 	if v := getenv(EnvPresignTTL); v != "" {
 		d, err := parseDuration(v)

@@ -65,6 +65,54 @@ type Trust struct {
 	allow cached[*manifest.List]
 	ca    cached[[]*x509.Certificate]
 	crl   cached[[]*x509.RevocationList]
+	ek    cached[*x509.CertPool]
+}
+
+// EKRoots returns the TPM manufacturers' EK roots (Settings.EKRootsKey, a
+// PEM bundle). A missing object is no roots (nil): EK certificates are then
+// untrusted and only factory-recorded EKs verify.
+func (t *Trust) EKRoots(ctx context.Context) (*x509.CertPool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	key := t.Settings.EKRootsKey
+	if key == "" {
+		key = DefaultEKRootsKey
+	}
+	p, err := load(ctx, t.Store, key, &t.ek, ParseEKRoots)
+	if errors.Is(err, ports.ErrNotFound) {
+		return nil, nil
+	}
+	return p, err
+}
+
+// ParseEKRoots parses a PEM bundle of CA certificates; anything else in it,
+// or none at all, is an error.
+func ParseEKRoots(b []byte) (*x509.CertPool, error) {
+	p := x509.NewCertPool()
+	n := 0
+	for rest := b; ; {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			if len(bytes.TrimSpace(rest)) > 0 {
+				return nil, errors.New("EK roots: trailing data that is not PEM")
+			}
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("EK roots: PEM block %d is %q, not CERTIFICATE", n+1, blk.Type)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("EK roots: certificate %d: %w", n+1, err)
+		}
+		p.AddCert(c)
+		n++
+	}
+	if n == 0 {
+		return nil, errors.New("EK roots: no certificate")
+	}
+	return p, nil
 }
 
 type cached[T any] struct {

@@ -43,6 +43,7 @@ import (
 	_ "github.com/bootcert/bootcert/keystore/all"
 	"github.com/bootcert/bootcert/keystore/pkcs11"
 	"github.com/bootcert/bootcert/keystore/tpm"
+	"github.com/bootcert/bootcert/manifest"
 	"github.com/bootcert/bootcert/protocol"
 )
 
@@ -87,6 +88,7 @@ type cloudEnv struct {
 	mu     sync.Mutex
 
 	functions map[string]lab.Function
+	params    map[string]string // template parameter overrides
 }
 
 func newCloud(t testing.TB) *cloudEnv { return newCloudWith(t, cloudOpts{}) }
@@ -94,11 +96,12 @@ func newCloud(t testing.TB) *cloudEnv { return newCloudWith(t, cloudOpts{}) }
 type cloudOpts struct {
 	functions map[string]lab.Function
 	doc       string // job document; "" = protocol.DefaultJobDocument()
+	params    map[string]string
 }
 
 func newCloudWith(t testing.TB, o cloudOpts) *cloudEnv {
 	t.Helper()
-	c := &cloudEnv{t: t, dir: t.TempDir(), data: t.TempDir(), functions: o.functions}
+	c := &cloudEnv{t: t, dir: t.TempDir(), data: t.TempDir(), functions: o.functions, params: o.params}
 	c.start()
 	ctx := context.Background()
 	tmpl, err := template.Load(templatePath(), template.Options{})
@@ -142,7 +145,7 @@ func templatePath() string { return filepath.Join("..", "..", "cloud", "template
 // start (re)starts the lab on the same data directory and ports.
 func (c *cloudEnv) start() {
 	c.t.Helper()
-	cfg := lab.Config{DataDir: c.data, TemplatePath: templatePath(), MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0", Functions: c.functions}
+	cfg := lab.Config{DataDir: c.data, TemplatePath: templatePath(), MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0", Functions: c.functions, Parameters: c.params}
 	if c.lab != nil {
 		ep := c.lab.Endpoints()
 		cfg.MQTTAddr = ep.MQTT
@@ -175,7 +178,7 @@ func (c *cloudEnv) put(key string, body []byte) {
 func (c *cloudEnv) allowDevice(line string) {
 	c.mu.Lock()
 	c.allow = append(c.allow, line)
-	body := "device_id,bootstrap_sha256,final_csr\n" + strings.Join(c.allow, "\n") + "\n"
+	body := strings.Join(manifest.Header, ",") + "\n" + strings.Join(c.allow, "\n") + "\n"
 	c.mu.Unlock()
 	c.put("trust/allow-list.csv", []byte(body))
 }
@@ -262,6 +265,11 @@ type deviceOpts struct {
 	configure      func(*config.Config) // changes to the test configuration
 	alpn           bool                 // ask for ALPN x-amzn-mqtt-ca (what port 443 needs)
 	notAllowed     bool
+	// tpm, with kind onTPM, is a manufactured swtpm (EK certificate);
+	// enrol, called with the bootstrap key's URI while the test holds the
+	// TPM, returns the allow-list line's attestation columns.
+	tpm   *testenv.Manufactured
+	enrol func(bootURI string) string
 }
 
 func newDevice(t testing.TB, c *cloudEnv, name string, o deviceOpts) *device {
@@ -274,7 +282,12 @@ func newDevice(t testing.TB, c *cloudEnv, name string, o deviceOpts) *device {
 	var bootURI, opURI, preURI string
 	switch o.kind {
 	case onTPM:
-		sw := testenv.StartSWTPM(t)
+		var sw *testenv.SWTPM
+		if o.tpm != nil {
+			sw = testenv.StartManufactured(t, o.tpm)
+		} else {
+			sw = testenv.StartSWTPM(t)
+		}
 		bootURI = "tpm:device=" + sw.Device() + ";blob=" + keys + "/bootstrap.tpmkey"
 		opURI = "tpm:device=" + sw.Device() + ";blob=" + keys + "/op-{generation}.tpmkey"
 		preURI = "tpm:device=" + sw.Device() + ";blob=" + keys + "/factory-op.tpmkey"
@@ -319,6 +332,10 @@ func newDevice(t testing.TB, c *cloudEnv, name string, o deviceOpts) *device {
 		keystore.CloseSigner(pk)
 	}
 	keystore.CloseSigner(bk)
+	attCols := ""
+	if o.enrol != nil {
+		attCols = o.enrol(bootURI)
+	}
 	tpm.CloseAll() // swtpm serves one client: bootcertd's
 	if o.kind == onTPM2PKCS11 {
 		pkcs11.CloseAll() // the same for the tpm2-pkcs11 module's TPM connection
@@ -328,7 +345,7 @@ func newDevice(t testing.TB, c *cloudEnv, name string, o deviceOpts) *device {
 	caFile := filepath.Join(d.dir, "server-ca.pem")
 	os.WriteFile(caFile, c.lab.ServerCAPEM(), 0o600)
 	if !o.notAllowed {
-		c.allowDevice(name + "," + d.bootID + "," + finalCSR)
+		c.allowDevice(name + "," + d.bootID + "," + finalCSR + attCols)
 	}
 	host, port := splitHostPort(c.lab.Endpoints().MQTT)
 	portN, err := strconv.Atoi(port)

@@ -100,6 +100,9 @@ type Config struct {
 	RequestAfterLife float64
 	MaxAge           time.Duration
 	RequestInterval  time.Duration
+	// AttestationKey is the TPM attestation key's URI; "" uses
+	// keystore.DefaultAKURI(BootstrapKey) (where the factory enrols it).
+	AttestationKey string
 }
 
 // Engine runs rotations. Everything but the status (mu) belongs to the
@@ -144,6 +147,7 @@ type rotation struct {
 	replyTries int                      // requests sent without a reply in this rotation step
 	laps       map[string]time.Duration // where the rotation's time went
 	lapMark    time.Time
+	attested   *attestation // the staged key's evidence for the current request (attest.go)
 }
 
 type message struct {

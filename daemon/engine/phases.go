@@ -187,6 +187,7 @@ func (s *session) sendGet(ctx context.Context) error {
 			}
 		}
 		req.CSR = j.CSR
+		req.Attestation = s.attest(ctx, j.KeyURI, j.JobID, j.ClientToken)
 	}
 	if err := s.publishJSON(ctx, get.Publish, req); err != nil {
 		return s.publishLost(get.Publish, err)

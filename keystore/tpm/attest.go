@@ -424,3 +424,35 @@ func (b *Backend) Lockout(ctx context.Context, u *keystore.URI) (keystore.Lockou
 	}
 	return out, nil
 }
+
+var _ keystore.EKCertificateReader = (*Backend)(nil)
+
+// EKCertificate reads the first EK certificate (RSA-2048, ECC P-256, ECC
+// P-384 NV index) of the TPM behind u, nil when there is none: NV reads
+// only, no EK is created (bootcertd sends it with each attestation; the
+// verifier checks it against the enrolment record, which pins it).
+func (b *Backend) EKCertificate(ctx context.Context, u *keystore.URI) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	k, err := parseSpec(u)
+	if err != nil {
+		return nil, err
+	}
+	s := &Signer{b: b, spec: k}
+	var out []byte
+	err = s.withDevice(func(d *device) error {
+		for _, c := range ekKinds {
+			der, err := d.readNV(b, c.nv)
+			if err != nil {
+				return err
+			}
+			if der != nil {
+				out = der
+				return nil
+			}
+		}
+		return nil
+	})
+	return out, err
+}

@@ -173,3 +173,41 @@ func benchKey(b *testing.B, dev benchDev, alg keystore.Algorithm) *Signer {
 	b.Cleanup(func() { s.(*Signer).Close() })
 	return s.(*Signer)
 }
+
+// BenchmarkAttestRotation: what key attestation adds to a rotation on the
+// device: TPM2_Certify of the staged key under the AK (both key files:
+// Load, Load, Certify, FlushContext x2) and the EK certificate read from NV
+// (NV_ReadPublic, NV_Read). The simulator has no EK certificate, so its
+// figure is Certify alone.
+func BenchmarkAttestRotation(b *testing.B) {
+	for _, dev := range benchDevices(b) {
+		b.Run(dev.name, func(b *testing.B) {
+			be := &Backend{}
+			ctx := context.Background()
+			dir := b.TempDir()
+			key := mustURI(b, blobURI(dev.device, dir, "key"))
+			s, err := be.Generate(ctx, key, keystore.ECDSAP256)
+			if err != nil {
+				b.Fatal(err)
+			}
+			s.(*Signer).Close()
+			ak := mustURI(b, blobURI(dev.device, dir, "ak"))
+			if _, err := be.CreateAK(ctx, ak); err != nil {
+				b.Fatal(err)
+			}
+			qd := sha256.Sum256([]byte("rotation"))
+			dev.counter.Reset()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := be.Certify(ctx, key, ak, qd[:]); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := be.EKCertificate(ctx, key); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			reportCmds(b, dev.counter)
+		})
+	}
+}
