@@ -160,9 +160,14 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	obs, err := newObservers(ck, log)
+	if err != nil {
+		return err
+	}
 	var last string
 	var mu sync.Mutex
 	eng.OnStatus(func(s engine.Status) {
+		obs.observe(s)
 		mu.Lock()
 		defer mu.Unlock()
 		if s.Summary != last {
@@ -170,8 +175,12 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 			sd.SdNotify(false, "STATUS="+s.Summary)
 		}
 	})
+	obsCtx, obsStop := context.WithCancel(context.Background())
+	obsDone := make(chan struct{})
+	go func() { obs.run(obsCtx); close(obsDone) }()
+	defer func() { obsStop(); <-obsDone }()
 	if c.Control.Socket != "" {
-		srv, err := control.Listen(c.Control.Socket, eng, log)
+		srv, err := control.Listen(c.Control.Socket, statusView{eng, obs}, log)
 		if err != nil {
 			return err
 		}
