@@ -130,7 +130,8 @@ itself; run it as root):
   lockout      the TPM's dictionary-attack counter, where the TPM reports it
   online       (--online) the endpoint resolves, TLS succeeds with broker.root_ca and
                ALPN, and the broker accepts the credential (MQTT CONNECT with the
-               client ID THING-check)
+               thing name as client ID: bootcertd's session is closed by the
+               broker and reconnects)
 
 Each line is pass, warn, fail or skip, with a fix. Exit status: 0 all passed,
 1 warnings only, 2 at least one failure.`,
@@ -699,8 +700,10 @@ func (c *checker) checkLockout() {
 	}
 }
 
-// checkOnline connects like bootcertd does, with the client ID THING-check
-// so that the daemon's own session is not taken over.
+// checkOnline connects like bootcertd does, with the thing name as client
+// ID: the operational policy allows no other (its thing policy variables
+// resolve only when the client ID is the thing name, thing-policy-variables.html).
+// AWS IoT then closes bootcertd's own session, which reconnects at once.
 func (c *checker) checkOnline() {
 	cfg := c.cfg
 	host, addr := cfg.Broker.Endpoint, cfg.Address()
@@ -747,10 +750,10 @@ func (c *checker) checkOnline() {
 		return
 	}
 	conn.SetDeadline(time.Now().Add(cfg.Timeouts.Reply.D()))
-	rc, err := mqttConnect(conn, c.thing+"-check")
+	rc, err := mqttConnect(conn, c.thing)
 	if err != nil {
-		c.add("online", checkFail, fmt.Sprintf("MQTT CONNECT to %s: %v (the broker closed the connection: the certificate is not active, not attached to %s, or the policy does not allow the client ID %s-check)", addr, err, c.thing, c.thing),
-			"bootcertctl status shows what bootcertd sees; check the certificate's status in AWS IoT and that the template's device policy allows client IDs {thingName}-*")
+		c.add("online", checkFail, fmt.Sprintf("MQTT CONNECT to %s: %v (the broker closed the connection: the certificate is not active, not attached to %s, or its policy does not allow the client ID %s)", addr, err, c.thing, c.thing),
+			"bootcertctl status shows what bootcertd sees; check the certificate's status, its thing and its policy in AWS IoT")
 		return
 	}
 	if rc != 0 {

@@ -272,14 +272,14 @@ func TestCheckOnlineWrongRoot(t *testing.T) {
 	}
 	want(t, rep, "online", checkFail, "TLS to "+addr, "broker.root_ca "+e.cfg.Broker.RootCA+" does not sign the broker's certificate")
 	// the right root, a broker that answers CONNECT: pass, with the
-	// client ID THING-check
+	// thing name as client ID
 	ids := make(chan string, 1)
 	addr = tlsBroker(t, e.ca, ids)
 	_, port, _ = net.SplitHostPort(addr)
 	fmt.Sscan(port, &e.cfg.Broker.Port)
 	rep, _ = e.run("--user", "root", "--online")
 	want(t, rep, "online", checkPass, "the broker accepts the bootstrap certificate", "")
-	if id := <-ids; id != "gw-check-1-check" {
+	if id := <-ids; id != "gw-check-1" {
 		t.Errorf("client ID %q", id)
 	}
 }

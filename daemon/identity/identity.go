@@ -45,6 +45,7 @@ import (
 	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/internal/atomicfile"
+	"github.com/bootcert/bootcert/protocol"
 )
 
 // Stable file names in the export directory.
@@ -145,12 +146,15 @@ func (x *Exporter) Observe(s control.Status) {
 		return // not known yet
 	}
 	export := s.Phase != journal.Switched && s.Active.CertificateID != x.exported
+	// a rotation that ended while the daemon runs (not the journal's
+	// last result read at start): committed, or rolled back once the
+	// previous credential is in use again
 	var ev Event
-	if !seen || prev.Phase != s.Phase {
-		switch s.Phase {
-		case journal.Committed:
+	if seen && !s.LastResultAt.Equal(prev.LastResultAt) && !s.LastResultAt.Before(s.Counters.Since) {
+		switch s.LastResult {
+		case protocol.JobSucceeded:
 			ev = Commit
-		case journal.RolledBack:
+		case protocol.ResultRolledBack:
 			ev = Rollback
 		}
 	}

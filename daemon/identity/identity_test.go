@@ -19,6 +19,8 @@ import (
 	"github.com/bootcert/bootcert/protocol"
 )
 
+var since = time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+
 type rig struct {
 	t     *testing.T
 	x     *Exporter
@@ -56,7 +58,7 @@ func (r *rig) store(gen int, phase journal.Phase) control.Status {
 	if err := st.Put(&credset.Credential{Generation: gen, KeyURI: uri, Chain: []*x509.Certificate{leaf, r.ca.Cert}}); err != nil {
 		r.t.Fatal(err)
 	}
-	return control.Status{Thing: "gw-1", Endpoint: "iot.example:8883", Phase: phase, LastResult: protocol.JobSucceeded,
+	return control.Status{Thing: "gw-1", Endpoint: "iot.example:8883", Phase: phase, Counters: control.Counters{Since: since},
 		Active: control.ActiveCredential{Generation: gen, CertificateID: protocol.CertificateID(leaf.Raw), KeyURI: uri, Backend: "pkcs11"}}
 }
 
@@ -83,8 +85,10 @@ func TestExportAndHooks(t *testing.T) {
 	os.Chmod(filepath.Join(r.hooks, "30-not-executable"), 0o644)
 	r.hook("40.dpkg-old", "echo must not run >> "+out+"\n")
 
-	// start: generation 1 active, idle: exported, no hook
+	// start: generation 1 active, idle, the journal's last result from
+	// before the start: exported, no hook
 	s1 := r.store(1, journal.Idle)
+	s1.LastResult, s1.LastResultAt = protocol.JobSucceeded, since.Add(-time.Hour)
 	r.x.Observe(s1)
 	r.waitDone(1)
 	var id Identity
@@ -100,8 +104,9 @@ func TestExportAndHooks(t *testing.T) {
 	}
 	// a rotation: switched is not exported; committed is, then the hooks run
 	s2 := r.store(2, journal.Switched)
+	s2.LastResult, s2.LastResultAt = s1.LastResult, s1.LastResultAt
 	r.x.Observe(s2)
-	s2.Phase = journal.Committed
+	s2.Phase, s2.LastResult, s2.LastResultAt = journal.Idle, protocol.JobSucceeded, since.Add(time.Minute)
 	r.x.Observe(s2)
 	r.waitDone(2)
 	pem, _ := os.ReadFile(filepath.Join(r.dir, CertFile))
@@ -120,8 +125,9 @@ func TestExportAndHooks(t *testing.T) {
 		t.Errorf("cert.pem -> %q", l)
 	}
 	s3 := r.store(3, journal.Switched)
+	s3.LastResult, s3.LastResultAt = s2.LastResult, s2.LastResultAt
 	r.x.Observe(s3)
-	s3.Phase = journal.Committed
+	s3.Phase, s3.LastResult, s3.LastResultAt = journal.Idle, protocol.JobSucceeded, since.Add(2*time.Minute)
 	r.x.Observe(s3)
 	r.waitDone(3)
 	ents, _ := os.ReadDir(r.dir)
@@ -134,9 +140,9 @@ func TestExportAndHooks(t *testing.T) {
 	if len(gens) != 2 || !strings.HasPrefix(gens[0], "gen-2-") || !strings.HasPrefix(gens[1], "gen-3-") {
 		t.Errorf("generation directories %v, want gen-2 and gen-3", gens)
 	}
-	// a rollback: the previous credential is active again (a phase change,
-	// not a new certificate: the hooks run, the export is unchanged)
-	s3.Phase, s3.LastResult = journal.RolledBack, protocol.ResultRolledBack
+	// a rollback (a new result, not a new certificate: the hooks run, the
+	// export is unchanged)
+	s3.LastResult, s3.LastResultAt = protocol.ResultRolledBack, since.Add(3*time.Minute)
 	r.x.Observe(s3)
 	r.waitDone(4)
 	log, _ = os.ReadFile(out)
@@ -152,7 +158,7 @@ func TestHookTimeout(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "child.pid")
 	r.hook("10-hangs", "sleep 300 & echo $! > "+pidFile+"; wait\n")
 	r.hook("20-ok", "exit 0\n")
-	s := r.store(1, journal.Committed)
+	s := r.store(1, journal.Idle)
 	res := r.x.RunHooks(context.Background(), Commit, Identity{Generation: 1}, s)
 	if len(res) != 2 || res[0].Err == nil || !strings.Contains(res[0].Err.Error(), "export.hook_timeout") || res[1].Err != nil {
 		t.Fatalf("results %+v", res)
