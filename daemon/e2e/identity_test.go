@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -167,7 +166,7 @@ func connectApp(t *testing.T, c *cloudEnv, dir, clientID string) paho.Client {
 		t.Fatalf("%s with certificate %s: connect: %v", clientID, protocol.CertificateID(chain[0].Raw)[:12], tok.Error())
 	}
 	if !cl.IsConnected() {
-		t.Fatal(fmt.Sprintf("%s not connected", clientID))
+		t.Fatalf("%s not connected", clientID)
 	}
 	return cl
 }
