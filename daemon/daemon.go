@@ -62,6 +62,9 @@ func Check(c *config.Config) (*Checked, error) {
 	if ck.Algorithm, err = keystore.ParseAlgorithm(c.Identity.KeyAlgorithm); err != nil {
 		return nil, fmt.Errorf("identity.key_algorithm: %w", err)
 	}
+	if err := checkKeyFiles(c); err != nil {
+		return nil, err
+	}
 	return ck, nil
 }
 
