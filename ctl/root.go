@@ -5,6 +5,7 @@ package ctl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -51,6 +52,10 @@ func Execute(ctx context.Context, args []string) int {
 	root := NewRoot()
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
+		var ec *exitCode
+		if errors.As(err, &ec) {
+			return ec.code // the command printed its result
+		}
 		fmt.Fprintln(os.Stderr, "bootcertctl:", err)
 		return 1
 	}

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -104,6 +106,7 @@ func printStatus(w io.Writer, s control.Status) error {
 	} else {
 		kv = append(kv, "last rotation", "none")
 	}
+	kv = append(kv, "since start", countersLine(s.Counters))
 	if s.LastError != "" {
 		kv = append(kv, "last error", s.LastError+" ("+fmtTime(s.LastErrorAt)+")")
 		if s.Advice != "" {
@@ -147,6 +150,20 @@ func rotationRequest(r *control.RotationRequest) string {
 		out += "; next at " + fmtTime(r.NextAt)
 	}
 	return out
+}
+
+// countersLine is the counters in one line (status --json has them all).
+func countersLine(c control.Counters) string {
+	out := fmt.Sprintf("%d connects, %d refusals, %d fallbacks", c.Connects, c.Refusals, c.Fallbacks)
+	var rs []string
+	for r, n := range c.Rotations {
+		rs = append(rs, fmt.Sprintf("%d %s", n, r))
+	}
+	sort.Strings(rs)
+	if len(rs) > 0 {
+		out += ", rotations " + strings.Join(rs, ", ")
+	}
+	return out + " (since " + fmtTime(c.Since) + ")"
 }
 
 func fmtTime(t time.Time) string {

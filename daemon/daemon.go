@@ -62,6 +62,9 @@ func Check(c *config.Config) (*Checked, error) {
 	if ck.Algorithm, err = keystore.ParseAlgorithm(c.Identity.KeyAlgorithm); err != nil {
 		return nil, fmt.Errorf("identity.key_algorithm: %w", err)
 	}
+	if err := checkKeyFiles(c); err != nil {
+		return nil, err
+	}
 	return ck, nil
 }
 
@@ -160,9 +163,14 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	obs, err := newObservers(ck, log)
+	if err != nil {
+		return err
+	}
 	var last string
 	var mu sync.Mutex
 	eng.OnStatus(func(s engine.Status) {
+		obs.observe(s)
 		mu.Lock()
 		defer mu.Unlock()
 		if s.Summary != last {
@@ -170,8 +178,12 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 			sd.SdNotify(false, "STATUS="+s.Summary)
 		}
 	})
+	obsCtx, obsStop := context.WithCancel(context.Background())
+	obsDone := make(chan struct{})
+	go func() { obs.run(obsCtx); close(obsDone) }()
+	defer func() { obsStop(); <-obsDone }()
 	if c.Control.Socket != "" {
-		srv, err := control.Listen(c.Control.Socket, eng, log)
+		srv, err := control.Listen(c.Control.Socket, statusView{eng, obs}, log)
 		if err != nil {
 			return err
 		}

@@ -72,6 +72,8 @@ type Config struct {
 	Verify   Verify   `toml:"verify" json:"verify"`
 	Control  Control  `toml:"control" json:"control"`
 	Log      Log      `toml:"log" json:"log"`
+	Export   Export   `toml:"export" json:"export"`
+	Metrics  Metrics  `toml:"metrics" json:"metrics"`
 
 	// Path is the file the configuration was read from.
 	Path string `toml:"-" json:"path"`
@@ -150,6 +152,25 @@ type Log struct {
 	Level string `toml:"level" json:"level"`
 }
 
+// Export shares the device's identity with other gateway software
+// (daemon/identity): stable paths for the current certificate chain and
+// key URI, and hooks run after every commit and rollback.
+type Export struct {
+	// Dir receives cert.pem, key.uri and identity.json ("": off).
+	Dir string `toml:"dir" json:"dir"`
+	// HooksDir holds executables run after a commit or rollback ("": off;
+	// a missing directory runs none).
+	HooksDir    string   `toml:"hooks_dir" json:"hooks_dir"`
+	HookTimeout Duration `toml:"hook_timeout" json:"hook_timeout"`
+}
+
+// Metrics is the Prometheus textfile (daemon/metrics).
+type Metrics struct {
+	// Textfile is the .prom file node_exporter's textfile collector reads
+	// ("": off).
+	Textfile string `toml:"textfile" json:"textfile"`
+}
+
 // Defaults returns a Config with every default filled in.
 func Defaults() Config {
 	return Config{
@@ -162,6 +183,7 @@ func Defaults() Config {
 		Rotation: DefaultRotation(),
 		Control:  Control{Socket: "/run/bootcert/control.sock"},
 		Log:      Log{Level: "info"},
+		Export:   Export{Dir: "/run/bootcert/identity", HooksDir: "/etc/bootcert/hooks.d", HookTimeout: Duration(30 * time.Second)},
 	}
 }
 
@@ -389,6 +411,19 @@ func (c *Config) validate(md toml.MetaData) error {
 	case "debug", "info", "warn", "error":
 	default:
 		return bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	for _, p := range []struct{ key, v string }{{"export.dir", c.Export.Dir}, {"export.hooks_dir", c.Export.HooksDir}, {"metrics.textfile", c.Metrics.Textfile}} {
+		if p.v != "" {
+			if err := absPath(p.v); err != nil {
+				return bad(p.key, "%v (or \"\" to turn it off)", err)
+			}
+		}
+	}
+	if d := c.Export.HookTimeout.D(); d < time.Second || d > 10*time.Minute {
+		return bad("export.hook_timeout", "%s is out of range [1s, 10m]", d)
+	}
+	if t := c.Metrics.Textfile; t != "" && !strings.HasSuffix(t, ".prom") {
+		return bad("metrics.textfile", "%q must end in .prom (node_exporter's textfile collector reads only *.prom)", t)
 	}
 	return nil
 }

@@ -48,6 +48,84 @@ type Status struct {
 	RotationRequest *RotationRequest `json:"rotationRequest,omitempty"`
 	// Summary is the one-line state for systemd's STATUS=.
 	Summary string `json:"summary"`
+	// Counters are what happened since the daemon started: the figures an
+	// operator alerts on (daemon/metrics writes them for Prometheus).
+	Counters Counters `json:"counters"`
+	// Recovery is the fallback path left when the operational credential
+	// fails: the bootstrap certificate, if allowed and still valid.
+	Recovery Recovery `json:"recovery"`
+	// Lockout is the TPM's dictionary-attack state behind the active key
+	// (absent for keys whose backend cannot report it).
+	Lockout *Lockout `json:"lockout,omitempty"`
+}
+
+// Counters count events since Since (the daemon's start). They only grow;
+// a restart begins again at zero (a Prometheus counter reset).
+type Counters struct {
+	Since time.Time `json:"since"`
+	// Connects are MQTT sessions established (CONNACK accepted).
+	Connects int `json:"connects"`
+	// Refusals are connects the broker refused, or closed before the
+	// session was usable.
+	Refusals int `json:"refusals"`
+	// Fallbacks are connects with the bootstrap certificate while an
+	// operational one was active (expired, refused or its key unusable).
+	Fallbacks int `json:"fallbacks"`
+	// Rotations counts finished rotations by outcome (SUCCEEDED, FAILED,
+	// ROLLED_BACK, ...). Treat it as read-only: it is shared by copies.
+	Rotations map[protocol.Result]int `json:"rotations,omitempty"`
+	// LastSuccess is when the last rotation committed (also one before
+	// the daemon's start, from the journal).
+	LastSuccess time.Time `json:"lastSuccess,omitzero"`
+
+	// the last journal result counted: its job and finish time
+	journalledJob string
+	journalledAt  time.Time
+}
+
+// AddJournalled counts the rotation of job that the journal says finished
+// at at: once, and only when it did not finish before Since (one from
+// before the daemon's start is not counted).
+func (c *Counters) AddJournalled(r protocol.Result, job string, at time.Time) {
+	if at.Before(c.Since) || at.Equal(c.journalledAt) && job == c.journalledJob {
+		return
+	}
+	c.journalledJob, c.journalledAt = job, at
+	c.AddRotation(r)
+}
+
+// AddRotation counts a finished rotation. It copies the map, so that
+// status snapshots handed out earlier never change.
+func (c *Counters) AddRotation(r protocol.Result) {
+	m := make(map[protocol.Result]int, len(c.Rotations)+1)
+	for k, v := range c.Rotations {
+		m[k] = v
+	}
+	m[r]++
+	c.Rotations = m
+}
+
+// Recovery describes the bootstrap fallback.
+type Recovery struct {
+	// Bootstrap is true when fallback.bootstrap allows it.
+	Bootstrap         bool      `json:"bootstrap"`
+	BootstrapNotAfter time.Time `json:"bootstrapNotAfter,omitzero"`
+}
+
+// Left is how many fallback credentials remain usable at now (0 or 1).
+func (r Recovery) Left(now time.Time) int {
+	if r.Bootstrap && now.Before(r.BootstrapNotAfter) {
+		return 1
+	}
+	return 0
+}
+
+// Lockout is a TPM's dictionary-attack state (keystore.Lockout).
+type Lockout struct {
+	Counter   uint32    `json:"counter"`
+	MaxTries  uint32    `json:"maxTries"`
+	InLockout bool      `json:"inLockout"`
+	ReadAt    time.Time `json:"readAt"`
 }
 
 // ActiveCredential describes the active credential set.
@@ -55,6 +133,7 @@ type ActiveCredential struct {
 	Generation    int       `json:"generation"`
 	CertificateID string    `json:"certificateId"`
 	Issuer        string    `json:"issuer"`
+	NotBefore     time.Time `json:"notBefore,omitzero"`
 	NotAfter      time.Time `json:"notAfter"`
 	KeyURI        string    `json:"keyUri"` // redacted
 	Backend       string    `json:"backend"`

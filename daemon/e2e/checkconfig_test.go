@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -34,5 +35,44 @@ func TestCheckConfig(t *testing.T) {
 				t.Errorf("message does not name %q:\n%s", tc.want, out)
 			}
 		})
+	}
+}
+
+// The factory step run as root on the device leaves the key file 0600
+// root:root; --check-config, run by the unit as the daemon's user, must say
+// so instead of a daemon that retries for ever (issue 14, item 6).
+func TestCheckConfigKeyFileUnreadable(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run bootcertd as another user")
+	}
+	c := newCloud(t)
+	d := newDevice(t, c, "gw-check-owner", deviceOpts{kind: onFile})
+	bin := filepath.Join(t.TempDir(), "bootcertd")
+	data, err := os.ReadFile(bootcertd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(bin, data, 0o755)
+	// everything but the key readable by nobody
+	for _, p := range []string{filepath.Dir(bin), filepath.Dir(filepath.Dir(bin)), d.dir, filepath.Dir(d.dir), filepath.Join(d.dir, "keys")} {
+		os.Chmod(p, 0o755)
+	}
+	for _, f := range []string{d.cfgPath, filepath.Join(d.dir, "bootstrap.pem"), filepath.Join(d.dir, "server-ca.pem")} {
+		os.Chmod(f, 0o644)
+	}
+	key := strings.TrimPrefix(d.bootKey, "file:")
+	asNobody := func() (string, error) {
+		cmd := exec.Command(bin, "--check-config", d.cfgPath)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := asNobody()
+	if err == nil || !strings.Contains(out, "identity.bootstrap_key") || !strings.Contains(out, "user nobody cannot read "+key) || !strings.Contains(out, "chown bootcert:bootcert "+key) {
+		t.Fatalf("--check-config as nobody with a root-only key: %v\n%s", err, out)
+	}
+	os.Chown(key, 65534, 65534)
+	if out, err := asNobody(); err != nil {
+		t.Errorf("--check-config after chown: %v\n%s", err, out)
 	}
 }

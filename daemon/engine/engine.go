@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/bootcert/bootcert/daemon/control"
 	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/internal/clock"
@@ -202,7 +203,7 @@ func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clk clock.Clock, log
 	e := &Engine{cfg: cfg, dial: dial, keys: keys, fetch: fetch, clock: clk, log: log, journal: j, store: s,
 		rotateNow: make(chan struct{}, 1), watchers: map[chan Status]struct{}{}, signers: map[string]crypto.Signer{},
 		keygenDone: make(chan keygenResult, 1)}
-	e.status = Status{Thing: cfg.Thing, Endpoint: cfg.Endpoint, Connection: "disconnected"}
+	e.status = Status{Thing: cfg.Thing, Endpoint: cfg.Endpoint, Connection: "disconnected", Counters: control.Counters{Since: clk.Now()}}
 	return e, nil
 }
 
@@ -491,6 +492,7 @@ func (e *Engine) onRefused(c *Credential, err error) (rolledBack bool) {
 		e.log.Error("journalling a refusal", "err", err)
 	}
 	n := len(j.Refusals)
+	e.countRefusal()
 	e.setError(fmt.Sprintf("new certificate (generation %d) refused %d/%d: %v", c.Generation, n, e.cfg.RollbackRefusals, err), "")
 	if n >= e.cfg.RollbackRefusals {
 		return e.rollback(fmt.Sprintf("the broker refused the new certificate %d times within %s: %v", n, e.cfg.RollbackWindow, err))

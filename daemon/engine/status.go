@@ -68,7 +68,7 @@ func (e *Engine) refreshStatus() {
 	var a ActiveCredential
 	if c, err := e.loadCred(ptr.Active); err == nil {
 		leaf := c.Leaf()
-		a = ActiveCredential{Generation: c.Generation, CertificateID: c.CertificateID(), Issuer: leaf.Issuer.String(), NotAfter: leaf.NotAfter, KeyURI: redactURI(c.KeyURI)}
+		a = ActiveCredential{Generation: c.Generation, CertificateID: c.CertificateID(), Issuer: leaf.Issuer.String(), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, KeyURI: redactURI(c.KeyURI)}
 		if u, err := keystore.ParseURI(c.KeyURI); err == nil {
 			a.Backend = u.Scheme
 		}
@@ -80,13 +80,24 @@ func (e *Engine) refreshStatus() {
 			s.PendingJob = j.JobID
 		}
 		if j.Result != "" {
+			s.Counters.AddJournalled(outcome(j), j.JobID, j.FinishedAt)
+			if j.Result == protocol.JobSucceeded && j.FinishedAt.After(s.Counters.LastSuccess) {
+				s.Counters.LastSuccess = j.FinishedAt
+			}
 			s.LastResult, s.LastReason, s.LastResultAt = j.Result, j.Reason, j.FinishedAt
 		}
+		s.Recovery = control.Recovery{Bootstrap: e.cfg.FallbackToBoot, BootstrapNotAfter: e.cfg.Bootstrap[0].NotAfter}
 	})
 }
 
 func (e *Engine) setConn(state string, c *Credential) {
 	e.update(func(s *Status) {
+		if state == "connected" && c != nil {
+			s.Counters.Connects++
+			if c.Generation == 0 && s.Active.Generation > 0 {
+				s.Counters.Fallbacks++
+			}
+		}
 		s.Connection = state
 		s.ConnectedWith = -1
 		if c != nil {
@@ -112,6 +123,7 @@ func (e *Engine) setRefusal(gen int, msg, advice string) {
 	e.update(func(s *Status) {
 		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen = msg, advice, now, gen+1
 		s.LastRefusal, s.LastRefusalAt = msg, now
+		s.Counters.Refusals++
 	})
 }
 
@@ -129,9 +141,24 @@ func (e *Engine) noteFallback(why string) {
 	e.update(func(s *Status) { s.Fallbacks++; s.LastFallback, s.LastFallbackAt = why, now })
 }
 
+// countRefusal counts a refusal of the just-switched credential (which
+// onRefused reports through setError).
+func (e *Engine) countRefusal() { e.update(func(s *Status) { s.Counters.Refusals++ }) }
+
+// outcome is a finished rotation's label in Counters.Rotations.
+func outcome(j journal.Entry) protocol.Result {
+	if j.Phase == journal.RolledBack {
+		return protocol.ResultRolledBack
+	}
+	return j.Result
+}
+
 func (e *Engine) setResult(result protocol.Result, reason string) {
 	now := e.clock.Now()
-	e.update(func(s *Status) { s.LastResult, s.LastReason, s.LastResultAt = result, reason, now })
+	e.update(func(s *Status) {
+		s.LastResult, s.LastReason, s.LastResultAt = result, reason, now
+		s.Counters.AddRotation(result)
+	})
 }
 
 func (e *Engine) setPending(job string) {
