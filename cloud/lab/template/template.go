@@ -87,6 +87,8 @@ type Template struct {
 	ThingTypes  []string    // names, sorted
 	ThingGroups []string    // names, sorted
 	Buckets     map[string]string
+	// Provisioning are the fleet provisioning templates (provisioning.go).
+	Provisioning []ProvisioningTemplate
 }
 
 // Parameter is a template parameter and the value the stack uses.
@@ -384,6 +386,10 @@ func extract(cf *cloudformation.Template, r *resolver) (*Template, error) {
 		t.Rules = append(t.Rules, rs...)
 	}
 	sort.Slice(t.Rules, func(i, j int) bool { return t.Rules[i].LogicalID < t.Rules[j].LogicalID })
+	var err error
+	if t.Provisioning, err = provisioningTemplates(cf, r, fnByName); err != nil {
+		return nil, err
+	}
 	if err := t.checkResolved(); err != nil {
 		return nil, err
 	}
