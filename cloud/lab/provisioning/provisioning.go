@@ -330,6 +330,9 @@ func (s *Service) check(prov *template.Provisioned, certID string) *protocol.Pro
 	if err := protocol.ValidThingName(prov.ThingName); err != nil {
 		return invalid("thing name %q: %v", prov.ThingName, err)
 	}
+	if _, err := reg.DescribeThing(prov.ThingName); err == nil && prov.AttributeOverride == "FAIL" {
+		return invalid("thing %s already exists and the template's OverrideSettings say FAIL", prov.ThingName)
+	}
 	if prov.ThingType != "" {
 		if _, err := reg.DescribeThingType(prov.ThingType); err != nil {
 			return invalid("thing type %s does not exist", prov.ThingType)
@@ -358,8 +361,11 @@ func (s *Service) apply(prov *template.Provisioned, cert registry.Certificate) e
 			if _, err := reg.CreateThing(prov.ThingName, prov.ThingType, prov.Attributes); err != nil {
 				return fmt.Errorf("CreateThing %s: %w", prov.ThingName, err)
 			}
-		} else if _, err := reg.UpdateThing(registry.UpdateThingInput{Name: prov.ThingName, Attributes: prov.Attributes, Merge: true, SetAttributes: true}); err != nil {
-			return fmt.Errorf("UpdateThing %s: %w", prov.ThingName, err)
+		} else if prov.AttributeOverride == "MERGE" || prov.AttributeOverride == "REPLACE" {
+			in := registry.UpdateThingInput{Name: prov.ThingName, Attributes: prov.Attributes, Merge: prov.AttributeOverride == "MERGE", SetAttributes: true}
+			if _, err := reg.UpdateThing(in); err != nil {
+				return fmt.Errorf("UpdateThing %s: %w", prov.ThingName, err)
+			}
 		}
 		for _, g := range prov.ThingGroups {
 			if err := reg.AddThingToThingGroup(g, prov.ThingName); err != nil {

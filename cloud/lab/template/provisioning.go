@@ -82,6 +82,11 @@ type Provisioned struct {
 	ThingType       string
 	ThingGroups     []string
 	Attributes      map[string]string
+	// AttributeOverride is the thing's OverrideSettings.AttributePayload:
+	// what RegisterThing does with the attributes of a thing that exists
+	// (MERGE, REPLACE, DO_NOTHING or FAIL; the lab's default when unset is
+	// DO_NOTHING).
+	AttributeOverride string
 	CertificateID   string // the certificate resource's CertificateId
 	CertificateStat string // ACTIVE or INACTIVE
 	Policies        []string
@@ -287,6 +292,14 @@ func (b *ProvisioningBody) Provision(params map[string]string) (*Provisioned, er
 				for _, g := range gs {
 					out.ThingGroups = append(out.ThingGroups, eval(g))
 				}
+			}
+			out.AttributeOverride = res.OverrideSettings["AttributePayload"]
+			switch out.AttributeOverride {
+			case "":
+				out.AttributeOverride = "DO_NOTHING"
+			case "MERGE", "REPLACE", "DO_NOTHING", "FAIL":
+			default:
+				return nil, fmt.Errorf("%w: resource %s: OverrideSettings AttributePayload %q (MERGE, REPLACE, DO_NOTHING, FAIL)", ErrInvalid, id, out.AttributeOverride)
 			}
 			if ap, ok := p["AttributePayload"].(map[string]any); ok {
 				for k, v := range ap {
