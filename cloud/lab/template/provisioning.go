@@ -78,18 +78,18 @@ type BodyResource struct {
 // Provisioned is what a body yields for one set of parameters: the
 // resources RegisterThing creates or updates.
 type Provisioned struct {
-	ThingName       string
-	ThingType       string
-	ThingGroups     []string
-	Attributes      map[string]string
+	ThingName   string
+	ThingType   string
+	ThingGroups []string
+	Attributes  map[string]string
 	// AttributeOverride is the thing's OverrideSettings.AttributePayload:
 	// what RegisterThing does with the attributes of a thing that exists
 	// (MERGE, REPLACE, DO_NOTHING or FAIL; the lab's default when unset is
 	// DO_NOTHING).
 	AttributeOverride string
-	CertificateID   string // the certificate resource's CertificateId
-	CertificateStat string // ACTIVE or INACTIVE
-	Policies        []string
+	CertificateID     string // the certificate resource's CertificateId
+	CertificateStat   string // ACTIVE or INACTIVE
+	Policies          []string
 	// DeviceConfiguration is returned to the device in RegisterThing's reply.
 	DeviceConfiguration map[string]string
 }
