@@ -11,8 +11,12 @@
 //   - the serial number (template parameter SerialNumber, the thing name)
 //     must be on the allow list, the same records the JITR activator reads,
 //     and not on the deny list (trust/deny-list.txt);
-//   - the new certificate's subject CN (from the device's CSR) must be that
-//     serial number: a device registers its own name only;
+//   - one key, one name: a key already bound to another serial number is
+//     refused (a device registers its own name only). The certificate AWS
+//     IoT issues from the CSR has the subject "CN=AWS IoT Certificate", not
+//     the CSR's, so the hook cannot read the name the device put in its CSR;
+//     what ties a key to a name is this binding (and, where the allow list
+//     records a TPM enrolment, the EKPubSHA256 parameter);
 //   - the claim certificate must not be revoked by the factory CRL (when the
 //     factory CA issued it);
 //   - where the allow list records a TPM enrolment, the EKPubSHA256
@@ -55,6 +59,8 @@ const (
 	DefaultDenyListKey = "trust/deny-list.txt"
 	// RecordPrefix + serial + ".json" binds a serial number to a key.
 	RecordPrefix = "provisioned/"
+	// KeyRecordPrefix + keySHA256 + ".json" binds a key to a serial.
+	KeyRecordPrefix = "provisioned/keys/"
 	// ParamEKPubSHA256 is the optional parameter matched against the allow
 	// list's TPM enrolment.
 	ParamEKPubSHA256 = "EKPubSHA256"
@@ -152,9 +158,6 @@ func (h *Hook) decide(ctx context.Context, ev Event) (Result, error) {
 	if protocol.CertificateID(leaf.Raw) != ev.CertificateID {
 		return Result{}, refuse("certificatePem is not certificate %s", ev.CertificateID)
 	}
-	if cn := leaf.Subject.CommonName; cn != serial {
-		return Result{}, refuse("the new certificate's subject CN %q is not the serial number %q: a device registers its own name only", cn, serial)
-	}
 	entry, err := h.Trust.Lookup(ctx, serial)
 	if errors.Is(err, fleet.ErrNotAllowed) {
 		return Result{}, refuse("%v", err)
@@ -187,6 +190,9 @@ func (h *Hook) decide(ctx context.Context, ev Event) (Result, error) {
 	case t.Attributes[AttrKeySHA256] != "" && t.Attributes[AttrKeySHA256] != keySHA:
 		return Result{}, refuse("serial number %s was already provisioned with another key (replayed serial number)", serial)
 	}
+	if err := h.bindKey(ctx, serial, keySHA, ev); err != nil {
+		return Result{}, err
+	}
 	if err := h.bind(ctx, serial, keySHA, ev); err != nil {
 		return Result{}, err
 	}
@@ -218,6 +224,33 @@ func (h *Hook) bind(ctx context.Context, serial, keySHA string, ev Event) error 
 		return refuse("serial number %s was already provisioned with another key at %s (replayed serial number)", serial, prev.At)
 	}
 	return nil // the same device (same hardware key) retrying
+}
+
+// bindKey records key -> serial at the key's first admission and refuses the
+// same key under another name later.
+func (h *Hook) bindKey(ctx context.Context, serial, keySHA string, ev Event) error {
+	key := KeyRecordPrefix + keySHA + ".json"
+	rec := Record{Serial: serial, KeySHA256: keySHA, CertificateID: ev.CertificateID, ClaimCertificateID: ev.ClaimCertificateID, At: h.Clock.Now().UTC().Format(time.RFC3339)}
+	body, _ := json.Marshal(rec)
+	err := h.Store.PutIfAbsent(ctx, key, body, nil)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, ports.ErrExists) {
+		return fmt.Errorf("writing s3 object %s: %w", key, err)
+	}
+	obj, err := h.Store.Get(ctx, key, "")
+	if err != nil {
+		return fmt.Errorf("reading s3 object %s: %w", key, err)
+	}
+	var prev Record
+	if err := json.Unmarshal(obj.Body, &prev); err != nil {
+		return fmt.Errorf("s3 object %s: %w", key, err)
+	}
+	if prev.Serial != serial {
+		return refuse("this key is already registered as %s: a device registers its own name only, not %s", prev.Serial, serial)
+	}
+	return nil
 }
 
 // denied reads the deny list; a missing object denies nobody.
