@@ -261,7 +261,7 @@ func (ck *Checked) provision(ctx context.Context, scfg session.Config, log *slog
 	return provisioning.Run(ctx, provisioning.Config{
 		Thing: ck.Thing, Template: c.Provisioning.Template, Parameters: params,
 		ClaimKey: c.Provisioning.ClaimKey, Claim: ck.Bootstrap, OperationalKey: c.OperationalKeyURI(1), Algorithm: ck.Algorithm,
-		StateDir: c.State.Dir, Session: scfg, ReplyTimeout: c.Timeouts.Reply.D(), Retry: c.Backoff.Initial.D(),
+		StateDir: c.State.Dir, Session: scfg, ReplyTimeout: c.Timeouts.Reply.D(), Retry: c.Backoff.Initial.D(), RetryMax: c.Backoff.Max.D(),
 		Refusals: c.Fallback.Refusals, Clock: clock.Real{}, Log: log,
 	})
 }

@@ -72,6 +72,9 @@ type Config struct {
 	// Retry is the wait between failed attempts (full jitter is not needed:
 	// devices of a batch start at different times).
 	Retry time.Duration
+	// RetryMax caps the wait, which doubles after each failure (a refusal
+	// by the hook is not retried in a tight loop).
+	RetryMax time.Duration
 	// Refusals of the new credential before it is rolled back.
 	Refusals int
 
@@ -130,6 +133,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Retry <= 0 {
 		cfg.Retry = 5 * time.Second
 	}
+	if cfg.RetryMax < cfg.Retry {
+		cfg.RetryMax = max(cfg.Retry, 5*time.Minute)
+	}
 	if cfg.ReplyTimeout <= 0 {
 		cfg.ReplyTimeout = 30 * time.Second
 	}
@@ -157,7 +163,13 @@ func Run(ctx context.Context, cfg Config) error {
 			keystore.CloseSigner(f.key)
 		}
 	}()
+	// A rotation of the engine in progress (after onboarding) is the
+	// engine's to resume, not ours.
+	if j := f.j.Current(); j.Phase != journal.Idle && j.Phase != "" && j.JobID != JobID {
+		return nil
+	}
 	refused := 0
+	delay := cfg.Retry
 	for {
 		done, err := f.step(ctx, &refused)
 		if done {
@@ -166,14 +178,17 @@ func Run(ctx context.Context, cfg Config) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err != nil {
-			f.log.Warn("onboarding by claim: step failed; retrying", "phase", f.j.Current().Phase, "err", err, "retryIn", cfg.Retry)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-cfg.Clock.After(cfg.Retry):
-			}
+		if err == nil {
+			delay = cfg.Retry
+			continue
 		}
+		f.log.Warn("onboarding by claim: step failed; retrying", "phase", f.j.Current().Phase, "err", err, "retryIn", delay)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-cfg.Clock.After(delay):
+		}
+		delay = min(delay*2, cfg.RetryMax)
 	}
 }
 
