@@ -1,5 +1,5 @@
 // Package cloud builds bootcert's cloud functions (activator, vendor,
-// reaper, activation, renewal) by their template logical IDs, over the AWS
+// reaper, activation, renewal, provisioning hook) by their template logical IDs, over the AWS
 // adapters in cloud/aws. The same Build serves the Lambda mains in
 // cmd/lambda/<name> (real AWS) and the lab, which invokes the functions
 // in-process from its rule actions.
@@ -20,6 +20,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/certvendor"
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/ports"
+	"github.com/bootcert/bootcert/cloud/provisionhook"
 	"github.com/bootcert/bootcert/cloud/reaper"
 	"github.com/bootcert/bootcert/cloud/renewal"
 	"github.com/bootcert/bootcert/internal/clock"
@@ -37,10 +38,13 @@ const (
 	Reaper     = "ReaperFunction"
 	Activation = "ActivationFunction"
 	Renewal    = "RenewalFunction"
+	// ProvisionHook is the fleet provisioning template's pre-provisioning
+	// hook (cloud/provisionhook).
+	ProvisionHook = "ProvisionHookFunction"
 )
 
 // LogicalIDs lists every function Build knows.
-var LogicalIDs = []string{Activator, Vendor, Reaper, Activation, Renewal}
+var LogicalIDs = []string{Activator, Vendor, Reaper, Activation, Renewal, ProvisionHook}
 
 // Endpoints are optional per-service base URLs (the lab). Empty fields use
 // the standard AWS configuration (including AWS_ENDPOINT_URL_IOT and
@@ -119,6 +123,19 @@ func Build(ctx context.Context, logicalID string, getenv func(string) string, de
 		h := &activation.API{Registry: reg, Trust: trust, Settings: settings, Log: log}
 		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
 			return marshal(h.HandleEvent(ctx, event))
+		}, nil
+	case ProvisionHook:
+		deny := getenv(provisionhook.EnvDenyListKey)
+		if deny == "" {
+			deny = provisionhook.DefaultDenyListKey
+		}
+		h := &provisionhook.Hook{Registry: reg, Store: store, Trust: trust, DenyListKey: deny, Clock: clk, Log: log}
+		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
+			ev, err := provisionhook.ParseEvent(event)
+			if err != nil {
+				return nil, err
+			}
+			return marshal(h.Handle(ctx, ev))
 		}, nil
 	case Renewal:
 		cfg, err := renewal.ConfigFromEnv(getenv)

@@ -44,7 +44,7 @@ func TestTemplateParses(t *testing.T) {
 		}
 	}
 	slices.Sort(names)
-	if !slices.Equal(names, []string{"bootcert-bootstrap", "bootcert-operational"}) {
+	if !slices.Equal(names, []string{"bootcert-bootstrap", "bootcert-claim", "bootcert-operational"}) {
 		t.Errorf("IoT policy names %v", names)
 	}
 	rules := tpl.GetAllIoTTopicRuleResources()

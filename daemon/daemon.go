@@ -19,6 +19,7 @@ import (
 	"github.com/bootcert/bootcert/daemon/config"
 	"github.com/bootcert/bootcert/daemon/control"
 	"github.com/bootcert/bootcert/daemon/engine"
+	"github.com/bootcert/bootcert/daemon/provisioning"
 	"github.com/bootcert/bootcert/daemon/session"
 	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/keystore"
@@ -81,6 +82,19 @@ func loadPool(path string) (*x509.CertPool, error) {
 }
 
 func loadBootstrap(c *config.Config) ([]*x509.Certificate, error) {
+	if c.Identity.Mode == config.ModeFleetProvisioning {
+		// the claim certificate stands in generation 0's place; the engine
+		// never falls back to it (it only reaches the provisioning topics)
+		data, err := os.ReadFile(c.Provisioning.ClaimCert)
+		if err != nil {
+			return nil, fmt.Errorf("reading the claim certificate %s (provisioning.claim_cert): %w", c.Provisioning.ClaimCert, err)
+		}
+		chain, err := protocol.ParseChain(data)
+		if err != nil {
+			return nil, fmt.Errorf("claim certificate %s: %w", c.Provisioning.ClaimCert, err)
+		}
+		return chain, nil
+	}
 	data, err := os.ReadFile(c.Identity.BootstrapCert)
 	if err != nil {
 		return nil, fmt.Errorf("reading the bootstrap certificate %s (identity.bootstrap_cert): %w", c.Identity.BootstrapCert, err)
@@ -93,6 +107,9 @@ func loadBootstrap(c *config.Config) ([]*x509.Certificate, error) {
 }
 
 func thingName(c *config.Config, leaf *x509.Certificate) (string, error) {
+	if c.Identity.Mode == config.ModeFleetProvisioning {
+		return c.Provisioning.SerialNumber, nil
+	}
 	if c.Identity.ThingName != "" {
 		return c.Identity.ThingName, nil
 	}
@@ -130,7 +147,7 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 	if err := os.MkdirAll(c.State.Dir, 0o700); err != nil {
 		return fmt.Errorf("state directory %s (state.dir): %w", c.State.Dir, err)
 	}
-	for _, uri := range []string{c.Identity.BootstrapKey, c.Identity.OperationalKey, c.Identity.PreProvisioned} {
+	for _, uri := range []string{c.Identity.BootstrapKey, c.Identity.OperationalKey, c.Identity.PreProvisioned, c.Provisioning.ClaimKey} {
 		if strings.HasPrefix(uri, "file:") {
 			log.Warn("a key is kept in software (file: URI): development only, not hardware-protected")
 			break
@@ -147,11 +164,18 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 		fetch = &locationFetcher{allowed: c.Verify.LocationHosts, roots: ck.LocationCAs, timeout: c.Timeouts.Reply.D()}
 	}
 	alg := ck.Algorithm
+	bootKey, fallback := c.Identity.BootstrapKey, c.Fallback.Bootstrap
+	if c.Identity.Mode == config.ModeFleetProvisioning {
+		bootKey, fallback = c.Provisioning.ClaimKey, false
+		if err := ck.provision(ctx, scfg, log); err != nil {
+			return err
+		}
+	}
 	ecfg := engine.Config{
-		Thing: thing, Endpoint: c.Address(), BootstrapKey: c.Identity.BootstrapKey, Bootstrap: chain,
+		Thing: thing, Endpoint: c.Address(), BootstrapKey: bootKey, Bootstrap: chain,
 		PreProvisionedKey: c.Identity.PreProvisioned, Algorithm: alg, StateDir: c.State.Dir,
 		ReplyTimeout: c.Timeouts.Reply.D(), Backoff: engine.Backoff{Initial: c.Backoff.Initial.D(), Max: c.Backoff.Max.D()},
-		RollbackRefusals: c.Fallback.Refusals, RollbackWindow: c.Fallback.Window.D(), FallbackToBoot: c.Fallback.Bootstrap,
+		RollbackRefusals: c.Fallback.Refusals, RollbackWindow: c.Fallback.Window.D(), FallbackToBoot: fallback,
 		IssuerSHA256: c.Verify.IssuerSHA256, ShutdownQuiesce: c.Timeouts.Shutdown.D(),
 		PhaseSessions: c.Rotation.PhaseSessions, StableAfter: c.Backoff.ResetAfter.D(),
 		RequestAfterLife: c.Rotation.RequestAfterLife, MaxAge: c.Rotation.MaxAge.D(), RequestInterval: c.Rotation.RequestInterval.D(),
@@ -235,4 +259,21 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 			return err
 		}
 	}
+}
+
+// provision onboards by claim (identity.mode = "fleet-provisioning") before
+// the engine starts; it returns at once on a device already onboarded.
+func (ck *Checked) provision(ctx context.Context, scfg session.Config, log *slog.Logger) error {
+	c := ck.Config
+	params := map[string]string{protocol.ParamSerialNumber: c.Provisioning.SerialNumber}
+	for k, v := range c.Provisioning.Parameters {
+		params[k] = v
+	}
+	sd.SdNotify(false, "STATUS=onboarding by claim (fleet provisioning template "+c.Provisioning.Template+")")
+	return provisioning.Run(ctx, provisioning.Config{
+		Thing: ck.Thing, Template: c.Provisioning.Template, Parameters: params,
+		ClaimKey: c.Provisioning.ClaimKey, Claim: ck.Bootstrap, OperationalKey: c.OperationalKeyURI(1), Algorithm: ck.Algorithm,
+		StateDir: c.State.Dir, Session: scfg, ReplyTimeout: c.Timeouts.Reply.D(), Retry: c.Backoff.Initial.D(), RetryMax: c.Backoff.Max.D(),
+		Refusals: c.Fallback.Refusals, Clock: clock.Real{}, Log: log,
+	})
 }

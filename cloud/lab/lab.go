@@ -21,6 +21,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/broker"
 	"github.com/bootcert/bootcert/cloud/lab/limits"
 	"github.com/bootcert/bootcert/cloud/lab/pki"
+	"github.com/bootcert/bootcert/cloud/lab/provisioning"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
 	"github.com/bootcert/bootcert/cloud/lab/s3"
 	"github.com/bootcert/bootcert/internal/atomicfile"
@@ -94,6 +95,7 @@ type Lab struct {
 	s3        *s3.Store
 	creds     *api.Credentials // --credentials: the functions sign with them
 	invoker   *invoker
+	prov      *provisioning.Service // fleet provisioning (templates from the SAM template)
 	rules     *ruleEngine
 	faults    *faults
 	endpoints Endpoints
@@ -196,12 +198,16 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 		publishLimiter = limiter
 	}
 	dp := &dataPlane{}
+	l.prov = provisioning.New(provisioning.Config{Registry: l.reg, Region: cfg.Region, AccountID: cfg.AccountID, Clock: cfg.Clock, Logger: cfg.Logger,
+		Invoke: func(ctx context.Context, id string, ev json.RawMessage) (json.RawMessage, error) {
+			return l.invoker.Invoke(ctx, id, ev, "pre-provisioning hook")
+		}})
 	l.faults = newFaults(cfg.Logger, l.pki.IssuingCA())
 	l.broker, err = broker.Start(broker.Config{
 		DataPlane: dp,
 		Listener:  mqttLn, ServerCert: l.pki.ServerCertificate(),
 		Registry: brokerRegistry{l.reg}, Authorizer: newAuthorizer(l.reg, cfg.Logger.With("component", "policy")),
-		Jobs: brokerJobs{l.reg}, Limiter: limiterForBroker, Publishes: publishLimiter, OnMessage: l.rules.onMessage,
+		Jobs: brokerJobs{l.reg}, Provisioning: l.prov, Limiter: limiterForBroker, Publishes: publishLimiter, OnMessage: l.rules.onMessage,
 		Region: cfg.Region, AccountID: cfg.AccountID, Clock: cfg.Clock, Logger: cfg.Logger, Fault: l.faults.refuse,
 	})
 	if err != nil {

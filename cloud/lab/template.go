@@ -154,6 +154,7 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 		log.Info("rule installed", "rule", r.Name, "sql", r.SQL, "actions", len(cr.actions))
 	}
 	l.rules.set(compiled)
+	l.loadProvisioning(t, log)
 	return nil
 }
 

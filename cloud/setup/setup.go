@@ -62,6 +62,9 @@ type Result struct {
 	EventsEnabled   bool     `json:"jobExecutionEventsEnabled"`
 	JobID           string   `json:"jobId"`
 	JobCreated      bool     `json:"jobCreated"`
+	// Claim is the fleet provisioning claim certificate (Claim), when one
+	// was asked for.
+	Claim *ClaimResult `json:"claim,omitempty"`
 }
 
 func code(err error) string {

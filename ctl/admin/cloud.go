@@ -20,6 +20,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/setup"
 	"github.com/bootcert/bootcert/ctl/internal/cliout"
 	"github.com/bootcert/bootcert/factory"
+	"github.com/bootcert/bootcert/internal/atomicfile"
 	"github.com/bootcert/bootcert/keystore"
 )
 
@@ -41,6 +42,7 @@ type cloudSetupFlags struct {
 	endpoint, s3Endpoint, caBundle, lab   string
 	region, jobID, group                  string
 	skipEvents                            bool
+	claimCSR, claimCert, claimOut         string
 }
 
 func newCloudSetupCmd() *cobra.Command {
@@ -58,7 +60,11 @@ the CRL changes:
   2. uploads the CA certificate, the allow list (the factory manifest) and the
      CRL to the stack's bucket (validated first: a bad file changes nothing);
   3. enables JOB_EXECUTION events (the reaper's input);
-  4. creates the continuous job bootcert-rotation on the group bootcert-rotation.
+  4. creates the continuous job bootcert-rotation on the group bootcert-rotation;
+  5. with --claim-csr or --claim-cert: the claim certificate of onboarding by
+     claim (fleet provisioning, docs/protocol.md): AWS IoT issues it from your
+     CSR (the claim key stays where you made it) or registers the one you
+     bring, ACTIVE, with the policy bootcert-claim; --claim-out writes it.
 
 AWS endpoints and credentials come from the standard AWS configuration
 (AWS_PROFILE, AWS_REGION, ...). --lab DIR points at a running bootcert-lab
@@ -85,7 +91,8 @@ AWS endpoints and credentials come from the standard AWS configuration
 				"CA registered now", fmt.Sprint(res.CARegistered),
 				"uploaded", strings.Join(res.Uploaded, " "),
 				"job execution events", fmt.Sprint(res.EventsEnabled),
-				"rotation job", res.JobID+map[bool]string{true: " (created)", false: " (exists)"}[res.JobCreated])
+				"rotation job", res.JobID+map[bool]string{true: " (created)", false: " (exists)"}[res.JobCreated],
+				"claim certificate", claimSummary(res.Claim))
 		},
 	}
 	fl := cmd.Flags()
@@ -101,6 +108,9 @@ AWS endpoints and credentials come from the standard AWS configuration
 	fl.StringVar(&f.region, "region", "", "AWS region (default from the AWS configuration)")
 	fl.StringVar(&f.jobID, "job-id", "bootcert-rotation", "continuous job ID")
 	fl.StringVar(&f.group, "group", "bootcert-rotation", "rotation thing group")
+	fl.StringVar(&f.claimCSR, "claim-csr", "", "fleet provisioning: CSR (PEM) of the claim key; AWS IoT issues the claim certificate")
+	fl.StringVar(&f.claimCert, "claim-cert", "", "fleet provisioning: a claim certificate (PEM) you bring, registered without its CA")
+	fl.StringVar(&f.claimOut, "claim-out", "", "write the claim certificate (PEM) to this file for the firmware image")
 	fl.BoolVar(&f.skipEvents, "skip-event-config", false, "do not call UpdateEventConfigurations (JOB_EXECUTION events; the reaper needs them)")
 	asJSON = cliout.AddJSONFlag(cmd)
 	cmd.MarkFlagRequired("bucket")
@@ -190,5 +200,42 @@ func runCloudSetup(ctx context.Context, f cloudSetupFlags) (setup.Result, error)
 	}
 	iotc := cloudaws.NewIoTClient(cfg, f.endpoint)
 	s3c := cloudaws.NewS3Client(cfg, f.s3Endpoint)
-	return setup.Run(ctx, iotc, s3c, o)
+	var co *setup.ClaimOptions
+	if f.claimCSR != "" || f.claimCert != "" {
+		co = &setup.ClaimOptions{}
+		if f.claimCSR != "" {
+			if co.CSRPEM, err = os.ReadFile(f.claimCSR); err != nil {
+				return setup.Result{}, fmt.Errorf("--claim-csr: %w", err)
+			}
+		}
+		if f.claimCert != "" {
+			if co.CertPEM, err = os.ReadFile(f.claimCert); err != nil {
+				return setup.Result{}, fmt.Errorf("--claim-cert: %w", err)
+			}
+		}
+	} else if f.claimOut != "" {
+		return setup.Result{}, fmt.Errorf("--claim-out needs --claim-csr or --claim-cert")
+	}
+	res, err := setup.Run(ctx, iotc, s3c, o)
+	if err != nil || co == nil {
+		return res, err
+	}
+	cr, err := setup.Claim(ctx, iotc, *co)
+	if err != nil {
+		return res, err
+	}
+	res.Claim = &cr
+	if f.claimOut != "" {
+		if err := atomicfile.WriteFile(f.claimOut, []byte(cr.CertificatePEM), 0o644); err != nil {
+			return res, fmt.Errorf("--claim-out: %w", err)
+		}
+	}
+	return res, nil
+}
+
+func claimSummary(c *setup.ClaimResult) string {
+	if c == nil {
+		return "(none asked for)"
+	}
+	return c.CertificateID + " (policy " + c.Policy + map[bool]string{true: ", created)", false: ", already registered)"}[c.Created]
 }

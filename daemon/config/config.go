@@ -36,6 +36,9 @@ const ALPN = "x-amzn-mqtt-ca"
 const (
 	ModeOnDemand       = "on-demand"
 	ModePreProvisioned = "pre-provisioned"
+	// ModeFleetProvisioning onboards by claim (AWS IoT fleet provisioning,
+	// section [provisioning]) instead of a bootstrap certificate.
+	ModeFleetProvisioning = "fleet-provisioning"
 )
 
 // ErrInvalid is wrapped by every error about a bad configuration.
@@ -74,6 +77,8 @@ type Config struct {
 	Log      Log      `toml:"log" json:"log"`
 	Export   Export   `toml:"export" json:"export"`
 	Metrics  Metrics  `toml:"metrics" json:"metrics"`
+	// Provisioning is used with identity.mode = "fleet-provisioning".
+	Provisioning Provisioning `toml:"provisioning" json:"provisioning,omitzero"`
 
 	// Path is the file the configuration was read from.
 	Path string `toml:"-" json:"path"`
@@ -97,6 +102,21 @@ type Identity struct {
 	KeyAlgorithm   string `toml:"key_algorithm" json:"key_algorithm"`
 	Mode           string `toml:"mode" json:"mode"`
 	PreProvisioned string `toml:"preprovisioned_key" json:"preprovisioned_key,omitempty"`
+}
+
+// Provisioning is onboarding by claim (AWS IoT fleet provisioning).
+type Provisioning struct {
+	// ClaimKey and ClaimCert are the claim credential shared by a batch
+	// (key URI: file, tpm or pkcs11). The claim key is never the
+	// operational key.
+	ClaimKey  string `toml:"claim_key" json:"claim_key"`
+	ClaimCert string `toml:"claim_cert" json:"claim_cert"`
+	// Template is the provisioning template name (bootcert-fleet).
+	Template string `toml:"template" json:"template"`
+	// SerialNumber is the device's serial number, its thing name.
+	SerialNumber string `toml:"serial_number" json:"serial_number"`
+	// Parameters are extra RegisterThing parameters (e.g. EKPubSHA256).
+	Parameters map[string]string `toml:"parameters" json:"parameters,omitempty"`
 }
 
 // State is where the journal and credential generations live.
@@ -299,9 +319,26 @@ func (c *Config) validate(md toml.MetaData) error {
 			return bad("identity.thing_name", "%v; leave it out to use the bootstrap certificate's CN", err)
 		}
 	}
-	if id.BootstrapKey == "" {
+	if id.Mode == ModeFleetProvisioning {
+		if err := c.validateProvisioning(bad, missing); err != nil {
+			return err
+		}
+	} else if id.BootstrapKey == "" {
 		return missing("identity.bootstrap_key", "the URI of the bootstrap key (tpm:..., pkcs11:...)")
 	}
+	if id.Mode != ModeFleetProvisioning {
+		if err := c.validateBootstrap(bad, missing); err != nil {
+			return err
+		}
+	}
+	if err := c.validateMode(bad, missing); err != nil {
+		return err
+	}
+	return c.validateRest(bad, missing)
+}
+
+func (c *Config) validateBootstrap(bad func(key, format string, args ...any) error, missing func(key, what string) error) error {
+	id := &c.Identity
 	if _, err := keystore.ParseURI(id.BootstrapKey); err != nil {
 		return bad("identity.bootstrap_key", "%v", err)
 	}
@@ -314,7 +351,28 @@ func (c *Config) validate(md toml.MetaData) error {
 	if err := absPath(id.BootstrapCert); err != nil {
 		return bad("identity.bootstrap_cert", "%v", err)
 	}
+	return nil
+}
+
+func (c *Config) validateMode(bad func(key, format string, args ...any) error, missing func(key, what string) error) error {
+	id := &c.Identity
 	switch id.Mode {
+	case ModeFleetProvisioning:
+		if id.OperationalKey == "" {
+			return missing("identity.operational_key", "a key URI template with {generation}: the key made in the TPM or token at onboarding and every rotation")
+		}
+		if _, err := keystore.ParseURI(strings.ReplaceAll(id.OperationalKey, GenerationPlaceholder, "1")); err != nil {
+			return bad("identity.operational_key", "%v", err)
+		}
+		if !strings.Contains(id.OperationalKey, GenerationPlaceholder) {
+			return bad("identity.operational_key", "must contain %s", GenerationPlaceholder)
+		}
+		if strings.ReplaceAll(id.OperationalKey, GenerationPlaceholder, "1") == c.Provisioning.ClaimKey {
+			return bad("identity.operational_key", "must differ from provisioning.claim_key: the claim key is never the operational key")
+		}
+		if id.PreProvisioned != "" {
+			return bad("identity.preprovisioned_key", "only used with mode = %q", ModePreProvisioned)
+		}
 	case ModeOnDemand:
 		if id.OperationalKey == "" {
 			return missing("identity.operational_key", "a key URI template with {generation}, e.g. tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/op-{generation}.tpmkey")
@@ -346,8 +404,48 @@ func (c *Config) validate(md toml.MetaData) error {
 			return bad("identity.operational_key", "must contain %s", GenerationPlaceholder)
 		}
 	default:
-		return bad("identity.mode", "%q is not %q or %q", id.Mode, ModeOnDemand, ModePreProvisioned)
+		return bad("identity.mode", "%q is not %q, %q or %q", id.Mode, ModeOnDemand, ModePreProvisioned, ModeFleetProvisioning)
 	}
+	return nil
+}
+
+func (c *Config) validateProvisioning(bad func(key, format string, args ...any) error, missing func(key, what string) error) error {
+	p, id := &c.Provisioning, &c.Identity
+	if id.BootstrapKey != "" || id.BootstrapCert != "" {
+		return bad("identity.bootstrap_key", "not used with mode = %q (the claim is provisioning.claim_key and provisioning.claim_cert)", ModeFleetProvisioning)
+	}
+	if p.ClaimKey == "" {
+		return missing("provisioning.claim_key", "the URI of the claim key (file:, tpm:, pkcs11:)")
+	}
+	if _, err := keystore.ParseURI(p.ClaimKey); err != nil {
+		return bad("provisioning.claim_key", "%v", err)
+	}
+	if p.ClaimCert == "" {
+		return missing("provisioning.claim_cert", "the claim certificate PEM file (bootcert-admin cloud setup --claim-out)")
+	}
+	if err := absPath(p.ClaimCert); err != nil {
+		return bad("provisioning.claim_cert", "%v", err)
+	}
+	if p.Template == "" {
+		return missing("provisioning.template", "the fleet provisioning template name (bootcert-fleet)")
+	}
+	if strings.ContainsAny(p.Template, "/#+") {
+		return bad("provisioning.template", "%q is not a template name", p.Template)
+	}
+	if p.SerialNumber == "" {
+		return missing("provisioning.serial_number", "the device's serial number (its thing name, as on the allow list)")
+	}
+	if err := protocol.ValidThingName(p.SerialNumber); err != nil {
+		return bad("provisioning.serial_number", "%v", err)
+	}
+	if id.ThingName != "" && id.ThingName != p.SerialNumber {
+		return bad("identity.thing_name", "%q differs from provisioning.serial_number %q (the template names the thing by the serial number)", id.ThingName, p.SerialNumber)
+	}
+	return nil
+}
+
+func (c *Config) validateRest(bad func(key, format string, args ...any) error, missing func(key, what string) error) error {
+	id := &c.Identity
 	if _, err := keystore.ParseAlgorithm(id.KeyAlgorithm); err != nil {
 		return bad("identity.key_algorithm", "%v", err)
 	}

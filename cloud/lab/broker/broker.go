@@ -127,9 +127,12 @@ type Config struct {
 
 	Registry   Registry
 	Authorizer Authorizer
-	Jobs       Jobs           // optional: the Jobs MQTT API is refused without it
-	Limiter    ConnectLimiter // optional
-	Publishes  PublishLimiter // optional
+	Jobs       Jobs // optional: the Jobs MQTT API is refused without it
+	// Provisioning serves the fleet provisioning MQTT API (provisioning.go);
+	// optional: requests are rejected without it.
+	Provisioning Provisioning
+	Limiter      ConnectLimiter // optional
+	Publishes    PublishLimiter // optional
 	// OnMessage receives every accepted message (device or lab published);
 	// it must not block (the rule engine queues its work).
 	OnMessage func(Message)

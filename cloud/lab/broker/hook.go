@@ -363,6 +363,8 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 		if thing, op, ok := parseJobsTopic(pk.TopicName); ok {
 			s.handleJobs(thing, op, pk.Payload)
+		} else if isProvisioningRequest(pk.TopicName) {
+			s.handleProvisioning(cl, sess, pk.TopicName, pk.Payload)
 		}
 	}
 	if s.cfg.OnMessage != nil {

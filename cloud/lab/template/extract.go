@@ -76,6 +76,9 @@ func extract(cf *cloudformation.Template, r *resolver) (*Template, error) {
 		t.Rules = append(t.Rules, rs...)
 	}
 	sort.Slice(t.Rules, func(i, j int) bool { return t.Rules[i].LogicalID < t.Rules[j].LogicalID })
+	if t.Provisioning, err = provisioningTemplates(cf, r, fnByName); err != nil {
+		return nil, err
+	}
 	if err := t.checkResolved(); err != nil {
 		return nil, err
 	}

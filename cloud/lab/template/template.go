@@ -81,6 +81,8 @@ type Template struct {
 	ThingTypes  []string    // names, sorted
 	ThingGroups []string    // names, sorted
 	Buckets     map[string]string
+	// Provisioning are the fleet provisioning templates (provisioning.go).
+	Provisioning []ProvisioningTemplate
 }
 
 // Parameter is a template parameter and the value the stack uses.
