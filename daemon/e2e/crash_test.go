@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -189,4 +190,75 @@ func (d *device) hasAcceptedCredential() (bool, string) {
 	b, _ := json.Marshal(map[string]any{"pointer": ptr, "ids": ids, "journal": d.journalEntry(),
 		"activeStatus": d.cloud.certStatus(ids["active"]), "bootStatus": d.cloud.certStatus(d.bootID)})
 	return false, string(b)
+}
+
+// TestCrashWedge SIGKILLs bootcertd at the transitions a wedging job (a
+// get topic whose publish the lab disconnects) goes through: after the
+// first journalled denial, at the abandoned rolled-back entry, and at
+// random instants. The counts survive the kills (no loop starts again), the
+// device always holds a credential the broker accepts, and it converges:
+// the job FAILED with its reason, idle on the bootstrap credential, no
+// staged key left.
+func TestCrashWedge(t *testing.T) {
+	c := newCloudWith(t, cloudOpts{doc: docWithGet("certificates/{thingName}/get/x")})
+	d := newDevice(t, c, "gw-crash-wedge", deviceOpts{kind: onTPM})
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("BOOTCERT_CRASH_SEED"); v != "" {
+		var err error
+		if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
+			t.Fatalf("BOOTCERT_CRASH_SEED=%q: %v", v, err)
+		}
+	}
+	t.Logf("seed %d (replay: BOOTCERT_CRASH_SEED=%d)", seed, seed)
+	rng := rand.New(rand.NewPCG(seed, 2))
+	targets := []struct {
+		name string
+		at   func(journal.Entry) bool
+	}{
+		{"denial 1", func(e journal.Entry) bool { return e.Phase == journal.KeyStaged && e.Denials == 1 }},
+		{"abandoned", func(e journal.Entry) bool { return e.Phase == journal.RolledBack && e.Abandoned }},
+	}
+	hits := map[string]int{}
+	for k := 0; k < 6; k++ {
+		d.start()
+		if k < len(targets) {
+			tg := targets[k]
+			deadline := time.Now().Add(20 * time.Second)
+			for time.Now().Before(deadline) && !tg.at(d.journalEntry()) {
+				time.Sleep(200 * time.Microsecond)
+			}
+			if tg.at(d.journalEntry()) {
+				hits[tg.name]++
+			} else {
+				hits["missed "+tg.name]++
+			}
+		} else {
+			time.Sleep(time.Duration(rng.Int64N(int64(300 * time.Millisecond))))
+			hits["random"]++
+		}
+		d.kill()
+		if ok, why := d.hasAcceptedCredential(); !ok {
+			t.Fatalf("kill %d: no credential the broker accepts: %s\nlog:\n%s", k, why, tail(d.Log(), 40))
+		}
+		if e := d.journalEntry(); e.Denials > 2 || e.Sessions > 6 {
+			t.Fatalf("kill %d: journal %+v: counts beyond their bounds", k, e)
+		}
+	}
+	t.Logf("kills: %v", hits)
+	if hits["denial 1"] == 0 {
+		t.Errorf("the first denial was never seen: %v", hits)
+	}
+	d.start()
+	d.waitFor("job FAILED", func(engineStatus) bool { s, _ := c.jobStatus(d.name); return s == types.JobExecutionStatusFailed })
+	st := d.waitFor("idle on the bootstrap credential", func(s engineStatus) bool {
+		return s.Phase == journal.Idle && s.Connection == "connected" && s.ConnectedWith == 0
+	})
+	if st.Active.Generation != 0 || st.LastResult != protocol.JobFailed || !strings.Contains(st.LastReason, "closed the connection") {
+		t.Errorf("status %+v", st)
+	}
+	if keys, _ := filepath.Glob(filepath.Join(d.dir, "keys", "op-*.tpmkey")); len(keys) != 0 {
+		t.Errorf("staged keys left: %v", keys)
+	}
+	d.stop()
+	tpm.CloseAll()
 }

@@ -364,7 +364,7 @@ func newDevice(t testing.TB, c *cloudEnv, name string, o deviceOpts) *device {
 	cfg.State.Dir = d.state
 	cfg.Timeouts = config.Timeouts{Connect: config.Duration(5 * time.Second), Reply: config.Duration(10 * time.Second),
 		KeepAlive: config.Duration(30 * time.Second), Shutdown: config.Duration(time.Second)}
-	cfg.Backoff = config.Backoff{Initial: config.Duration(50 * time.Millisecond), Max: config.Duration(500 * time.Millisecond)}
+	cfg.Backoff.Initial, cfg.Backoff.Max = config.Duration(50*time.Millisecond), config.Duration(500*time.Millisecond)
 	cfg.Fallback.Refusals, cfg.Fallback.Window = 3, config.Duration(time.Minute)
 	cfg.Control.Socket = d.sock
 	cfg.Log.Level = "debug"

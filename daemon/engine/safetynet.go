@@ -34,7 +34,6 @@ type safetyNet struct {
 	outstanding string    // clientToken of the request awaiting its reply
 	sentAt      time.Time // of the outstanding request
 	nextAt      time.Time // no request before this
-	req         *RotationRequest
 }
 
 // rotationDue returns when the certificate should be rotated by the

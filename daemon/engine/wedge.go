@@ -109,15 +109,6 @@ func (s *session) overBudget(ctx context.Context) error {
 	return nil
 }
 
-// docTopic reports whether topic is one the rotation's job document names.
-func docTopic(j journal.Entry, thing, topic string) bool {
-	if j.Doc == nil {
-		return false
-	}
-	get, ack := j.Doc.Get.Expand(thing), j.Doc.Ack.Expand(thing)
-	return topic == get.Publish || topic == ack.Publish || topic == get.Subscribe || topic == ack.Subscribe
-}
-
 // subscribeDenied ends a rotation whose job document names a filter the
 // broker refuses (SUBACK 0x80). Before the switch the job is reported FAILED
 // on this session; after it, the new credential is rolled back.
