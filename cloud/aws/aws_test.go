@@ -40,7 +40,7 @@ func TestMapErr(t *testing.T) {
 
 // TestPublisherSignsForTheDataPlane checks the request the data-plane
 // Publish sends: POST /topics/{escaped topic}?qos=1, SigV4 for the service
-// iotdevicegateway, body unchanged, 429 mapped to ErrThrottled.
+// iotdata (as the SDKs sign the IoT data plane), body unchanged, 429 mapped to ErrThrottled.
 func TestPublisherSignsForTheDataPlane(t *testing.T) {
 	var got *http.Request
 	var body []byte
@@ -60,7 +60,7 @@ func TestPublisherSignsForTheDataPlane(t *testing.T) {
 		t.Errorf("request %s %s?%s", got.Method, got.URL.EscapedPath(), got.URL.RawQuery)
 	}
 	auth := got.Header.Get("Authorization")
-	if !strings.Contains(auth, "Credential=AKIDEXAMPLE/20260102/eu-west-1/iotdevicegateway/aws4_request") {
+	if !strings.Contains(auth, "Credential=AKIDEXAMPLE/20260102/eu-west-1/iotdata/aws4_request") {
 		t.Errorf("Authorization %q", auth)
 	}
 	if string(body) != `{"a":1}` {

@@ -19,8 +19,14 @@ import (
 	"github.com/bootcert/bootcert/cloud/ports"
 )
 
-// SigningName is the SigV4 service name of the IoT data plane.
-const SigningName = "iotdevicegateway"
+// SigningName is the SigV4 service name of the IoT data plane: "iotdata",
+// the name of the aws.auth#sigv4 trait of the IoT data service model, which
+// every AWS SDK signs Publish with. AWS's IoT data-plane API reference names
+// "iotdevicegateway" (the name MQTT-over-WebSocket signing uses,
+// https://docs.aws.amazon.com/iot/latest/apireference/API_Operations_AWS_IoT_Data_Plane.html)
+// and the endpoint accepts both; the vendor signs as the SDKs do, the name
+// proven by every SDK call.
+const SigningName = "iotdata"
 
 // Publisher publishes through the IoT data-plane REST API
 // (POST /topics/{topic}?qos=1), signed with SigV4.

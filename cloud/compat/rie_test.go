@@ -171,7 +171,9 @@ func (f *rieFunction) invoke(t *testing.T, event any) json.RawMessage {
 // under the AWS Lambda Runtime Interface Emulator, configured only by the
 // template's Environment.Variables plus the AWS SDK's standard endpoint
 // overrides (AWS_ENDPOINT_URL_IOT, AWS_ENDPOINT_URL_S3), AWS_CA_BUNDLE and
-// credentials for the lab, and sends representative events. The lab's own
+// the key pair of the function's role in the lab (so its S3 calls are
+// authorized with the template's role policies), and sends representative
+// events. The lab's own
 // in-process functions are off (NoBuild), so every change comes from the zips.
 func TestLambdaZipsUnderRIE(t *testing.T) {
 	dir := t.TempDir()
@@ -193,7 +195,7 @@ func TestLambdaZipsUnderRIE(t *testing.T) {
 	}
 	eps := r.lab.Endpoints()
 	sdkEnv := map[string]string{
-		"AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "AKIDBOOTCERTLAB", "AWS_SECRET_ACCESS_KEY": "lab-secret",
+		"AWS_REGION":           "us-east-1",
 		"AWS_ENDPOINT_URL_IOT": eps.API, "AWS_ENDPOINT_URL_S3": eps.S3, "AWS_CA_BUNDLE": eps.ServerCA,
 		"AWS_EC2_METADATA_DISABLED": "true",
 	}
@@ -210,6 +212,13 @@ func TestLambdaZipsUnderRIE(t *testing.T) {
 		for k, v := range sdkEnv {
 			env[k] = v
 		}
+		// Each zip signs with its template role's key pair: the lab
+		// authorizes its S3 calls with the role's policies.
+		ak, sk, ok := r.lab.FunctionCredentials(f.LogicalID)
+		if !ok {
+			t.Fatalf("the lab has no role for %s", f.LogicalID)
+		}
+		env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = ak, sk
 		env["AWS_LAMBDA_FUNCTION_NAME"] = f.Name
 		env["AWS_LAMBDA_FUNCTION_TIMEOUT"] = fmt.Sprint(f.Timeout)
 		fns[f.LogicalID] = startRIE(t, rie, boot[name], env)

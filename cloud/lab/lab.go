@@ -19,6 +19,7 @@ import (
 
 	"github.com/bootcert/bootcert/cloud/lab/api"
 	"github.com/bootcert/bootcert/cloud/lab/broker"
+	"github.com/bootcert/bootcert/cloud/lab/iam"
 	"github.com/bootcert/bootcert/cloud/lab/limits"
 	"github.com/bootcert/bootcert/cloud/lab/pki"
 	"github.com/bootcert/bootcert/cloud/lab/provisioning"
@@ -94,6 +95,7 @@ type Lab struct {
 	api       *api.Server
 	s3        *s3.Store
 	creds     *api.Credentials // --credentials: the functions sign with them
+	keys      *iam.Keyring     // principals by access key: function roles, --credentials
 	invoker   *invoker
 	prov      *provisioning.Service // fleet provisioning (templates from the SAM template)
 	rules     *ruleEngine
@@ -228,12 +230,27 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 			return nil, fmt.Errorf("lab: --credentials: %w", err)
 		}
 	}
+	l.keys = &iam.Keyring{}
+	if creds != nil {
+		p := &iam.Principal{Name: "credentials", ARN: "arn:aws:iam::" + cfg.AccountID + ":user/bootcert-lab",
+			AccessKeyID: creds.AccessKeyID, SecretAccessKey: creds.SecretAccessKey, Admin: len(creds.Policy) == 0}
+		if !p.Admin {
+			d, err := iam.Parse(creds.Policy)
+			if err != nil {
+				apiLn.Close()
+				s3Ln.Close()
+				return nil, fmt.Errorf("lab: --credentials %s: policy: %w", cfg.CredentialsPath, err)
+			}
+			p.Policies = []*iam.Document{d}
+		}
+		l.keys.Add(p)
+	}
 	var lim2 *limits.Limiter
 	if len(lim.API) > 0 {
 		lim2 = limiter
 	}
 	l.api = api.New(api.Config{
-		Registry: l.reg, Limiter: lim2, Credentials: creds, Publisher: l.broker,
+		Registry: l.reg, Limiter: lim2, Credentials: creds, Principals: l.keys, Publisher: l.broker,
 		Endpoints: map[string]string{"iot:Data-ATS": l.endpoints.MQTT, "iot:Data": l.endpoints.MQTT, "iot:Jobs": strings.TrimPrefix(l.endpoints.API, "https://")},
 		Logger:    cfg.Logger.With("component", "api"), Clock: cfg.Clock,
 	})

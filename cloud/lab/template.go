@@ -2,6 +2,8 @@ package lab
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/bootcert/bootcert/cloud"
 	"github.com/bootcert/bootcert/cloud/lab/broker"
+	"github.com/bootcert/bootcert/cloud/lab/iam"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
 	"github.com/bootcert/bootcert/cloud/lab/rules"
 	"github.com/bootcert/bootcert/cloud/lab/template"
@@ -70,7 +73,7 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 	if l.creds != nil {
 		awsCfg.Credentials = credentials.NewStaticCredentialsProvider(l.creds.AccessKeyID, l.creds.SecretAccessKey, "")
 	}
-	deps := cloud.Deps{
+	baseDeps := cloud.Deps{
 		AWS: awsCfg,
 		Endpoints: cloud.Endpoints{
 			IoT: l.endpoints.API, S3: l.endpoints.S3, IoTData: l.endpoints.API,
@@ -84,6 +87,7 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 				l.addSchedule(f.LogicalID, e.Name, e.Schedule)
 			}
 		}
+		l.addRole(f)
 		if f.Timeout > 0 {
 			l.invoker.setTimeout(f.LogicalID, time.Duration(f.Timeout)*time.Second)
 		}
@@ -101,6 +105,12 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 		for k, v := range l.cfg.Env {
 			env[k] = v
 		}
+		// Each function signs with its own role's key pair: the lab's S3
+		// authorizes its calls with the role's policies, as AWS does.
+		deps := baseDeps
+		deps.AWS = awsCfg.Copy()
+		role := l.addRole(f)
+		deps.AWS.Credentials = credentials.NewStaticCredentialsProvider(role.AccessKeyID, role.SecretAccessKey, "")
 		fn, err := cloud.Build(ctx, f.LogicalID, func(k string) string { return env[k] }, deps)
 		if errors.Is(err, cloud.ErrUnknownFunction) {
 			log.Warn("template function has no Go handler in package cloud; its invocations will fail", "function", f.LogicalID)
@@ -177,4 +187,38 @@ func republishTopic(tmpl string, m broker.Message) string {
 		out = strings.ReplaceAll(out, fmt.Sprintf("${topic(%d)}", i), parts[i-1])
 	}
 	return out
+}
+
+// addRole registers (once) the execution role of a template function: an
+// access key of its own, with the role's policies.
+func (l *Lab) addRole(f template.Function) *iam.Principal {
+	ak := roleAccessKey(f.LogicalID)
+	if p, ok := l.keys.Lookup(ak); ok {
+		return p
+	}
+	secret := make([]byte, 20)
+	_, _ = rand.Read(secret)
+	role := strings.TrimPrefix(f.RoleARN[strings.LastIndex(f.RoleARN, ":")+1:], "role/")
+	p := &iam.Principal{Name: f.LogicalID, AccessKeyID: ak, SecretAccessKey: hex.EncodeToString(secret), Policies: f.Policies,
+		ARN: "arn:aws:sts::" + l.cfg.AccountID + ":assumed-role/" + role + "/" + f.Name}
+	l.keys.Add(p)
+	return p
+}
+
+// roleAccessKey is the access key ID of a function's role: ASIA (AWS's
+// prefix of temporary credentials) and the logical ID.
+func roleAccessKey(logicalID string) string {
+	return "ASIA" + strings.ToUpper(logicalID)
+}
+
+// FunctionCredentials returns the key pair of a template function's
+// execution role, for a test that runs the function outside the lab (the
+// Lambda zips under the Runtime Interface Emulator): its S3 calls are then
+// authorized with the role's policies.
+func (l *Lab) FunctionCredentials(logicalID string) (accessKeyID, secretAccessKey string, ok bool) {
+	p, ok := l.keys.Lookup(roleAccessKey(logicalID))
+	if !ok {
+		return "", "", false
+	}
+	return p.AccessKeyID, p.SecretAccessKey, true
 }

@@ -29,6 +29,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/bootcert/bootcert/cloud/lab/iam"
 	"github.com/bootcert/bootcert/cloud/lab/limits"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
 	"github.com/bootcert/bootcert/internal/clock"
@@ -47,6 +48,9 @@ type Config struct {
 	// Credentials, when set, is the one key pair whose signatures are
 	// accepted; nil accepts any well-formed SigV4 Authorization header.
 	Credentials *Credentials
+	// Principals are key pairs verified with their own secret whatever
+	// Credentials says (the functions' execution roles).
+	Principals *iam.Keyring
 	// Publisher receives data-plane publishes; nil answers
 	// ServiceUnavailableException.
 	Publisher Publisher
@@ -189,7 +193,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, rt.op, "", &apiError{Type: "InvalidRequestException", Status: 413, Message: fmt.Sprintf("body larger than %d bytes", MaxBody)})
 		return
 	}
-	if err := s.authenticate(r, body); err != nil {
+	if err := s.authenticate(r, body, rt.op); err != nil {
 		s.fail(w, r, rt.op, "", err)
 		return
 	}

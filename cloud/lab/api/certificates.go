@@ -77,6 +77,23 @@ type caCertificateSummary struct {
 	Created *float64 `json:"creationDate,omitempty"`
 }
 
+// certID returns the certificateId path parameter after checking its form:
+// AWS answers an ID that is not 64 hex digits with 400
+// InvalidRequestException, before it looks it up
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_DescribeCertificate.html,
+// certificateId: "Fixed length of 64", pattern "(0x)?[a-fA-F0-9]+").
+func certID(q *request, name string) (string, error) {
+	id := q.v(name)
+	ok := len(id) == 64
+	for _, c := range id {
+		ok = ok && ('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F')
+	}
+	if !ok {
+		return "", errInvalid("%s %q: not 64 hexadecimal digits", name, id)
+	}
+	return id, nil
+}
+
 func (s *Server) getRegistrationCode(q *request) (any, error) {
 	return registrationCodeReply{s.reg.RegistrationCode()}, nil
 }
@@ -112,7 +129,11 @@ func (s *Server) registerCACertificate(q *request) (any, error) {
 }
 
 func (s *Server) describeCACertificate(q *request) (any, error) {
-	c, err := s.reg.DescribeCACertificate(q.v("certificateId"))
+	id, err := certID(q, "certificateId")
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.reg.DescribeCACertificate(id)
 	if err != nil {
 		return nil, err
 	}
@@ -127,11 +148,19 @@ func (s *Server) describeCACertificate(q *request) (any, error) {
 }
 
 func (s *Server) updateCACertificate(q *request) (any, error) {
-	return nil, s.reg.UpdateCACertificate(q.v("certificateId"), q.query.Get("newStatus"), q.query.Get("newAutoRegistrationStatus"))
+	id, err := certID(q, "certificateId")
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.reg.UpdateCACertificate(id, q.query.Get("newStatus"), q.query.Get("newAutoRegistrationStatus"))
 }
 
 func (s *Server) deleteCACertificate(q *request) (any, error) {
-	return nil, s.reg.DeleteCACertificate(q.v("certificateId"))
+	id, err := certID(q, "certificateId")
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.reg.DeleteCACertificate(id)
 }
 
 func (s *Server) listCACertificates(q *request) (any, error) {
@@ -180,7 +209,11 @@ func (s *Server) createCertificateFromCsr(q *request) (any, error) {
 }
 
 func (s *Server) describeCertificate(q *request) (any, error) {
-	c, err := s.reg.DescribeCertificate(q.v("certificateId"))
+	id, err := certID(q, "certificateId")
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.reg.DescribeCertificate(id)
 	if err != nil {
 		return nil, err
 	}
@@ -195,19 +228,27 @@ func (s *Server) describeCertificate(q *request) (any, error) {
 }
 
 func (s *Server) updateCertificate(q *request) (any, error) {
+	id, err := certID(q, "certificateId")
+	if err != nil {
+		return nil, err
+	}
 	st := q.query.Get("newStatus")
 	if st == "" {
 		return nil, errInvalid("newStatus is required")
 	}
-	return nil, s.reg.UpdateCertificate(q.v("certificateId"), st)
+	return nil, s.reg.UpdateCertificate(id, st)
 }
 
 func (s *Server) deleteCertificate(q *request) (any, error) {
+	id, err := certID(q, "certificateId")
+	if err != nil {
+		return nil, err
+	}
 	force, err := q.boolQuery("forceDelete")
 	if err != nil {
 		return nil, err
 	}
-	return nil, s.reg.DeleteCertificate(q.v("certificateId"), force)
+	return nil, s.reg.DeleteCertificate(id, force)
 }
 
 func (s *Server) registerCertificate(q *request) (any, error) {

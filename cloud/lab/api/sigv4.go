@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,6 +23,10 @@ import (
 type Credentials struct {
 	AccessKeyID     string `json:"accessKeyId"`
 	SecretAccessKey string `json:"secretAccessKey"`
+	// Policy, optional, is an IAM identity policy document: the lab's S3
+	// authorizes the key pair's requests with it (package iam). Without
+	// it the key pair may do everything.
+	Policy json.RawMessage `json:"policy,omitempty"`
 }
 
 // LoadCredentials reads a credentials file; unknown keys and missing values
@@ -92,8 +97,80 @@ func parseAuthorization(h string) (*sigV4Auth, error) {
 	return a, nil
 }
 
-// authenticate checks the SigV4 signature of r.
-func (s *Server) authenticate(r *http.Request, body []byte) error {
+// Signing names the lab accepts in a credential scope. The control plane:
+// "iot", as aws-sdk-go-v2 service/iot signs, and "execute-api", the
+// credential scope of the iot endpoints in the SDKs' older endpoints.json.
+// The data plane: "iotdata", the SigV4 name of the SDKs' IoT data service
+// model, and "iotdevicegateway", the name AWS's IoT data-plane API
+// reference gives ("The service name used by AWS Signature Version 4 to
+// sign requests is: iotdevicegateway",
+// https://docs.aws.amazon.com/iot/latest/apireference/API_Operations_AWS_IoT_Data_Plane.html);
+// AWS accepts both.
+var (
+	ControlPlaneServices = []string{"iot", "execute-api"}
+	DataPlaneServices    = []string{"iotdata", "iotdevicegateway"}
+)
+
+// CheckScope checks a request's SigV4 credential scope against the lab's
+// region and the service names allowed for the endpoint, the scope's date
+// against X-Amz-Date, and that the host header is signed, whatever the
+// credentials: AWS refuses a request scoped to another region or service
+// before it looks at the key ("Credential should be scoped to a valid
+// region", "Credential should be scoped to correct service";
+// https://docs.aws.amazon.com/IAM/latest/UserGuide/signature-v4-troubleshooting.html).
+// An unsigned request passes (the caller decides whether it needs one).
+func CheckScope(r *http.Request, region string, services []string) *AuthError {
+	q := r.URL.Query()
+	var a *sigV4Auth
+	var amzDate string
+	if q.Has("X-Amz-Signature") {
+		var err error
+		a, err = parseAuthorization("AWS4-HMAC-SHA256 Credential=" + q.Get("X-Amz-Credential") +
+			", SignedHeaders=" + q.Get("X-Amz-SignedHeaders") + ", Signature=" + q.Get("X-Amz-Signature"))
+		if err != nil {
+			return toAuthError(err).(*AuthError)
+		}
+		amzDate = q.Get("X-Amz-Date")
+	} else {
+		h := r.Header.Get("Authorization")
+		if h == "" {
+			return nil
+		}
+		var err error
+		if a, err = parseAuthorization(h); err != nil {
+			return toAuthError(err).(*AuthError)
+		}
+		amzDate = r.Header.Get("X-Amz-Date")
+	}
+	if a.region != region {
+		return &AuthError{Code: "InvalidSignatureException", Scope: "region", Message: fmt.Sprintf("Credential should be scoped to a valid region, not '%s'. ", a.region)}
+	}
+	if !slices.Contains(services, a.service) {
+		return &AuthError{Code: "InvalidSignatureException", Scope: "service", Message: fmt.Sprintf("Credential should be scoped to correct service: '%s'. ", services[0])}
+	}
+	if len(amzDate) < 8 || a.date != amzDate[:8] {
+		return &AuthError{Code: "InvalidSignatureException", Scope: "date", Message: "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '" + a.date + "' != '" + amzDate + "'"}
+	}
+	if !slices.Contains(a.signedHeaders, "host") {
+		return &AuthError{Code: "InvalidSignatureException", Message: "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."}
+	}
+	return nil
+}
+
+// authenticate checks the SigV4 signature of r for operation op.
+func (s *Server) authenticate(r *http.Request, body []byte, op string) error {
+	services := ControlPlaneServices
+	if op == "Publish" {
+		services = DataPlaneServices
+	}
+	if ae := CheckScope(r, s.reg.Region(), services); ae != nil {
+		return authErr(ae.Code, ae.Message)
+	}
+	if a, err := parseAuthorization(r.Header.Get("Authorization")); err == nil {
+		if p, ok := s.cfg.Principals.Lookup(a.accessKey); ok {
+			return s.verify(r, body, Credentials{AccessKeyID: p.AccessKeyID, SecretAccessKey: p.SecretAccessKey})
+		}
+	}
 	if s.cfg.Credentials == nil {
 		// Any well-formed Authorization header.
 		if _, err := parseAuthorization(r.Header.Get("Authorization")); err != nil {
@@ -101,7 +178,11 @@ func (s *Server) authenticate(r *http.Request, body []byte) error {
 		}
 		return nil
 	}
-	if err := VerifySigV4(r, body, *s.cfg.Credentials, s.clock.Now(), false); err != nil {
+	return s.verify(r, body, *s.cfg.Credentials)
+}
+
+func (s *Server) verify(r *http.Request, body []byte, creds Credentials) error {
+	if err := VerifySigV4(r, body, creds, s.clock.Now(), false); err != nil {
 		var ae *AuthError
 		if errors.As(err, &ae) {
 			return authErr(ae.Code, ae.Message)
@@ -119,6 +200,9 @@ type AuthError struct {
 	Code    string
 	Message string
 	Expired bool
+	// Scope names the credential scope part that is wrong (region,
+	// service, date), for services that answer it with their own code.
+	Scope string
 }
 
 func (e *AuthError) Error() string { return e.Code + ": " + e.Message }

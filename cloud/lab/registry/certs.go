@@ -328,10 +328,12 @@ func registerStatus(s string) (string, error) {
 	switch s {
 	case "":
 		return StatusInactive, nil
-	case StatusActive, StatusInactive, StatusRevoked:
+	// PENDING_ACTIVATION too: RegisterCertificate takes it
+	// (https://docs.aws.amazon.com/iot/latest/apireference/API_RegisterCertificate.html, "status").
+	case StatusActive, StatusInactive, StatusRevoked, StatusPendingActivation:
 		return s, nil
 	}
-	return "", invalid("status", "must be ACTIVE, INACTIVE or REVOKED, got %q", s)
+	return "", invalid("status", "must be ACTIVE, INACTIVE, REVOKED or PENDING_ACTIVATION, got %q", s)
 }
 
 // CreateCertificateFromCsr issues a certificate for csrPEM with the lab's

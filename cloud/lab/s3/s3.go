@@ -2,8 +2,11 @@
 // github.com/johannesboyne/gofakes3 over a bbolt database in the lab's data
 // directory (DIR/s3.db), so objects and their user metadata survive a
 // restart. It is served on its own listener with path-style addressing
-// (https://127.0.0.1:PORT/BUCKET/KEY). Requests are not authenticated
-// (gofakes3 ignores signatures); presigned GET URLs from service/s3's
+// (https://127.0.0.1:PORT/BUCKET/KEY). The store checks signatures itself
+// (gofakes3 ignores them): requests signed by a Config.Principals key are
+// verified and authorized with its IAM policies, others with
+// Config.Credentials when set; every request must be scoped to the region
+// and service s3. Presigned GET URLs from service/s3's
 // PresignClient work, and the lab enforces their expiry
 // (X-Amz-Date + X-Amz-Expires, like S3:
 // https://docs.aws.amazon.com/AmazonS3/latest/userguide/using-presigned-url.html).
@@ -18,9 +21,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/bootcert/bootcert/cloud/lab/api"
+	"github.com/bootcert/bootcert/cloud/lab/iam"
 	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3bolt"
@@ -41,6 +46,13 @@ type Config struct {
 	// (Authorization header or presigned URL) are accepted; nil accepts
 	// every request, signed or not (presigned URLs still expire).
 	Credentials *api.Credentials
+	// Principals are the identities whose requests are verified with their
+	// own secret and authorized with their IAM policies (the functions'
+	// roles, the --credentials key pair with its policy), whatever
+	// Credentials says.
+	Principals *iam.Keyring
+	// Region is the region requests must be scoped to (default us-east-1).
+	Region string
 }
 
 // Store is the lab's S3.
@@ -51,6 +63,8 @@ type Store struct {
 	clock   clock.Clock
 	log     *slog.Logger
 	creds   *api.Credentials
+	keys    *iam.Keyring
+	region  string
 }
 
 type timeSource struct{ c clock.Clock }
@@ -65,6 +79,9 @@ func Open(cfg Config) (*Store, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("lab s3: %w", err)
@@ -84,7 +101,7 @@ func Open(cfg Config) (*Store, error) {
 		skew = 0
 	}
 	backend := s3bolt.New(db, s3bolt.WithTimeSource(ts))
-	s := &Store{db: db, backend: backend, clock: cfg.Clock, log: cfg.Logger, creds: cfg.Credentials,
+	s := &Store{db: db, backend: backend, clock: cfg.Clock, log: cfg.Logger, creds: cfg.Credentials, keys: cfg.Principals, region: cfg.Region,
 		fake: gofakes3.New(backend, gofakes3.WithTimeSource(ts), gofakes3.WithTimeSkewLimit(skew),
 			gofakes3.WithLogger(gofakes3.DiscardLog()))}
 	for _, b := range cfg.Buckets {
@@ -150,6 +167,31 @@ var ErrExpired = errors.New("Request has expired")
 // error code and HTTP status of a refusal
 // (https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html).
 func (s *Store) authorize(r *http.Request) (string, int, error) {
+	// A request scoped to another region or service is refused whatever
+	// the credentials, with S3's code
+	// (https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html).
+	if ae := api.CheckScope(r, s.region, []string{"s3"}); ae != nil {
+		switch ae.Scope {
+		case "region":
+			//lint:ignore ST1005 S3's own message
+			return "AuthorizationHeaderMalformed", http.StatusBadRequest, fmt.Errorf("The authorization header is malformed; the region is wrong; expecting '%s'", s.region)
+		case "service":
+			//lint:ignore ST1005 S3's own message
+			return "AuthorizationHeaderMalformed", http.StatusBadRequest, errors.New("The authorization header is malformed; incorrect service. This endpoint belongs to \"s3\".")
+		}
+		return authFailure(ae)
+	}
+	if p, ok := s.keys.Lookup(accessKeyOf(r)); ok {
+		err := api.VerifySigV4(r, nil, api.Credentials{AccessKeyID: p.AccessKeyID, SecretAccessKey: p.SecretAccessKey}, s.clock.Now(), true)
+		if err != nil {
+			return authFailure(err)
+		}
+		if ok, why := s.authorizeIAM(r, p); !ok {
+			s.log.Info("s3 access denied", "principal", p.Name, "method", r.Method, "resource", r.URL.Path, "reason", why)
+			return "AccessDenied", http.StatusForbidden, ErrAccessDenied
+		}
+		return "", 0, nil
+	}
 	if s.creds == nil {
 		if err := s.checkPresigned(r); err != nil {
 			return "AccessDenied", http.StatusForbidden, err
@@ -160,6 +202,30 @@ func (s *Store) authorize(r *http.Request) (string, int, error) {
 	if err == nil {
 		return "", 0, nil
 	}
+	return authFailure(err)
+}
+
+// ErrAccessDenied is S3's answer to a request IAM refuses.
+//
+//lint:ignore ST1005 S3's own message, verbatim
+var ErrAccessDenied = errors.New("Access Denied")
+
+// accessKeyOf is the access key ID a request is signed with, if any.
+func accessKeyOf(r *http.Request) string {
+	c := r.URL.Query().Get("X-Amz-Credential")
+	if c == "" {
+		h := r.Header.Get("Authorization")
+		if i := strings.Index(h, "Credential="); i >= 0 {
+			c = h[i+len("Credential="):]
+		}
+	}
+	ak, _, _ := strings.Cut(c, "/")
+	return ak
+}
+
+// authFailure maps a SigV4 verification error to S3's error code and
+// status.
+func authFailure(err error) (string, int, error) {
 	var ae *api.AuthError
 	if !errors.As(err, &ae) {
 		return "InternalError", http.StatusInternalServerError, err

@@ -53,7 +53,10 @@ func extract(cf *cloudformation.Template, r *resolver) (*Template, error) {
 	sort.Strings(t.ThingTypes)
 	sort.Strings(t.ThingGroups)
 
-	functions, fnByName := extractFunctions(cf, r)
+	functions, fnByName, err := extractFunctions(cf, r)
+	if err != nil {
+		return nil, err
+	}
 	t.Functions = functions
 	policies, err := extractPolicies(cf)
 	if err != nil {

@@ -1,6 +1,7 @@
 package template
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -30,7 +31,7 @@ func (r *resolver) events(fnID string) []Event {
 
 // extractFunctions returns the template's AWS::Serverless::Functions,
 // sorted by logical ID, and their logical IDs by physical name.
-func extractFunctions(cf *cloudformation.Template, r *resolver) (out []Function, fnByName map[string]string) {
+func extractFunctions(cf *cloudformation.Template, r *resolver) (out []Function, fnByName map[string]string, err error) {
 	// Functions, with Globals.Function applied (SAM "Globals section of the
 	// AWS SAM template", sam-specification-template-anatomy-globals.html).
 	var g *global.Function
@@ -83,9 +84,13 @@ func extractFunctions(cf *cloudformation.Template, r *resolver) (out []Function,
 			fn.Architectures = []string{"x86_64"}
 		}
 		fn.Events = r.events(id)
+		fn.RoleARN = fmt.Sprintf("arn:aws:iam::%s:role/%sRole", r.opts.AccountID, id)
+		if fn.Policies, err = r.functionPolicies(id); err != nil {
+			return nil, nil, err
+		}
 		fnByName[fn.Name] = id
 		out = append(out, fn)
 	}
 	slices.SortFunc(out, func(a, b Function) int { return strings.Compare(a.LogicalID, b.LogicalID) })
-	return out, fnByName
+	return out, fnByName, nil
 }

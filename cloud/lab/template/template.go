@@ -21,7 +21,8 @@
 // and Fn::If. A value it cannot resolve (a GetAtt attribute it does not
 // model, Fn::ImportValue, ...) fails the load only where the lab uses it
 // (policies, rules, function settings and environment, names); in Outputs
-// or a function's IAM Policies it is ignored.
+// it is ignored, and in a function's IAM Policies it becomes a resource
+// that matches no request the lab serves.
 package template
 
 import (
@@ -37,6 +38,7 @@ import (
 	"github.com/awslabs/goformation/v7/cloudformation"
 	"github.com/awslabs/goformation/v7/intrinsics"
 
+	"github.com/bootcert/bootcert/cloud/lab/iam"
 	"github.com/bootcert/bootcert/cloud/lab/policy"
 	"github.com/bootcert/bootcert/cloud/lab/rules"
 )
@@ -140,6 +142,11 @@ type Function struct {
 	MemorySize    int
 	Env           map[string]string
 	Events        []Event // SAM event sources, sorted by name
+	// RoleARN is the function's execution role (SAM's implicit
+	// <LogicalId>Role) and Policies the IAM policies SAM attaches to it
+	// (inline documents and expanded SAM policy templates).
+	RoleARN  string
+	Policies []*iam.Document
 }
 
 // Event is a SAM function event source, as far as the lab can use it: the
