@@ -44,6 +44,8 @@ var (
 	cobra     = "github.com/spf13/cobra"
 	simulator = "github.com/google/go-tpm-tools/simulator"
 	lab       = module + "/cloud/lab"
+	// the daemon's TOML decoder is daemon/config's own (0.14 MiB smaller)
+	burntToml = "github.com/BurntSushi/toml"
 )
 
 // checkLinks fails the test for every package pkg links under the release
@@ -73,7 +75,7 @@ func checkLinks(t *testing.T, pkg string, forbidden ...string) {
 }
 
 func TestDaemonReleaseLinks(t *testing.T) {
-	checkLinks(t, module+"/cmd/bootcertd", cloudCode, awsSDK, mochi, cobra, simulator)
+	checkLinks(t, module+"/cmd/bootcertd", cloudCode, awsSDK, mochi, cobra, simulator, burntToml)
 }
 
 func TestGatewayCtlLinksNoCloud(t *testing.T) {
