@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
 	"github.com/bootcert/bootcert/keystore"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -224,16 +222,6 @@ func (e *Error) Error() string {
 // Unwrap makes errors.Is(err, ErrInvalid) true.
 func (e *Error) Unwrap() error { return ErrInvalid }
 
-// lastKey finds `(last key "a.b")` in a toml error message.
-func lastKey(msg string) string {
-	_, rest, ok := strings.Cut(msg, `(last key "`)
-	if !ok {
-		return ""
-	}
-	k, _, _ := strings.Cut(rest, `")`)
-	return k
-}
-
 // ReferenceDoc is where the installed package describes every key
 // (docs/bootcertd.md, shipped by nfpm.yaml); errors point the operator to it.
 const ReferenceDoc = "/usr/share/doc/bootcert/bootcertd.md"
@@ -257,34 +245,17 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, &Error{File: name, Reason: "file contains NUL bytes: not a TOML text file"}
 	}
 	c := Defaults()
-	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&c)
-	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			msg := pe.Message
-			if msg == "" {
-				msg = pe.Error()
-			}
-			return nil, &Error{File: name, Key: pe.LastKey, Reason: fmt.Sprintf("line %d: %s", pe.Position.Line, msg)}
-		}
-		key := lastKey(err.Error())
-		return nil, &Error{File: name, Key: key, Reason: strings.TrimPrefix(err.Error(), "toml: ")}
-	}
-	if und := md.Undecoded(); len(und) > 0 {
-		var keys []string
-		for _, k := range und {
-			keys = append(keys, k.String())
-		}
-		return nil, &Error{File: name, Key: keys[0], Reason: fmt.Sprintf("unknown key (unknown keys: %s; check the spelling against the Configuration table of %s)", strings.Join(keys, ", "), ReferenceDoc)}
+	if err := decodeTOML(name, data, &c); err != nil {
+		return nil, err
 	}
 	c.Path = name
-	if err := c.validate(md); err != nil {
+	if err := c.validate(); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
 
-func (c *Config) validate(md toml.MetaData) error {
+func (c *Config) validate() error {
 	bad := func(key, format string, args ...any) error {
 		return &Error{File: c.Path, Key: key, Reason: fmt.Sprintf(format, args...)}
 	}

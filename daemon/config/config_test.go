@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -181,7 +182,19 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(base + "[timeouts]\nreply=\"1s\"\n"))
 	f.Add([]byte("[broker]\nport = 1e9\n"))
 	f.Add([]byte("a = [1, \"x\"]\n"))
+	f.Add([]byte("[verify]\nlocation_hosts = [ 'a', \"b\\u0041\" ]\n[broker]\nport = 0x1_F\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// what this decoder accepts, the reference decodes the same
+		dec := Defaults()
+		if decodeTOML("fuzz.toml", data, &dec) == nil {
+			ref, err := burntSushi(t, string(data))
+			if err != nil {
+				t.Fatalf("decodeTOML accepted what BurntSushi/toml refuses (%v): %q", err, data)
+			}
+			if !reflect.DeepEqual(dec, ref) {
+				t.Fatalf("decoders differ on %q:\n got %+v\nwant %+v", data, dec, ref)
+			}
+		}
 		c, err := Parse("fuzz.toml", data)
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {

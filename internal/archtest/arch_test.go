@@ -47,6 +47,8 @@ var (
 	// prometheus is a test-only dependency (daemon/metrics parses its own
 	// textfile with expfmt); the daemon writes the text format by hand
 	prometheus = "github.com/prometheus"
+	// the daemon's TOML decoder is daemon/config's own (0.14 MiB smaller)
+	burntToml = "github.com/BurntSushi/toml"
 )
 
 // checkLinks fails the test for every package pkg links under the release
@@ -76,7 +78,7 @@ func checkLinks(t *testing.T, pkg string, forbidden ...string) {
 }
 
 func TestDaemonReleaseLinks(t *testing.T) {
-	checkLinks(t, module+"/cmd/bootcertd", cloudCode, awsSDK, mochi, cobra, simulator, prometheus)
+	checkLinks(t, module+"/cmd/bootcertd", cloudCode, awsSDK, mochi, cobra, simulator, prometheus, burntToml)
 }
 
 func TestGatewayCtlLinksNoCloud(t *testing.T) {

@@ -4,7 +4,8 @@
 //
 //   - bootcertd, as released (cgo, tag nosimulator; and the static
 //     CGO_ENABLED=0 build of the other architecture), links no cloud code,
-//     no AWS SDK, no MQTT broker (mochi), no cobra and no TPM simulator,
+//     no AWS SDK, no MQTT broker (mochi), no cobra, no TPM simulator, no
+//     BurntSushi/toml (daemon/config decodes its TOML itself),
 //     and (by its symbol table) not net/http's client: Transport, HTTP/2,
 //     Client (a location is one GET over crypto/tls, daemon/fetch.go);
 //   - the gateway's bootcertctl links no cloud code and no AWS SDK (the
