@@ -51,8 +51,10 @@
 //     the template's environment, or Config.Functions), asynchronously on a
 //     bounded worker pool like AWS's asynchronous invocation (so
 //     invocations are concurrent and unordered), republish actions and
-//     error actions. POST /lab/functions/{logicalId}/invoke runs one
-//     synchronously; GET /lab/state shows the registry, broker sessions,
+//     error actions. The template's Schedule events (rate expressions) run
+//     on the lab's clock (Config.Clock; a test's clock.Fake fires them by
+//     Advance), as EventBridge runs them on AWS.
+//     POST /lab/functions/{logicalId}/invoke runs one synchronously; GET /lab/state shows the registry, broker sessions,
 //     function and rule counters.
 //   - The IoT control-plane REST API and data-plane Publish for
 //     aws-sdk-go-v2 (package api), S3 through gofakes3 (package s3, with

@@ -762,8 +762,8 @@ func TestTemplateBuildsFunctions(t *testing.T) {
 			t.Errorf("function %s not built (have %v)", id, l.invoker.names())
 		}
 	}
-	if got := l.rules.snapshot(); len(got) != 3 {
-		t.Errorf("rules %v, want the template's 3", got)
+	if got := l.rules.snapshot(); len(got) != 4 {
+		t.Errorf("rules %v, want the template's 4", got)
 	}
 }
 

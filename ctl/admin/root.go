@@ -28,6 +28,8 @@ bootcertctl has no AWS SDK and no credentials).
 
   bootcert-admin cloud setup   after "sam deploy", and whenever the allow list
                                or the CRL changes (docs/cloud.md)
+  bootcert-admin cloud rotate  ask for rotations: DEVICE..., --all or
+                               --older-than 90d (breach response)
 
 AWS endpoints and credentials come from the standard AWS configuration
 (AWS_PROFILE, AWS_REGION, ...); --lab DIR points at a running bootcert-lab.`,

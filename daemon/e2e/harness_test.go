@@ -89,6 +89,7 @@ type cloudEnv struct {
 
 	functions map[string]lab.Function
 	params    map[string]string // template parameter overrides
+	jobs      map[string]string // thing -> its latest rotation job (addToRotation)
 }
 
 func newCloud(t testing.TB) *cloudEnv { return newCloudWith(t, cloudOpts{}) }
@@ -192,19 +193,47 @@ func (c *cloudEnv) certStatus(id string) types.CertificateStatus {
 }
 
 func (c *cloudEnv) jobStatus(thing string) (types.JobExecutionStatus, map[string]string) {
-	d, err := c.api.DescribeJobExecution(context.Background(), &iot.DescribeJobExecutionInput{JobId: aws.String("bootcert-rotation"), ThingName: aws.String(thing)})
+	c.mu.Lock()
+	job := c.jobs[thing]
+	c.mu.Unlock()
+	if job == "" {
+		job = "bootcert-rotation"
+	}
+	d, err := c.api.DescribeJobExecution(context.Background(), &iot.DescribeJobExecutionInput{JobId: aws.String(job), ThingName: aws.String(thing)})
 	if err != nil || d.Execution == nil {
 		return "", nil
 	}
 	return d.Execution.Status, d.Execution.StatusDetails.DetailsMap
 }
 
-// addToRotation puts a thing back in the rotation group (a renewal).
+// addToRotation queues another rotation as the renewal function does: the
+// thing back in the rotation group and a new snapshot job targeting it (AWS
+// documents no second execution of the continuous job for a thing that had
+// one, and the lab creates none).
 func (c *cloudEnv) addToRotation(thing string) {
 	c.t.Helper()
-	if _, err := c.api.AddThingToThingGroup(context.Background(), &iot.AddThingToThingGroupInput{ThingName: aws.String(thing), ThingGroupName: aws.String("bootcert-rotation")}); err != nil {
+	ctx := context.Background()
+	if _, err := c.api.AddThingToThingGroup(ctx, &iot.AddThingToThingGroupInput{ThingName: aws.String(thing), ThingGroupName: aws.String("bootcert-rotation")}); err != nil {
 		c.t.Fatalf("AddThingToThingGroup: %v", err)
 	}
+	th, err := c.api.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(thing)})
+	if err != nil {
+		c.t.Fatalf("DescribeThing: %v", err)
+	}
+	doc, _ := json.Marshal(protocol.DefaultJobDocument())
+	c.mu.Lock()
+	if c.jobs == nil {
+		c.jobs = map[string]string{}
+	}
+	job := fmt.Sprintf("bootcert-r-test-%d", len(c.jobs)+int(time.Now().UnixNano()%1e9))
+	c.mu.Unlock()
+	if _, err := c.api.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String(job), Targets: []string{aws.ToString(th.ThingArn)},
+		Document: aws.String(string(doc)), TargetSelection: types.TargetSelectionSnapshot}); err != nil {
+		c.t.Fatalf("CreateJob: %v", err)
+	}
+	c.mu.Lock()
+	c.jobs[thing] = job
+	c.mu.Unlock()
 }
 
 // issue signs a certificate for pub with the factory CA.

@@ -16,9 +16,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/bootcert/bootcert/cloud/lab/labtest"
 	"github.com/bootcert/bootcert/daemon/config"
 	"github.com/bootcert/bootcert/daemon/credset"
+	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/protocol"
 )
 
@@ -103,7 +103,7 @@ func TestSafetyNet(t *testing.T) {
 
 	// the handler: answers every request and queues the rotation
 	c.createPolicy("test-rotate-handler", handlerPolicy)
-	leaf := c.ca.Issue(t, "rotate-handler")
+	leaf := c.ca.NewLeaf(t, "rotate-handler")
 	c.register(leaf.CertPEM, "test-rotate-handler")
 	var mu sync.Mutex
 	var reqs []protocol.RotateRequest
@@ -140,7 +140,7 @@ func TestSafetyNet(t *testing.T) {
 	d.stop()
 }
 
-func handlerClient(t *testing.T, c *cloudEnv, leaf *labtest.Leaf) paho.Client {
+func handlerClient(t *testing.T, c *cloudEnv, leaf *testca.Leaf) paho.Client {
 	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(c.lab.ServerCAPEM())

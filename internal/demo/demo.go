@@ -505,10 +505,17 @@ func (r *run) certStatus(ctx context.Context, id string) (string, error) {
 	return string(out.CertificateDescription.Status), nil
 }
 
+// jobStatus is the status of the thing's last rotation job (thing
+// attribute rotationJob, set by the renewal function), else of the
+// continuous job.
 func (r *run) jobStatus(ctx context.Context) (string, error) {
-	out, err := r.api.DescribeJobExecution(ctx, &iot.DescribeJobExecutionInput{JobId: aws.String("bootcert-rotation"), ThingName: aws.String(Thing)})
+	job := "bootcert-rotation"
+	if th, err := r.api.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(Thing)}); err == nil && th.Attributes["rotationJob"] != "" {
+		job = th.Attributes["rotationJob"]
+	}
+	out, err := r.api.DescribeJobExecution(ctx, &iot.DescribeJobExecutionInput{JobId: aws.String(job), ThingName: aws.String(Thing)})
 	if err != nil {
-		return "", fmt.Errorf("DescribeJobExecution bootcert-rotation %s: %w", Thing, err)
+		return "", fmt.Errorf("DescribeJobExecution %s %s: %w", job, Thing, err)
 	}
 	return string(out.Execution.Status), nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
+	"github.com/aws/aws-sdk-go-v2/service/iot/types"
 
 	"github.com/bootcert/bootcert/daemon/engine"
 	"github.com/bootcert/bootcert/daemon/journal"
@@ -166,8 +167,10 @@ func (r *run) waitPhase(p journal.Phase, max time.Duration) bool {
 	return false
 }
 
-// askRotation puts the thing back in the rotation group once the last
-// execution is terminal, as the renewal function does.
+// askRotation asks for another rotation once the last execution is
+// terminal, as an operator does (bootcert-admin cloud rotate: the thing
+// attribute rotationRequested) and runs the renewal scan at once (what its
+// schedule does), which queues a new snapshot job for the thing.
 func (r *run) askRotation(ctx context.Context) error {
 	if err := r.waitFor(ctx, "the job execution to end", func() (bool, error) {
 		s, err := r.jobStatus(ctx)
@@ -175,11 +178,28 @@ func (r *run) askRotation(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if _, err := r.api.AddThingToThingGroup(ctx, &iot.AddThingToThingGroupInput{ThingName: aws.String(Thing), ThingGroupName: aws.String("bootcert-rotation")}); err != nil {
-		return fmt.Errorf("AddThingToThingGroup %s bootcert-rotation: %w", Thing, err)
+	// One second later than the current certificate's notBefore at least,
+	// so that the request postdates it.
+	at := time.Now().Add(time.Second).Unix()
+	if _, err := r.api.UpdateThing(ctx, &iot.UpdateThingInput{ThingName: aws.String(Thing), AttributePayload: &types.AttributePayload{
+		Attributes: map[string]string{"rotationRequested": fmt.Sprint(at)}, Merge: true}}); err != nil {
+		return fmt.Errorf("UpdateThing %s rotationRequested: %w", Thing, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, "POST", r.endpoints.API+"/lab/functions/RenewalFunction/invoke", strings.NewReader(`{"source":"aws.events","detail-type":"Scheduled Event"}`))
+	if err != nil {
+		return err
+	}
+	resp, err := r.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("POST /lab/functions/RenewalFunction/invoke: %w", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"added":["`+Thing+`"]`) {
+		return fmt.Errorf("renewal scan did not queue %s: %d %s", Thing, resp.StatusCode, bytes.TrimSpace(b))
 	}
 	r.res.RotationsAsked++
-	r.n.say("that rotation had finished: AddThingToThingGroup bootcert-rotation (what the renewal function does) asks for another")
+	r.n.say("that rotation had finished: rotationRequested set (bootcert-admin cloud rotate) and the renewal scan run: a new snapshot job for %s", Thing)
 	return nil
 }
 
