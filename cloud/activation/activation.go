@@ -62,9 +62,9 @@ type API struct {
 	// answers 501.
 	Lifecycle *lifecycle.Manager
 	Registry  Registry
-	Trust    *fleet.Trust
-	Settings fleet.Settings
-	Log      *slog.Logger
+	Trust     *fleet.Trust
+	Settings  fleet.Settings
+	Log       *slog.Logger
 }
 
 // HandleEvent decodes an API Gateway (HTTP API, payload 2.0) request.

@@ -32,6 +32,7 @@ CloudFormation has no resource for a continuous IoT job or for registering a
 CA certificate, so "bootcert-admin cloud setup" does those through the AWS SDK.`,
 	}
 	cmd.AddCommand(newCloudSetupCmd())
+	cmd.AddCommand(newLifecycleCmds()...)
 	return cmd
 }
 
