@@ -41,7 +41,7 @@ func (c *conn) flags(cmd *cobra.Command) {
 	cmd.MarkFlagRequired("bucket")
 }
 
-func (c conn) config(ctx context.Context) (aws.Config, error) {
+func (c *conn) config(ctx context.Context) (aws.Config, error) {
 	if c.lab != "" {
 		p := filepath.Join(c.lab, "endpoints.json")
 		b, err := os.ReadFile(p)
@@ -91,7 +91,7 @@ func or(v, d string) string {
 }
 
 // manager builds the lifecycle manager; its audit lines go to stderr.
-func (c conn) manager(ctx context.Context, cmd *cobra.Command) (*lifecycle.Manager, error) {
+func (c *conn) manager(ctx context.Context, cmd *cobra.Command) (*lifecycle.Manager, error) {
 	cfg, err := c.config(ctx)
 	if err != nil {
 		return nil, err
