@@ -19,6 +19,7 @@ import (
 	cloudaws "github.com/bootcert/bootcert/cloud/aws"
 	"github.com/bootcert/bootcert/cloud/certvendor"
 	"github.com/bootcert/bootcert/cloud/fleet"
+	"github.com/bootcert/bootcert/cloud/lifecycle"
 	"github.com/bootcert/bootcert/cloud/ports"
 	"github.com/bootcert/bootcert/cloud/provisionhook"
 	"github.com/bootcert/bootcert/cloud/reaper"
@@ -120,7 +121,8 @@ func Build(ctx context.Context, logicalID string, getenv func(string) string, de
 			return marshal(h.Handle(ctx, ev))
 		}, nil
 	case Activation:
-		h := &activation.API{Registry: reg, Trust: trust, Settings: settings, Log: log}
+		lc := &lifecycle.Manager{Registry: reg, Deleter: raw, Store: store, Settings: settings, Clock: clk, Log: log}
+		h := &activation.API{Registry: reg, Trust: trust, Settings: settings, Log: log, Lifecycle: lc}
 		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
 			return marshal(h.HandleEvent(ctx, event))
 		}, nil

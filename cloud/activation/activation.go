@@ -1,6 +1,9 @@
 // Package activation is the explicit activation API behind API Gateway (HTTP
 // API, IAM auth): POST /devices/{deviceId}/activation approves a device and
-// adds it to the rotation group; GET /devices/{deviceId} reports its state.
+// adds it to the rotation group; POST /devices/{deviceId}/deactivation
+// decommissions it for good (lifecycle.Decommission: every certificate
+// revoked, the thing deleted, the device on the deny list); GET
+// /devices/{deviceId} reports its state.
 package activation
 
 import (
@@ -16,6 +19,7 @@ import (
 	"github.com/aws/aws-lambda-go/events"
 
 	"github.com/bootcert/bootcert/cloud/fleet"
+	"github.com/bootcert/bootcert/cloud/lifecycle"
 	"github.com/bootcert/bootcert/cloud/ports"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -52,12 +56,15 @@ type Registry interface {
 	DescribeCertificate(ctx context.Context, id string) (ports.Certificate, error)
 }
 
-// API serves the two routes.
+// API serves the routes.
 type API struct {
-	Registry Registry
-	Trust    *fleet.Trust
-	Settings fleet.Settings
-	Log      *slog.Logger
+	// Lifecycle decommissions (the deactivation route); nil: the route
+	// answers 501.
+	Lifecycle *lifecycle.Manager
+	Registry  Registry
+	Trust     *fleet.Trust
+	Settings  fleet.Settings
+	Log       *slog.Logger
 }
 
 // HandleEvent decodes an API Gateway (HTTP API, payload 2.0) request.
@@ -95,19 +102,37 @@ func (a *API) Handle(ctx context.Context, req events.APIGatewayV2HTTPRequest) ev
 		return respond(http.StatusBadRequest, map[string]string{"error": err.Error()})
 	}
 	activate := strings.HasSuffix(strings.TrimRight(path, "/"), "/activation") || strings.HasSuffix(req.RouteKey, "/activation")
+	deactivate := strings.HasSuffix(strings.TrimRight(path, "/"), "/deactivation") || strings.HasSuffix(req.RouteKey, "/deactivation")
 	var d Device
 	var err error
 	switch {
+	case deactivate && method == http.MethodPost:
+		if a.Lifecycle == nil {
+			return respond(http.StatusNotImplemented, map[string]string{"error": "deactivation is not configured"})
+		}
+		rec, err := a.Lifecycle.Decommission(ctx, id, "POST /devices/"+id+"/deactivation")
+		if err != nil {
+			a.Log.Error("deactivation", "deviceId", id, "err", err)
+			if errors.Is(err, ports.ErrThrottled) {
+				return respond(http.StatusTooManyRequests, map[string]string{"error": "throttled, retry later"})
+			}
+			return respond(http.StatusInternalServerError, map[string]string{"error": "internal error (the decommission is idempotent: retry)"})
+		}
+		return respond(http.StatusOK, rec)
+	case deactivate:
+		return respond(http.StatusMethodNotAllowed, map[string]string{"error": method + " " + path + " is not a route (POST /devices/{id}/deactivation)"})
 	case activate && method == http.MethodPost:
 		d, err = a.Activate(ctx, id)
 	case !activate && method == http.MethodGet:
 		d, err = a.Describe(ctx, id)
 	default:
-		return respond(http.StatusMethodNotAllowed, map[string]string{"error": method + " " + path + " is not a route (POST /devices/{id}/activation, GET /devices/{id})"})
+		return respond(http.StatusMethodNotAllowed, map[string]string{"error": method + " " + path + " is not a route (POST /devices/{id}/activation, POST /devices/{id}/deactivation, GET /devices/{id})"})
 	}
 	switch {
 	case err == nil:
 		return respond(http.StatusOK, d)
+	case errors.Is(err, fleet.ErrDecommissioned):
+		return respond(http.StatusGone, map[string]string{"error": err.Error()})
 	case errors.Is(err, fleet.ErrNotAllowed):
 		return respond(http.StatusNotFound, map[string]string{"error": err.Error()})
 	case errors.Is(err, fleet.ErrRevoked):

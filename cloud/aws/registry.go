@@ -278,3 +278,11 @@ func (r *Registry) DataEndpoint(ctx context.Context) (string, error) {
 	}
 	return aws.ToString(out.EndpointAddress), nil
 }
+
+// DeleteThing deletes a thing (its principals must be detached first;
+// deleting a thing that does not exist succeeds,
+// https://docs.aws.amazon.com/iot/latest/apireference/API_DeleteThing.html).
+func (r *Registry) DeleteThing(ctx context.Context, name string) error {
+	_, err := r.IoT.DeleteThing(ctx, &iot.DeleteThingInput{ThingName: aws.String(name)})
+	return mapErr("DeleteThing", name, err)
+}

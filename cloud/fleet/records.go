@@ -3,6 +3,7 @@ package fleet
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"strings"
 )
 
@@ -45,6 +46,19 @@ const (
 	// MetaCertificateID is the S3 metadata key holding the certificate ID.
 	MetaCertificateID = "certificate-id"
 )
+
+// DenyListKey is the deny list: a JSON object {"devices": {thing: record}}
+// of every decommissioned device (lifecycle.Decommission). It lives under
+// trust/ (every function may read it) and setup creates it empty, because
+// S3 answers a GET of a missing key with 403, not 404, to a role without
+// s3:ListBucket
+// (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html).
+const DenyListKey = "trust/decommissioned.json"
+
+// DenyList is the deny list object.
+type DenyList struct {
+	Devices map[string]json.RawMessage `json:"devices"`
+}
 
 // PackageKey is the S3 key of a certificate package.
 func PackageKey(thing, name string) string { return PackagePrefix + thing + "/" + name + ".pem" }

@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -31,6 +32,9 @@ var (
 	// check of a certificate of that CA fails closed until a fresh CRL is
 	// uploaded (bootcert-admin cloud setup --crl).
 	ErrCRLExpired = errors.New("factory CRL expired")
+	// ErrDecommissioned: the device was decommissioned (deny list,
+	// DecommissionedKey); errors wrapping it also wrap ErrNotAllowed.
+	ErrDecommissioned = errors.New("device decommissioned")
 )
 
 // MaxCRL bounds the CRL read from the store.
@@ -66,6 +70,7 @@ type Trust struct {
 	ca    cached[[]*x509.Certificate]
 	crl   cached[[]*x509.RevocationList]
 	ek    cached[*x509.CertPool]
+	deny  cached[map[string]bool]
 }
 
 // EKRoots returns the TPM manufacturers' EK roots (Settings.EKRootsKey, a
@@ -160,8 +165,29 @@ func (t *Trust) AllowList(ctx context.Context) (*manifest.List, error) {
 }
 
 // Lookup finds a device on the allow list; it wraps ErrNotAllowed when the
-// device is not there.
+// device is not there, and ErrDecommissioned (with ErrNotAllowed) when it is
+// on the deny list (DenyListKey), whatever the allow list
+// says: a decommissioned device is never admitted again.
 func (t *Trust) Lookup(ctx context.Context, thing string) (manifest.Entry, error) {
+	t.mu.Lock()
+	deny, err := load(ctx, t.Store, DenyListKey, &t.deny, func(b []byte) (map[string]bool, error) {
+		var d DenyList
+		if err := json.Unmarshal(b, &d); err != nil {
+			return nil, err
+		}
+		out := make(map[string]bool, len(d.Devices))
+		for k := range d.Devices {
+			out[k] = true
+		}
+		return out, nil
+	})
+	t.mu.Unlock()
+	if err != nil && !errors.Is(err, ports.ErrNotFound) {
+		return manifest.Entry{}, err
+	}
+	if deny[thing] {
+		return manifest.Entry{}, fmt.Errorf("%w: %w: %s is on the deny list (s3://%s/%s)", ErrDecommissioned, ErrNotAllowed, thing, t.Settings.Bucket, DenyListKey)
+	}
 	l, err := t.AllowList(ctx)
 	if err != nil {
 		return manifest.Entry{}, err

@@ -35,11 +35,29 @@ func readObject(ctx context.Context, s3c *s3.Client, bucket, key string) ([]byte
 	return b, nil
 }
 
+// ensureDenyList creates the empty deny list when there is none (the
+// functions read it on every check; see fleet.DenyListKey).
+func ensureDenyList(ctx context.Context, s3c *s3.Client, bucket string) error {
+	old, err := readObject(ctx, s3c, bucket, fleet.DenyListKey)
+	if err != nil || old != nil {
+		return err
+	}
+	body := []byte(`{"devices":{}}`)
+	_, err = s3c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(fleet.DenyListKey), Body: bytes.NewReader(body), ContentLength: aws.Int64(int64(len(body))), IfNoneMatch: aws.String("*")})
+	if err != nil && code(err) != "PreconditionFailed" {
+		return fmt.Errorf("setup: creating the deny list s3://%s/%s: %w", bucket, fleet.DenyListKey, err)
+	}
+	return nil
+}
+
 // mergeTrust returns the CA bundle with o.CACert added (kept in place when it
 // is there already) and, when o.CRL is set, the CRL object with o.CACert's
 // CRL replaced by o.CRL and the other CAs' CRLs kept. crl is nil when there
 // is no CRL to upload.
 func mergeTrust(ctx context.Context, s3c *s3.Client, o Options) (bundle, crl []byte, err error) {
+	if err := ensureDenyList(ctx, s3c, o.Bucket); err != nil {
+		return nil, nil, err
+	}
 	old, err := readObject(ctx, s3c, o.Bucket, o.CAKey)
 	if err != nil {
 		return nil, nil, err

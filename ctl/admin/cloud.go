@@ -34,6 +34,7 @@ CA certificate, so "bootcert-admin cloud setup" does those through the AWS SDK.`
 	}
 	cmd.AddCommand(newCloudSetupCmd())
 	cmd.AddCommand(newCloudRotateCmd())
+	cmd.AddCommand(newLifecycleCmds()...)
 	return cmd
 }
 
