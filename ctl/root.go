@@ -41,6 +41,8 @@ Keys are named by URI:
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// "NAME VERSION", as bootcertd --version prints it
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	for _, b := range builders {
 		root.AddCommand(b())
 	}

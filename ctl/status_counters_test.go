@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/daemon/control"
+	"github.com/bootcert/bootcert/internal/version"
 	"github.com/bootcert/bootcert/protocol"
 )
 
@@ -22,5 +23,14 @@ func TestCountersLine(t *testing.T) {
 	printStatus(&b, control.Status{Counters: c})
 	if !strings.Contains(b.String(), "since start:") || !strings.Contains(b.String(), "4 connects") {
 		t.Errorf("status output:\n%s", b.String())
+	}
+}
+
+// bootcertctl --version prints "bootcertctl VERSION", as bootcertd
+// --version prints "bootcertd VERSION" (issue 14, item 6).
+func TestVersionFormat(t *testing.T) {
+	out, _, err := runCtl(t, "--version")
+	if err != nil || out != "bootcertctl "+version.String()+"\n" {
+		t.Errorf("--version: %q %v", out, err)
 	}
 }

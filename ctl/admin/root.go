@@ -36,6 +36,8 @@ AWS endpoints and credentials come from the standard AWS configuration
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// "NAME VERSION", as bootcertd --version prints it
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	root.AddCommand(newCloudCmd())
 	return root
 }

@@ -262,7 +262,7 @@ func TestInstalledCheckConfig(t *testing.T) {
 		t.Errorf("installed bootcertctl --help: %v\n%s", err, out)
 	}
 	// both binaries say which package version they are
-	for bin, want := range map[string]string{"bootcertd": "bootcertd " + testVersion + "\n", "bootcertctl": "bootcertctl version " + testVersion + "\n"} {
+	for bin, want := range map[string]string{"bootcertd": "bootcertd " + testVersion + "\n", "bootcertctl": "bootcertctl " + testVersion + "\n"} {
 		out, err := exec.Command(filepath.Join(root, "usr/bin", bin), "--version").CombinedOutput()
 		if err != nil || string(out) != want {
 			t.Errorf("installed %s --version: %q (%v), want %q", bin, out, err, want)
@@ -308,7 +308,7 @@ func TestGatewayShipsNoAWSSDK(t *testing.T) {
 		t.Errorf("installed bootcertctl cloud setup: %v\n%s\nwant it to point at bootcert-admin", err, out)
 	}
 	adminBin := filepath.Join(roots[admin], "usr/bin/bootcert-admin")
-	if out, err := exec.Command(adminBin, "--version").CombinedOutput(); err != nil || string(out) != "bootcert-admin version "+testVersion+"\n" {
+	if out, err := exec.Command(adminBin, "--version").CombinedOutput(); err != nil || string(out) != "bootcert-admin "+testVersion+"\n" {
 		t.Errorf("installed bootcert-admin --version: %q (%v)", out, err)
 	}
 	if out, err := exec.Command(adminBin, "cloud", "setup", "--help").CombinedOutput(); err != nil || !strings.Contains(string(out), "--ca-cert") {
