@@ -69,7 +69,7 @@ func buildZips(t *testing.T, dir string) map[string]string {
 		t.Fatalf("scripts/lambdas.sh: %v\n%s", err, b)
 	}
 	out := map[string]string{}
-	for _, name := range []string{"activator", "vendor", "reaper", "activation", "renewal"} {
+	for _, name := range []string{"activator", "vendor", "reaper", "activation", "renewal", "provisionhook"} {
 		zr, err := zip.OpenReader(filepath.Join(zips, arch, name+".zip"))
 		if err != nil {
 			t.Fatal(err)
@@ -182,7 +182,7 @@ func TestLambdaZipsUnderRIE(t *testing.T) {
 	t.Logf("aws-lambda-rie built in %v", time.Since(start).Round(time.Millisecond))
 	start = time.Now()
 	boot := buildZips(t, dir)
-	t.Logf("scripts/lambdas.sh (5 functions, this architecture) ran %v", time.Since(start).Round(time.Millisecond))
+	t.Logf("scripts/lambdas.sh (6 functions, this architecture) ran %v", time.Since(start).Round(time.Millisecond))
 
 	r := startLab(t, func(c *lab.Config) { c.NoBuild = true })
 	const thing = "gw-rie"
