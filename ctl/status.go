@@ -113,8 +113,8 @@ func printStatus(w io.Writer, s control.Status) error {
 			kv = append(kv, "advice", s.Advice)
 		}
 	}
-	if s.Fallbacks > 0 {
-		kv = append(kv, "fallbacks to bootstrap", strconv.Itoa(s.Fallbacks)+" since start, last "+fmtTime(s.LastFallbackAt)+": "+s.LastFallback)
+	if s.LastFallback != "" {
+		kv = append(kv, "fallbacks to bootstrap", strconv.Itoa(s.Counters.Fallbacks)+" since start, last "+fmtTime(s.LastFallbackAt)+": "+s.LastFallback)
 	}
 	if s.LastRefusal != "" {
 		kv = append(kv, "last refusal", s.LastRefusal+" ("+fmtTime(s.LastRefusalAt)+")")

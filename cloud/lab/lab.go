@@ -249,10 +249,11 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if len(lim.API) > 0 {
 		lim2 = limiter
 	}
+	_, realClock := cfg.Clock.(clock.Real)
 	l.api = api.New(api.Config{
 		Registry: l.reg, Limiter: lim2, Credentials: creds, Principals: l.keys, Publisher: l.broker,
 		Endpoints: map[string]string{"iot:Data-ATS": l.endpoints.MQTT, "iot:Data": l.endpoints.MQTT, "iot:Jobs": strings.TrimPrefix(l.endpoints.API, "https://")},
-		Logger:    cfg.Logger.With("component", "api"), Clock: cfg.Clock,
+		Logger:    cfg.Logger.With("component", "api"), Clock: cfg.Clock, NoClockSkew: !realClock,
 	})
 	dp.api.Store(l.api)
 	l.api.HandleLab("POST /lab/functions/{id}/invoke", http.HandlerFunc(l.serveInvoke))

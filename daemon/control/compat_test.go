@@ -33,7 +33,7 @@ type v1Status struct {
 func TestStatusWireCompatible(t *testing.T) {
 	now := time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC)
 	cur := Status{Thing: "gw-1", Phase: "idle", Connection: "connected", ConnectedWith: 1, LastResult: "FAILED", LastReason: "r", LastResultAt: now, Summary: "s",
-		Fallbacks: 1, LastFallback: "f", LastFallbackAt: now, LastRefusal: "x", LastRefusalAt: now,
+		Counters: Counters{Fallbacks: 1}, LastFallback: "f", LastFallbackAt: now, LastRefusal: "x", LastRefusalAt: now,
 		RotationRequest: &RotationRequest{Reason: "age", Attempts: 1, SentAt: now, Answer: "accepted", JobID: "j"}}
 	b, _ := json.Marshal(cur)
 	var old v1Status
@@ -42,11 +42,11 @@ func TestStatusWireCompatible(t *testing.T) {
 	}
 	ob, _ := json.Marshal(old)
 	var back Status
-	if err := json.Unmarshal(ob, &back); err != nil || back.Thing != "gw-1" || back.RotationRequest != nil || back.Fallbacks != 0 {
+	if err := json.Unmarshal(ob, &back); err != nil || back.Thing != "gw-1" || back.RotationRequest != nil || back.Counters.Fallbacks != 0 {
 		t.Fatalf("a new client reads an earlier daemon's status as %+v, %v", back, err)
 	}
 	quiet := cur
-	quiet.Fallbacks, quiet.LastFallback, quiet.LastFallbackAt, quiet.LastRefusal, quiet.LastRefusalAt, quiet.RotationRequest = 0, "", time.Time{}, "", time.Time{}, nil
+	quiet.Counters, quiet.LastFallback, quiet.LastFallbackAt, quiet.LastRefusal, quiet.LastRefusalAt, quiet.RotationRequest = Counters{}, "", time.Time{}, "", time.Time{}, nil
 	qb, _ := json.Marshal(quiet)
 	old.Phase = string(quiet.Phase)
 	want, _ := json.Marshal(old)

@@ -31,10 +31,9 @@ type Status struct {
 	// Recovery (issue 10). Every field below is optional on the wire:
 	// daemons and clients of earlier versions ignore what they do not know.
 	//
-	// Fallbacks counts the connects made with the bootstrap certificate
-	// while an operational one was active, since the daemon started;
-	// LastFallback says why the last one happened.
-	Fallbacks      int       `json:"fallbacks,omitempty"`
+	// LastFallback says why the last connect with the bootstrap
+	// certificate while an operational one was active happened
+	// (Counters.Fallbacks counts them).
 	LastFallback   string    `json:"lastFallback,omitempty"`
 	LastFallbackAt time.Time `json:"lastFallbackAt,omitzero"`
 	// LastRefusal is the last thing the broker refused (a credential at
@@ -50,10 +49,10 @@ type Status struct {
 	Summary string `json:"summary"`
 	// Counters are what happened since the daemon started: the figures an
 	// operator alerts on (daemon/metrics writes them for Prometheus).
-	Counters Counters `json:"counters"`
+	Counters Counters `json:"counters,omitzero"`
 	// Recovery is the fallback path left when the operational credential
 	// fails: the bootstrap certificate, if allowed and still valid.
-	Recovery Recovery `json:"recovery"`
+	Recovery Recovery `json:"recovery,omitzero"`
 	// Lockout is the TPM's dictionary-attack state behind the active key
 	// (absent for keys whose backend cannot report it).
 	Lockout *Lockout `json:"lockout,omitempty"`

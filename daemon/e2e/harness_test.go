@@ -396,6 +396,9 @@ func newDevice(t testing.TB, c *cloudEnv, name string, o deviceOpts) *device {
 	cfg.Backoff.Initial, cfg.Backoff.Max = config.Duration(50*time.Millisecond), config.Duration(500*time.Millisecond)
 	cfg.Fallback.Refusals, cfg.Fallback.Window = 3, config.Duration(time.Minute)
 	cfg.Control.Socket = d.sock
+	// the identity export and hooks stay in the test's directory, never
+	// the system's /run/bootcert/identity and /etc/bootcert/hooks.d
+	cfg.Export.Dir, cfg.Export.HooksDir = filepath.Join(d.dir, "identity"), filepath.Join(d.dir, "hooks.d")
 	cfg.Log.Level = "debug"
 	if o.configure != nil {
 		o.configure(&cfg)

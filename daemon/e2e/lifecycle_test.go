@@ -63,7 +63,18 @@ func (c *cloudEnv) queueValidJob(thing, jobID string) {
 		Targets: []string{acct + "thinggroup/bootcert-rotation"}, TargetSelection: types.TargetSelectionContinuous}); err != nil {
 		c.t.Fatalf("CreateJob: %v", err)
 	}
-	c.addToRotation(thing)
+	// a new continuous job runs once for a thing added to its group (no
+	// snapshot job as well: it would find the thing out of the group after
+	// this one's commit and fail NO_ROTATION_PENDING)
+	if _, err := c.api.AddThingToThingGroup(ctx, &iot.AddThingToThingGroupInput{ThingName: aws.String(thing), ThingGroupName: aws.String("bootcert-rotation")}); err != nil {
+		c.t.Fatalf("AddThingToThingGroup: %v", err)
+	}
+	c.mu.Lock()
+	if c.jobs == nil {
+		c.jobs = map[string]string{}
+	}
+	c.jobs[thing] = jobID
+	c.mu.Unlock()
 }
 
 // connects is the lab broker's connect count (accepted and refused).

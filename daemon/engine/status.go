@@ -138,7 +138,7 @@ func (e *Engine) setRefusalReason(msg string) {
 // operational one is active.
 func (e *Engine) noteFallback(why string) {
 	now := e.clock.Now()
-	e.update(func(s *Status) { s.Fallbacks++; s.LastFallback, s.LastFallbackAt = why, now })
+	e.update(func(s *Status) { s.LastFallback, s.LastFallbackAt = why, now })
 }
 
 // countRefusal counts a refusal of the just-switched credential (which

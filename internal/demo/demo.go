@@ -430,10 +430,14 @@ window = "1m"
 [control]
 socket = %q
 
+[export]
+dir = %q
+hooks_dir = %q
+
 [log]
 level = "info"
 `, host, port, r.endpoints.ServerCA, r.keyURI("bootstrap.tpmkey"), r.path("device", "bootstrap.pem"),
-		r.keyURI("op-{generation}.tpmkey"), r.path("state"), r.path("control.sock"))
+		r.keyURI("op-{generation}.tpmkey"), r.path("state"), r.path("control.sock"), r.path("identity"), r.path("hooks.d"))
 	if err := os.WriteFile(r.path("bootcertd.toml"), []byte(conf), 0o600); err != nil {
 		return fmt.Errorf("writing bootcertd.toml: %w", err)
 	}

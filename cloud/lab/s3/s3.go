@@ -65,6 +65,7 @@ type Store struct {
 	creds   *api.Credentials
 	keys    *iam.Keyring
 	region  string
+	skew    time.Duration // SigV4 clock skew allowed (0: unchecked, injected clock)
 }
 
 type timeSource struct{ c clock.Clock }
@@ -101,7 +102,7 @@ func Open(cfg Config) (*Store, error) {
 		skew = 0
 	}
 	backend := s3bolt.New(db, s3bolt.WithTimeSource(ts))
-	s := &Store{db: db, backend: backend, clock: cfg.Clock, log: cfg.Logger, creds: cfg.Credentials, keys: cfg.Principals, region: cfg.Region,
+	s := &Store{db: db, backend: backend, clock: cfg.Clock, log: cfg.Logger, creds: cfg.Credentials, keys: cfg.Principals, region: cfg.Region, skew: skew,
 		fake: gofakes3.New(backend, gofakes3.WithTimeSource(ts), gofakes3.WithTimeSkewLimit(skew),
 			gofakes3.WithLogger(gofakes3.DiscardLog()))}
 	for _, b := range cfg.Buckets {
@@ -182,7 +183,7 @@ func (s *Store) authorize(r *http.Request) (string, int, error) {
 		return authFailure(ae)
 	}
 	if p, ok := s.keys.Lookup(accessKeyOf(r)); ok {
-		err := api.VerifySigV4(r, nil, api.Credentials{AccessKeyID: p.AccessKeyID, SecretAccessKey: p.SecretAccessKey}, s.clock.Now(), true)
+		err := api.VerifySigV4(r, nil, api.Credentials{AccessKeyID: p.AccessKeyID, SecretAccessKey: p.SecretAccessKey}, s.clock.Now(), s.skew, true)
 		if err != nil {
 			return authFailure(err)
 		}
@@ -198,7 +199,7 @@ func (s *Store) authorize(r *http.Request) (string, int, error) {
 		}
 		return "", 0, nil
 	}
-	err := api.VerifySigV4(r, nil, *s.creds, s.clock.Now(), true)
+	err := api.VerifySigV4(r, nil, *s.creds, s.clock.Now(), s.skew, true)
 	if err == nil {
 		return "", 0, nil
 	}
