@@ -20,6 +20,8 @@ import (
 	"github.com/bootcert/bootcert/cloud/internal/testpki"
 	"github.com/bootcert/bootcert/cloud/lab"
 	"github.com/bootcert/bootcert/cloud/lifecycle"
+	"github.com/bootcert/bootcert/cloud/renewal"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/manifest"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -33,28 +35,37 @@ func (r *labRig) manager(log io.Writer) *lifecycle.Manager {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	return &lifecycle.Manager{Registry: reg, Deleter: reg, Store: cloudaws.NewStore(ac, bucket, r.lab.Endpoints().S3), Settings: s,
-		Log: slog.New(slog.NewTextHandler(log, nil))}
+	store := cloudaws.NewStore(ac, bucket, r.lab.Endpoints().S3)
+	lg := slog.New(slog.NewTextHandler(log, nil))
+	rot := &renewal.Renewal{Registry: reg, Jobs: reg, Store: store, Settings: s, Config: renewal.DefaultConfig(), Clock: clock.Real{}, Log: lg}
+	return &lifecycle.Manager{Registry: reg, Deleter: reg, Rotations: rot, Store: store, Settings: s, Log: lg}
 }
 
-// rotate runs one rotation over c (a connection on the device's current
-// identity) and returns the new certificate's DER and key.
+// rotate runs the first rotation (the continuous job) over c (a connection
+// on the device's current identity) and returns the new certificate's DER
+// and key.
 func (d *device) rotate(t *testing.T, c *conn) ([]byte, *ecdsa.PrivateKey) {
 	t.Helper()
-	d.startJob(t, c)
+	return d.rotateJob(t, c, "bootcert-rotation")
+}
+
+// rotateJob runs the rotation of job over c.
+func (d *device) rotateJob(t *testing.T, c *conn, job string) ([]byte, *ecdsa.PrivateKey) {
+	t.Helper()
+	d.startJobOf(t, c, job)
 	key := newKey(t)
-	acc, j := get(t, c, d.ID, string(testpki.CSR(t, d.ID, key)))
+	acc, j := getFor(t, c, d.ID, job, string(testpki.CSR(t, d.ID, key)))
 	if acc.CertificateID == "" {
 		t.Fatalf("get rejected: %+v", j)
 	}
 	c.c.Disconnect(50)
 	der := leafDER(t, acc.CertificatePEM)
 	nc := d.conn(der, key)
-	if a, j := ack(t, nc, d.ID, acc.CertificateID); a.CertificateID == "" {
+	if a, j := ackFor(t, nc, d.ID, job, acc.CertificateID); a.CertificateID == "" {
 		t.Fatalf("ack: %+v", j)
 	}
-	nc.publish(t, protocol.JobUpdateTopic(d.ID, "bootcert-rotation"), protocol.UpdateRequest{Status: protocol.JobSucceeded})
-	waitFor(t, "job SUCCEEDED", func() bool { return d.r.jobStatus(d.ID) == protocol.JobSucceeded })
+	nc.publish(t, protocol.JobUpdateTopic(d.ID, job), protocol.UpdateRequest{Status: protocol.JobSucceeded})
+	waitFor(t, "job SUCCEEDED", func() bool { return d.r.jobStatusOf(job, d.ID) == protocol.JobSucceeded })
 	nc.c.Disconnect(50)
 	return der, key
 }
@@ -86,9 +97,12 @@ func TestLabRecoveryBudget(t *testing.T) {
 		if _, err := r.connect(der, key, d.ID); err == nil {
 			t.Fatalf("round %d: the revoked operational certificate still connects", i)
 		}
-		waitFor(t, "a queued rotation", func() bool { return r.jobStatus(d.ID) == protocol.JobQueued })
+		if !strings.HasPrefix(res.JobID, "bootcert-r-") {
+			t.Fatalf("round %d: recovery queued job %q, want a snapshot job bootcert-r-*", i, res.JobID)
+		}
+		waitFor(t, "a queued rotation", func() bool { return r.jobStatusOf(res.JobID, d.ID) == protocol.JobQueued })
 		// The device falls back to its bootstrap identity and rotates.
-		der, key = d.rotate(t, d.conn(d.DER, d.Key))
+		der, key = d.rotateJob(t, d.conn(d.DER, d.Key), res.JobID)
 	}
 	res, err := m.Revoke(ctx, d.ID, "")
 	if !errors.Is(err, lifecycle.ErrBudgetExhausted) || res.Recovered {
@@ -106,11 +120,12 @@ func TestLabRecoveryBudget(t *testing.T) {
 	if st, err := m.SetBudget(ctx, d.ID, 3); err != nil || st.Remaining != 1 {
 		t.Fatalf("raising the budget: %+v %v", st, err)
 	}
-	if res, err := m.Recover(ctx, d.ID); err != nil || !res.Recovered {
+	res, err = m.Recover(ctx, d.ID)
+	if err != nil || !res.Recovered {
 		t.Fatalf("recover after raising the budget: %+v %v", res, err)
 	}
-	waitFor(t, "a queued rotation", func() bool { return r.jobStatus(d.ID) == protocol.JobQueued })
-	d.rotate(t, d.conn(d.DER, d.Key))
+	waitFor(t, "a queued rotation", func() bool { return r.jobStatusOf(res.JobID, d.ID) == protocol.JobQueued })
+	d.rotateJob(t, d.conn(d.DER, d.Key), res.JobID)
 }
 
 // TestLabDecommission: the deactivation route (and bootcert-admin cloud

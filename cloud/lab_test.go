@@ -204,7 +204,11 @@ func (r *labRig) jitr(d *testpki.Device) string {
 }
 
 func (r *labRig) jobStatus(thing string) protocol.JobStatus {
-	out, err := r.iot.DescribeJobExecution(context.Background(), &iot.DescribeJobExecutionInput{JobId: aws.String("bootcert-rotation"), ThingName: aws.String(thing)})
+	return r.jobStatusOf("bootcert-rotation", thing)
+}
+
+func (r *labRig) jobStatusOf(job, thing string) protocol.JobStatus {
+	out, err := r.iot.DescribeJobExecution(context.Background(), &iot.DescribeJobExecutionInput{JobId: aws.String(job), ThingName: aws.String(thing)})
 	if err != nil || out.Execution == nil {
 		return ""
 	}
@@ -286,7 +290,12 @@ func (r *labRig) admit(d *testpki.Device) *device {
 // get publishes a get request over c and waits for the reply.
 func get(t *testing.T, c *conn, thing, csr string) (protocol.GetAccepted, protocol.Rejected) {
 	t.Helper()
-	c.publish(t, "certificates/"+thing+"/get", protocol.GetRequest{JobID: "bootcert-rotation", ClientToken: "tok", CSR: csr})
+	return getFor(t, c, thing, "bootcert-rotation", csr)
+}
+
+func getFor(t *testing.T, c *conn, thing, job, csr string) (protocol.GetAccepted, protocol.Rejected) {
+	t.Helper()
+	c.publish(t, "certificates/"+thing+"/get", protocol.GetRequest{JobID: job, ClientToken: "tok", CSR: csr})
 	topic, payload := c.wait(t, "certificates/"+thing+"/get/accepted", "certificates/"+thing+"/get/rejected")
 	var a protocol.GetAccepted
 	var j protocol.Rejected
@@ -300,7 +309,12 @@ func get(t *testing.T, c *conn, thing, csr string) (protocol.GetAccepted, protoc
 
 func ack(t *testing.T, c *conn, thing, certID string) (protocol.AckAccepted, protocol.Rejected) {
 	t.Helper()
-	c.publish(t, "certificates/"+thing+"/ack", protocol.AckRequest{JobID: "bootcert-rotation", ClientToken: "tok", CertificateID: certID})
+	return ackFor(t, c, thing, "bootcert-rotation", certID)
+}
+
+func ackFor(t *testing.T, c *conn, thing, job, certID string) (protocol.AckAccepted, protocol.Rejected) {
+	t.Helper()
+	c.publish(t, "certificates/"+thing+"/ack", protocol.AckRequest{JobID: job, ClientToken: "tok", CertificateID: certID})
 	topic, payload := c.wait(t, "certificates/"+thing+"/ack/accepted", "certificates/"+thing+"/ack/rejected")
 	var a protocol.AckAccepted
 	var j protocol.Rejected
@@ -405,8 +419,13 @@ func TestLabRotation(t *testing.T) {
 
 func (d *device) startJob(t *testing.T, c *conn) {
 	t.Helper()
+	d.startJobOf(t, c, "bootcert-rotation")
+}
+
+func (d *device) startJobOf(t *testing.T, c *conn, job string) {
+	t.Helper()
 	c.publish(t, protocol.JobsTopic(d.ID, protocol.JobsStartNext), protocol.StartNextRequest{})
-	waitFor(t, "job IN_PROGRESS", func() bool { return d.r.jobStatus(d.ID) == protocol.JobInProgress })
+	waitFor(t, "job IN_PROGRESS", func() bool { return d.r.jobStatusOf(job, d.ID) == protocol.JobInProgress })
 }
 
 func TestLabVendorRejections(t *testing.T) {

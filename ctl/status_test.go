@@ -30,7 +30,7 @@ func TestStatusAndRotate(t *testing.T) {
 		Thing: "gw-1", Phase: journal.Idle, Connection: "connected", ConnectedWith: 2, Endpoint: "127.0.0.1:8883",
 		Active:     control.ActiveCredential{Generation: 2, CertificateID: "abc", Issuer: "CN=ca", NotAfter: time.Date(2027, 11, 26, 0, 0, 0, 0, time.UTC), KeyURI: "pkcs11:token=t;object=op-2?pin-value=***", Backend: "pkcs11"},
 		LastResult: "SUCCEEDED", LastError: "cannot reach broker", Advice: "check the network",
-		Summary:   "operational, certificate expires 2027-11-26",
+		Summary:  "operational, certificate expires 2027-11-26",
 		Counters: control.Counters{Fallbacks: 2}, LastFallback: "operational certificate (generation 1) refused", LastFallbackAt: time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC),
 		LastRefusal: "the broker refused the subscription to certificates/gw-1/get2/+", LastRefusalAt: time.Date(2027, 1, 2, 3, 4, 6, 0, time.UTC),
 		RotationRequest: &control.RotationRequest{Reason: "age", Attempts: 2, SentAt: time.Date(2027, 1, 3, 0, 0, 0, 0, time.UTC), Answer: "rejected", Code: "THROTTLED", Message: "busy", NextAt: time.Date(2027, 1, 3, 2, 0, 0, 0, time.UTC)},

@@ -5,8 +5,8 @@
 //
 //   - Revoke: an operational certificate is revoked and, within the device's
 //     recovery budget, the device is re-admitted on its bootstrap identity
-//     (bootstrap certificate ACTIVE again, thing back in the rotation group so
-//     a new rotation is queued). Past the budget the bootstrap certificate
+//     (bootstrap certificate ACTIVE again, a rotation job queued for the
+//     thing as the renewal function queues one). Past the budget the bootstrap certificate
 //     stays as it is and the audit line says RECOVERY_BUDGET_EXHAUSTED.
 //   - SetBudget: the operator raises (or lowers) a device's budget.
 //   - Decommission: every certificate of the thing REVOKED (kept, so that AWS
@@ -45,14 +45,23 @@ type ThingDeleter interface {
 	DeleteThing(ctx context.Context, name string) error
 }
 
+// RotationQueuer queues a rotation job for one thing now and returns its
+// ID (renewal.Renewal has it).
+type RotationQueuer interface {
+	QueueRotation(ctx context.Context, thing, why string) (jobID string, err error)
+}
+
 // Manager runs the lifecycle operations.
 type Manager struct {
 	Registry ports.Registry
 	Deleter  ThingDeleter
-	Store    ports.Store
-	Settings fleet.Settings
-	Clock    clock.Clock
-	Log      *slog.Logger
+	// Rotations queues the rotation of a recovered device (required by
+	// Revoke and Recover).
+	Rotations RotationQueuer
+	Store     ports.Store
+	Settings  fleet.Settings
+	Clock     clock.Clock
+	Log       *slog.Logger
 }
 
 // Recovery is the record recovery/{thing}.json.
@@ -168,6 +177,7 @@ type RevokeResult struct {
 	Thing     string `json:"thing"`
 	Revoked   string `json:"revokedCertificateId"`
 	Recovered bool   `json:"recovered"`
+	JobID     string `json:"jobId,omitempty"` // the rotation queued
 	Reason    string `json:"reason"`
 	BudgetStatus
 }
@@ -175,8 +185,8 @@ type RevokeResult struct {
 // Revoke revokes a device's operational certificate (certID, or the
 // committed one when empty) and recovers the device within its budget: its
 // bootstrap certificate ACTIVE again (BootstrapAfterRotation=INACTIVE left
-// it INACTIVE, which AWS IoT refuses at connect) and the thing back in the
-// rotation group, which queues a new rotation of the continuous job. The
+// it INACTIVE, which AWS IoT refuses at connect) and a rotation job queued
+// for it (Rotations: a snapshot job, as the renewal function queues). The
 // device, refused on its operational certificate, falls back to its
 // bootstrap identity and rotates. Past the budget the certificate is still
 // revoked, nothing is re-admitted, and the result (and the audit line) say
@@ -265,13 +275,18 @@ func (m *Manager) recover(ctx context.Context, t ports.Thing, res RevokeResult) 
 	default:
 		return refuse("the bootstrap certificate "+bootstrap+" is "+bc.Status+" (BootstrapAfterRotation=REVOKED, or revoked on purpose): an operator must re-provision the device", ErrNoRecovery)
 	}
-	if err := m.Registry.AddThingToGroup(ctx, m.Settings.RotationGroup, thing); err != nil {
-		return res, fmt.Errorf("adding %s to the rotation group %s: %w", thing, m.Settings.RotationGroup, err)
+	if m.Rotations == nil {
+		return res, errors.New("lifecycle: no rotation queuer configured")
+	}
+	job, err := m.Rotations.QueueRotation(ctx, thing, "recovery")
+	if err != nil {
+		return res, fmt.Errorf("queueing the rotation of %s (its bootstrap certificate %s is ACTIVE again): %w", thing, bootstrap, err)
 	}
 	rec.Used++
 	res.Recovered = true
+	res.JobID = job
 	res.BudgetStatus = m.status(rec)
-	res.Reason = fmt.Sprintf("bootstrap certificate %s ACTIVE, rotation queued (group %s); recovery %d of %d", bootstrap, m.Settings.RotationGroup, rec.Used, m.budget(rec))
+	res.Reason = fmt.Sprintf("bootstrap certificate %s ACTIVE, rotation queued (job %s); recovery %d of %d", bootstrap, job, rec.Used, m.budget(rec))
 	rec.Events = append(rec.Events, RecoveryLog{At: m.now().UTC().Format(time.RFC3339), Revoked: res.Revoked, Outcome: "recovered", Reason: res.Reason, BudgetAfter: res.Remaining})
 	if err := m.writeRecovery(ctx, rec); err != nil {
 		return res, err

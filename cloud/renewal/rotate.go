@@ -197,3 +197,29 @@ func (r *Renewal) reply(ctx context.Context, ev RotateEvent, acc *protocol.Rotat
 	}
 	return RotateReply{Topic: topic, Payload: body}, nil
 }
+
+// QueueRotation queues a rotation for thing now, outside the fleet's pace:
+// an operator's recovery (cloud/lifecycle), which the device's recovery
+// budget bounds instead. A rotation already queued or running is reused
+// (its job returned). Like every later rotation it is a snapshot job
+// targeting the thing: AWS documents no second execution of the continuous
+// job for a thing that had one (docs/cloud.md, "Rotation triggers").
+func (r *Renewal) QueueRotation(ctx context.Context, thing, why string) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, err := r.Registry.DescribeThing(ctx, thing)
+	if err != nil {
+		return "", fmt.Errorf("describing thing %s: %w", thing, err)
+	}
+	pending, groups, err := r.pending(ctx, thing, t.Attributes)
+	if err != nil {
+		return "", fmt.Errorf("checking for a pending rotation of %s: %w", thing, err)
+	}
+	if pending {
+		if job := t.Attributes[AttrRotationJob]; job != "" {
+			return job, nil
+		}
+		return r.Settings.JobID, nil
+	}
+	return r.queue(ctx, []candidate{{name: thing, why: reasonRequested, attrs: t.Attributes, groups: groups}}, why)
+}

@@ -19,9 +19,11 @@ import (
 	cloudaws "github.com/bootcert/bootcert/cloud/aws"
 	"github.com/bootcert/bootcert/cloud/fleet"
 	"github.com/bootcert/bootcert/cloud/lifecycle"
+	"github.com/bootcert/bootcert/cloud/renewal"
 	"github.com/bootcert/bootcert/cloud/setup"
 	"github.com/bootcert/bootcert/ctl/internal/cliout"
 	"github.com/bootcert/bootcert/factory"
+	"github.com/bootcert/bootcert/internal/clock"
 )
 
 // conn are the account connection flags of the lifecycle commands (the
@@ -105,9 +107,15 @@ func (c *conn) manager(ctx context.Context, cmd *cobra.Command) (*lifecycle.Mana
 	if err != nil {
 		return nil, err
 	}
+	rc, err := renewal.ConfigFromEnv(os.Getenv) // JOB_TIMEOUT etc., as the stack sets them
+	if err != nil {
+		return nil, err
+	}
 	reg := cloudaws.NewRegistry(cfg, c.endpoint)
-	return &lifecycle.Manager{Registry: reg, Deleter: reg, Store: cloudaws.NewStore(cfg, c.bucket, c.s3Endpoint), Settings: s,
-		Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))}, nil
+	store := cloudaws.NewStore(cfg, c.bucket, c.s3Endpoint)
+	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+	rot := &renewal.Renewal{Registry: reg, Jobs: reg, Store: store, Settings: s, Config: rc, Clock: clock.Real{}, Log: log}
+	return &lifecycle.Manager{Registry: reg, Deleter: reg, Rotations: rot, Store: store, Settings: s, Log: log}, nil
 }
 
 func newLifecycleCmds() []*cobra.Command {
