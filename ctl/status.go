@@ -93,6 +93,7 @@ func printStatus(w io.Writer, s control.Status) error {
 		"issuer", s.Active.Issuer,
 		"not after", fmtTime(s.Active.NotAfter),
 		"key", s.Active.KeyURI + " (" + s.Active.Backend + ")",
+		"key attested", attestedLine(s.Active),
 		"connection", conn,
 		"endpoint", s.Endpoint,
 		"pending job", orNone(s.PendingJob),
@@ -178,4 +179,17 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
+}
+
+// attestedLine says whether the cloud verified the active key's TPM
+// attestation when it issued the certificate.
+func attestedLine(a control.ActiveCredential) string {
+	switch {
+	case a.Attested:
+		return "yes (TPM attestation verified by the cloud at issuance)"
+	case a.Generation == 0:
+		return "no (bootstrap key: vouched for by the factory)"
+	default:
+		return "no (the cloud did not verify an attestation for this key)"
+	}
 }

@@ -28,7 +28,7 @@ func TestStatusAndRotate(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "c.sock")
 	fe := &statusEngine{rotated: make(chan struct{}), st: control.Status{
 		Thing: "gw-1", Phase: journal.Idle, Connection: "connected", ConnectedWith: 2, Endpoint: "127.0.0.1:8883",
-		Active:     control.ActiveCredential{Generation: 2, CertificateID: "abc", Issuer: "CN=ca", NotAfter: time.Date(2027, 11, 26, 0, 0, 0, 0, time.UTC), KeyURI: "pkcs11:token=t;object=op-2?pin-value=***", Backend: "pkcs11"},
+		Active:     control.ActiveCredential{Generation: 2, CertificateID: "abc", Issuer: "CN=ca", NotAfter: time.Date(2027, 11, 26, 0, 0, 0, 0, time.UTC), KeyURI: "pkcs11:token=t;object=op-2?pin-value=***", Backend: "pkcs11", Attested: true},
 		LastResult: "SUCCEEDED", LastError: "cannot reach broker", Advice: "check the network",
 		Summary:  "operational, certificate expires 2027-11-26",
 		Counters: control.Counters{Fallbacks: 2}, LastFallback: "operational certificate (generation 1) refused", LastFallbackAt: time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC),
@@ -51,7 +51,7 @@ func TestStatusAndRotate(t *testing.T) {
 		return out.String()
 	}
 	text := run("status", "--socket", sock)
-	for _, want := range []string{"gw-1", "operational, certificate expires 2027-11-26", "generation 2", "connected with generation 2", "2027-11-26T00:00:00Z", "(pkcs11)", "advice:", "check the network",
+	for _, want := range []string{"gw-1", "operational, certificate expires 2027-11-26", "generation 2", "connected with generation 2", "2027-11-26T00:00:00Z", "(pkcs11)", "key attested:", "yes (TPM attestation verified by the cloud", "advice:", "check the network",
 		"fallbacks to bootstrap:", "2 since start, last 2027-01-02T03:04:05Z: operational certificate (generation 1) refused",
 		"last refusal:", "the broker refused the subscription to certificates/gw-1/get2/+ (2027-01-02T03:04:06Z)",
 		"rotation request:", "age, attempt 2 at 2027-01-03T00:00:00Z: rejected THROTTLED (busy); next at 2027-01-03T02:00:00Z"} {

@@ -73,6 +73,9 @@ type GetAccepted struct {
 	CertificateID  string `json:"certificateId"`
 	CertificatePEM string `json:"certificatePem,omitempty"`
 	Location       string `json:"location,omitempty"`
+	// Attested is true when the vendor verified the new key's TPM
+	// attestation and recorded it (docs/attestation.md); absent otherwise.
+	Attested bool `json:"attested,omitempty"`
 }
 
 // AckRequest confirms the device is connected with the new certificate.

@@ -38,40 +38,41 @@ const (
 // from the record, the qualifying data of this request, the CSR's key, no
 // reuse, TPM clock counts not going back). A verified key is recorded under
 // fleet.AttestedKeyKey. A failure is an ATTESTATION_FAILED rejection whose
-// message starts with the reason code.
+// message starts with the reason code. It reports whether evidence was
+// verified (and recorded).
 //
 // A pre-provisioned request (csr nil: the factory's CSR from the allow list)
 // carries no evidence: refused under required, allowed otherwise.
-func (v *Vendor) checkAttestation(ctx context.Context, ev Event, entry manifest.Entry, csr *x509.CertificateRequest) error {
+func (v *Vendor) checkAttestation(ctx context.Context, ev Event, entry manifest.Entry, csr *x509.CertificateRequest) (bool, error) {
 	policy := v.Settings.AttestationPolicy
 	if policy == "" || policy == fleet.AttestationOff {
-		return nil
+		return false, nil
 	}
 	if csr == nil {
 		if policy == fleet.AttestationRequired {
-			return attestRej(reasonNotAttested, "the fleet requires key attestation and a pre-provisioned CSR carries none")
+			return false, attestRej(reasonNotAttested, "the fleet requires key attestation and a pre-provisioned CSR carries none")
 		}
-		return nil
+		return false, nil
 	}
 	rec := attest.FromManifest(entry)
 	switch {
 	case rec == nil && policy == fleet.AttestationRequired:
-		return attestRej(reasonNotEnrolled, "the fleet requires key attestation and the allow list has no TPM enrolment (ek_pub_sha256, ak_public, ak_name) for %s", ev.ThingName)
+		return false, attestRej(reasonNotEnrolled, "the fleet requires key attestation and the allow list has no TPM enrolment (ek_pub_sha256, ak_public, ak_name) for %s", ev.ThingName)
 	case rec == nil:
 		if ev.Attestation != nil {
 			v.Log.Info("attestation ignored: device not enrolled", "thing", ev.ThingName, "jobId", ev.JobID)
 		}
-		return nil
+		return false, nil
 	case ev.Attestation == nil:
-		return attestRej(reasonNotAttested, "%s is enrolled for key attestation but the request carries none (a key outside its TPM?)", ev.ThingName)
+		return false, attestRej(reasonNotAttested, "%s is enrolled for key attestation but the request carries none (a key outside its TPM?)", ev.ThingName)
 	}
 	roots, err := v.Trust.EKRoots(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	latest, err := v.attestedKey(ctx, fleet.LatestAttestationKey(ev.ThingName))
 	if err != nil {
-		return err
+		return false, err
 	}
 	exp := attest.Expected{
 		QualifyingData: attest.RotationBinding(ev.ThingName, ev.JobID, ev.Principal, ev.ClientToken).QualifyingData(),
@@ -93,10 +94,10 @@ func (v *Vendor) checkAttestation(ctx context.Context, ev Event, entry manifest.
 		if ae.Err != nil {
 			msg += ": " + ae.Err.Error()
 		}
-		return attestRej(string(ae.Reason), "%s", msg)
+		return false, attestRej(string(ae.Reason), "%s", msg)
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	ak := fleet.AttestedKey{
 		Thing: ev.ThingName, KeyName: hex.EncodeToString(res.KeyName), KeyFingerprint: res.KeyFingerprint, Algorithm: res.Algorithm,
@@ -107,15 +108,15 @@ func (v *Vendor) checkAttestation(ctx context.Context, ev Event, entry manifest.
 	}
 	body, err := json.Marshal(ak)
 	if err != nil {
-		return err
+		return false, err
 	}
 	for _, key := range []string{fleet.AttestedKeyKey(ev.ThingName, ak.KeyName), fleet.LatestAttestationKey(ev.ThingName)} {
 		if err := v.Store.Put(ctx, key, body, nil); err != nil {
-			return fmt.Errorf("writing attestation record s3://%s/%s: %w", v.Settings.Bucket, key, err)
+			return false, fmt.Errorf("writing attestation record s3://%s/%s: %w", v.Settings.Bucket, key, err)
 		}
 	}
 	v.Log.Info("key attestation verified", "thing", ev.ThingName, "jobId", ev.JobID, "keyName", ak.KeyName, "akName", ak.AKName, "ek", res.EK)
-	return nil
+	return true, nil
 }
 
 // attestedKey reads an attestation record, nil when there is none.

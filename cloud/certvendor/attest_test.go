@@ -197,6 +197,9 @@ func TestAttestationRequired(t *testing.T) {
 		if !strings.HasSuffix(rep.Topic, "/get/accepted") || acc.CertificateID == "" {
 			t.Fatalf("attested request refused: %s %+v", rep.Topic, rej)
 		}
+		if !acc.Attested {
+			t.Errorf("get/accepted does not say attested: %+v", acc)
+		}
 		obj, err := a.b.Store.Get(context.Background(), fleet.LatestAttestationKey(a.dev.ID), "")
 		if err != nil {
 			t.Fatalf("no attested-key record: %v", err)

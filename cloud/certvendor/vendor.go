@@ -319,12 +319,13 @@ func (v *Vendor) get(ctx context.Context, ev Event) (any, error) {
 		return nil, err
 	}
 	var csrDER []byte
+	var attested bool
 	preProvisioned := ev.CSR == ""
 	if preProvisioned {
 		if len(entry.FinalCSR) == 0 {
 			return nil, rej(protocol.BadCSR, "no csr in the request and no pre-provisioned CSR in the allow list for %s", ev.ThingName)
 		}
-		if err := v.checkAttestation(ctx, ev, entry, nil); err != nil {
+		if _, err := v.checkAttestation(ctx, ev, entry, nil); err != nil {
 			return nil, err
 		}
 		csrDER = entry.FinalCSR
@@ -334,7 +335,7 @@ func (v *Vendor) get(ctx context.Context, ev Event) (any, error) {
 			return nil, rej(protocol.BadCSR, "%v", err)
 		}
 		csrDER = req.Raw
-		if err := v.checkAttestation(ctx, ev, entry, req); err != nil {
+		if attested, err = v.checkAttestation(ctx, ev, entry, req); err != nil {
 			return nil, err
 		}
 	}
@@ -376,7 +377,7 @@ func (v *Vendor) get(ctx context.Context, ev Event) (any, error) {
 		return nil, err
 	}
 	v.Log.Info("certificate issued", "thing", ev.ThingName, "jobId", ev.JobID, "certificateId", cert.ID, "retry", found, "preProvisioned", preProvisioned)
-	return protocol.GetAccepted{ClientToken: ev.ClientToken, CertificateID: cert.ID, CertificatePEM: cert.PEM, Location: loc}, nil
+	return protocol.GetAccepted{ClientToken: ev.ClientToken, CertificateID: cert.ID, CertificatePEM: cert.PEM, Location: loc, Attested: attested}, nil
 }
 
 // errStale says an issuance record names a certificate that no longer

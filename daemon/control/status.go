@@ -136,6 +136,9 @@ type ActiveCredential struct {
 	NotAfter      time.Time `json:"notAfter"`
 	KeyURI        string    `json:"keyUri"` // redacted
 	Backend       string    `json:"backend"`
+	// Attested is true when the cloud verified the key's TPM attestation
+	// before it issued the certificate (docs/attestation.md).
+	Attested bool `json:"attested,omitempty"`
 }
 
 // RotationRequest is a device-initiated rotation request

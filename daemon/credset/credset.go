@@ -81,6 +81,9 @@ type Meta struct {
 	CreatedAt     time.Time `json:"createdAt"`
 	KeyRole       KeyRole   `json:"keyRole,omitempty"`
 	Mode          Mode      `json:"mode,omitempty"`
+	// Attested is true when the cloud verified the key's TPM attestation
+	// before issuing the certificate (protocol.GetAccepted.Attested).
+	Attested bool `json:"attested,omitempty"`
 }
 
 // Credential is one generation: a certificate chain and the URI of its key.

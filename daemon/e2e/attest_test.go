@@ -95,7 +95,10 @@ func TestAttestedRotation(t *testing.T) {
 	c := attestCloud(t, m)
 	d := newDevice(t, c, "gw-attested", deviceOpts{kind: onTPM, tpm: m, enrol: enrolAK(t, false)})
 	d.start()
-	d.waitFor("operational generation 1", operational(1))
+	st := d.waitFor("operational generation 1", operational(1))
+	if !st.Active.Attested {
+		t.Errorf("status does not show the active key attested: %+v", st.Active)
+	}
 	out, err := c.s3.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(fleet.LatestAttestationKey(d.name))})
 	if err != nil {
 		t.Fatalf("no attested-key record: %v", err)

@@ -46,9 +46,11 @@ type Credential struct {
 	KeyURI     string
 	// Role is the key's role: credset.RoleBootstrap for generation 0,
 	// credset.RoleOperational for a stored generation.
-	Role   credset.KeyRole
-	Chain  []*x509.Certificate
-	Signer crypto.Signer // opened lazily
+	Role  credset.KeyRole
+	Chain []*x509.Certificate
+	// Attested: the cloud verified the key's TPM attestation at issuance.
+	Attested bool
+	Signer   crypto.Signer // opened lazily
 }
 
 // Leaf is the device certificate.
@@ -427,7 +429,7 @@ func (e *Engine) loadCred(gen int) (*Credential, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Credential{Generation: gen, KeyURI: c.KeyURI, Role: c.Meta.KeyRole, Chain: c.Chain}, nil
+	return &Credential{Generation: gen, KeyURI: c.KeyURI, Role: c.Meta.KeyRole, Chain: c.Chain, Attested: c.Meta.Attested}, nil
 }
 
 // candidates is the recovery rule: the active credential, then (unless

@@ -289,7 +289,7 @@ func (s *session) onGetReply(ctx context.Context, suffix string, payload []byte)
 	cred := &credset.Credential{Generation: j.Generation, KeyURI: j.KeyURI, Chain: chain, Meta: credset.Meta{
 		Generation: j.Generation, CertificateID: protocol.CertificateID(leaf.Raw), JobID: j.JobID,
 		Issuer: leaf.Issuer.String(), NotAfter: leaf.NotAfter, CreatedAt: e.clock.Now(),
-		KeyRole: credset.RoleOperational, Mode: j.Mode}}
+		KeyRole: credset.RoleOperational, Mode: j.Mode, Attested: a.Attested}}
 	if err := e.store.Put(cred); errors.Is(err, credset.ErrExists) {
 		// stored before a crash, with a certificate for a key made again
 		if err := e.store.Remove(j.Generation); err != nil {

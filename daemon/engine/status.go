@@ -68,7 +68,7 @@ func (e *Engine) refreshStatus() {
 	var a ActiveCredential
 	if c, err := e.loadCred(ptr.Active); err == nil {
 		leaf := c.Leaf()
-		a = ActiveCredential{Generation: c.Generation, CertificateID: c.CertificateID(), Issuer: leaf.Issuer.String(), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, KeyURI: redactURI(c.KeyURI)}
+		a = ActiveCredential{Generation: c.Generation, CertificateID: c.CertificateID(), Issuer: leaf.Issuer.String(), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, KeyURI: redactURI(c.KeyURI), Attested: c.Attested}
 		if u, err := keystore.ParseURI(c.KeyURI); err == nil {
 			a.Backend = u.Scheme
 		}
