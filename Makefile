@@ -52,12 +52,12 @@ vet:
 	$(GO) mod tidy -diff
 	$(GO) tool -modfile=tools/go.mod staticcheck ./...
 
-## bench: benchmark tables (figures, not assertions)
+## bench: benchmark tables (figures, not assertions); the 15-minute idle memory run is in bench-daemon
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./keystore/...
 	$(GO) test -run '^$$' -bench . -benchmem ./attest/
 	$(GO) test -run '^$$' -bench . -benchmem ./cloud/lab/...
-	$(GO) test -run '^$$' -bench . -benchtime 20x ./daemon/e2e
+	$(GO) test -run '^$$' -bench 'BootstrapToOperational|StartToReady|BinarySize' -benchtime 20x ./daemon/e2e
 
 ## bench-daemon: bootcertd figures (docs/bootcertd.md, Footprint): rotation overhead beyond TPM time p50/p99 and start to READY over 50 runs on swtpm, TPM commands per rotation; idle PSS/RSS of the release build (samples every 10s for 10m after a 5m warm-up: BENCH_IDLE_WARMUP, BENCH_IDLE_DURATION, BENCH_IDLE_INTERVAL shorten it); stripped sizes
 bench-daemon: deps
