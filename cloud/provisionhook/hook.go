@@ -202,23 +202,9 @@ func (h *Hook) decide(ctx context.Context, ev Event) (Result, error) {
 // bind records serial -> key at the first admission and refuses another key
 // later.
 func (h *Hook) bind(ctx context.Context, serial, keySHA string, ev Event) error {
-	key := RecordPrefix + serial + ".json"
-	rec := Record{Serial: serial, KeySHA256: keySHA, CertificateID: ev.CertificateID, ClaimCertificateID: ev.ClaimCertificateID, At: h.Clock.Now().UTC().Format(time.RFC3339)}
-	body, _ := json.Marshal(rec)
-	err := h.Store.PutIfAbsent(ctx, key, body, nil)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, ports.ErrExists) {
-		return fmt.Errorf("writing s3 object %s: %w", key, err)
-	}
-	obj, err := h.Store.Get(ctx, key, "")
-	if err != nil {
-		return fmt.Errorf("reading s3 object %s: %w", key, err)
-	}
-	var prev Record
-	if err := json.Unmarshal(obj.Body, &prev); err != nil {
-		return fmt.Errorf("s3 object %s: %w", key, err)
+	prev, err := h.record(ctx, RecordPrefix+serial+".json", serial, keySHA, ev)
+	if err != nil || prev == nil {
+		return err
 	}
 	if prev.KeySHA256 != keySHA {
 		return refuse("serial number %s was already provisioned with another key at %s (replayed serial number)", serial, prev.At)
@@ -229,28 +215,38 @@ func (h *Hook) bind(ctx context.Context, serial, keySHA string, ev Event) error 
 // bindKey records key -> serial at the key's first admission and refuses the
 // same key under another name later.
 func (h *Hook) bindKey(ctx context.Context, serial, keySHA string, ev Event) error {
-	key := KeyRecordPrefix + keySHA + ".json"
-	rec := Record{Serial: serial, KeySHA256: keySHA, CertificateID: ev.CertificateID, ClaimCertificateID: ev.ClaimCertificateID, At: h.Clock.Now().UTC().Format(time.RFC3339)}
-	body, _ := json.Marshal(rec)
-	err := h.Store.PutIfAbsent(ctx, key, body, nil)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, ports.ErrExists) {
-		return fmt.Errorf("writing s3 object %s: %w", key, err)
-	}
-	obj, err := h.Store.Get(ctx, key, "")
-	if err != nil {
-		return fmt.Errorf("reading s3 object %s: %w", key, err)
-	}
-	var prev Record
-	if err := json.Unmarshal(obj.Body, &prev); err != nil {
-		return fmt.Errorf("s3 object %s: %w", key, err)
+	prev, err := h.record(ctx, KeyRecordPrefix+keySHA+".json", serial, keySHA, ev)
+	if err != nil || prev == nil {
+		return err
 	}
 	if prev.Serial != serial {
 		return refuse("this key is already registered as %s: a device registers its own name only, not %s", prev.Serial, serial)
 	}
 	return nil
+}
+
+// record writes the admission record at key unless one exists (S3
+// conditional write); it returns the existing record (nil when this call
+// wrote it).
+func (h *Hook) record(ctx context.Context, key, serial, keySHA string, ev Event) (*Record, error) {
+	rec := Record{Serial: serial, KeySHA256: keySHA, CertificateID: ev.CertificateID, ClaimCertificateID: ev.ClaimCertificateID, At: h.Clock.Now().UTC().Format(time.RFC3339)}
+	body, _ := json.Marshal(rec)
+	err := h.Store.PutIfAbsent(ctx, key, body, nil)
+	if err == nil {
+		return nil, nil
+	}
+	if !errors.Is(err, ports.ErrExists) {
+		return nil, fmt.Errorf("writing s3 object %s: %w", key, err)
+	}
+	obj, err := h.Store.Get(ctx, key, "")
+	if err != nil {
+		return nil, fmt.Errorf("reading s3 object %s: %w", key, err)
+	}
+	var prev Record
+	if err := json.Unmarshal(obj.Body, &prev); err != nil {
+		return nil, fmt.Errorf("s3 object %s: %w", key, err)
+	}
+	return &prev, nil
 }
 
 // denied reads the deny list; a missing object denies nobody.

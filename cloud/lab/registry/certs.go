@@ -340,30 +340,9 @@ func registerStatus(s string) (string, error) {
 // issuing CA, like AWS's own issuer
 // (https://docs.aws.amazon.com/iot/latest/apireference/API_CreateCertificateFromCsr.html).
 func (r *Registry) CreateCertificateFromCsr(csrPEM string, setAsActive bool) (Certificate, error) {
-	if len(csrPEM) > MaxPEM {
-		return Certificate{}, invalid("certificateSigningRequest", "longer than %d characters", MaxPEM)
-	}
-	b, _ := pem.Decode([]byte(csrPEM))
-	if b == nil || (b.Type != "CERTIFICATE REQUEST" && b.Type != "NEW CERTIFICATE REQUEST") {
-		return Certificate{}, invalid("certificateSigningRequest", "not a PEM CERTIFICATE REQUEST block")
-	}
-	csr, err := x509.ParseCertificateRequest(b.Bytes)
+	c, err := r.issueFromCSR(csrPEM)
 	if err != nil {
-		return Certificate{}, invalid("certificateSigningRequest", "parsing CSR: %v", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return Certificate{}, invalid("certificateSigningRequest", "CSR signature does not verify: %v", err)
-	}
-	if r.issuer == nil {
-		return Certificate{}, newErr(CodeInternal, "CreateCertificateFromCsr", "the lab has no issuing CA configured")
-	}
-	der, err := r.issuer.IssueFromCSR(b.Bytes)
-	if err != nil {
-		return Certificate{}, invalid("certificateSigningRequest", "issuing: %v", err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		return Certificate{}, fmt.Errorf("lab issuer returned a bad certificate: %w", err)
+		return Certificate{}, err
 	}
 	status := StatusInactive
 	if setAsActive {
@@ -458,4 +437,36 @@ func (r *Registry) DeleteCertificate(id string, force bool) error {
 		r.logDecision("DeleteCertificate", id, "deleted", "force", force)
 		return nil
 	})
+}
+
+// issueFromCSR checks csrPEM (size, PEM type, signature) and issues a
+// certificate for it with the lab's issuing CA; errors name the
+// certificateSigningRequest field as AWS's InvalidRequestException does.
+func (r *Registry) issueFromCSR(csrPEM string) (*x509.Certificate, error) {
+	if len(csrPEM) > MaxPEM {
+		return nil, invalid("certificateSigningRequest", "longer than %d characters", MaxPEM)
+	}
+	b, _ := pem.Decode([]byte(csrPEM))
+	if b == nil || (b.Type != "CERTIFICATE REQUEST" && b.Type != "NEW CERTIFICATE REQUEST") {
+		return nil, invalid("certificateSigningRequest", "not a PEM CERTIFICATE REQUEST block")
+	}
+	csr, err := x509.ParseCertificateRequest(b.Bytes)
+	if err != nil {
+		return nil, invalid("certificateSigningRequest", "parsing CSR: %v", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, invalid("certificateSigningRequest", "CSR signature does not verify: %v", err)
+	}
+	if r.issuer == nil {
+		return nil, newErr(CodeInternal, "CreateCertificateFromCsr", "the lab has no issuing CA configured")
+	}
+	der, err := r.issuer.IssueFromCSR(b.Bytes)
+	if err != nil {
+		return nil, invalid("certificateSigningRequest", "issuing: %v", err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("lab issuer returned a bad certificate: %w", err)
+	}
+	return c, nil
 }
