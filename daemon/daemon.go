@@ -173,7 +173,7 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	ecfg := engine.Config{
 		Thing: thing, Endpoint: c.Address(), BootstrapKey: bootKey, Bootstrap: chain,
-		PreProvisionedKey: c.Identity.PreProvisioned, Algorithm: alg, StateDir: c.State.Dir,
+		PreProvisionedKey: c.Identity.PreProvisioned, AttestationKey: c.Identity.AttestationKey, Algorithm: alg, StateDir: c.State.Dir,
 		ReplyTimeout: c.Timeouts.Reply.D(), Backoff: engine.Backoff{Initial: c.Backoff.Initial.D(), Max: c.Backoff.Max.D()},
 		RollbackRefusals: c.Fallback.Refusals, RollbackWindow: c.Fallback.Window.D(), FallbackToBoot: fallback,
 		IssuerSHA256: c.Verify.IssuerSHA256, ShutdownQuiesce: c.Timeouts.Shutdown.D(),

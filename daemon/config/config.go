@@ -100,6 +100,11 @@ type Identity struct {
 	KeyAlgorithm   string `toml:"key_algorithm" json:"key_algorithm"`
 	Mode           string `toml:"mode" json:"mode"`
 	PreProvisioned string `toml:"preprovisioned_key" json:"preprovisioned_key,omitempty"`
+	// AttestationKey is the TPM attestation key (AK) that certifies each
+	// new key (docs/attestation.md); "" uses the one `bootcertctl provision`
+	// puts next to a tpm: bootstrap key (blob=DIR/X.tpmkey gives
+	// DIR/X.ak.tpmkey, a handle gives 0x81000002; keystore.DefaultAKURI).
+	AttestationKey string `toml:"attestation_key" json:"attestation_key,omitempty"`
 }
 
 // Provisioning is onboarding by claim (AWS IoT fleet provisioning).
@@ -304,6 +309,15 @@ func (c *Config) validate() error {
 	}
 	if err := c.validateMode(bad, missing); err != nil {
 		return err
+	}
+	if ak := c.Identity.AttestationKey; ak != "" {
+		u, err := keystore.ParseURI(ak)
+		if err != nil {
+			return bad("identity.attestation_key", "%v", err)
+		}
+		if u.Scheme != "tpm" {
+			return bad("identity.attestation_key", "%q is a %s: key; an attestation key lives in a TPM (tpm:)", u.Redacted(), u.Scheme)
+		}
 	}
 	return c.validateRest(bad, missing)
 }

@@ -62,6 +62,13 @@ func TestParse(t *testing.T) {
 		{name: "fail/no-generation", repl: [2]string{"op-{generation}", "op-1"}, key: "identity.operational_key"},
 		{name: "fail/mode", repl: [2]string{"[identity]\n", "[identity]\nmode = \"sometimes\"\n"}, key: "identity.mode"},
 		{name: "fail/preprovisioned-missing", repl: [2]string{"[identity]\n", "[identity]\nmode = \"pre-provisioned\"\n"}, key: "identity.preprovisioned_key"},
+		{name: "ok/attestation-key", repl: [2]string{"[identity]\n", "[identity]\nattestation_key = \"tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/ak.tpmkey\"\n"}, check: func(t *testing.T, c *Config) {
+			if c.Identity.AttestationKey != "tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/ak.tpmkey" {
+				t.Errorf("attestation_key = %q", c.Identity.AttestationKey)
+			}
+		}},
+		{name: "fail/attestation-key-not-tpm", repl: [2]string{"[identity]\n", "[identity]\nattestation_key = \"file:/var/lib/bootcert/ak.pem\"\n"}, key: "identity.attestation_key"},
+		{name: "fail/attestation-key-uri", repl: [2]string{"[identity]\n", "[identity]\nattestation_key = \"ak.tpmkey\"\n"}, key: "identity.attestation_key"},
 		{name: "fail/algorithm", repl: [2]string{"[identity]\n", "[identity]\nkey_algorithm = \"dsa\"\n"}, key: "identity.key_algorithm"},
 		{name: "fail/duration", extra: "[timeouts]\nreply = \"soon\"\n", key: "reply"},
 		{name: "fail/duration-range", extra: "[timeouts]\nkeepalive = \"1s\"\n", key: "timeouts.keepalive"},
