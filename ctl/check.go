@@ -27,6 +27,7 @@ import (
 	"github.com/bootcert/bootcert/daemon/config"
 	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/journal"
+	"github.com/bootcert/bootcert/daemon/proxy"
 	"github.com/bootcert/bootcert/keystore"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -709,7 +710,14 @@ func (c *checker) checkOnline() {
 	host, addr := cfg.Broker.Endpoint, cfg.Address()
 	ctx, cancel := context.WithTimeout(c.ctx, cfg.Timeouts.Connect.D())
 	defer cancel()
-	if _, err := net.DefaultResolver.LookupHost(ctx, host); err != nil {
+	px, err := proxy.Parse(cfg.Broker.Proxy)
+	if err != nil {
+		c.add("online", checkFail, "broker.proxy: "+err.Error(), "fix broker.proxy in the configuration")
+		return
+	}
+	if px != nil {
+		// The proxy resolves the endpoint; the gateway may have no DNS of its own.
+	} else if _, err := net.DefaultResolver.LookupHost(ctx, host); err != nil {
 		c.add("online", checkFail, fmt.Sprintf("broker.endpoint %s does not resolve: %v", host, err), "check DNS (resolvectl status) and broker.endpoint (aws iot describe-endpoint --endpoint-type iot:Data-ATS)")
 		return
 	}
@@ -727,12 +735,11 @@ func (c *checker) checkOnline() {
 	if cfg.Broker.ALPN != "" {
 		tc.NextProtos = []string{cfg.Broker.ALPN}
 	}
-	d := tls.Dialer{Config: tc}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := proxy.Dialer{URL: px, Timeout: cfg.Timeouts.Connect.D()}.DialTLS(ctx, addr, tc)
 	if err != nil {
 		var ue x509.UnknownAuthorityError
 		var he x509.HostnameError
-		fix := "check the network path to " + addr + " (firewall, proxy)"
+		fix := "check the network path to " + addr + " (firewall, broker.proxy)"
 		switch {
 		case errors.As(err, &ue):
 			fix = "broker.root_ca " + cfg.Broker.RootCA + " does not sign the broker's certificate: install the right CA (AmazonRootCA1.pem for AWS IoT Core ATS endpoints)"
@@ -743,7 +750,7 @@ func (c *checker) checkOnline() {
 		return
 	}
 	defer conn.Close()
-	tlsConn := conn.(*tls.Conn)
+	tlsConn := conn
 	alpn := tlsConn.ConnectionState().NegotiatedProtocol
 	if cfg.Broker.ALPN != "" && alpn != cfg.Broker.ALPN {
 		c.add("online", checkFail, fmt.Sprintf("TLS to %s: the server did not select ALPN %s", addr, cfg.Broker.ALPN), "AWS IoT Core on port 443 needs ALPN x-amzn-mqtt-ca; a proxy in between may strip it")

@@ -22,6 +22,7 @@ import (
 	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/internal/testenv"
+	"github.com/bootcert/bootcert/internal/testproxy"
 	"github.com/bootcert/bootcert/keystore"
 )
 
@@ -281,6 +282,32 @@ func TestCheckOnlineWrongRoot(t *testing.T) {
 	want(t, rep, "online", checkPass, "the broker accepts the bootstrap certificate", "")
 	if id := <-ids; id != "gw-check-1" {
 		t.Errorf("client ID %q", id)
+	}
+}
+
+// --online through broker.proxy: the tunnel goes to the endpoint, and a
+// proxy that refuses the credentials fails the check without the password.
+func TestCheckOnlineProxy(t *testing.T) {
+	e := newCheckEnv(t, "file:"+filepath.Join(t.TempDir(), "boot.pem"))
+	addr := tlsBroker(t, e.ca, nil)
+	_, port, _ := net.SplitHostPort(addr)
+	fmt.Sscan(port, &e.cfg.Broker.Port)
+	e.cfg.Broker.Endpoint = "localhost"
+	px := testproxy.Start(t, "gw:s3cret")
+	e.cfg.Broker.Proxy = "http://gw:s3cret@" + px.Addr()
+	rep, _ := e.run("--user", "root", "--online")
+	want(t, rep, "online", checkPass, "the broker accepts the bootstrap certificate", "")
+	if got := px.Targets(); len(got) != 1 || got[0] != "localhost:"+port {
+		t.Errorf("tunnelled to %v, want localhost:%s", got, port)
+	}
+	e.cfg.Broker.Proxy = "http://gw:wrong-pass@" + px.Addr()
+	rep, code := e.run("--user", "root", "--online")
+	if code != ExitCheckFailures {
+		t.Errorf("exit %d", code)
+	}
+	want(t, rep, "online", checkFail, "proxy refused the tunnel", "broker.proxy")
+	if out, _ := json.Marshal(rep); strings.Contains(string(out), "wrong-pass") {
+		t.Errorf("the report repeats the proxy password: %s", out)
 	}
 }
 

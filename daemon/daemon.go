@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/bootcert/bootcert/daemon/control"
 	"github.com/bootcert/bootcert/daemon/engine"
 	"github.com/bootcert/bootcert/daemon/provisioning"
+	"github.com/bootcert/bootcert/daemon/proxy"
 	"github.com/bootcert/bootcert/daemon/session"
 	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/keystore"
@@ -36,6 +38,8 @@ type Checked struct {
 	// LocationCAs is verify.location_ca (nil: the system roots).
 	LocationCAs *x509.CertPool
 	Algorithm   keystore.Algorithm
+	// Proxy is broker.proxy (nil: direct).
+	Proxy *url.URL
 }
 
 // Check validates a configuration and the files it names, without touching
@@ -58,6 +62,11 @@ func Check(c *config.Config) (*Checked, error) {
 	if c.Verify.LocationCA != "" {
 		if ck.LocationCAs, err = loadPool(c.Verify.LocationCA); err != nil {
 			return nil, err
+		}
+	}
+	if c.Broker.Proxy != "" {
+		if ck.Proxy, err = proxy.Parse(c.Broker.Proxy); err != nil {
+			return nil, fmt.Errorf("broker.proxy: %w", err)
 		}
 	}
 	if ck.Algorithm, err = keystore.ParseAlgorithm(c.Identity.KeyAlgorithm); err != nil {
@@ -158,10 +167,10 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 		alpn = []string{c.Broker.ALPN}
 	}
 	scfg := session.Config{Address: c.Address(), ServerName: c.Broker.Endpoint, RootCAs: pool, ALPN: alpn,
-		ClientID: thing, KeepAlive: c.Timeouts.KeepAlive.D(), Timeout: c.Timeouts.Connect.D(), Logger: log}
+		ClientID: thing, KeepAlive: c.Timeouts.KeepAlive.D(), Timeout: c.Timeouts.Connect.D(), Logger: log, Proxy: ck.Proxy}
 	var fetch engine.Fetcher
 	if len(c.Verify.LocationHosts) > 0 {
-		fetch = &locationFetcher{allowed: c.Verify.LocationHosts, roots: ck.LocationCAs, timeout: c.Timeouts.Reply.D()}
+		fetch = &locationFetcher{allowed: c.Verify.LocationHosts, roots: ck.LocationCAs, timeout: c.Timeouts.Reply.D(), proxy: ck.Proxy}
 	}
 	alg := ck.Algorithm
 	bootKey, fallback := c.Identity.BootstrapKey, c.Fallback.Bootstrap

@@ -14,11 +14,13 @@ import (
 	"time"
 
 	"github.com/bootcert/bootcert/daemon/engine"
+	"github.com/bootcert/bootcert/daemon/proxy"
 )
 
 // locationFetcher downloads a certificate package from a `location` URL
 // (engine.Fetcher): HTTPS only, from verify.location_hosts only, redirects
-// (at most 3) checked the same way, no proxy, 64 KiB at most.
+// (at most 3) checked the same way, through broker.proxy when set (CONNECT),
+// 64 KiB at most.
 //
 // It is one HTTP/1.1 GET per connection over crypto/tls, with the request
 // written and the response read by net/http's Request.Write and
@@ -32,6 +34,7 @@ type locationFetcher struct {
 	roots   *x509.CertPool // nil: the system roots
 	timeout time.Duration  // for the whole download, redirects included
 	maxSize int64
+	proxy   *url.URL // nil: direct
 }
 
 const (
@@ -80,8 +83,7 @@ func (f *locationFetcher) get(ctx context.Context, u *url.URL) (body []byte, red
 	if port == "" {
 		port = "443"
 	}
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, port))
+	raw, err := proxy.Dialer{URL: f.proxy}.DialContext(ctx, net.JoinHostPort(host, port))
 	if err != nil {
 		return nil, "", err
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bootcert/bootcert/daemon/proxy"
 	"github.com/bootcert/bootcert/keystore"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -89,6 +90,11 @@ type Broker struct {
 	RootCA   string `toml:"root_ca" json:"root_ca"`
 	// ALPN is set automatically to x-amzn-mqtt-ca on port 443.
 	ALPN string `toml:"alpn" json:"alpn,omitempty"`
+	// Proxy is an HTTP proxy (http://[user:password@]host:port) the MQTT
+	// connection and certificate downloads are tunnelled through with
+	// CONNECT; "" connects directly. The environment's HTTPS_PROXY is not
+	// read (a systemd service does not get /etc/environment).
+	Proxy string `toml:"proxy" json:"proxy,omitempty"`
 }
 
 // Identity names the device's keys and certificates.
@@ -282,6 +288,11 @@ func (c *Config) validate() error {
 	}
 	if b.ALPN != "" && b.ALPN != ALPN {
 		return bad("broker.alpn", "%q is not supported (use %q, or leave it out)", b.ALPN, ALPN)
+	}
+	if b.Proxy != "" {
+		if _, err := proxy.Parse(b.Proxy); err != nil {
+			return bad("broker.proxy", "%v", err)
+		}
 	}
 	if b.RootCA == "" {
 		return missing("broker.root_ca", "the CA file that signs the broker's server certificate (AmazonRootCA1.pem)")

@@ -149,8 +149,9 @@ type RotationRequest struct {
 	SentAt        time.Time `json:"sentAt,omitzero"`
 	// Attempts counts the requests sent for this certificate.
 	Attempts int `json:"attempts"`
-	// Answer is accepted, rejected, no reply, or refused by the broker
-	// (the policy does not grant the request topic); "" while awaited.
+	// Answer is accepted, rejected, no reply, refused by the broker (the
+	// policy does not grant the request topic), or job arrived (the
+	// rotation job came before the reply); "" while awaited.
 	Answer     string    `json:"answer,omitempty"`
 	Code       string    `json:"code,omitempty"`
 	Message    string    `json:"message,omitempty"`

@@ -127,6 +127,7 @@ func (s *session) begin(ctx context.Context, x *protocol.JobExecution) error {
 		return fmt.Errorf("starting rotation: %w", err)
 	}
 	s.startToken = ""
+	s.jobAnswersRequest(x.JobID, now)
 	e.rot = rotation{keygenBusy: e.rot.keygenBusy, laps: map[string]time.Duration{}, lapMark: now}
 	e.refreshStatus()
 	e.log.Info("rotation started", "job", x.JobID, "generation", gen, "mode", mode)

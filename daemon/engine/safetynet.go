@@ -195,6 +195,23 @@ func (s *session) onRotateReply(ctx context.Context, suffix string, payload []by
 	return nil
 }
 
+// jobAnswersRequest: a rotation job that starts while a request is
+// awaited answers it, whichever of the job notification and the
+// rotate/accepted reply the broker delivered first (they travel on
+// different topics, so MQTT does not order them).
+func (s *session) jobAnswersRequest(jobID string, now time.Time) {
+	n := &s.e.net
+	if n.outstanding == "" {
+		return
+	}
+	n.outstanding = ""
+	s.e.rotationRequest(func(r *RotationRequest) { r.Answer, r.JobID, r.AnsweredAt = answerJobArrived, jobID, now })
+}
+
+// answerJobArrived is the request's answer when the rotation job came
+// before the rotate/accepted reply.
+const answerJobArrived = "job arrived"
+
 // rotationRequest changes the status's last request.
 func (e *Engine) rotationRequest(f func(*RotationRequest)) {
 	e.update(func(st *Status) {

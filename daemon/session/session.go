@@ -24,6 +24,8 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/bootcert/bootcert/daemon/proxy"
 )
 
 // Credential is what a session authenticates with.
@@ -42,6 +44,9 @@ type Config struct {
 	KeepAlive  time.Duration
 	Timeout    time.Duration // TLS + CONNECT
 	Logger     *slog.Logger
+	// Proxy, when set, is an HTTP proxy the TCP connection is tunnelled
+	// through (CONNECT); TLS runs end to end inside the tunnel.
+	Proxy *url.URL
 }
 
 // ConnectError is a failed connect attempt.
@@ -120,10 +125,9 @@ func Dial(ctx context.Context, cfg Config, cred Credential) (*Session, error) {
 		SetConnectRetry(false).
 		SetOrderMatters(false).
 		SetCustomOpenConnectionFn(func(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
-			d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: cfg.Timeout}, Config: tlsCfg}
 			dctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 			defer cancel()
-			c, err := d.DialContext(dctx, "tcp", u.Host)
+			c, err := proxy.Dialer{URL: cfg.Proxy, Timeout: cfg.Timeout}.DialTLS(dctx, u.Host, tlsCfg)
 			if err != nil {
 				dialMu.Lock()
 				dialErr = err
@@ -131,7 +135,7 @@ func Dial(ctx context.Context, cfg Config, cred Credential) (*Session, error) {
 				return nil, err
 			}
 			if len(cfg.ALPN) > 0 {
-				cfg.Logger.Debug("TLS established", "alpn", c.(*tls.Conn).ConnectionState().NegotiatedProtocol)
+				cfg.Logger.Debug("TLS established", "alpn", c.ConnectionState().NegotiatedProtocol)
 			}
 			s.mu.Lock()
 			s.nc = c
