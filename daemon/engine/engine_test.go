@@ -239,9 +239,16 @@ func TestRecoveryAfterRevocation(t *testing.T) {
 	if !strings.Contains(s.LastError, "generation 1") || !strings.Contains(s.Advice, "revoked") {
 		t.Errorf("fallback not explained: %+v", s)
 	}
-	// a new rotation moves it on to generation 2
+	// a new rotation moves it on to generation 2, and status no longer
+	// shows the fallback as the device's error
 	r.cloud.queueJob("rot-2")
-	r.waitFor("generation 2", operational(2))
+	s = r.waitFor("generation 2", operational(2))
+	if s.LastError != "" || s.Advice != "" {
+		t.Errorf("the fallback error stays on the recovered device: %q / %q", s.LastError, s.Advice)
+	}
+	if s.LastFallback == "" || s.Counters.Fallbacks == 0 {
+		t.Errorf("the fallback is not kept in status: %+v", s)
+	}
 }
 
 func TestRecoveryAfterExpiry(t *testing.T) {
