@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
@@ -134,6 +135,7 @@ func TestRevokeRecovery(t *testing.T) {
 	fallbacks := 0
 	for round := 1; round <= fleet.DefaultRecoveryBudget; round++ {
 		prev := st.Active
+		began := time.Now()
 		res, err := m.Revoke(ctx, d.name, "")
 		if err != nil || !res.Recovered || res.Revoked != prev.CertificateID || res.Remaining != fleet.DefaultRecoveryBudget-round {
 			t.Fatalf("round %d: revoke: %+v %v\naudit:\n%s", round, res, err, audit.String())
@@ -182,8 +184,8 @@ func TestRevokeRecovery(t *testing.T) {
 		if st.LastError != "" {
 			t.Errorf("round %d: a stale error on the recovered device: %q", round, st.LastError)
 		}
-		t.Logf("round %d: %s revoked, generation %d on %s (job %s), %d recoveries left",
-			round, prev.CertificateID[:12], st.Active.Generation, st.Active.CertificateID[:12], res.JobID, res.Remaining)
+		t.Logf("round %d: %s revoked, generation %d on %s (job %s) %s after the revoke, %d recoveries left",
+			round, prev.CertificateID[:12], st.Active.Generation, st.Active.CertificateID[:12], res.JobID, time.Since(began).Round(10*time.Millisecond), res.Remaining)
 	}
 	if !strings.Contains(audit.String(), "AUDIT recovery admitted") {
 		t.Errorf("no audit line for the recoveries:\n%s", audit.String())
