@@ -242,7 +242,19 @@ func (v *Vendor) checkDevice(ctx context.Context, ev Event) (manifest.Entry, por
 		return entry, thing, cert, err
 	}
 	if cert.Status != ports.StatusActive {
-		return entry, thing, cert, rej(protocol.NotAllowed, "certificate %s is %s", ev.Principal, cert.Status)
+		// A session on a certificate that left ACTIVE lives on for up to
+		// a few minutes: "Within a few minutes of updating a certificate
+		// from the ACTIVE state to any other state, AWS IoT disconnects all
+		// devices that used that certificate to connect"
+		// (https://docs.aws.amazon.com/iot/latest/apireference/API_UpdateCertificate.html).
+		// An operator's revoke (cloud/lifecycle) queues the recovery's
+		// rotation at once, so the device may start it on that session:
+		// retryable, so that it keeps its staged key and job and asks
+		// again on its next connection (the bootstrap certificate, which
+		// the recovery re-activated) instead of failing the rotation.
+		r := rej(protocol.NotAllowed, "certificate %s used for this request is %s; AWS IoT ends its sessions within minutes: retry on the next connection", ev.Principal, cert.Status)
+		r.retryable = true
+		return entry, thing, cert, r
 	}
 	// Revocation: the certificate used and the thing's bootstrap certificate.
 	ids := []string{cert.ID}

@@ -153,6 +153,8 @@ func TestGetRejections(t *testing.T) {
 		csr     func(t *testing.T, r *rig) []byte
 		mutate  func(*certvendor.Event)
 		code    protocol.Code
+		// retryable: the device keeps its staged key and asks again
+		retryable bool
 	}{
 		{name: "fail/not-allowed/removed-from-allow-list", code: protocol.NotAllowed,
 			prepare: func(t *testing.T, r *rig) { r.b.SetAllowList(manifest.Entry{DeviceID: "gw-0002"}) }},
@@ -162,9 +164,15 @@ func TestGetRejections(t *testing.T) {
 			mutate: func(e *certvendor.Event) { e.Principal = strings.Repeat("ab", 32) }},
 		{name: "fail/not-allowed/no-principal", code: protocol.NotAllowed,
 			mutate: func(e *certvendor.Event) { e.Principal = "" }},
-		{name: "fail/not-allowed/principal-inactive", code: protocol.NotAllowed,
+		{name: "fail/not-allowed/principal-inactive", code: protocol.NotAllowed, retryable: true,
 			prepare: func(t *testing.T, r *rig) {
 				r.b.Reg.UpdateCertificate(context.Background(), r.dev.CertID, ports.StatusInactive)
+			}},
+		// a session on a certificate revoked a moment ago (AWS ends it
+		// within minutes): the device retries on its next connection
+		{name: "fail/not-allowed/principal-revoked", code: protocol.NotAllowed, retryable: true,
+			prepare: func(t *testing.T, r *rig) {
+				r.b.Reg.UpdateCertificate(context.Background(), r.dev.CertID, ports.StatusRevoked)
 			}},
 		{name: "fail/revoked/crl", code: protocol.Revoked,
 			prepare: func(t *testing.T, r *rig) { r.b.SetCRL(r.dev) }},
@@ -204,8 +212,8 @@ func TestGetRejections(t *testing.T) {
 			if rej.Code != tt.code {
 				t.Fatalf("reply %s %+v %+v, want %s", rep.Topic, acc, rej, tt.code)
 			}
-			if rej.ClientToken != "tok-1" || rej.Message == "" {
-				t.Errorf("rejected %+v", rej)
+			if rej.ClientToken != "tok-1" || rej.Message == "" || rej.Retryable != tt.retryable {
+				t.Errorf("rejected %+v, want retryable %v", rej, tt.retryable)
 			}
 			if len(r.b.Reg.Certs) != before {
 				t.Errorf("a certificate was issued on rejection")

@@ -267,6 +267,22 @@ func (m *Manager) recover(ctx context.Context, t ports.Thing, res RevokeResult) 
 		return res, err
 	}
 	switch bc.Status {
+	case ports.StatusActive, ports.StatusInactive:
+		// The vendor refuses every request of a device whose bootstrap
+		// certificate is on its factory CA's CRL (REVOKED): re-admitting
+		// it would spend a recovery on a rotation that cannot happen.
+		if chain, perr := protocol.ParseChain([]byte(bc.PEM)); perr == nil {
+			trust := &fleet.Trust{Store: m.Store, Settings: m.Settings, Clock: m.Clock}
+			revoked, err := trust.Revoked(ctx, chain[0])
+			if err != nil {
+				return res, fmt.Errorf("checking the bootstrap certificate %s against the factory CRL: %w", bootstrap, err)
+			}
+			if revoked {
+				return refuse("the bootstrap certificate "+bootstrap+" is on the factory CA's CRL: the device cannot rotate on it; re-provision or decommission it", ErrNoRecovery)
+			}
+		}
+	}
+	switch bc.Status {
 	case ports.StatusActive:
 	case ports.StatusInactive:
 		if err := m.Registry.UpdateCertificate(ctx, bootstrap, ports.StatusActive); err != nil {

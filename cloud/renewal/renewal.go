@@ -162,6 +162,14 @@ func (r *Renewal) due(name string, attrs map[string]string, now time.Time) reaso
 	return notDue
 }
 
+// nearDeadline reports whether ctx's deadline (the invocation's, on the
+// wall clock: a context's deadline is real time whatever r.Clock is) is
+// less than margin away.
+func nearDeadline(ctx context.Context, margin time.Duration) bool {
+	d, ok := ctx.Deadline()
+	return ok && time.Until(d) < margin
+}
+
 // jitter is a stable per-thing number in [0, 1).
 func jitter(name string) float64 {
 	h := fnv.New64a()
@@ -198,11 +206,10 @@ func (r *Renewal) Run(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	deadline, hasDeadline := ctx.Deadline()
 	var due []candidate
 	next := ""
 	for {
-		if hasDeadline && r.Clock.Now().Add(30*time.Second).After(deadline) {
+		if nearDeadline(ctx, 30*time.Second) {
 			res.Truncated = true
 			break
 		}
@@ -257,7 +264,7 @@ func (r *Renewal) Run(ctx context.Context) (Result, error) {
 	}
 	var runErr error
 	for i, c := range due {
-		if hasDeadline && r.Clock.Now().Add(10*time.Second).After(deadline) {
+		if nearDeadline(ctx, 10*time.Second) {
 			res.Truncated = true
 			res.Deferred += len(due) - i
 			break

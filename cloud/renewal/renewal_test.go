@@ -84,3 +84,25 @@ func TestDueJitterIsStableAndBounded(t *testing.T) {
 		t.Errorf("%d of 50 things due in the middle of the window: no spread", dueMid)
 	}
 }
+
+// TestRunDeadlineIsWallClock: the invocation's deadline (ctx) is real time;
+// an injected clock far from it (the lab's clock.Fake moved years ahead)
+// neither truncates a scan with minutes left nor lets one run past it.
+func TestRunDeadlineIsWallClock(t *testing.T) {
+	b := testbed.New(t, nil)
+	ctx := context.Background()
+	b.Reg.CreateThing(ctx, "gw-never-rotated", "bootcert-gateway", map[string]string{fleet.AttrActivated: "true", fleet.AttrBootstrap: "b"})
+	b.SetAllowList(manifest.Entry{DeviceID: "gw-never-rotated"})
+	b.Clock.Advance(3 * 365 * 24 * time.Hour)
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	res, err := b.Renewal().Run(dctx)
+	if err != nil || res.Truncated || res.Scanned != 1 || len(res.Added) != 1 {
+		t.Fatalf("scan with 5 minutes left: %+v %v", res, err)
+	}
+	sctx, cancel2 := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel2()
+	if res, err := b.Renewal().Run(sctx); err != nil || !res.Truncated || res.Scanned != 0 {
+		t.Fatalf("scan with 5 seconds left: %+v %v, want truncated before the first page", res, err)
+	}
+}

@@ -133,8 +133,8 @@ func newLifecycleCmds() []*cobra.Command {
 		Short: "Revoke a device's operational certificate; within its recovery budget the device is re-admitted on its bootstrap identity and rotates",
 		Long: `Revokes the committed operational certificate (or --certificate-id) in AWS IoT.
 Within the device's recovery budget (RECOVERY_BUDGET, default 2, raised with
-"recovery-budget") the bootstrap certificate is made ACTIVE again and the thing
-is put back in the rotation group, which queues a new rotation: bootcertd,
+"recovery-budget") the bootstrap certificate is made ACTIVE again and a rotation job
+(a snapshot job bootcert-r-*, printed) is created for the thing: bootcertd,
 refused on the revoked certificate, falls back to its bootstrap identity and
 rotates to a new hardware key. Past the budget nothing is re-admitted and the
 audit line (stderr) says RECOVERY_BUDGET_EXHAUSTED.`,

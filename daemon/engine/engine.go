@@ -127,8 +127,12 @@ type Engine struct {
 	// status.LastError (0: LastError is not a refusal); a later connect
 	// with that generation resolves it. Guarded by mu.
 	refusedGen int
-	watchers   map[chan Status]struct{}
-	onStatus   func(Status)
+	// fallbackErr: status.LastError is why the device connected with
+	// its bootstrap certificate; a connect with an operational credential
+	// resolves it. Guarded by mu.
+	fallbackErr bool
+	watchers    map[chan Status]struct{}
+	onStatus    func(Status)
 
 	beat    atomic.Int64     // unix ns (engine clock) of the last pass through a loop
 	beatC   <-chan time.Time // the idle beat, re-armed on the engine clock
@@ -321,7 +325,7 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 			if why == "" {
 				why = fmt.Sprintf("operational certificate (generation %d) not usable; connected with the bootstrap certificate", e.activeGeneration())
 			}
-			e.setError(why, "the operational certificate may be revoked, inactive or expired; a new rotation job will replace it")
+			e.setFallbackError(why, adviceFallback)
 			e.noteFallback(why)
 		}
 		started, before := e.clock.Now(), progress(e.journal.Current())
@@ -472,10 +476,15 @@ func (e *Engine) candidates() ([]*Credential, string) {
 func (e *Engine) onRefused(c *Credential, err error) (rolledBack bool) {
 	j := e.journal.Current()
 	if j.Phase != journal.Switched || c.Generation != j.Generation {
-		if c.Generation == 0 {
+		switch {
+		case c.Generation > 0:
+			e.setRefusal(c.Generation, fmt.Sprintf("operational certificate (generation %d) refused: %v", c.Generation, err), adviceOperationalRefused)
+		case e.activeGeneration() > 0 || j.Previous > 0 || (j.Result == protocol.JobSucceeded && j.Generation > 0):
+			// it had an operational credential (refused, or its key is
+			// gone): not the first connect of a new device
+			e.setRefusal(0, fmt.Sprintf("bootstrap certificate refused: %v", err), adviceBootstrapRefusedAfterRotation)
+		default:
 			e.setRefusal(0, fmt.Sprintf("bootstrap certificate refused: %v", err), "first connect of a new device is refused while it is registered (JITR): it retries; if it persists, check that the device is in the allow list and not revoked")
-		} else {
-			e.setRefusal(c.Generation, fmt.Sprintf("operational certificate (generation %d) refused: %v", c.Generation, err), "it may be revoked or inactive")
 		}
 		return false
 	}

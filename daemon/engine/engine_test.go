@@ -12,12 +12,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -239,9 +241,16 @@ func TestRecoveryAfterRevocation(t *testing.T) {
 	if !strings.Contains(s.LastError, "generation 1") || !strings.Contains(s.Advice, "revoked") {
 		t.Errorf("fallback not explained: %+v", s)
 	}
-	// a new rotation moves it on to generation 2
+	// a new rotation moves it on to generation 2, and status no longer
+	// shows the fallback as the device's error
 	r.cloud.queueJob("rot-2")
-	r.waitFor("generation 2", operational(2))
+	s = r.waitFor("generation 2", operational(2))
+	if s.LastError != "" || s.Advice != "" {
+		t.Errorf("the fallback error stays on the recovered device: %q / %q", s.LastError, s.Advice)
+	}
+	if s.LastFallback == "" || s.Counters.Fallbacks == 0 {
+		t.Errorf("the fallback is not kept in status: %+v", s)
+	}
 }
 
 func TestRecoveryAfterExpiry(t *testing.T) {
@@ -768,5 +777,66 @@ func TestDestroyable(t *testing.T) {
 		if got := destroyable(tc.role, tc.mode); got != tc.want {
 			t.Errorf("destroyable(%q, %q) = %v, want %v", tc.role, tc.mode, got, tc.want)
 		}
+	}
+}
+
+// TestRecoveryJobOnLingeringSession: AWS IoT ends a revoked certificate's
+// sessions only "within a few minutes"
+// (https://docs.aws.amazon.com/iot/latest/apireference/API_UpdateCertificate.html),
+// and the operator's revoke queues the recovery's rotation at once, so the
+// device may start it on the revoked certificate's session. The vendor
+// answers that get with a retryable rejection; the device keeps its staged
+// key and job, and when the broker ends the session it falls back to the
+// bootstrap certificate and asks again with the same CSR: the rotation
+// succeeds with nothing reported FAILED.
+func TestRecoveryJobOnLingeringSession(t *testing.T) {
+	r := newRig(t)
+	r.timeFlies = true
+	r.start()
+	r.cloud.queueJob("rot-1")
+	s := r.waitFor("generation 1", operational(1))
+	revoked := s.Active.CertificateID
+	var mu sync.Mutex
+	rejected := 0
+	r.cloud.getReply = func(req protocol.GetRequest, _ any) (string, []byte, bool) {
+		r.cloud.mu.Lock()
+		conn := r.cloud.conns[len(r.cloud.conns)-1]
+		r.cloud.mu.Unlock()
+		if conn.certID != revoked {
+			return "", nil, false // the bootstrap session: the vendor issues
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		rejected++
+		if rejected > 1 {
+			conn.drop(io.EOF) // the broker's disconnect comes, minutes later
+			return "", nil, true
+		}
+		p, _ := json.Marshal(protocol.Rejected{ClientToken: req.ClientToken, Code: protocol.NotAllowed, Retryable: true,
+			Message: "certificate " + revoked + " used for this request is REVOKED; AWS IoT ends its sessions within minutes: retry on the next connection"})
+		return protocol.SuffixRejected, p, true
+	}
+	r.cloud.revoke(revoked) // refused at the next connect; this session lives on
+	r.cloud.queueJob("rot-2")
+	s = r.waitFor("generation 2", operational(2))
+	mu.Lock()
+	n := rejected
+	mu.Unlock()
+	if n < 2 {
+		t.Fatalf("the get over the revoked certificate was answered %d times, want the rejection and a retry", n)
+	}
+	for _, u := range r.cloud.jobUpdates() {
+		if strings.Contains(u, "FAILED") {
+			t.Errorf("job update %q: the recovery's rotation was failed", u)
+		}
+	}
+	r.cloud.mu.Lock()
+	csrs := append([]string(nil), r.cloud.csrs...)
+	r.cloud.mu.Unlock()
+	if len(csrs) < 3 || csrs[len(csrs)-1] != csrs[len(csrs)-2] {
+		t.Errorf("%d certificate requests; the last two differ: the staged key was not kept", len(csrs))
+	}
+	if s.LastFallback == "" || s.Counters.Fallbacks == 0 {
+		t.Errorf("no fallback recorded: %+v", s)
 	}
 }

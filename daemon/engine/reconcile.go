@@ -80,7 +80,7 @@ func (e *Engine) reconcile(ctx context.Context) error {
 		}
 		if errors.Is(err, keystore.ErrNotFound) || errors.Is(err, credset.ErrNotFound) {
 			e.log.Error("active operational credential is gone; falling back to the bootstrap credential", "generation", ptr.Active, "err", err)
-			e.setError(fmt.Sprintf("operational credential generation %d missing (%v); using the bootstrap certificate", ptr.Active, err), "the TPM or token may have been cleared; a new rotation job will make a new key")
+			e.setError(fmt.Sprintf("operational credential generation %d missing (%v); using the bootstrap certificate", ptr.Active, err), adviceKeyGone)
 			if err := e.store.SetPointer(credset.Pointer{}); err != nil {
 				return err
 			}

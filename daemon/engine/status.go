@@ -106,22 +106,34 @@ func (e *Engine) setConn(state string, c *Credential) {
 		// a connect that now works resolves an earlier "cannot reach" or
 		// refusal of the same credential (e.g. the JITR refusal of a new
 		// device): status then shows no stale error on a healthy device
-		if state == "connected" && c != nil && (strings.HasPrefix(s.LastError, "cannot reach") || e.refusedGen == c.Generation+1) {
-			s.LastError, s.Advice, e.refusedGen = "", "", 0
+		if state == "connected" && c != nil && (strings.HasPrefix(s.LastError, "cannot reach") || e.refusedGen == c.Generation+1 || (e.fallbackErr && c.Generation > 0)) {
+			s.LastError, s.Advice, e.refusedGen, e.fallbackErr = "", "", 0, false
 		}
 	})
 }
 
 func (e *Engine) setError(msg, advice string) {
 	now := e.clock.Now()
-	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, e.refusedGen = msg, advice, now, 0 })
+	e.update(func(s *Status) {
+		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.fallbackErr = msg, advice, now, 0, false
+	})
+}
+
+// setFallbackError records why the device connected with its bootstrap
+// certificate while an operational one was active; the next connect with
+// an operational credential (the recovery's rotation) clears it.
+func (e *Engine) setFallbackError(msg, advice string) {
+	now := e.clock.Now()
+	e.update(func(s *Status) {
+		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.fallbackErr = msg, advice, now, 0, true
+	})
 }
 
 // setRefusal records that the broker refused credential generation gen.
 func (e *Engine) setRefusal(gen int, msg, advice string) {
 	now := e.clock.Now()
 	e.update(func(s *Status) {
-		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen = msg, advice, now, gen+1
+		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.fallbackErr = msg, advice, now, gen+1, false
 		s.LastRefusal, s.LastRefusalAt = msg, now
 		s.Counters.Refusals++
 	})
@@ -189,3 +201,21 @@ func summary(s Status) string {
 	}
 	return "operational, certificate expires " + s.Active.NotAfter.UTC().Format("2006-01-02")
 }
+
+// Advice for a device off its operational credential (issue 10). It says
+// what the cloud does: nothing queues a rotation for a device by itself
+// when its certificate is revoked or its key is lost; the operator's
+// bootcert-admin cloud revoke or recover does, within the device's
+// recovery budget (cloud/lifecycle; docs/cloud.md, "A device's
+// certificates over its life").
+const (
+	adviceOperationalRefused = "it may be revoked or inactive; bootcertd tries its bootstrap certificate next"
+	adviceFallback           = "the operational certificate is revoked, inactive or expired (or its key unusable). " +
+		"The cloud re-admitted the bootstrap certificate (bootcert-admin cloud revoke or recover, within the device's recovery budget, or BootstrapAfterRotation=KEEP); " +
+		"revoke and recover also queue a rotation job, which bootcertd runs on this connection to a new key. If no job is pending, an operator runs `bootcert-admin cloud recover DEVICE`"
+	adviceBootstrapRefusedAfterRotation = "the operational certificate is refused (revoked or inactive) or its key is gone, and the bootstrap certificate is not ACTIVE: " +
+		"the cloud re-admits it only when an operator revokes or recovers the device within its recovery budget (default 2; past it the cloud's audit line says RECOVERY_BUDGET_EXHAUSTED) " +
+		"and never for a decommissioned device. bootcertd keeps retrying; an operator checks `bootcert-admin cloud recovery-budget DEVICE`, raises it if the device is trusted, then runs `bootcert-admin cloud recover DEVICE`"
+	adviceKeyGone = "the TPM or token may have been cleared. The bootstrap certificate connects only if the cloud re-admits it: " +
+		"an operator runs `bootcert-admin cloud recover DEVICE` (bootstrap certificate ACTIVE again and a rotation job queued, which makes a new key; it counts against the recovery budget)"
+)
