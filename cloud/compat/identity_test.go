@@ -35,8 +35,7 @@ type identityResult struct {
 	Steps                 map[string]jsStep          `json:"steps"`
 	ShapeErrors           []string                   `json:"shapeErrors"`
 	Rejections            map[string]json.RawMessage `json:"rejections"`
-	StrangerCertificateID string                     `json:"strangerCertificateId"`
-	DeniedCertificateID   string                     `json:"deniedCertificateId"`
+	RefusedCertificateIDs map[string]string          `json:"refusedCertificateIds"`
 }
 
 var ownershipToken = regexp.MustCompile(`"certificateOwnershipToken":"[^"]*"`)
@@ -73,15 +72,23 @@ func newCSR(t *testing.T, cn string) (*ecdsa.PrivateKey, string) {
 // SerialNumber parameter, every reply parsed by the SDK
 // (IotIdentityClientv2; IotIdentityClient's typed rejected-topic parser for
 // the deny-list case), and the rejections a device can cause: a reused and
-// an unknown ownership token, a malformed CSR, and two refusals of the
-// pre-provisioning hook (not on the allow list, on the deny list) with
-// nothing created in the registry.
+// an unknown ownership token, a malformed CSR, and the four refusals of the
+// pre-provisioning hook (not on the allow list, on the deny list, a
+// replayed serial number, a key registering another device's name) with
+// nothing created or changed in the registry.
+//
+// The shapes checked are AWS's ("Device provisioning MQTT API",
+// https://docs.aws.amazon.com/iot/latest/developerguide/fleet-provision-api.html:
+// accepted replies {certificateId, certificatePem, certificateOwnershipToken}
+// and {deviceConfiguration, thingName}; rejected {statusCode, errorCode,
+// errorMessage}) as the SDK's model (dist/iotidentity/model.d.ts) types
+// them; a field the model does not have is a shape error.
 func TestJavaScriptIdentitySDK(t *testing.T) {
 	npmCI(t)
 	r := startLab(t, nil)
 	ctx := context.Background()
-	const serial, stranger, denied = "gw-js-fleet", "gw-js-stranger", "gw-js-denied"
-	r.runSetup([]manifest.Entry{{DeviceID: serial}, {DeviceID: denied}})
+	const serial, stranger, denied, other = "gw-js-fleet", "gw-js-stranger", "gw-js-denied", "gw-js-other"
+	r.runSetup([]manifest.Entry{{DeviceID: serial}, {DeviceID: denied}, {DeviceID: other}})
 	if _, err := r.s3.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String("trust/deny-list.txt"),
 		Body: strings.NewReader("# withdrawn\n" + denied + "\n")}); err != nil {
 		t.Fatal(err)
@@ -98,6 +105,25 @@ func TestJavaScriptIdentitySDK(t *testing.T) {
 	devKey, devCSR := newCSR(t, serial)
 	_, strangerCSR := newCSR(t, stranger)
 	_, deniedCSR := newCSR(t, denied)
+	_, replayCSR := newCSR(t, serial)
+	// gw-js-fleet's key asking for a certificate again, then registering
+	// another device's name (on the allow list, not provisioned).
+	othersNameDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: other}}, devKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	othersNameCSR := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: othersNameDER}))
+	// Hook refusals through IotIdentityClientv2 (after gw-js-fleet onboarded)
+	// and the serial each one must leave without a thing (or unchanged).
+	refusals := []struct {
+		Name   string `json:"name"`
+		CSR    string `json:"csr"`
+		Serial string `json:"serial"`
+	}{
+		{"hookRefusedNotAllowed", strangerCSR, stranger},
+		{"hookRefusedReplayedSerial", replayCSR, serial},
+		{"hookRefusedOthersName", othersNameCSR, other},
+	}
 
 	host, port, _ := net.SplitHostPort(r.lab.Endpoints().MQTT)
 	p, _ := strconv.Atoi(port)
@@ -107,7 +133,7 @@ func TestJavaScriptIdentitySDK(t *testing.T) {
 		"claimCertFile": r.writeFile("claim.crt", []byte(claim.CertificatePEM)),
 		"claimKeyFile":  r.writeFile("claim.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: claimPK8})),
 		"serial":        serial, "csr": devCSR,
-		"strangerSerial": stranger, "strangerCsr": strangerCSR,
+		"refusals":     refusals,
 		"deniedSerial": denied, "deniedCsr": deniedCSR,
 	})
 	cfgPath := r.writeFile("identity.json", cfg)
@@ -140,7 +166,8 @@ func TestJavaScriptIdentitySDK(t *testing.T) {
 	for _, e := range res.ShapeErrors {
 		t.Errorf("shape the SDK's model does not allow: %s", e)
 	}
-	for _, name := range []string{"connect", "createCertificateFromCsr", "registerThing", "createCertificateFromCsrStranger"} {
+	for _, name := range []string{"connect", "createCertificateFromCsr", "registerThing", "createCertificateFromCsr hookRefusedNotAllowed",
+		"createCertificateFromCsr hookRefusedReplayedSerial", "createCertificateFromCsr hookRefusedOthersName"} {
 		if s, ok := res.Steps[name]; !ok || !s.OK {
 			t.Fatalf("%s: %+v (modeled error %s)\nstderr: %s", name, s, s.ModeledError, stderr.String())
 		}
@@ -186,10 +213,14 @@ func TestJavaScriptIdentitySDK(t *testing.T) {
 	if err != nil || aws.ToString(th.ThingTypeName) != "bootcert-gateway" || th.Attributes["operationalCert"] != created.CertificateID {
 		t.Fatalf("thing %s: %+v %v", serial, th, err)
 	}
-	principals, err := r.iot.ListThingPrincipals(ctx, &iot.ListThingPrincipalsInput{ThingName: aws.String(serial)})
-	if err != nil || len(principals.Principals) != 1 || !strings.HasSuffix(principals.Principals[0], "/"+created.CertificateID) {
-		t.Errorf("principals of %s: %+v %v", serial, principals, err)
+	checkPrincipals := func(when string) {
+		t.Helper()
+		principals, err := r.iot.ListThingPrincipals(ctx, &iot.ListThingPrincipalsInput{ThingName: aws.String(serial)})
+		if err != nil || len(principals.Principals) != 1 || !strings.HasSuffix(principals.Principals[0], "/"+created.CertificateID) {
+			t.Errorf("principals of %s %s: %+v %v, want only %s", serial, when, principals, err, created.CertificateID)
+		}
 	}
+	checkPrincipals("after RegisterThing")
 
 	// The device connects with the certificate and the key that never left
 	// this process, under the operational policy, and has its rotation job.
@@ -201,11 +232,13 @@ func TestJavaScriptIdentitySDK(t *testing.T) {
 		status int
 		code   string
 	}{
-		"tokenReused":           {400, protocol.ProvisioningInvalidToken},
-		"unknownToken":          {400, protocol.ProvisioningInvalidToken},
-		"badCsr":                {400, protocol.ProvisioningInvalidRequest},
-		"hookRefusedNotAllowed": {403, protocol.ProvisioningAccessDenied},
-		"hookRefusedDenied":     {403, protocol.ProvisioningAccessDenied},
+		"tokenReused":               {400, protocol.ProvisioningInvalidToken},
+		"unknownToken":              {400, protocol.ProvisioningInvalidToken},
+		"badCsr":                    {400, protocol.ProvisioningInvalidRequest},
+		"hookRefusedNotAllowed":     {403, protocol.ProvisioningAccessDenied},
+		"hookRefusedDenied":         {403, protocol.ProvisioningAccessDenied},
+		"hookRefusedReplayedSerial": {403, protocol.ProvisioningAccessDenied},
+		"hookRefusedOthersName":     {403, protocol.ProvisioningAccessDenied},
 	} {
 		var rj provisioningRejection
 		if err := json.Unmarshal(res.Rejections[name], &rj); err != nil || rj.StatusCode != want.status || rj.ErrorCode != want.code || rj.ErrorMessage == "" {
@@ -213,12 +246,16 @@ func TestJavaScriptIdentitySDK(t *testing.T) {
 		}
 	}
 
-	// The hook's refusals created nothing: no thing, the new certificates
+	// The hook's refusals created nothing: no thing (gw-js-fleet, the
+	// replayed serial, still has its one certificate), the new certificates
 	// still PENDING_ACTIVATION and attached to no thing.
-	for name, id := range map[string]string{stranger: res.StrangerCertificateID, denied: res.DeniedCertificateID} {
-		if _, err := r.iot.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(name)}); err == nil {
-			t.Errorf("thing %s exists after the hook refused it", name)
+	for name, thing := range map[string]string{"hookRefusedNotAllowed": stranger, "hookRefusedDenied": denied, "hookRefusedOthersName": other, "hookRefusedReplayedSerial": ""} {
+		if thing != "" {
+			if _, err := r.iot.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(thing)}); err == nil {
+				t.Errorf("%s: thing %s exists after the hook refused it", name, thing)
+			}
 		}
+		id := res.RefusedCertificateIDs[name]
 		if id == "" {
 			t.Errorf("%s: no certificate ID recorded", name)
 			continue
@@ -230,6 +267,10 @@ func TestJavaScriptIdentitySDK(t *testing.T) {
 		if err == nil && len(pt.Things) != 0 {
 			t.Errorf("%s: refused certificate attached to %v", name, pt.Things)
 		}
+	}
+	checkPrincipals("after the refusals")
+	if th, err := r.iot.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(serial)}); err != nil || th.Attributes["operationalCert"] != created.CertificateID {
+		t.Errorf("thing %s after the refusals: %+v %v, want operationalCert %s", serial, th, err, created.CertificateID)
 	}
 }
 

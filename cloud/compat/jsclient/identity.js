@@ -5,7 +5,7 @@
 //
 // Usage: node identity.js CONFIG.json
 //   {"host","port","caFile","claimCertFile","claimKeyFile","clientId",
-//    "templateName","serial","csr","strangerSerial","strangerCsr",
+//    "templateName","serial","csr","refusals":[{"name","csr","serial"}],
 //    "deniedSerial","deniedCsr"}
 //
 // The operational keys never reach this script: the Go test made them and
@@ -132,13 +132,16 @@ async function main() {
     }));
   }
 
-  // A device the pre-provisioning hook refuses (not on the allow list).
-  const stranger = await step('createCertificateFromCsrStranger',
-    () => identity.createCertificateFromCsr({ certificateSigningRequest: cfg.strangerCsr }), checkCreateFromCsr);
-  if (stranger) {
-    out.strangerCertificateId = stranger.certificateId;
-    await reject('hookRefusedNotAllowed', () => identity.registerThing({
-      templateName, certificateOwnershipToken: stranger.certificateOwnershipToken, parameters: { SerialNumber: cfg.strangerSerial },
+  // Devices the pre-provisioning hook refuses, each with its own CSR:
+  // cfg.refusals = [{name, csr, serial}].
+  out.refusedCertificateIds = {};
+  for (const rf of cfg.refusals) {
+    const c = await step('createCertificateFromCsr ' + rf.name,
+      () => identity.createCertificateFromCsr({ certificateSigningRequest: rf.csr }), checkCreateFromCsr);
+    if (!c) continue;
+    out.refusedCertificateIds[rf.name] = c.certificateId;
+    await reject(rf.name, () => identity.registerThing({
+      templateName, certificateOwnershipToken: c.certificateOwnershipToken, parameters: { SerialNumber: rf.serial },
     }));
   }
   // Requests the lab rejects before the hook.
@@ -160,7 +163,7 @@ async function main() {
   for (let i = 0; i < 200 && createdV1 === undefined; i++) await sleep(50);
   if (createdV1 && createdV1.certificateOwnershipToken) {
     checkCreateFromCsr('v1 createCertificateFromCsr', createdV1);
-    out.deniedCertificateId = createdV1.certificateId;
+    out.refusedCertificateIds.hookRefusedDenied = createdV1.certificateId;
     await v1.publishRegisterThing({ templateName, certificateOwnershipToken: createdV1.certificateOwnershipToken, parameters: { SerialNumber: cfg.deniedSerial } }, mqtt.QoS.AtLeastOnce);
     for (let i = 0; i < 200 && rejectedV1 === undefined && acceptedV1 === undefined; i++) await sleep(50);
     if (rejectedV1 && !rejectedV1.clientError) checkError('v1 rejection hookRefusedDenied', rejectedV1);
