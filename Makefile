@@ -82,7 +82,7 @@ bench-factory: deps
 factory-demo: deps build
 	BOOTCERTCTL=$(BIN)/bootcertctl ./packaging/factory/station-demo.sh
 
-## demo: the main job, end to end on this machine (SCENARIO=default|rollback|crash, KEEP=1 keeps the directory; docs/demo.md)
+## demo: the main job, end to end on this machine (SCENARIO=default|rollback|crash|fleet-provisioning, KEEP=1 keeps the directory; docs/demo.md)
 SCENARIO ?= default
 demo: deps
 	@SCENARIO=$(SCENARIO) KEEP=$(KEEP) ./scripts/demo.sh

@@ -13,6 +13,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"reflect"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -179,6 +181,7 @@ func TestLabFleetProvisioning(t *testing.T) {
 		t.Fatalf("RegisterThing gw-fp-2 again with its own key: %+v", rej)
 	}
 
+	firstCert := created.CertificateID
 	for _, tc := range []struct {
 		name, cn, serial, why string
 		key                   *ecdsa.PrivateKey
@@ -195,6 +198,10 @@ func TestLabFleetProvisioning(t *testing.T) {
 			}
 			created, _ := createFromCSR(t, c, tc.cn, keys...)
 			before := r.thingExists(tc.serial)
+			registryBefore := r.registrySnapshot(t)
+			if !strings.Contains(registryBefore["thing/gw-fp-1"], firstCert) || registryBefore["cert/"+firstCert] != "ACTIVE" {
+				t.Fatalf("registry snapshot %v does not show gw-fp-1 with its certificate %s", registryBefore, firstCert)
+			}
 			_, rej := register(t, c, created.CertificateOwnershipToken, tc.serial)
 			if rej == nil {
 				t.Fatalf("RegisterThing %s with CN %s accepted", tc.serial, tc.cn)
@@ -214,6 +221,13 @@ func TestLabFleetProvisioning(t *testing.T) {
 			if err == nil && len(principals.Things) != 0 {
 				t.Errorf("refused certificate attached to %v", principals.Things)
 			}
+			// Nothing else changed either: no certificate activated, no
+			// thing created or changed (attributes, type, principals,
+			// groups) — e.g. the replayed serial's thing still names its
+			// first certificate.
+			if after := r.registrySnapshot(t); !reflect.DeepEqual(after, registryBefore) {
+				t.Errorf("the registry changed on a refused registration:\nbefore %v\nafter  %v", registryBefore, after)
+			}
 			// The hook's reason is in the lab's record of the invocation
 			// (the device only sees ACCESS_DENIED, as on AWS).
 			out, err := r.lab.Invoke(ctx, "ProvisionHookFunction", hookEvent(t, r, created, tc.serial))
@@ -222,6 +236,53 @@ func TestLabFleetProvisioning(t *testing.T) {
 			}
 		})
 	}
+}
+
+// registrySnapshot is every certificate's status and every thing's type,
+// attributes, principals and groups.
+func (r *claimRig) registrySnapshot(t *testing.T) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	snap := map[string]string{}
+	certs := iot.NewListCertificatesPaginator(r.iot, &iot.ListCertificatesInput{})
+	for certs.HasMorePages() {
+		page, err := certs.NextPage(ctx)
+		if err != nil {
+			t.Fatalf("ListCertificates: %v", err)
+		}
+		for _, c := range page.Certificates {
+			snap["cert/"+aws.ToString(c.CertificateId)] = string(c.Status)
+		}
+	}
+	things := iot.NewListThingsPaginator(r.iot, &iot.ListThingsInput{})
+	for things.HasMorePages() {
+		page, err := things.NextPage(ctx)
+		if err != nil {
+			t.Fatalf("ListThings: %v", err)
+		}
+		for _, th := range page.Things {
+			name := aws.ToString(th.ThingName)
+			attrs, _ := json.Marshal(th.Attributes)
+			snap["thing/"+name] = aws.ToString(th.ThingTypeName) + " " + string(attrs)
+			pr, err := r.iot.ListThingPrincipals(ctx, &iot.ListThingPrincipalsInput{ThingName: aws.String(name)})
+			if err != nil {
+				t.Fatalf("ListThingPrincipals %s: %v", name, err)
+			}
+			sort.Strings(pr.Principals)
+			snap["principals/"+name] = strings.Join(pr.Principals, ",")
+			gr, err := r.iot.ListThingGroupsForThing(ctx, &iot.ListThingGroupsForThingInput{ThingName: aws.String(name)})
+			if err != nil {
+				t.Fatalf("ListThingGroupsForThing %s: %v", name, err)
+			}
+			var gs []string
+			for _, g := range gr.ThingGroups {
+				gs = append(gs, aws.ToString(g.GroupName))
+			}
+			sort.Strings(gs)
+			snap["groups/"+name] = strings.Join(gs, ",")
+		}
+	}
+	return snap
 }
 
 func hookEvent(t *testing.T, r *claimRig, c protocol.CreateCertificateFromCSRResponse, serial string) json.RawMessage {

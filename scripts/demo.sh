@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo [SCENARIO=default|rollback|crash] [KEEP=1]: bootcert end to end on
+# make demo [SCENARIO=default|rollback|crash|fleet-provisioning] [KEEP=1]: bootcert end to end on
 # this machine (package internal/demo; docs/demo.md). Builds what it needs
 # into $BIN (default bin/), then runs the demo driver, which starts swtpm,
 # bootcert-lab and bootcertd on 127.0.0.1 in a temporary directory and stops
@@ -11,8 +11,8 @@ GO=${GO:-go}
 BIN=${BIN:-bin}
 SCENARIO=${SCENARIO:-default}
 case "$SCENARIO" in
-  default|rollback|crash) ;;
-  *) echo "demo: SCENARIO=$SCENARIO: want default, rollback or crash" >&2; exit 2 ;;
+  default|rollback|crash|fleet-provisioning) ;;
+  *) echo "demo: SCENARIO=$SCENARIO: want default, rollback, crash or fleet-provisioning" >&2; exit 2 ;;
 esac
 command -v swtpm >/dev/null || { echo "demo: swtpm not found (make deps installs it)" >&2; exit 1; }
 mkdir -p "$BIN"

@@ -6,6 +6,12 @@
 //     installed with `npm ci`) as a second device client: JITR, the Jobs
 //     MQTT API through the SDK's jobs clients, every rejection code the lab
 //     can produce.
+//   - identity_test.go: the same SDK's identity clients (iotidentity:
+//     IotIdentityClientv2 and IotIdentityClient) onboard by fleet
+//     provisioning by claim with the template bootcert-fleet and its
+//     pre-provisioning hook: CreateCertificateFromCsr, RegisterThing, and
+//     the rejections (ownership token, CSR, hook refusals) as the SDK
+//     parses them.
 //   - rie_test.go: every Lambda zip from scripts/lambdas.sh run under the
 //     AWS Lambda Runtime Interface Emulator (tools/go.mod), configured only
 //     by the template's environment variables plus the SDK's endpoint

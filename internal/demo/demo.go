@@ -4,7 +4,7 @@
 // bootcert-admin for the cloud setup, and bootcertd. It narrates each step with its time, taken
 // from what it observes (the lab's JSON log, bootcertd's log, the journal
 // file, the lab's IoT API), and stops everything it started at the end.
-// `make demo [SCENARIO=default|rollback|crash]` runs it through
+// `make demo [SCENARIO=default|rollback|crash|fleet-provisioning]` runs it through
 // scripts/demo.sh and internal/demo/cmd; docs/demo.md shows transcripts.
 package demo
 
@@ -35,7 +35,7 @@ import (
 )
 
 // Scenarios are the names Options.Scenario accepts.
-var Scenarios = []string{"default", "rollback", "crash"}
+var Scenarios = []string{"default", "rollback", "crash", FleetProvisioning}
 
 // Thing is the demo device's ID (thing name, bootstrap certificate CN).
 const Thing = "gw-demo-0001"
@@ -46,7 +46,7 @@ const Bucket = "bootcert-123456789012-us-east-1"
 
 // Options configure a run.
 type Options struct {
-	Scenario string // default, rollback or crash ("" = default)
+	Scenario string // default, rollback, crash or fleet-provisioning ("" = default)
 	Bin      string // directory holding bootcertd, bootcertctl, bootcert-admin and bootcert-lab
 	Template string // the SAM template (cloud/template.yaml)
 	Dir      string // work directory; "" = a new temporary directory
@@ -82,6 +82,15 @@ type Result struct {
 	RotationsAsked    int // renewals the crash scenario asked for
 	KeyInfo           string
 	JournalPhasesSeen []journal.Phase
+	// Scenario fleet-provisioning: the claim certificate, the certificate
+	// RegisterThing activated (generation 1), the hook's refusals and the
+	// thing's attributes at the end.
+	ClaimID           string            `json:",omitempty"`
+	ClaimStatus       string            `json:",omitempty"`
+	ProvisionedID     string            `json:",omitempty"`
+	ProvisionedStatus string            `json:",omitempty"`
+	HookRefusals      int               `json:",omitempty"`
+	ThingAttributes   map[string]string `json:",omitempty"`
 	// PIDs of every process the run started (all stopped when Run returns).
 	PIDs map[string][]int
 }
@@ -214,11 +223,20 @@ func (r *run) steps(ctx context.Context) error {
 	if err := r.startLab(); err != nil {
 		return err
 	}
-	if err := r.factory(ctx); err != nil {
-		return err
-	}
-	if err := r.cloudSetup(ctx); err != nil {
-		return err
+	if r.fleet() {
+		if err := r.claimFactory(ctx); err != nil {
+			return err
+		}
+		if err := r.claimSetup(ctx); err != nil {
+			return err
+		}
+	} else {
+		if err := r.factory(ctx); err != nil {
+			return err
+		}
+		if err := r.cloudSetup(ctx); err != nil {
+			return err
+		}
 	}
 	if err := r.writeConfig(); err != nil {
 		return err
@@ -231,6 +249,8 @@ func (r *run) steps(ctx context.Context) error {
 		err = r.rollback(ctx)
 	case "crash":
 		err = r.crash(ctx)
+	case FleetProvisioning:
+		err = r.fleetProvision(ctx)
 	default:
 		err = r.rotate(ctx)
 	}
@@ -405,11 +425,7 @@ endpoint = %q
 port = %s
 root_ca = %q
 
-[identity]
-bootstrap_key = %q
-bootstrap_cert = %q
-operational_key = %q
-
+%s
 [state]
 dir = %q
 
@@ -436,8 +452,7 @@ hooks_dir = %q
 
 [log]
 level = "info"
-`, host, port, r.endpoints.ServerCA, r.keyURI("bootstrap.tpmkey"), r.path("device", "bootstrap.pem"),
-		r.keyURI("op-{generation}.tpmkey"), r.path("state"), r.path("control.sock"), r.path("identity"), r.path("hooks.d"))
+`, host, port, r.endpoints.ServerCA, r.identityConfig(), r.path("state"), r.path("control.sock"), r.path("identity"), r.path("hooks.d"))
 	if err := os.WriteFile(r.path("bootcertd.toml"), []byte(conf), 0o600); err != nil {
 		return fmt.Errorf("writing bootcertd.toml: %w", err)
 	}

@@ -63,6 +63,29 @@ func TestMakeDemo(t *testing.T) {
 				if !strings.Contains(text, "refused by fault injection (3)") || !strings.Contains(text, "rolled-back") {
 					t.Errorf("rollback not narrated")
 				}
+			case FleetProvisioning:
+				if st.Active.Generation != 2 || st.ConnectedWith != 2 || st.LastResult != "SUCCEEDED" || st.Connection != "connected" {
+					t.Errorf("status: generation %d, connected with %d (%s), last %s; want 2 (provisioned 1, rotated to 2)", st.Active.Generation, st.ConnectedWith, st.Connection, st.LastResult)
+				}
+				if res.JobStatus != "SUCCEEDED" || res.ClaimStatus != "ACTIVE" || res.HookRefusals < 1 || res.BootstrapID != "" {
+					t.Errorf("job %s, claim certificate %s, %d hook refusals, bootstrap %q", res.JobStatus, res.ClaimStatus, res.HookRefusals, res.BootstrapID)
+				}
+				if res.ProvisionedID == "" || res.ProvisionedID == st.Active.CertificateID || (res.ProvisionedStatus != "INACTIVE" && res.ProvisionedStatus != "DELETED") {
+					t.Errorf("provisioned certificate %s %s, active %s", res.ProvisionedID, res.ProvisionedStatus, st.Active.CertificateID)
+				}
+				if res.ThingAttributes["operationalCert"] != st.Active.CertificateID || len(res.ThingAttributes["keySha256"]) != 64 {
+					t.Errorf("thing attributes %v", res.ThingAttributes)
+				}
+				if len(res.OperationalKeys) != 1 || res.OperationalKeys[0] != "op-2.tpmkey" || !strings.Contains(res.KeyInfo, "fixedTPM=yes") {
+					t.Errorf("operational keys %v; key info:\n%s", res.OperationalKeys, res.KeyInfo)
+				}
+				for _, want := range []string{"claim certificate", "pre-provisioning hook: serial " + Thing + " refused", "403 AccessDenied",
+					"operator: " + Thing + " added to the allow list", "CreateCertificateFromCsr accepted over the claim connection",
+					"RegisterThing (template bootcert-fleet): thing " + Thing, "onboarded by claim", "job bootcert-rotation received", "ack over the new certificate accepted"} {
+					if !strings.Contains(text, want) {
+						t.Errorf("output lacks %q", want)
+					}
+				}
 			default:
 				if st.Active.Generation < 1 || st.ConnectedWith != st.Active.Generation || st.LastResult != "SUCCEEDED" || st.Connection != "connected" {
 					t.Errorf("status: generation %d, connected with %d (%s), last %s", st.Active.Generation, st.ConnectedWith, st.Connection, st.LastResult)

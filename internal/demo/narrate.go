@@ -131,6 +131,29 @@ type labWatcher struct {
 	statuses map[string]string // certificate ID -> last status seen
 	jobs     []string          // job execution statuses seen, in order
 	acts     []string          // activator's registry operations since the JITR
+
+	// fleet provisioning
+	claim       string // claim certificate ID
+	provisioned string // certificate RegisterThing activated
+	hookRefused int    // refusals by the pre-provisioning hook
+}
+
+func (w *labWatcher) setClaim(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.claim = id
+}
+
+func (w *labWatcher) provisionedID() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.provisioned
+}
+
+func (w *labWatcher) hookRefusals() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.hookRefused
 }
 
 func newLabWatcher(n *narrator) *labWatcher {
@@ -167,6 +190,8 @@ func (w *labWatcher) certName(id string) string {
 		return "?"
 	case id == w.boot:
 		return "bootstrap certificate " + short(id)
+	case id == w.claim:
+		return "claim certificate " + short(id)
 	default:
 		return "certificate " + short(id)
 	}
@@ -228,6 +253,17 @@ func (w *labWatcher) line(m map[string]any) {
 			retired = "nothing"
 		}
 		say("reaper: execution %s (committed %s), retired %s", str(m, "status"), str(m, "committed"), retired)
+	case comp == "provisioning" && strings.HasPrefix(msg, "CreateCertificateFromCsr: certificate issued"):
+		say("fleet provisioning: CreateCertificateFromCsr from the holder of the %s: %s issued PENDING_ACTIVATION, ownership token (valid 1h) in the reply", w.certName(str(m, "claimCertificateId")), w.certName(str(m, "certificateId")))
+	case msg == "fleet provisioning refused" && str(m, "function") == "ProvisionHookFunction":
+		w.hookRefused++
+		say("pre-provisioning hook: serial %s refused (%s): RegisterThing rejected 403 AccessDenied, nothing created", str(m, "serial"), str(m, "reason"))
+	case msg == "fleet provisioning allowed" && str(m, "function") == "ProvisionHookFunction":
+		say("pre-provisioning hook: serial %s on the allow list, not denied, key bound to it: allowed", str(m, "serial"))
+	case comp == "provisioning" && msg == "RegisterThing: thing provisioned":
+		w.provisioned = str(m, "certificateId")
+		say("RegisterThing (template bootcert-fleet): thing %s (type %s) in groups %s, policy %s on %s, now %s", str(m, "thing"), str(m, "thingType"),
+			str(m, "groups"), str(m, "policies"), w.certName(w.provisioned), str(m, "certificateStatus"))
 	case comp == "faults" && msg == "faults set":
 		say("fault injection: refuseIssuedCertificates=%s", str(m, "refuseIssuedCertificates"))
 	case str(m, "level") == "WARN" || str(m, "level") == "ERROR":
@@ -275,6 +311,18 @@ func (w deviceWatcher) line(m map[string]string) {
 		say("certificate verified (key match, validity, CN); swapped to generation %s, reconnecting", m["generation"])
 	case "rotation committed":
 		say("ack accepted: generation %s committed, job reported SUCCEEDED", m["generation"])
+	case "generating the operational key in hardware":
+		say("onboarding by claim: operational key generated in the TPM (the claim key is never the operational key)")
+	case "CreateCertificateFromCsr accepted: certificate staged as generation 1":
+		say("CreateCertificateFromCsr accepted over the claim connection: certificate %s staged as generation 1", short(m["certificateId"]))
+	case "RegisterThing accepted":
+		say("RegisterThing accepted: thing %s", m["thing"])
+	case "onboarded by claim: connected with generation 1":
+		say("onboarded by claim: connected with generation 1 (certificate %s); from now on an ordinary device", short(m["certificateId"]))
+	case "starting over from the same key":
+		say("starting over from the same key: %s", m["reason"])
+	case "onboarding by claim: step failed; retrying":
+		say("onboarding step failed at %s, retrying in %s: %s", m["phase"], m["retryIn"], m["err"])
 	case "rolled back", "rotation failed", "session refused right after connect", "session ended", "job refused":
 		var kv []string
 		for _, k := range []string{"generation", "job", "reason", "err"} {

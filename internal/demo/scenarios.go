@@ -220,7 +220,11 @@ func (r *run) finish(ctx context.Context) error {
 		return fmt.Errorf("bootcertctl status --json: %w", err)
 	}
 	st := r.res.Status
-	if r.res.BootstrapStatus, err = r.certStatus(ctx, r.res.BootstrapID); err != nil {
+	if r.fleet() {
+		if err := r.fleetFinish(ctx); err != nil {
+			return err
+		}
+	} else if r.res.BootstrapStatus, err = r.certStatus(ctx, r.res.BootstrapID); err != nil {
 		return err
 	}
 	if st.Active.Generation > 0 {
@@ -268,7 +272,11 @@ func (r *run) summary() string {
 	res, st := r.res, r.res.Status
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nsummary (%s):\n", r.o.Scenario)
-	fmt.Fprintf(&b, "  bootstrap certificate %s: %s (DescribeCertificate)\n", short(res.BootstrapID), res.BootstrapStatus)
+	if r.fleet() {
+		r.fleetSummary(&b)
+	} else {
+		fmt.Fprintf(&b, "  bootstrap certificate %s: %s (DescribeCertificate)\n", short(res.BootstrapID), res.BootstrapStatus)
+	}
 	if st.Active.Generation > 0 {
 		fmt.Fprintf(&b, "  operational certificate %s (generation %d): %s, issued by %s\n", st.Active.CertificateID, st.Active.Generation, res.ActiveCertStatus, st.Active.Issuer)
 		fmt.Fprintf(&b, "  operational key: %s in the TPM (operational key files left: %s)\n", keyFile(st.Active.KeyURI), strings.Join(res.OperationalKeys, " "))
@@ -324,6 +332,8 @@ func (r *run) check() error {
 		want(res.Refusals >= 3, "%d refusals by fault injection, want at least 3", res.Refusals)
 		want(res.RefusedCertsGone, "refused certificates %s not deleted", shorts(res.RefusedCerts))
 		want(len(res.OperationalKeys) == 0, "operational keys left after the rollback: %v", res.OperationalKeys)
+	case FleetProvisioning:
+		r.fleetCheck(want)
 	default:
 		want(st.Active.Generation > 0 && st.ConnectedWith == st.Active.Generation, "active generation %d, connected with %d", st.Active.Generation, st.ConnectedWith)
 		want(st.LastResult == "SUCCEEDED", "last rotation %s, want SUCCEEDED", st.LastResult)
@@ -334,7 +344,7 @@ func (r *run) check() error {
 		want(len(res.OperationalKeys) == 1 && res.OperationalKeys[0] == wantKey, "operational keys %v, want exactly %s", res.OperationalKeys, wantKey)
 		want(strings.Contains(res.KeyInfo, "fixedTPM"), "bootcertctl key info does not show a TPM key:\n%s", res.KeyInfo)
 	}
-	if _, err := os.Stat(r.path("device", "keys", "bootstrap.tpmkey")); err != nil {
+	if _, err := os.Stat(r.path("device", "keys", "bootstrap.tpmkey")); err != nil && !r.fleet() {
 		bad = append(bad, "bootstrap key file gone: "+err.Error())
 	}
 	if len(bad) > 0 {

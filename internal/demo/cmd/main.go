@@ -1,5 +1,5 @@
 // Command demo runs bootcert's end-to-end demo (package internal/demo):
-// make demo [SCENARIO=default|rollback|crash] [KEEP=1].
+// make demo [SCENARIO=default|rollback|crash|fleet-provisioning] [KEEP=1].
 package main
 
 import (
@@ -15,7 +15,7 @@ import (
 )
 
 func main() {
-	scenario := flag.String("scenario", "default", "default, rollback or crash")
+	scenario := flag.String("scenario", "default", "default, rollback, crash or fleet-provisioning")
 	bin := flag.String("bin", "bin", "directory with bootcertd, bootcertctl, bootcert-admin and bootcert-lab")
 	template := flag.String("template", "cloud/template.yaml", "SAM template the lab loads")
 	keep := flag.Bool("keep", os.Getenv("KEEP") == "1", "keep the work directory (also KEEP=1)")
