@@ -80,8 +80,17 @@ type Config struct {
 	Algorithm         keystore.Algorithm
 	StateDir          string
 
-	ReplyTimeout     time.Duration
-	Backoff          Backoff
+	ReplyTimeout time.Duration
+	// Backoff paces reconnects after network failures and refusals.
+	Backoff Backoff
+	// KeyRetryInitial and KeyRetryMax pace reconnects when every credential
+	// failed on its key, not the network: a key file the daemon may not
+	// read, a missing PIN file, a TPM or token that does not answer. Those
+	// are fixed by hand on the device, so the daemon looks again soon: the
+	// delay doubles from KeyRetryInitial (default 1s) to KeyRetryMax
+	// (default 30s), without jitter (no fleet to spread), and the network
+	// backoff does not grow meanwhile.
+	KeyRetryInitial, KeyRetryMax time.Duration
 	RollbackRefusals int
 	RollbackWindow   time.Duration
 	FallbackToBoot   bool
@@ -177,6 +186,15 @@ func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clk clock.Clock, log
 	if cfg.PhaseSessions <= 0 {
 		cfg.PhaseSessions = 5
 	}
+	if cfg.KeyRetryInitial <= 0 {
+		cfg.KeyRetryInitial = DefaultKeyRetryInitial
+	}
+	if cfg.KeyRetryMax <= 0 {
+		cfg.KeyRetryMax = DefaultKeyRetryMax
+	}
+	if cfg.KeyRetryMax < cfg.KeyRetryInitial {
+		cfg.KeyRetryMax = cfg.KeyRetryInitial
+	}
 	if cfg.StableAfter <= 0 {
 		cfg.StableAfter = time.Minute
 	}
@@ -227,7 +245,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err := e.reconcile(ctx); err != nil {
 		return err
 	}
-	attempt := 0
+	attempt, keyAttempt := 0, 0
 	for ctx.Err() == nil {
 		next, done := e.connectOnce(ctx)
 		if done {
@@ -235,14 +253,22 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		switch next {
 		case reconnectNow:
-			attempt = 0
+			attempt, keyAttempt = 0, 0
 			continue
 		case resetBackoff:
 			attempt = 0
 		}
-		d := e.cfg.Backoff.Delay(attempt)
-		attempt++
-		e.log.Debug("reconnecting", "in", d)
+		var d time.Duration
+		if next == retryKeys {
+			d = e.keyRetryDelay(keyAttempt)
+			keyAttempt++
+			e.log.Info("key unusable; trying again soon", "in", d)
+		} else {
+			keyAttempt = 0
+			d = e.cfg.Backoff.Delay(attempt)
+			attempt++
+			e.log.Debug("reconnecting", "in", d)
+		}
 		wait := e.clock.After(d)
 	backoff:
 		for {
@@ -269,7 +295,24 @@ const (
 	reconnectLater reconnect = iota // back off, then try again
 	reconnectNow                    // a credential changed: try at once
 	resetBackoff                    // a useful session ran: back off from the start
+	retryKeys                       // every credential failed on its key: the short key schedule
 )
+
+// Defaults of Config.KeyRetryInitial and KeyRetryMax.
+const (
+	DefaultKeyRetryInitial = time.Second
+	DefaultKeyRetryMax     = 30 * time.Second
+)
+
+// keyRetryDelay is the n-th delay (n from 0) of the key retry schedule:
+// KeyRetryInitial doubling to KeyRetryMax.
+func (e *Engine) keyRetryDelay(n int) time.Duration {
+	d := e.cfg.KeyRetryInitial
+	for i := 0; i < n && d < e.cfg.KeyRetryMax; i++ {
+		d *= 2
+	}
+	return min(d, e.cfg.KeyRetryMax)
+}
 
 // connectOnce tries the candidate credentials in order and runs a session
 // on the first that connects. done is true when ctx ended.
@@ -278,6 +321,8 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 	if why != "" {
 		e.setError(why, "")
 	}
+	// keyOnly stays true while every credential tried failed on its key
+	keyOnly := len(cands) > 0
 	for _, c := range cands {
 		e.setConn("connecting", c)
 		conn, err := e.dialOne(ctx, c)
@@ -302,6 +347,7 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 				}
 				continue
 			}
+			keyOnly = false
 			if !refused {
 				e.setError(fmt.Sprintf("cannot reach %s: %v", e.cfg.Endpoint, err), "check the network, broker.endpoint and broker.port")
 				return reconnectLater, false // the network is down: no point trying the next credential now
@@ -329,6 +375,7 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 			e.setConn("disconnected", nil)
 			return 0, true
 		}
+		keyOnly = false
 		var ne *notEstablished
 		if errors.As(err, &ne) {
 			// closed or denied before the session was usable: for the
@@ -355,6 +402,9 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 		// a session that died before doing anything (a broker that
 		// closes it at once, a job that cannot go on) backs off further
 		return reconnectLater, false
+	}
+	if keyOnly {
+		return retryKeys, false
 	}
 	return reconnectLater, false
 }
