@@ -91,11 +91,11 @@ type Config struct {
 	// (default 30s), without jitter (no fleet to spread), and the network
 	// backoff does not grow meanwhile.
 	KeyRetryInitial, KeyRetryMax time.Duration
-	RollbackRefusals int
-	RollbackWindow   time.Duration
-	FallbackToBoot   bool
-	IssuerSHA256     []string
-	ShutdownQuiesce  time.Duration
+	RollbackRefusals             int
+	RollbackWindow               time.Duration
+	FallbackToBoot               bool
+	IssuerSHA256                 []string
+	ShutdownQuiesce              time.Duration
 	// PhaseSessions bounds the MQTT sessions a rotation may start in one
 	// phase; one more fails it (rotation.phase_sessions, default 5).
 	PhaseSessions int
