@@ -91,6 +91,11 @@ type Config struct {
 	// (default 30s), without jitter (no fleet to spread), and the network
 	// backoff does not grow meanwhile.
 	KeyRetryInitial, KeyRetryMax time.Duration
+	// HardwareSlow is how long a key operation on a TPM or PKCS#11 token
+	// (opening a key, signing the TLS handshake) may go unanswered before
+	// status, STATUS= and the log say the hardware is not answering
+	// (default 3s); the operation itself ends at the transport's timeout.
+	HardwareSlow time.Duration
 	RollbackRefusals             int
 	RollbackWindow               time.Duration
 	FallbackToBoot               bool
@@ -134,8 +139,16 @@ type Engine struct {
 	// status.LastError (0: LastError is not a refusal); a later connect
 	// with that generation resolves it. Guarded by mu.
 	refusedGen int
-	watchers   map[chan Status]struct{}
-	onStatus   func(Status)
+	// stall is the hardware that is not answering right now (prefixes the
+	// summary); keyErr: status.LastError is a key problem, which a connect
+	// resolves. Guarded by mu.
+	stall    string
+	keyErr   bool
+	watchers map[chan Status]struct{}
+	onStatus func(Status)
+	// notifyMu keeps status updates and their OnStatus calls in order
+	// (the hardware watch updates from its own goroutine).
+	notifyMu sync.Mutex
 
 	beat    atomic.Int64     // unix ns (engine clock) of the last pass through a loop
 	beatC   <-chan time.Time // the idle beat, re-armed on the engine clock
@@ -192,6 +205,9 @@ func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clk clock.Clock, log
 	if cfg.KeyRetryMax <= 0 {
 		cfg.KeyRetryMax = DefaultKeyRetryMax
 	}
+	if cfg.HardwareSlow <= 0 {
+		cfg.HardwareSlow = DefaultHardwareSlow
+	}
 	if cfg.KeyRetryMax < cfg.KeyRetryInitial {
 		cfg.KeyRetryMax = cfg.KeyRetryInitial
 	}
@@ -221,7 +237,7 @@ func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clk clock.Clock, log
 	e := &Engine{cfg: cfg, dial: dial, keys: keys, fetch: fetch, clock: clk, log: log, journal: j, store: s,
 		rotateNow: make(chan struct{}, 1), watchers: map[chan Status]struct{}{}, signers: map[string]crypto.Signer{},
 		keygenDone: make(chan keygenResult, 1)}
-	e.status = Status{Thing: cfg.Thing, Endpoint: cfg.Endpoint, Connection: "disconnected", Counters: control.Counters{Since: clk.Now()}}
+	e.status = Status{Thing: cfg.Thing, Endpoint: cfg.Endpoint, Connection: "disconnected", ConnectedWith: -1, Counters: control.Counters{Since: clk.Now()}}
 	return e, nil
 }
 
@@ -336,7 +352,7 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 			var ke *keyError
 			if errors.As(err, &ke) {
 				// the hardware, not the broker: try the next credential
-				e.setError(ke.Error(), "check the TPM or PKCS#11 token (device node, tpm2-abrmd/permissions, PIN source); `bootcertctl key info URI` tests a key")
+				e.setKeyError(ke.Error(), "check the TPM or PKCS#11 token (device node, tpm2-abrmd/permissions, PIN source); `bootcertctl key info URI` tests a key")
 				if c.Generation > 0 {
 					why = fmt.Sprintf("operational key (generation %d) unusable: %v; connected with the bootstrap certificate", c.Generation, ke.Err)
 				}

@@ -46,9 +46,14 @@ func (e *Engine) Watch() (<-chan Status, func()) {
 func (e *Engine) OnStatus(f func(Status)) { e.onStatus = f }
 
 func (e *Engine) update(f func(s *Status)) {
+	e.notifyMu.Lock()
+	defer e.notifyMu.Unlock()
 	e.mu.Lock()
 	f(&e.status)
 	e.status.Summary = summary(e.status)
+	if e.stall != "" {
+		e.status.Summary = e.stall + "; " + e.status.Summary
+	}
 	s := e.status
 	for ch := range e.watchers {
 		select {
@@ -106,22 +111,29 @@ func (e *Engine) setConn(state string, c *Credential) {
 		// a connect that now works resolves an earlier "cannot reach" or
 		// refusal of the same credential (e.g. the JITR refusal of a new
 		// device): status then shows no stale error on a healthy device
-		if state == "connected" && c != nil && (strings.HasPrefix(s.LastError, "cannot reach") || e.refusedGen == c.Generation+1) {
-			s.LastError, s.Advice, e.refusedGen = "", "", 0
+		if state == "connected" && c != nil && (strings.HasPrefix(s.LastError, "cannot reach") || e.refusedGen == c.Generation+1 || e.keyErr) {
+			s.LastError, s.Advice, e.refusedGen, e.keyErr = "", "", 0, false
 		}
 	})
 }
 
 func (e *Engine) setError(msg, advice string) {
 	now := e.clock.Now()
-	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, e.refusedGen = msg, advice, now, 0 })
+	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.keyErr = msg, advice, now, 0, false })
+}
+
+// setKeyError is setError for a key that could not be used: a connect that
+// works resolves it.
+func (e *Engine) setKeyError(msg, advice string) {
+	now := e.clock.Now()
+	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.keyErr = msg, advice, now, 0, true })
 }
 
 // setRefusal records that the broker refused credential generation gen.
 func (e *Engine) setRefusal(gen int, msg, advice string) {
 	now := e.clock.Now()
 	e.update(func(s *Status) {
-		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen = msg, advice, now, gen+1
+		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.keyErr = msg, advice, now, gen+1, false
 		s.LastRefusal, s.LastRefusalAt = msg, now
 		s.Counters.Refusals++
 	})
