@@ -95,12 +95,12 @@ type Config struct {
 	// (opening a key, signing the TLS handshake) may go unanswered before
 	// status, STATUS= and the log say the hardware is not answering
 	// (default 3s); the operation itself ends at the transport's timeout.
-	HardwareSlow time.Duration
-	RollbackRefusals             int
-	RollbackWindow               time.Duration
-	FallbackToBoot               bool
-	IssuerSHA256                 []string
-	ShutdownQuiesce              time.Duration
+	HardwareSlow     time.Duration
+	RollbackRefusals int
+	RollbackWindow   time.Duration
+	FallbackToBoot   bool
+	IssuerSHA256     []string
+	ShutdownQuiesce  time.Duration
 	// PhaseSessions bounds the MQTT sessions a rotation may start in one
 	// phase; one more fails it (rotation.phase_sessions, default 5).
 	PhaseSessions int

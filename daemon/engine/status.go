@@ -119,14 +119,18 @@ func (e *Engine) setConn(state string, c *Credential) {
 
 func (e *Engine) setError(msg, advice string) {
 	now := e.clock.Now()
-	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.keyErr = msg, advice, now, 0, false })
+	e.update(func(s *Status) {
+		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.keyErr = msg, advice, now, 0, false
+	})
 }
 
 // setKeyError is setError for a key that could not be used: a connect that
 // works resolves it.
 func (e *Engine) setKeyError(msg, advice string) {
 	now := e.clock.Now()
-	e.update(func(s *Status) { s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.keyErr = msg, advice, now, 0, true })
+	e.update(func(s *Status) {
+		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.keyErr = msg, advice, now, 0, true
+	})
 }
 
 // setRefusal records that the broker refused credential generation gen.
