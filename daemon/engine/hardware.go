@@ -41,11 +41,13 @@ func hardwareName(uri string) (name string, ok bool) {
 // (LastError, the STATUS= summary) and the log say that the hardware is not
 // answering, at once, while the operation still waits for the transport's
 // own timeout (keystore/tpm: 10 s a command). The returned function ends
-// the watch; once the hardware answered after a report, it logs that.
-func (e *Engine) watchHardware(uri, op string) (done func()) {
+// the watch with the operation's error: a success clears the report (and
+// logs that the hardware answered); a failure leaves it, so that STATUS=
+// keeps saying the hardware does not answer between retries.
+func (e *Engine) watchHardware(uri, op string) (done func(error)) {
 	name, ok := hardwareName(uri)
 	if !ok {
-		return func() {}
+		return func(error) {}
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -68,11 +70,19 @@ func (e *Engine) watchHardware(uri, op string) (done func()) {
 		case <-stop:
 		}
 	}()
-	return func() {
+	return func(err error) {
 		close(stop)
 		wg.Wait()
+		if err != nil {
+			return
+		}
 		if reported {
 			e.log.Info("key hardware answered", "hardware", name, "op", op, "after", e.clock.Now().Sub(started).Round(time.Millisecond).String())
+		}
+		e.mu.Lock()
+		stalled := e.stall != ""
+		e.mu.Unlock()
+		if stalled {
 			e.update(func(*Status) { e.stall = "" })
 		}
 	}
@@ -81,8 +91,9 @@ func (e *Engine) watchHardware(uri, op string) (done func()) {
 // openKey is keys.Open under watchHardware.
 func (e *Engine) openKey(ctx context.Context, uri string) (crypto.Signer, error) {
 	done := e.watchHardware(uri, "opening key "+redactURI(uri))
-	defer done()
-	return e.keys.Open(ctx, uri)
+	s, err := e.keys.Open(ctx, uri)
+	done(err)
+	return s, err
 }
 
 // watchedSigner watches each signature (the TLS handshake's) and keeps the
@@ -100,7 +111,7 @@ type watchedSigner struct {
 func (w *watchedSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	done := w.e.watchHardware(w.uri, "signing the TLS handshake")
 	sig, err := w.Signer.Sign(r, digest, opts)
-	done()
+	done(err)
 	if err != nil {
 		w.mu.Lock()
 		w.err = err

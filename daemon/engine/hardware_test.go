@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -23,6 +24,10 @@ type tpmLikeKeys struct {
 	release chan struct{}
 	hung    chan struct{} // closed when an Open first hangs
 	once    sync.Once
+	// fail is what the next failN Opens of the blocked URI return once
+	// released (a transport timeout)
+	fail  error
+	failN int
 }
 
 const fakeTPM = "tcp:127.0.0.1:9"
@@ -50,6 +55,15 @@ func (k *tpmLikeKeys) Open(ctx context.Context, uri string) (crypto.Signer, erro
 	if blocked {
 		k.once.Do(func() { close(k.hung) })
 		<-k.release
+		k.mu.Lock()
+		fail := k.failN > 0
+		if fail {
+			k.failN--
+		}
+		k.mu.Unlock()
+		if fail {
+			return nil, k.fail
+		}
 	}
 	f, err := k.file(uri)
 	if err != nil {
@@ -91,6 +105,11 @@ func TestHungTPMReportedAtOnce(t *testing.T) {
 
 	opKey := tpmLike(filepath.Join(r.dir, "keys"), "op-1")
 	keys.block, keys.release, keys.hung = opKey, make(chan struct{}), make(chan struct{})
+	// the hung command and the next one time out (start-up check and
+	// first connect); no fallback to the bootstrap key: the engine retries
+	// the TPM key on its short schedule
+	keys.fail, keys.failN = errors.New("swtpm: no answer within 10s: the TPM is not answering"), 2
+	r.cfg.FallbackToBoot = false
 	var once sync.Once
 	answer := func() { once.Do(func() { close(keys.release) }) }
 	t.Cleanup(answer) // before the rig's stop (cleanups run last first)
@@ -121,7 +140,17 @@ func TestHungTPMReportedAtOnce(t *testing.T) {
 		t.Errorf("generation %d, summary %q: want the committed generation 1", s.Active.Generation, s.Summary)
 	}
 
-	answer() // the TPM answers again
+	// the hung command times out: the report stays while the engine
+	// retries on its key schedule; the retry finds the TPM answering
+	answer()
+	s = r.waitFor("the timeout reported", func(s Status) bool { return strings.Contains(s.LastError, "no answer within 10s") })
+	if !strings.HasPrefix(s.Summary, want) {
+		t.Errorf("after the timeout the summary %q no longer says %q", s.Summary, want)
+	}
+	for r.eng.Status().Connection != "connected" {
+		r.clock.WaitForWaiters(2, 100*time.Millisecond)
+		r.clock.Advance(time.Second)
+	}
 	s = r.waitFor("connected with generation 1", operational(1))
 	testkit.Eventually(t, 30*time.Second, func() bool {
 		s = r.eng.Status()
