@@ -63,18 +63,32 @@ func newKeyGenerateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "generate URI",
 		Short: "Create a key inside its hardware (never overwrites an existing key)",
+		Long: `Create a key inside its hardware. An existing key is never overwritten.
+
+A key file (TPM key blob, file: key) made by root is given to bootcertd's user
+(bootcert, when that user exists) so that the daemon can read it; --owner
+names another owner, "none" keeps it root's.`,
 		Example: `  bootcertctl key generate 'tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/boot.tpmkey'
   bootcertctl key generate --alg ecdsa-p384 'pkcs11:token=factory;object=ca?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/root/pin'`,
 		Args: oneKeyURI,
 	}
 	cmd.Flags().StringVar(&alg, "alg", string(keystore.DefaultAlgorithm), "key algorithm: "+algHelp())
+	owner := addOwnerFlag(cmd)
 	jsonOut := addJSONFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		a, err := keystore.ParseAlgorithm(alg)
 		if err != nil {
 			return fmt.Errorf("--alg: %w", err)
 		}
-		s, err := keystore.Generate(cmd.Context(), args[0], a)
+		ctx := cmd.Context()
+		o, err := resolveOwner(*owner)
+		if err != nil {
+			return err
+		}
+		if o != nil {
+			ctx = keystore.WithOwner(ctx, *o)
+		}
+		s, err := keystore.Generate(ctx, args[0], a)
 		if err != nil {
 			return err
 		}

@@ -37,7 +37,13 @@ existing identity ("status": "exists") and changes nothing. A failure at any
 step leaves nothing behind: a key it created is deleted, the certificate file
 and the manifest are untouched. An existing key is never overwritten; --force
 re-issues the certificate for an existing key and replaces the manifest line.
-Several stations may share one manifest file: appends take a lock.`,
+Several stations may share one manifest file: appends take a lock.
+
+Run on the device as root, the key files and the certificate are given to
+bootcertd's user (bootcert, when it exists) so that the daemon can read them;
+--owner names another owner, "none" keeps them root's. Each file is chowned
+before it appears under its name. When writing into a mounted device image
+from a station, give the image's numeric IDs: --owner 999:999.`,
 		Example: `  # device TPM (here swtpm on 127.0.0.1:2321), CA key in the station HSM
   bootcertctl provision --device-id gw-0001 \
     --key 'tpm:device=tcp:127.0.0.1:2321;blob=/mnt/dev/var/lib/bootcert/keys/bootstrap.tpmkey' \
@@ -66,6 +72,7 @@ Several stations may share one manifest file: appends take a lock.`,
 	f.IntVar(&r.Days, "days", 3650, "bootstrap certificate validity in days (never beyond the CA's)")
 	f.BoolVar(&r.Force, "force", false, "re-provision: reuse an existing key, replace the certificate file and the manifest line")
 	f.BoolVar(&r.AllowSoftwareKey, "allow-software-key", false, "accept file: keys (development only: they can be copied)")
+	owner := addOwnerFlag(cmd)
 	f.Bool("json", true, "accepted for symmetry: the report is always JSON")
 	for _, name := range []string{"device-id", "key", "cert-out", "ca-cert", "ca-key", "manifest"} {
 		cmd.MarkFlagRequired(name)
@@ -76,6 +83,9 @@ Several stations may share one manifest file: appends take a lock.`,
 			return fmt.Errorf("--alg: %w", err)
 		}
 		r.Algorithm = a
+		if r.Owner, err = resolveOwner(*owner); err != nil {
+			return err
+		}
 		ca, signer, err := loadCA(cmd, caCert, caKeyURI)
 		if err != nil {
 			return err

@@ -28,6 +28,8 @@ type identity struct {
 	// replace replaces the device's manifest line instead of appending one
 	// (which refuses a device already listed).
 	replace bool
+	// fileOpts are the certificate file's write options (its owner).
+	fileOpts []atomicfile.Option
 }
 
 // commit is the last step of Provision and Sign: it writes the certificate
@@ -40,12 +42,12 @@ func commit(id identity) error {
 	pemCert := EncodeCertificate(id.cert)
 	var undo func()
 	if id.overwrite {
-		if err := atomicfile.WriteFile(id.certOut, pemCert, 0o644); err != nil {
+		if err := atomicfile.WriteFileWith(id.certOut, pemCert, 0o644, id.fileOpts...); err != nil {
 			return fmt.Errorf("certificate file %s: %w", id.certOut, err)
 		}
 		undo = func() { atomicfile.WriteFile(id.certOut, id.previous, 0o644) }
 	} else {
-		if err := atomicfile.CreateExclusive(id.certOut, pemCert, 0o644); err != nil {
+		if err := atomicfile.CreateExclusiveWith(id.certOut, pemCert, 0o644, id.fileOpts...); err != nil {
 			if errors.Is(err, fs.ErrExist) {
 				return fmt.Errorf("certificate file %s appeared meanwhile (another station?); it is never overwritten: %w", id.certOut, err)
 			}

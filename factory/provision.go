@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/bootcert/bootcert/attest"
@@ -89,6 +90,13 @@ type Provisioning struct {
 	EKTrust       *attest.Trust
 	RequireEKRoot bool
 	NoAttestation bool
+
+	// Owner, when set, owns the files written on the device: the key files
+	// (TPM key blobs, the attestation key's, file: keys) and the certificate
+	// file, each chowned before it appears under its name. Provisioning on
+	// the device as root gives the daemon's user (bootcertctl --owner,
+	// default bootcert) so that bootcertd can read its key.
+	Owner *keystore.Owner
 }
 
 // Status values of a Report.
@@ -118,6 +126,7 @@ type Report struct {
 	FinalCSRSHA256  string             `json:"final_csr_sha256,omitempty"`
 	KeyReused       bool               `json:"key_reused,omitempty"`
 	Attestation     *AttestationReport `json:"attestation,omitempty"`
+	Owner           string             `json:"owner,omitempty"` // of the files written (Provisioning.Owner)
 	Warnings        []string           `json:"warnings,omitempty"`
 }
 
@@ -162,6 +171,9 @@ func (p *Provisioner) Provision(ctx context.Context, r Provisioning) (rep *Repor
 		alg = keystore.DefaultAlgorithm
 	}
 	keyURI, _ := keystore.ParseURI(r.KeyURI)
+	if r.Owner != nil {
+		ctx = keystore.WithOwner(ctx, *r.Owner)
+	}
 
 	list, err := manifest.ReadFile(r.Manifest)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -209,6 +221,9 @@ func (p *Provisioner) Provision(ctx context.Context, r Provisioning) (rep *Repor
 	}
 
 	rep = &Report{Status: StatusProvisioned, DeviceID: r.DeviceID, KeyURI: keyURI.Redacted(), Certificate: r.CertOut, Manifest: r.Manifest, KeyReused: keyExists}
+	if r.Owner != nil {
+		rep.Owner = r.Owner.Name
+	}
 	// Undo on failure, in reverse order of what was done.
 	var undo []func()
 	defer func() {
@@ -303,7 +318,7 @@ func (p *Provisioner) Provision(ctx context.Context, r Provisioning) (rep *Repor
 	}
 
 	// 4. certificate file, atomically, then 5. the manifest line, last
-	id := identity{cert: cert, certOut: r.CertOut, overwrite: certExists, previous: oldCert, manifest: r.Manifest, entry: entry, replace: r.Force}
+	id := identity{cert: cert, certOut: r.CertOut, overwrite: certExists, previous: oldCert, manifest: r.Manifest, entry: entry, replace: r.Force, fileOpts: keystore.FileOptions(ctx)}
 	if err := commit(id); err != nil {
 		return nil, fmt.Errorf("device %s: %w", r.DeviceID, err)
 	}
@@ -343,6 +358,10 @@ func (p *Provisioner) existing(ctx context.Context, r Provisioning, entry manife
 		Algorithm: info.Algorithm, KeyFingerprint: info.Fingerprint, Hardware: info.Hardware, Attributes: info.Attributes,
 		Certificate: r.CertOut, Serial: hexSerial(cert.SerialNumber), Issuer: cert.Issuer.CommonName,
 		BootstrapSHA256: id, NotAfter: cert.NotAfter, Manifest: r.Manifest,
+	}
+	if r.Owner != nil {
+		rep.Owner = r.Owner.Name
+		rep.Warnings = append(rep.Warnings, ownerWarnings(*r.Owner, r.CertOut, keyFile(r.KeyURI), keyFile(r.FinalKeyURI))...)
 	}
 	if a := entry.Attestation; a != nil {
 		rep.Attestation = &AttestationReport{Status: StatusAttested, EKCert: a.EKCertSHA256, EKPub: a.EKPubSHA256, AKName: hex.EncodeToString(a.AKName)}
@@ -469,6 +488,45 @@ func makeCSR(ctx context.Context, keys Keys, uri, cn string) (*x509.CertificateR
 		return nil, err
 	}
 	return csr.Parse(der)
+}
+
+// keyFile is the file a key URI keeps its key in (a file: key, a TPM key
+// blob), or "".
+func keyFile(raw string) string {
+	u, err := keystore.ParseURI(raw)
+	if err != nil {
+		return ""
+	}
+	switch u.Scheme {
+	case "file":
+		return u.Opaque
+	case "tpm":
+		b, _ := u.Get("blob")
+		return b
+	}
+	return ""
+}
+
+// ownerWarnings says which of the files an existing identity is made of are
+// not owned by o (an earlier run as root without --owner): re-running
+// changes nothing, so it says how to fix them.
+func ownerWarnings(o keystore.Owner, files ...string) []string {
+	var w []string
+	for _, f := range files {
+		if f == "" {
+			continue
+		}
+		st, err := os.Stat(f)
+		if err != nil {
+			continue
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if !ok || (int(sys.Uid) == o.UID && int(sys.Gid) == o.GID) {
+			continue
+		}
+		w = append(w, fmt.Sprintf("%s is owned by %d:%d, not %s (%d:%d), and bootcertd may not read it; fix it with: chown %d:%d %s", f, sys.Uid, sys.Gid, o.Name, o.UID, o.GID, o.UID, o.GID, f))
+	}
+	return w
 }
 
 func redact(raw string) string {

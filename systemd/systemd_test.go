@@ -111,3 +111,39 @@ func regexpMember(group string) bool {
 	}
 	return false
 }
+
+// TestTPMOrdering: tpm2.target (systemd >= 256) is only an ordering: a
+// Wants=/Requires=/BindsTo= on it, or on a TPM device unit, would fail the
+// start on systemd 252 (Debian 12, no such unit) or wait for a TPM that a
+// PKCS#11 gateway does not have. The unit says what it relies on instead.
+func TestTPMOrdering(t *testing.T) {
+	unit, err := os.ReadFile("bootcertd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := false
+	for _, l := range strings.Split(string(unit), "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "#") {
+			continue
+		}
+		key, val, _ := strings.Cut(l, "=")
+		for _, name := range strings.Fields(val) {
+			tpm := name == "tpm2.target" || strings.HasPrefix(name, "dev-tpm")
+			switch {
+			case tpm && key == "After":
+				after = true
+			case tpm:
+				t.Errorf("%s= names %s: only After= may (systemd 252 has no tpm2.target)", key, name)
+			}
+		}
+	}
+	if !after {
+		t.Error("no After=tpm2.target: on systemd >= 256 bootcertd would start before a TPM driver loaded as a module")
+	}
+	for _, want := range []string{"systemd 256", "252", "key retry"} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("the unit's comment does not say %q (which systemd has tpm2.target, what the unit relies on elsewhere)", want)
+		}
+	}
+}

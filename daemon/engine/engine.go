@@ -82,8 +82,22 @@ type Config struct {
 	Algorithm         keystore.Algorithm
 	StateDir          string
 
-	ReplyTimeout     time.Duration
-	Backoff          Backoff
+	ReplyTimeout time.Duration
+	// Backoff paces reconnects after network failures and refusals.
+	Backoff Backoff
+	// KeyRetryInitial and KeyRetryMax pace reconnects when every credential
+	// failed on its key, not the network: a key file the daemon may not
+	// read, a missing PIN file, a TPM or token that does not answer. Those
+	// are fixed by hand on the device, so the daemon looks again soon: the
+	// delay doubles from KeyRetryInitial (default 1s) to KeyRetryMax
+	// (default 30s), without jitter (no fleet to spread), and the network
+	// backoff does not grow meanwhile.
+	KeyRetryInitial, KeyRetryMax time.Duration
+	// HardwareSlow is how long a key operation on a TPM or PKCS#11 token
+	// (opening a key, signing the TLS handshake) may go unanswered before
+	// status, STATUS= and the log say the hardware is not answering
+	// (default 3s); the operation itself ends at the transport's timeout.
+	HardwareSlow     time.Duration
 	RollbackRefusals int
 	RollbackWindow   time.Duration
 	FallbackToBoot   bool
@@ -131,8 +145,16 @@ type Engine struct {
 	// its bootstrap certificate; a connect with an operational credential
 	// resolves it. Guarded by mu.
 	fallbackErr bool
-	watchers    map[chan Status]struct{}
-	onStatus    func(Status)
+	// stall is the hardware that is not answering right now (prefixes the
+	// summary); keyErr: status.LastError is a key problem, which a connect
+	// resolves. Guarded by mu.
+	stall    string
+	keyErr   bool
+	watchers map[chan Status]struct{}
+	onStatus func(Status)
+	// notifyMu keeps status updates and their OnStatus calls in order
+	// (the hardware watch updates from its own goroutine).
+	notifyMu sync.Mutex
 
 	beat    atomic.Int64     // unix ns (engine clock) of the last pass through a loop
 	beatC   <-chan time.Time // the idle beat, re-armed on the engine clock
@@ -183,6 +205,18 @@ func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clk clock.Clock, log
 	if cfg.PhaseSessions <= 0 {
 		cfg.PhaseSessions = 5
 	}
+	if cfg.KeyRetryInitial <= 0 {
+		cfg.KeyRetryInitial = DefaultKeyRetryInitial
+	}
+	if cfg.KeyRetryMax <= 0 {
+		cfg.KeyRetryMax = DefaultKeyRetryMax
+	}
+	if cfg.HardwareSlow <= 0 {
+		cfg.HardwareSlow = DefaultHardwareSlow
+	}
+	if cfg.KeyRetryMax < cfg.KeyRetryInitial {
+		cfg.KeyRetryMax = cfg.KeyRetryInitial
+	}
 	if cfg.StableAfter <= 0 {
 		cfg.StableAfter = time.Minute
 	}
@@ -209,7 +243,7 @@ func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clk clock.Clock, log
 	e := &Engine{cfg: cfg, dial: dial, keys: keys, fetch: fetch, clock: clk, log: log, journal: j, store: s,
 		rotateNow: make(chan struct{}, 1), watchers: map[chan Status]struct{}{}, signers: map[string]crypto.Signer{},
 		keygenDone: make(chan keygenResult, 1)}
-	e.status = Status{Thing: cfg.Thing, Endpoint: cfg.Endpoint, Connection: "disconnected", Counters: control.Counters{Since: clk.Now()}}
+	e.status = Status{Thing: cfg.Thing, Endpoint: cfg.Endpoint, Connection: "disconnected", ConnectedWith: -1, Counters: control.Counters{Since: clk.Now()}}
 	return e, nil
 }
 
@@ -233,7 +267,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err := e.reconcile(ctx); err != nil {
 		return err
 	}
-	attempt := 0
+	attempt, keyAttempt := 0, 0
 	for ctx.Err() == nil {
 		next, done := e.connectOnce(ctx)
 		if done {
@@ -241,14 +275,22 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		switch next {
 		case reconnectNow:
-			attempt = 0
+			attempt, keyAttempt = 0, 0
 			continue
 		case resetBackoff:
 			attempt = 0
 		}
-		d := e.cfg.Backoff.Delay(attempt)
-		attempt++
-		e.log.Debug("reconnecting", "in", d)
+		var d time.Duration
+		if next == retryKeys {
+			d = e.keyRetryDelay(keyAttempt)
+			keyAttempt++
+			e.log.Info("key unusable; trying again soon", "in", d)
+		} else {
+			keyAttempt = 0
+			d = e.cfg.Backoff.Delay(attempt)
+			attempt++
+			e.log.Debug("reconnecting", "in", d)
+		}
 		wait := e.clock.After(d)
 	backoff:
 		for {
@@ -275,7 +317,24 @@ const (
 	reconnectLater reconnect = iota // back off, then try again
 	reconnectNow                    // a credential changed: try at once
 	resetBackoff                    // a useful session ran: back off from the start
+	retryKeys                       // every credential failed on its key: the short key schedule
 )
+
+// Defaults of Config.KeyRetryInitial and KeyRetryMax.
+const (
+	DefaultKeyRetryInitial = time.Second
+	DefaultKeyRetryMax     = 30 * time.Second
+)
+
+// keyRetryDelay is the n-th delay (n from 0) of the key retry schedule:
+// KeyRetryInitial doubling to KeyRetryMax.
+func (e *Engine) keyRetryDelay(n int) time.Duration {
+	d := e.cfg.KeyRetryInitial
+	for i := 0; i < n && d < e.cfg.KeyRetryMax; i++ {
+		d *= 2
+	}
+	return min(d, e.cfg.KeyRetryMax)
+}
 
 // connectOnce tries the candidate credentials in order and runs a session
 // on the first that connects. done is true when ctx ended.
@@ -284,6 +343,8 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 	if why != "" {
 		e.setError(why, "")
 	}
+	// keyOnly stays true while every credential tried failed on its key
+	keyOnly := len(cands) > 0
 	for _, c := range cands {
 		e.setConn("connecting", c)
 		conn, err := e.dialOne(ctx, c)
@@ -297,7 +358,7 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 			var ke *keyError
 			if errors.As(err, &ke) {
 				// the hardware, not the broker: try the next credential
-				e.setError(ke.Error(), "check the TPM or PKCS#11 token (device node, tpm2-abrmd/permissions, PIN source); `bootcertctl key info URI` tests a key")
+				e.setKeyError(ke.Error(), "check the TPM or PKCS#11 token (device node, tpm2-abrmd/permissions, PIN source); `bootcertctl key info URI` tests a key")
 				if c.Generation > 0 {
 					why = fmt.Sprintf("operational key (generation %d) unusable: %v; connected with the bootstrap certificate", c.Generation, ke.Err)
 				}
@@ -308,6 +369,7 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 				}
 				continue
 			}
+			keyOnly = false
 			if !refused {
 				e.setError(fmt.Sprintf("cannot reach %s: %v", e.cfg.Endpoint, err), "check the network, broker.endpoint and broker.port")
 				return reconnectLater, false // the network is down: no point trying the next credential now
@@ -335,6 +397,7 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 			e.setConn("disconnected", nil)
 			return 0, true
 		}
+		keyOnly = false
 		var ne *notEstablished
 		if errors.As(err, &ne) {
 			// closed or denied before the session was usable: for the
@@ -361,6 +424,9 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 		// a session that died before doing anything (a broker that
 		// closes it at once, a job that cannot go on) backs off further
 		return reconnectLater, false
+	}
+	if keyOnly {
+		return retryKeys, false
 	}
 	return reconnectLater, false
 }

@@ -50,6 +50,8 @@ type rig struct {
 	// timeFlies: while the engine waits on a timer besides its idle beat
 	// (a backoff, a retry), the rig advances the clock to fire it.
 	timeFlies bool
+	// keys is the engine's keystore; nil is KeystoreKeys{}.
+	keys Keys
 }
 
 func newRig(t *testing.T) *rig {
@@ -79,7 +81,11 @@ func newRig(t *testing.T) *rig {
 
 func (r *rig) start() {
 	r.t.Helper()
-	eng, err := New(r.cfg, r.cloud, KeystoreKeys{}, r.fetch, r.clock, nil)
+	var keys Keys = KeystoreKeys{}
+	if r.keys != nil {
+		keys = r.keys
+	}
+	eng, err := New(r.cfg, r.cloud, keys, r.fetch, r.clock, nil)
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -32,7 +32,21 @@ func (e *Engine) dialOne(ctx context.Context, c *Credential) (Conn, error) {
 		}
 		c.Signer = s
 	}
-	return e.dial.Dial(ctx, c)
+	if _, hw := hardwareName(c.KeyURI); !hw {
+		return e.dial.Dial(ctx, c)
+	}
+	// the handshake's signature is made by the hardware: watched, and a
+	// handshake that failed because it did not sign is a key problem
+	w := &watchedSigner{Signer: c.Signer, e: e, uri: c.KeyURI}
+	dc := *c
+	dc.Signer = w
+	conn, err := e.dial.Dial(ctx, &dc)
+	if err != nil {
+		if serr := w.signErr(); serr != nil {
+			return nil, &keyError{Generation: c.Generation, Err: serr}
+		}
+	}
+	return conn, err
 }
 
 // signer opens a key once and keeps it: reconnects do not open it again
@@ -41,7 +55,7 @@ func (e *Engine) signer(ctx context.Context, uri string) (crypto.Signer, error) 
 	if s, ok := e.signers[uri]; ok {
 		return s, nil
 	}
-	s, err := e.keys.Open(ctx, uri)
+	s, err := e.openKey(ctx, uri)
 	if err != nil {
 		return nil, err
 	}

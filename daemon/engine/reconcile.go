@@ -15,6 +15,9 @@ import (
 // after a start (or a crash): every crash point of a transition
 // (phases.go) leaves one of the states handled here.
 func (e *Engine) reconcile(ctx context.Context) error {
+	// what is on disk first: status shows the committed generation even
+	// when the key checks below wait for hardware that does not answer
+	e.refreshStatus()
 	if err := e.store.Cleanup(); err != nil {
 		e.log.Warn("removing leftovers of interrupted credential writes", "err", err)
 	}
@@ -72,7 +75,7 @@ func (e *Engine) reconcile(ctx context.Context) error {
 	if ptr.Active > 0 && j.Phase != journal.Switched {
 		c, err := e.store.Get(ptr.Active)
 		if err == nil {
-			signer, oerr := e.keys.Open(ctx, c.KeyURI)
+			signer, oerr := e.openKey(ctx, c.KeyURI)
 			if oerr == nil {
 				keystore.CloseSigner(signer)
 			}

@@ -46,9 +46,14 @@ func (e *Engine) Watch() (<-chan Status, func()) {
 func (e *Engine) OnStatus(f func(Status)) { e.onStatus = f }
 
 func (e *Engine) update(f func(s *Status)) {
+	e.notifyMu.Lock()
+	defer e.notifyMu.Unlock()
 	e.mu.Lock()
 	f(&e.status)
 	e.status.Summary = summary(e.status)
+	if e.stall != "" {
+		e.status.Summary = e.stall + "; " + e.status.Summary
+	}
 	s := e.status
 	for ch := range e.watchers {
 		select {
@@ -106,8 +111,8 @@ func (e *Engine) setConn(state string, c *Credential) {
 		// a connect that now works resolves an earlier "cannot reach" or
 		// refusal of the same credential (e.g. the JITR refusal of a new
 		// device): status then shows no stale error on a healthy device
-		if state == "connected" && c != nil && (strings.HasPrefix(s.LastError, "cannot reach") || e.refusedGen == c.Generation+1 || (e.fallbackErr && c.Generation > 0)) {
-			s.LastError, s.Advice, e.refusedGen, e.fallbackErr = "", "", 0, false
+		if state == "connected" && c != nil && (strings.HasPrefix(s.LastError, "cannot reach") || e.refusedGen == c.Generation+1 || e.keyErr || (e.fallbackErr && c.Generation > 0)) {
+			s.LastError, s.Advice, e.refusedGen, e.keyErr, e.fallbackErr = "", "", 0, false, false
 		}
 	})
 }
@@ -115,7 +120,7 @@ func (e *Engine) setConn(state string, c *Credential) {
 func (e *Engine) setError(msg, advice string) {
 	now := e.clock.Now()
 	e.update(func(s *Status) {
-		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.fallbackErr = msg, advice, now, 0, false
+		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.keyErr, e.fallbackErr = msg, advice, now, 0, false, false
 	})
 }
 
@@ -125,7 +130,16 @@ func (e *Engine) setError(msg, advice string) {
 func (e *Engine) setFallbackError(msg, advice string) {
 	now := e.clock.Now()
 	e.update(func(s *Status) {
-		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.fallbackErr = msg, advice, now, 0, true
+		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.keyErr, e.fallbackErr = msg, advice, now, 0, false, true
+	})
+}
+
+// setKeyError is setError for a key that could not be used: a connect that
+// works resolves it.
+func (e *Engine) setKeyError(msg, advice string) {
+	now := e.clock.Now()
+	e.update(func(s *Status) {
+		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.keyErr, e.fallbackErr = msg, advice, now, 0, true, false
 	})
 }
 
@@ -133,7 +147,7 @@ func (e *Engine) setFallbackError(msg, advice string) {
 func (e *Engine) setRefusal(gen int, msg, advice string) {
 	now := e.clock.Now()
 	e.update(func(s *Status) {
-		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.fallbackErr = msg, advice, now, gen+1, false
+		s.LastError, s.Advice, s.LastErrorAt, e.refusedGen, e.keyErr, e.fallbackErr = msg, advice, now, gen+1, false, false
 		s.LastRefusal, s.LastRefusalAt = msg, now
 		s.Counters.Refusals++
 	})

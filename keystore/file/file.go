@@ -142,7 +142,7 @@ func parse(data []byte) (crypto.Signer, error) {
 // Generate creates a key of the given algorithm and writes it as PKCS#8 PEM,
 // mode 0600, creating the parent directory (0700) when needed. It never
 // replaces an existing file: it returns an error wrapping keystore.ErrExists.
-func (Backend) Generate(_ context.Context, u *keystore.URI, alg keystore.Algorithm) (crypto.Signer, error) {
+func (Backend) Generate(ctx context.Context, u *keystore.URI, alg keystore.Algorithm) (crypto.Signer, error) {
 	p, err := path(u)
 	if err != nil {
 		return nil, err
@@ -167,10 +167,10 @@ func (Backend) Generate(_ context.Context, u *keystore.URI, alg keystore.Algorit
 		return nil, fmt.Errorf("encoding %s key: %w", alg, err)
 	}
 	data := pem.EncodeToMemory(&pem.Block{Type: pemType, Bytes: der})
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+	if err := atomicfile.MkdirAll(filepath.Dir(p), 0o700, keystore.FileOptions(ctx)...); err != nil {
 		return nil, fmt.Errorf("key file %s: creating directory: %w", p, err)
 	}
-	if err := atomicfile.CreateExclusive(p, data, 0o600); err != nil {
+	if err := atomicfile.CreateExclusiveWith(p, data, 0o600, keystore.FileOptions(ctx)...); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("key file %s: %w; delete it first to replace it", p, keystore.ErrExists)
 		}

@@ -126,7 +126,7 @@ func (b *Backend) CreateAK(ctx context.Context, ak *keystore.URI) (keystore.Atte
 	if err != nil {
 		return keystore.AttestationKey{}, err
 	}
-	s, err := b.create(k, AKTemplate, "attestation key", true)
+	s, err := b.create(k, AKTemplate, "attestation key", true, keystore.FileOptions(ctx))
 	if err != nil {
 		return keystore.AttestationKey{}, err
 	}

@@ -165,7 +165,7 @@ func (b *Backend) Generate(ctx context.Context, u *keystore.URI, alg keystore.Al
 	if err != nil {
 		return nil, err
 	}
-	s, err := b.create(k, tmpl, string(alg)+" key", false)
+	s, err := b.create(k, tmpl, string(alg)+" key", false, keystore.FileOptions(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -173,8 +173,9 @@ func (b *Backend) Generate(ctx context.Context, u *keystore.URI, alg keystore.Al
 }
 
 // create makes a key (or an attestation key, ak) from tmpl under the SRK,
-// as a key file or at a persistent handle, and returns it loaded.
-func (b *Backend) create(k *keySpec, tmpl tpm2.TPMTPublic, what string, ak bool) (*Signer, error) {
+// as a key file or at a persistent handle, and returns it loaded. A key file
+// is written with opts (its owner: keystore.WithOwner).
+func (b *Backend) create(k *keySpec, tmpl tpm2.TPMTPublic, what string, ak bool, opts []atomicfile.Option) (*Signer, error) {
 	if k.blob != "" {
 		if _, err := os.Lstat(k.blob); err == nil {
 			return nil, fmt.Errorf("key file %s: %w (delete it first, or choose another path)", k.blob, keystore.ErrExists)
@@ -224,7 +225,7 @@ func (b *Backend) create(k *keySpec, tmpl tpm2.TPMTPublic, what string, ak bool)
 			if err := keyfile.Encode(&buf, kf); err != nil {
 				return fmt.Errorf("encoding key file: %w", err)
 			}
-			if err := atomicfile.CreateExclusive(k.blob, buf.Bytes(), 0o600); err != nil {
+			if err := atomicfile.CreateExclusiveWith(k.blob, buf.Bytes(), 0o600, opts...); err != nil {
 				if errors.Is(err, fs.ErrExist) {
 					return fmt.Errorf("key file %s: %w", k.blob, keystore.ErrExists)
 				}

@@ -248,7 +248,9 @@ func (d *device) wrapErr(op string, err error) error {
 	rc := rcOf(err)
 	if rc == 0 {
 		d.broken.Store(true)
-		err = fmt.Errorf("%w: %v", ErrDevice, err)
+		if !errors.Is(err, ErrDevice) { // a timeout already says ErrNotAnswering
+			err = fmt.Errorf("%w: %v", ErrDevice, err)
+		}
 	}
 	return &Error{Op: op, Device: d.name, Code: rc, Err: err}
 }

@@ -16,6 +16,10 @@ var (
 	// ErrDevice means the TPM device could not be opened or stopped
 	// answering (connection refused, no such device, transport error).
 	ErrDevice = errors.New("TPM device unavailable")
+	// ErrNotAnswering (also ErrDevice) is a TPM that took a command and
+	// gave no answer within the command timeout: a hung or stopped TPM, or
+	// a swtpm busy with another client.
+	ErrNotAnswering = fmt.Errorf("%w: the TPM is not answering", ErrDevice)
 )
 
 // Error is a failed TPM operation. Callers ask Retryable and AuthFailure

@@ -265,9 +265,15 @@ func (s *Signer) Close() error {
 	if s.kf == nil || d == nil {
 		return nil
 	}
+	if d.broken.Load() {
+		// the transport failed (a TPM not answering): a flush would wait
+		// for the command timeout again. The next open of the device
+		// flushes what is left (flushStale).
+		return nil
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
+	if d.closed || d.broken.Load() {
 		return nil
 	}
 	if d.loaded[s.h] != s {

@@ -8,8 +8,9 @@
 # /etc/bootcert the factory's bootstrap certificate and PIN file. Their keys
 # live in the TPM or PKCS#11 token; deleting the files would orphan those keys
 # and leave the gateway without an identity on reinstall. The bootcert user
-# stays too (files it owns keep their owner). dpkg --purge still removes the
-# shipped conffile.
+# stays too (files it owns keep their owner). dpkg --purge does delete the
+# conffile /etc/bootcert/bootcertd.toml, edited or not (dpkg's rule for
+# conffiles), before this script runs.
 set -e
 case "$1" in
   remove|purge|0)
@@ -17,7 +18,7 @@ case "$1" in
       systemctl daemon-reload || true
     fi
     if [ "$1" = purge ]; then
-      echo "bootcert: kept /var/lib/bootcert and /etc/bootcert (device identity; keys are in hardware); remove them by hand to decommission"
+      echo "bootcert: kept /var/lib/bootcert and the factory files in /etc/bootcert (device identity; keys are in hardware); remove them by hand to decommission. dpkg deleted the conffile /etc/bootcert/bootcertd.toml (also when edited)"
     fi
     ;;
 esac
