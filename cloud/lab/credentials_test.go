@@ -10,6 +10,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
 )
@@ -48,5 +49,43 @@ func TestS3ChecksCredentials(t *testing.T) {
 				t.Fatalf("PutObject: %v, want %s", err, tc.code)
 			}
 		})
+	}
+}
+
+// TestCredentialsPolicyOnIoT: a --credentials key pair that carries an IAM
+// policy is authorized with it on the IoT API too: what the policy grants
+// succeeds, anything else is 403 AccessDeniedException naming the key's
+// user and the resource.
+func TestCredentialsPolicyOnIoT(t *testing.T) {
+	credPath := filepath.Join(t.TempDir(), "creds.json")
+	if err := os.WriteFile(credPath, []byte(`{"accessKeyId":"AKIALABPOL","secretAccessKey":"lab-pol-secret","policy":
+		{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["iot:CreateThing","iot:DescribeThing"],
+		 "Resource":"arn:aws:iot:us-east-1:123456789012:thing/gw-*"}]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l := start(t, Config{CredentialsPath: credPath})
+	c := ClientConfig(l.ServerCAPEM(), "us-east-1")
+	c.Credentials = credentials.NewStaticCredentialsProvider("AKIALABPOL", "lab-pol-secret", "")
+	c.RetryMaxAttempts = 1
+	api := iot.NewFromConfig(c, func(o *iot.Options) { o.BaseEndpoint = aws.String(l.Endpoints().API) })
+	ctx := context.Background()
+	if _, err := api.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("gw-1")}); err != nil {
+		t.Fatalf("CreateThing gw-1 (granted): %v", err)
+	}
+	if _, err := api.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String("gw-1")}); err != nil {
+		t.Fatalf("DescribeThing gw-1 (granted): %v", err)
+	}
+	var ae smithy.APIError
+	_, err := api.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("other")})
+	if !errors.As(err, &ae) || ae.ErrorCode() != "AccessDeniedException" || ae.ErrorMessage() != "User: arn:aws:iam::123456789012:user/bootcert-lab "+
+		"is not authorized to perform: iot:CreateThing on resource: arn:aws:iot:us-east-1:123456789012:thing/other because no identity-based policy allows the iot:CreateThing action" {
+		t.Fatalf("CreateThing other (not granted): %v", err)
+	}
+	_, err = api.DeleteThing(ctx, &iot.DeleteThingInput{ThingName: aws.String("gw-1")})
+	if !errors.As(err, &ae) || ae.ErrorCode() != "AccessDeniedException" {
+		t.Fatalf("DeleteThing gw-1 (not granted): %v", err)
+	}
+	if _, err := l.reg.DescribeThing("gw-1"); err != nil {
+		t.Fatalf("gw-1 after the refused delete: %v", err)
 	}
 }

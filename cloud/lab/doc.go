@@ -86,7 +86,8 @@
 // credentials are accepted (IoT API and S3) unless --credentials is given,
 // but every request must be scoped to the lab's region and the endpoint's
 // service; each template function signs with its own role's key pair and
-// the lab's S3 authorizes its requests with the role's IAM policies
-// (package iam; docs/cloud.md "What the lab does not reproduce"). Region
+// the lab's S3 and IoT API (control plane and data-plane Publish) authorize
+// its requests with the role's IAM policies (package iam, api/iam.go;
+// docs/cloud.md "What the lab does not reproduce"). Region
 // us-east-1 and account 123456789012 unless configured.
 package lab

@@ -140,7 +140,7 @@ func serveFlags(out io.Writer, o *opts) *flag.FlagSet {
 	fs.StringVar(&o.s3, "s3", "127.0.0.1:0", "HTTPS listen address of the S3 API")
 	fs.StringVar(&o.template, "template", "", `AWS SAM template with the policies, rules and functions (default: cloud/template.yaml when it exists; "none" for no template)`)
 	fs.StringVar(&o.limits, "limits", "", `quotas: a JSON file or "aws-default" (default: no limits)`)
-	fs.StringVar(&o.credentials, "credentials", "", `JSON {"accessKeyId","secretAccessKey"}: require SigV4 with this key pair (default: any credentials)`)
+	fs.StringVar(&o.credentials, "credentials", "", `JSON {"accessKeyId","secretAccessKey"[,"policy"]}: require SigV4 with this key pair; an IAM "policy" authorizes its S3 and IoT requests (default: any credentials)`)
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (logs go to stderr as JSON)")
 	fs.DurationVar(&o.writeBehind, "write-behind", registry.DefaultWriteBehindInterval, "answer registry changes before registry.json is written, saving them at most this much later (and on SIGTERM); 0: every change is on disk before its answer")
 	fs.Func("parameter", "template parameter override NAME=VALUE, repeatable (e.g. ExplicitActivation=true)", func(v string) error {

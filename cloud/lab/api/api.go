@@ -11,6 +11,9 @@
 // Requests must carry a SigV4 Authorization header. By default any
 // well-formed one is accepted (like a lab with any credentials); with
 // Config.Credentials the signature is verified against that one key pair.
+// A request signed by one of Config.Principals (the template functions'
+// roles, the --credentials key pair with a policy) is verified with its
+// secret and authorized with its IAM policies (iam.go).
 // Per-operation quotas come from cloud/lab/limits: beyond them the answer is
 // ThrottlingException, which the SDK's retryer retries.
 package api
@@ -197,9 +200,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, rt.op, "", &apiError{Type: "InvalidRequestException", Status: 413, Message: fmt.Sprintf("body larger than %d bytes", MaxBody)})
 		return
 	}
-	if err := s.authenticate(r, body, rt.op); err != nil {
+	principal, err := s.authenticate(r, body, rt.op)
+	if err != nil {
 		s.fail(w, r, rt.op, "", err)
 		return
+	}
+	req := &request{http: r, vars: vars, query: r.URL.Query(), body: body}
+	if principal != nil {
+		if err := s.authorize(principal, rt.op, req); err != nil {
+			s.fail(w, r, rt.op, "", err)
+			return
+		}
 	}
 	if s.cfg.Limiter != nil && !s.cfg.Limiter.AllowAPI(rt.op) {
 		// AWS IoT answers ThrottlingException ("The rate exceeds the
@@ -209,7 +220,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, rt.op, "", &apiError{Type: "ThrottlingException", Status: 400, Message: "Rate exceeded for " + rt.op})
 		return
 	}
-	req := &request{http: r, vars: vars, query: r.URL.Query(), body: body}
 	out, err := rt.h(req)
 	if err != nil {
 		s.fail(w, r, rt.op, req.resource(), err)

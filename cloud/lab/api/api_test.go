@@ -34,6 +34,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
 	"github.com/aws/smithy-go"
 
+	"github.com/bootcert/bootcert/cloud/lab/iam"
 	"github.com/bootcert/bootcert/cloud/lab/limits"
 	"github.com/bootcert/bootcert/cloud/lab/pki"
 	"github.com/bootcert/bootcert/cloud/lab/registry"
@@ -68,6 +69,7 @@ type labOpts struct {
 	dir     string
 	limiter *limits.Limiter
 	creds   *Credentials
+	keys    *iam.Keyring
 	clock   clock.Clock
 	log     *slog.Logger
 }
@@ -86,7 +88,7 @@ func startLab(t testing.TB, o labOpts) *lab {
 		t.Fatal(err)
 	}
 	l := &lab{dir: o.dir, pki: p, reg: reg, pub: &recorder{}}
-	l.srv = New(Config{Registry: reg, Limiter: o.limiter, Credentials: o.creds, Publisher: l.pub, Clock: o.clock, Logger: o.log,
+	l.srv = New(Config{Registry: reg, Limiter: o.limiter, Credentials: o.creds, Principals: o.keys, Publisher: l.pub, Clock: o.clock, Logger: o.log,
 		Endpoints: map[string]string{"iot:Data-ATS": "127.0.0.1:8883"}})
 	l.http = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		l.requests.Add(1)

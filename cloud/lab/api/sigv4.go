@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bootcert/bootcert/cloud/lab/iam"
 )
 
 // Credentials is the one key pair the lab accepts with --credentials FILE.
@@ -24,8 +26,8 @@ type Credentials struct {
 	AccessKeyID     string `json:"accessKeyId"`
 	SecretAccessKey string `json:"secretAccessKey"`
 	// Policy, optional, is an IAM identity policy document: the lab's S3
-	// authorizes the key pair's requests with it (package iam). Without
-	// it the key pair may do everything.
+	// and IoT API authorize the key pair's requests with it (package iam).
+	// Without it the key pair may do everything.
 	Policy json.RawMessage `json:"policy,omitempty"`
 }
 
@@ -157,28 +159,30 @@ func CheckScope(r *http.Request, region string, services []string) *AuthError {
 	return nil
 }
 
-// authenticate checks the SigV4 signature of r for operation op.
-func (s *Server) authenticate(r *http.Request, body []byte, op string) error {
+// authenticate checks the SigV4 signature of r for operation op. It
+// returns the principal whose key signed it when that is one of
+// Config.Principals (its policies then decide the request), else nil.
+func (s *Server) authenticate(r *http.Request, body []byte, op string) (*iam.Principal, error) {
 	services := ControlPlaneServices
 	if op == "Publish" {
 		services = DataPlaneServices
 	}
 	if ae := CheckScope(r, s.reg.Region(), services); ae != nil {
-		return authErr(ae.Code, ae.Message)
+		return nil, authErr(ae.Code, ae.Message)
 	}
 	if a, err := parseAuthorization(r.Header.Get("Authorization")); err == nil {
 		if p, ok := s.cfg.Principals.Lookup(a.accessKey); ok {
-			return s.verify(r, body, Credentials{AccessKeyID: p.AccessKeyID, SecretAccessKey: p.SecretAccessKey})
+			return p, s.verify(r, body, Credentials{AccessKeyID: p.AccessKeyID, SecretAccessKey: p.SecretAccessKey})
 		}
 	}
 	if s.cfg.Credentials == nil {
 		// Any well-formed Authorization header.
 		if _, err := parseAuthorization(r.Header.Get("Authorization")); err != nil {
-			return err
+			return nil, err
 		}
-		return nil
+		return nil, nil
 	}
-	return s.verify(r, body, *s.cfg.Credentials)
+	return nil, s.verify(r, body, *s.cfg.Credentials)
 }
 
 func (s *Server) verify(r *http.Request, body []byte, creds Credentials) error {

@@ -52,3 +52,43 @@ func TestParseRefuses(t *testing.T) {
 		}
 	}
 }
+
+func TestAuthorizeAction(t *testing.T) {
+	d, err := Parse([]byte(`{"Version":"2012-10-17","Statement":[
+		{"Effect":"Allow","Action":["iot:AddThingToThingGroup","iot:DescribeJobExecution"],"Resource":["arn:t/*","arn:g/rot"]},
+		{"Effect":"Allow","Action":"iot:AttachThingPrincipal","Resource":"arn:c/*","Condition":{"ArnLike":{"iot:thingArn":"arn:t/gw-*"}}},
+		{"Effect":"Deny","Action":"iot:DescribeJobExecution","Resource":"arn:j/secret"},
+		{"Effect":"Allow","Action":"iot:ListThings","Resource":"*"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Principal{Name: "fn", ARN: "arn:aws:sts::1:assumed-role/r/fn", Policies: []*Document{d}}
+	for _, tc := range []struct {
+		name    string
+		req     ActionRequest
+		allow   bool
+		decided string
+	}{
+		{"ok/all required allowed", ActionRequest{Action: "iot:AddThingToThingGroup", Required: []string{"arn:t/a", "arn:g/rot"}}, true, ""},
+		{"fail/one required refused", ActionRequest{Action: "iot:AddThingToThingGroup", Required: []string{"arn:t/a", "arn:g/other"}}, false, "arn:g/other"},
+		{"ok/one optional allowed", ActionRequest{Action: "iot:DescribeJobExecution", Optional: []string{"arn:j/1", "arn:t/a"}}, true, ""},
+		{"fail/no optional allowed", ActionRequest{Action: "iot:DescribeJobExecution", Optional: []string{"arn:j/1", "arn:x/a"}}, false, "arn:j/1"},
+		{"fail/explicit deny of an optional", ActionRequest{Action: "iot:DescribeJobExecution", Optional: []string{"arn:j/secret", "arn:t/a"}}, false, "arn:j/secret"},
+		{"ok/condition key in context", ActionRequest{Action: "iot:AttachThingPrincipal", Optional: []string{"arn:c/1"}, Context: map[string]string{"iot:thingarn": "arn:t/gw-1"}}, true, ""},
+		{"fail/condition key mismatch", ActionRequest{Action: "iot:AttachThingPrincipal", Optional: []string{"arn:c/1"}, Context: map[string]string{"iot:thingarn": "arn:t/x"}}, false, "arn:c/1"},
+		{"ok/no resource types: *", ActionRequest{Action: "iot:ListThings"}, true, ""},
+		{"fail/no resource types, granted on an ARN only", ActionRequest{Action: "iot:AddThingToThingGroup"}, false, "*"},
+	} {
+		got, res := p.AuthorizeAction(tc.req)
+		if got.Allowed != tc.allow || res != tc.decided {
+			t.Errorf("%s: %+v on %q", tc.name, got, res)
+		}
+	}
+	got, res := p.AuthorizeAction(ActionRequest{Action: "iot:DescribeJobExecution", Optional: []string{"arn:j/secret"}})
+	if want := "User: arn:aws:sts::1:assumed-role/r/fn is not authorized to perform: iot:DescribeJobExecution on resource: arn:j/secret with an explicit deny in an identity-based policy"; p.DeniedMessage("iot:DescribeJobExecution", res, got) != want {
+		t.Errorf("message %q", p.DeniedMessage("iot:DescribeJobExecution", res, got))
+	}
+	if d, _ := (&Principal{Admin: true}).AuthorizeAction(ActionRequest{Action: "iot:DeleteThing", Required: []string{"arn:t/a"}}); !d.Allowed {
+		t.Error("the admin principal was refused")
+	}
+}
