@@ -149,9 +149,19 @@ func (c *counter) throttleTotals() map[string]int {
 	return maps.Clone(c.state.totals)
 }
 
+func (c *counter) okTotals() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range c.state.calls {
+		out[k] = v.OK
+	}
+	return out
+}
+
 // snapshot returns the counts and, per operation, the most calls accepted
 // in one wall-clock second.
-func (c *counter) snapshot() (map[string]*OpCount, map[string]float64) {
+func (c *counter) snapshot() (map[string]*OpCount, map[string]float64, map[string]map[int]int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	calls := map[string]*OpCount{}
@@ -160,10 +170,12 @@ func (c *counter) snapshot() (map[string]*OpCount, map[string]float64) {
 		calls[k] = &cp
 	}
 	peak := map[string]float64{}
+	per := map[string]map[int]int{}
 	for op, secs := range c.state.perSec {
+		per[op] = maps.Clone(secs)
 		for _, n := range secs {
 			peak[op] = max(peak[op], float64(n))
 		}
 	}
-	return calls, peak
+	return calls, peak, per
 }
