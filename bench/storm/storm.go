@@ -76,6 +76,9 @@ type Options struct {
 	// Dir holds the lab's data and the devices' state; "" makes a
 	// temporary directory removed afterwards.
 	Dir string
+	// FunctionWorkers is the lab's concurrency of function invocations
+	// (its stand-in for Lambda concurrency); 0 means 16.
+	FunctionWorkers int
 	// Progress, if not nil, gets a line every few seconds.
 	Progress io.Writer
 }
@@ -88,6 +91,7 @@ type Result struct {
 	Stuck     []string // connected but not operational by the timeout
 	Scale     float64
 	Window    time.Duration
+	Workers   int // the lab's function concurrency
 
 	Elapsed     time.Duration   // first power-on until the last commit (or the timeout)
 	PerDevice   []time.Duration // power-on to operational, committed devices
@@ -127,6 +131,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Scale == 0 {
 		o.Scale = 1
 	}
+	if o.FunctionWorkers == 0 {
+		o.FunctionWorkers = 16
+	}
 	if o.Timeout == 0 {
 		o.Timeout = 10 * time.Minute
 	}
@@ -152,7 +159,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	labDir := filepath.Join(dir, "lab")
 	l, err := lab.Start(ctx, lab.Config{DataDir: labDir, TemplatePath: o.Template, LimitsPath: limPath,
 		MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0",
-		WriteBehind: 200 * time.Millisecond, FunctionWorkers: 16,
+		WriteBehind: 200 * time.Millisecond, FunctionWorkers: o.FunctionWorkers,
 		Logger: slog.New(counter)})
 	if err != nil {
 		return nil, fmt.Errorf("starting the lab: %w", err)
@@ -166,7 +173,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Devices: o.Devices, Scale: o.Scale, Window: o.Window, Calls: map[string]*OpCount{}, Rates: map[string]float64{},
+	res := &Result{Devices: o.Devices, Scale: o.Scale, Window: o.Window, Workers: o.FunctionWorkers, Calls: map[string]*OpCount{}, Rates: map[string]float64{},
 		CertsIssued: map[string]int{}, MaxWindow: map[string]float64{}, LoadAvg: loadavg()}
 	counter.reset()
 	cpu0 := cpuTime()
@@ -329,7 +336,7 @@ func (r *Result) Percentile(p float64) time.Duration {
 
 // Print writes the figures as a table.
 func (r *Result) Print(w io.Writer) {
-	fmt.Fprintf(w, "storm: %d devices powered on within %s, aws-default quotas x%g\n", r.Devices, r.Window, r.Scale)
+	fmt.Fprintf(w, "storm: %d devices powered on within %s, aws-default quotas x%g, %d function workers\n", r.Devices, r.Window, r.Scale, r.Workers)
 	fmt.Fprintf(w, "load average before: %s\n", r.LoadAvg)
 	fmt.Fprintf(w, "| figure | value |\n|---|---|\n")
 	fmt.Fprintf(w, "| committed | %d of %d |\n", r.Committed, r.Devices)

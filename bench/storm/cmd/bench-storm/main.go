@@ -24,6 +24,8 @@ func main() {
 	flag.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "give up this long after the last power-on")
 	flag.StringVar(&o.Template, "template", "cloud/template.yaml", "the SAM template the lab runs")
 	flag.StringVar(&o.Dir, "dir", "", "lab and device state (default: a temporary directory, removed)")
+	flag.IntVar(&o.FunctionWorkers, "function-workers", 16, "the lab's concurrent function invocations (its Lambda concurrency)")
+	svg := flag.String("svg", "", "also draw the run (devices committed over time against the bound, throttles per API) to this SVG file")
 	quiet := flag.Bool("quiet", false, "no progress lines")
 	flag.Parse()
 	if !*quiet {
@@ -34,6 +36,16 @@ func main() {
 	r, err := storm.Run(ctx, o)
 	if r != nil {
 		r.Print(os.Stdout)
+		if *svg != "" {
+			f, ferr := os.Create(*svg)
+			if ferr == nil {
+				r.SVG(f)
+				ferr = f.Close()
+			}
+			if ferr != nil {
+				fmt.Fprintln(os.Stderr, "bench-storm: writing the SVG:", ferr)
+			}
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-storm:", err)
