@@ -70,7 +70,7 @@ bench-fleet:
 	$(GO) run ./bench/fleet $(FLEET_FLAGS)
 
 ## bench-storm: fleet power-on storm, N gateways running the real engine against the lab with the real template and scaled aws-default quotas (bench/README.md)
-STORM_FLAGS ?= -devices 50 -window 1s -scale 10
+STORM_FLAGS ?= -devices 50 -window 1s -scale 10 -lab build
 bench-storm:
 	$(GO) run ./bench/storm/cmd/bench-storm $(STORM_FLAGS)
 

@@ -52,38 +52,39 @@ func (c *counter) WithAttrs(as []slog.Attr) slog.Handler {
 func (c *counter) WithGroup(string) slog.Handler { return c }
 
 func (c *counter) Handle(_ context.Context, r slog.Record) error {
-	var op, outcome, reason string
-	switch r.Message {
-	case "api":
+	c.observe(r.Message, r.Time, func(k string) string {
+		var v string
 		r.Attrs(func(a slog.Attr) bool {
-			switch a.Key {
-			case "op":
-				op = a.Value.String()
-			case "outcome":
-				outcome = a.Value.String()
+			if a.Key == k {
+				v = a.Value.String()
+				return false
 			}
 			return true
 		})
+		return v
+	})
+	return nil
+}
+
+// observe counts one log record: its message, time and attributes.
+func (c *counter) observe(msg string, t time.Time, attr func(string) string) {
+	var op, outcome string
+	switch msg {
+	case "api":
+		op, outcome = attr("op"), attr("outcome")
 	case "connected", "jitr":
 		// a JITR connect (registered, then closed) took a token too
 		op, outcome = "connect", "ok"
 	case "connect refused":
-		op = "connect"
-		r.Attrs(func(a slog.Attr) bool {
-			if a.Key == "reason" {
-				reason = a.Value.String()
-			}
-			return true
-		})
-		outcome = "refused"
-		if reason == "throttled" || containsFold(reason, "throttl") || containsFold(reason, "rate") {
+		op, outcome = "connect", "refused"
+		if reason := attr("reason"); containsFold(reason, "throttl") || containsFold(reason, "rate") {
 			outcome = "ThrottlingException"
 		}
 	default:
-		return nil
+		return
 	}
 	if op == "" {
-		return nil
+		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -97,7 +98,7 @@ func (c *counter) Handle(_ context.Context, r slog.Record) error {
 	case "ok":
 		oc.OK++
 		if !s.t0.IsZero() {
-			sec := int(r.Time.Sub(s.t0) / time.Second)
+			sec := int(t.Sub(s.t0) / time.Second)
 			if s.perSec[op] == nil {
 				s.perSec[op] = map[int]int{}
 			}
@@ -110,7 +111,6 @@ func (c *counter) Handle(_ context.Context, r slog.Record) error {
 	default:
 		oc.Other++
 	}
-	return nil
 }
 
 func containsFold(s, sub string) bool {

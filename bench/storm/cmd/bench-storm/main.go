@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -26,11 +28,26 @@ func main() {
 	flag.StringVar(&o.Dir, "dir", "", "lab and device state (default: a temporary directory, removed)")
 	flag.IntVar(&o.FunctionWorkers, "function-workers", 16, "the lab's concurrent function invocations (its Lambda concurrency)")
 	svg := flag.String("svg", "", "also draw the run (devices committed over time against the bound, throttles per API) to this SVG file")
+	labBin := flag.String("lab", "", `run the lab as this bootcert-lab binary ("build": go build ./cmd/bootcert-lab) so its CPU and memory are its own; default: in this process`)
 	quiet := flag.Bool("quiet", false, "no progress lines")
 	flag.Parse()
 	if !*quiet {
 		o.Progress = os.Stderr
 	}
+	if *labBin == "build" {
+		dir, err := os.MkdirTemp("", "bench-storm-lab-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench-storm:", err)
+			os.Exit(1)
+		}
+		defer os.RemoveAll(dir)
+		*labBin = filepath.Join(dir, "bootcert-lab")
+		if out, err := exec.Command("go", "build", "-o", *labBin, "./cmd/bootcert-lab").CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench-storm: building bootcert-lab: %v\n%s", err, out)
+			os.Exit(1)
+		}
+	}
+	o.LabBinary = *labBin
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	r, err := storm.Run(ctx, o)
@@ -49,6 +66,7 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-storm:", err)
+		stop()
 		os.Exit(1)
 	}
 }
