@@ -16,7 +16,7 @@ RELEASE_FLAGS   := -trimpath -tags nosimulator
 RELEASE_GCFLAGS := -gcflags=all=-l
 RELEASE_LDFLAGS := -s -w
 
-.PHONY: all deps build sizes test test-compat test-go vet bench bench-daemon bench-fleet bench-factory bench-lab factory-demo demo lambdas packages test-packages test-fresh clean
+.PHONY: all deps build sizes test test-compat test-go vet bench bench-daemon bench-fleet bench-storm bench-factory bench-lab factory-demo demo lambdas packages test-packages test-fresh clean
 
 all: build
 
@@ -68,6 +68,11 @@ bench-daemon: deps
 FLEET_FLAGS ?= -clients 2000 -rate 500
 bench-fleet:
 	$(GO) run ./bench/fleet $(FLEET_FLAGS)
+
+## bench-storm: fleet power-on storm, N gateways running the real engine against the lab with the real template and scaled aws-default quotas (bench/README.md)
+STORM_FLAGS ?= -devices 50 -window 1s -scale 10 -lab build
+bench-storm:
+	$(GO) run ./bench/storm/cmd/bench-storm $(STORM_FLAGS)
 
 ## bench-lab: lab figures (registry JITR+activation flow: in memory, synced writes, write-behind; limiter; SDK calls over TLS)
 bench-lab:

@@ -42,84 +42,143 @@ type Limits struct {
 // PresetAWSDefault names AWS IoT Core's default quotas.
 const PresetAWSDefault = "aws-default"
 
-// AWSDefault returns AWS IoT Core's default quotas (us-east-1). Only the
-// message-broker figures are cited; the control-plane TPS figures are not
-// verified (see the comment on API below). Before relying on one, read
-// your account's value: aws service-quotas list-aws-default-service-quotas
-// --service-code iotcore (quota names "<Operation> API TPS").
-func AWSDefault() Limits {
-	return Limits{
-		// Message broker, "AWS IoT Core endpoints and quotas",
-		// https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits
-		// (older copy: https://docs.aws.amazon.com/iot/latest/developerguide/limits-iot.html,
-		// "Message Broker Limits"): "Connect requests per second per account"
-		// 500 (adjustable), "Connect requests per second per client ID" 1
-		// (not adjustable).
-		ConnectsPerSecond:          500,
-		ConnectsPerClientPerSecond: 1,
-		// "Publish requests per second per connection" 100, same page
-		// (#message-broker-limits), as quoted in
-		// https://repost.aws/questions/QUU4YesJwfS7GEW0U8WCxamw; the table
-		// itself was not in the copies searched.
-		PublishesPerConnectionPerSecond: 100,
-		// Control plane: NOT VERIFIED. These follow the "API throttling"
-		// table of https://docs.aws.amazon.com/general/latest/gr/iot-core.html
-		// as the lab's authors remembered it. Searching the stored copies of
-		// that page (2026-11-27: "DescribeCertificate TPS",
-		// "CreateCertificateFromCsr transactions per second", ...) found the
-		// page but never its quota table, so no figure below could be
-		// checked; they are kept so that the preset still throttles the
-		// control plane at plausible rates. Treat each as unknown.
-		API: map[string]float64{
-			// Certificates (unverified).
-			"CreateCertificateFromCsr":     15,
-			"DeleteCertificate":            10,
-			"DescribeCACertificate":        10,
-			"DescribeCertificate":          10,
-			"GetRegistrationCode":          10,
-			"RegisterCACertificate":        10,
-			"RegisterCertificate":          10,
-			"RegisterCertificateWithoutCA": 10,
-			"UpdateCACertificate":          10,
-			"UpdateCertificate":            10,
-			// Policies (unverified).
-			"AttachPolicy":         15,
-			"CreatePolicy":         10,
-			"DetachPolicy":         15,
-			"GetPolicy":            15,
-			"ListAttachedPolicies": 15,
-			// Things, principals, groups (unverified).
-			"AddThingToThingGroup":      100,
-			"AttachThingPrincipal":      100,
-			"CreateThing":               100,
-			"CreateThingGroup":          25,
-			"CreateThingType":           15,
-			"DeleteThing":               100,
-			"DescribeThing":             350,
-			"DescribeThingGroup":        100,
-			"DetachThingPrincipal":      100,
-			"ListPrincipalThings":       10,
-			"ListThingGroupsForThing":   100,
-			"ListThingPrincipals":       10,
-			"ListThings":                10,
-			"ListThingsInThingGroup":    25,
-			"RemoveThingFromThingGroup": 100,
-			"UpdateThing":               100,
-			// Jobs, an AWS IoT Device Management feature: its quotas are on
-			// https://docs.aws.amazon.com/general/latest/gr/iot_device_management.html
-			// (not https://docs.aws.amazon.com/iot/latest/developerguide/job-limits.html,
-			// which lists pending-execution and concurrency limits only).
-			// The searched copies did not include the TPS table: unverified.
-			"CancelJobExecution":        10,
-			"CreateJob":                 10,
-			"DescribeJob":               10,
-			"DescribeJobExecution":      10,
-			"ListJobExecutionsForThing": 10,
-			// Other (unverified).
-			"DescribeEndpoint": 10,
-			"Publish":          20000,
-		},
+// Quota is one row of the aws-default preset: the key it has in a limits
+// file, AWS's default rate, whether AWS lets an account raise it, and
+// where the figure comes from. docs/cloud.md ("Quotas") prints the same
+// rows; TestAWSDefaultMatchesDocs keeps the two equal.
+type Quota struct {
+	// Key is an "api" operation name (CreateThing, ...) or one of
+	// connectsPerSecond, connectsPerClientPerSecond,
+	// publishesPerConnectionPerSecond.
+	Key        string
+	Rate       float64 // per second
+	Adjustable string  // "yes", "no" or "unconfirmed"
+	Source     string  // SrcGuide, SrcQuotas, SrcUnconfirmed
+}
+
+// Sources of the preset's figures.
+const (
+	// SrcGuide is the "AWS IoT Limits" page of the AWS IoT Developer
+	// Guide (https://docs.aws.amazon.com/iot/latest/developerguide/limits-iot.html,
+	// now moved to https://docs.aws.amazon.com/general/latest/gr/iot-core.html
+	// for IoT Core and .../iot_device_management.html for Jobs), as AWS
+	// published it in github.com/awsdocs/aws-iot-docs doc_source/limits-iot.md
+	// (commit a9191a6): sections "Message Broker Limits", "AWS IoT
+	// Throttling Limits" and "AWS IoT Job Limits". It is the only AWS text
+	// with the certificate, policy and Jobs TPS figures that could be read
+	// here; it is older than the current pages, which may differ.
+	SrcGuide = "guide"
+	// SrcQuotas is the Service Quotas catalogue for service code iotcore
+	// (aws service-quotas list-aws-default-service-quotas --service-code
+	// iotcore, quota names "<Operation> API TPS") as listed in a public
+	// dump of that command's output (not an AWS page). It is newer than
+	// SrcGuide and gives the thing-registry operations 100 TPS (the guide
+	// had 10-60) and marks them adjustable.
+	SrcQuotas = "service-quotas"
+	// SrcUnconfirmed marks a figure no source read here states: kept so
+	// that the lab still throttles the operation at a plausible rate.
+	SrcUnconfirmed = "unconfirmed"
+)
+
+// AWSDefaultQuotas are the rows of the aws-default preset, in the order
+// docs/cloud.md lists them. Before sizing a rollout read your account's
+// values: aws service-quotas list-service-quotas --service-code iotcore.
+func AWSDefaultQuotas() []Quota {
+	return []Quota{
+		// Message broker (guide, "Message Broker Limits"). Summaries newer
+		// than the guide report 3,000 connects/s per account in most
+		// Regions; no AWS page read here says so, so 500 stays.
+		{"connectsPerSecond", 500, "yes", SrcGuide},
+		{"connectsPerClientPerSecond", 1, "no", SrcGuide},
+		{"publishesPerConnectionPerSecond", 100, "no", SrcGuide},
+		// Inbound publish requests per second per account (guide); the
+		// lab counts HTTPS data-plane Publish calls against it.
+		{"Publish", 20000, "yes", SrcGuide},
+
+		// Certificates (guide, "AWS IoT Throttling Limits").
+		{"CreateCertificateFromCsr", 15, "unconfirmed", SrcGuide},
+		{"DescribeCertificate", 10, "unconfirmed", SrcGuide},
+		{"UpdateCertificate", 10, "unconfirmed", SrcGuide},
+		{"DeleteCertificate", 10, "unconfirmed", SrcGuide},
+		{"RegisterCertificate", 10, "unconfirmed", SrcGuide},
+		{"RegisterCertificateWithoutCA", 10, "unconfirmed", SrcUnconfirmed},
+		{"RegisterCACertificate", 10, "unconfirmed", SrcGuide},
+		{"DescribeCACertificate", 10, "unconfirmed", SrcGuide},
+		{"UpdateCACertificate", 10, "unconfirmed", SrcGuide},
+		{"GetRegistrationCode", 10, "unconfirmed", SrcGuide},
+		// Policies (guide).
+		{"AttachPolicy", 15, "unconfirmed", SrcGuide},
+		{"DetachPolicy", 15, "unconfirmed", SrcGuide},
+		{"CreatePolicy", 10, "unconfirmed", SrcGuide},
+		{"GetPolicy", 10, "unconfirmed", SrcGuide},
+		{"ListAttachedPolicies", 15, "unconfirmed", SrcGuide},
+		// Thing registry (Service Quotas; the guide's older figures are
+		// in docs/cloud.md).
+		{"CreateThing", 100, "yes", SrcQuotas},
+		{"DescribeThing", 350, "yes", SrcQuotas},
+		{"UpdateThing", 100, "yes", SrcQuotas},
+		{"DeleteThing", 100, "yes", SrcQuotas},
+		{"AttachThingPrincipal", 100, "yes", SrcQuotas},
+		{"DetachThingPrincipal", 100, "yes", SrcQuotas},
+		{"ListThingPrincipals", 10, "yes", SrcQuotas},
+		{"ListPrincipalThings", 10, "yes", SrcQuotas},
+		{"ListThings", 10, "yes", SrcQuotas},
+		{"AddThingToThingGroup", 100, "yes", SrcQuotas},
+		{"RemoveThingFromThingGroup", 100, "yes", SrcQuotas},
+		{"ListThingGroupsForThing", 100, "yes", SrcQuotas},
+		{"ListThingsInThingGroup", 25, "yes", SrcQuotas},
+		{"CreateThingGroup", 25, "yes", SrcQuotas},
+		{"DescribeThingGroup", 100, "yes", SrcQuotas},
+		{"CreateThingType", 15, "yes", SrcQuotas},
+		// Fleet provisioning (guide: RegisterThing 10 TPS; AWS's API
+		// reference adds that RegisterThing calls other control-plane
+		// APIs which count against their own quotas).
+		{"RegisterThing", 10, "unconfirmed", SrcGuide},
+		// Jobs control plane (guide, "AWS IoT Throttling Limits").
+		{"CreateJob", 10, "unconfirmed", SrcGuide},
+		{"DescribeJob", 10, "unconfirmed", SrcGuide},
+		{"DescribeJobExecution", 10, "unconfirmed", SrcGuide},
+		{"CancelJobExecution", 10, "unconfirmed", SrcGuide},
+		{"ListJobExecutionsForThing", 10, "unconfirmed", SrcGuide},
+		// Other.
+		{"DescribeEndpoint", 10, "unconfirmed", SrcUnconfirmed},
 	}
+}
+
+// AWSDefault returns the aws-default preset: AWSDefaultQuotas as Limits.
+func AWSDefault() Limits {
+	l := Limits{API: map[string]float64{}}
+	for _, q := range AWSDefaultQuotas() {
+		switch q.Key {
+		case "connectsPerSecond":
+			l.ConnectsPerSecond = q.Rate
+		case "connectsPerClientPerSecond":
+			l.ConnectsPerClientPerSecond = q.Rate
+		case "publishesPerConnectionPerSecond":
+			l.PublishesPerConnectionPerSecond = q.Rate
+		default:
+			l.API[q.Key] = q.Rate
+		}
+	}
+	return l
+}
+
+// Scaled returns l with every rate multiplied by factor (a time-scaled
+// preset: a run at factor 10 takes a tenth of the time, and ratios such as
+// efficiency are unchanged). Zero (unlimited) stays zero.
+func (l Limits) Scaled(factor float64) Limits {
+	out := Limits{
+		ConnectsPerSecond:               l.ConnectsPerSecond * factor,
+		ConnectsPerClientPerSecond:      l.ConnectsPerClientPerSecond * factor,
+		PublishesPerConnectionPerSecond: l.PublishesPerConnectionPerSecond * factor,
+	}
+	if l.API != nil {
+		out.API = make(map[string]float64, len(l.API))
+		for k, v := range l.API {
+			out.API[k] = v * factor
+		}
+	}
+	return out
 }
 
 // ErrInvalid is wrapped by every error about a bad limits file.
