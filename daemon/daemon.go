@@ -274,10 +274,11 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 // the engine starts; it returns at once on a device already onboarded.
 func (ck *Checked) provision(ctx context.Context, scfg session.Config, log *slog.Logger) error {
 	c := ck.Config
-	params := map[string]string{protocol.ParamSerialNumber: c.Provisioning.SerialNumber}
+	params := map[string]string{}
 	for k, v := range c.Provisioning.Parameters {
 		params[k] = v
 	}
+	params[protocol.ParamSerialNumber] = c.Provisioning.SerialNumber // config refuses it in parameters
 	sd.SdNotify(false, "STATUS=onboarding by claim (fleet provisioning template "+c.Provisioning.Template+")")
 	return provisioning.Run(ctx, provisioning.Config{
 		Thing: ck.Thing, Template: c.Provisioning.Template, Parameters: params,

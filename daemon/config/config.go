@@ -434,10 +434,21 @@ func (c *Config) validateProvisioning(bad func(key, format string, args ...any) 
 	if err := protocol.ValidThingName(p.SerialNumber); err != nil {
 		return bad("provisioning.serial_number", "%v", err)
 	}
+	for _, k := range []string{protocol.ParamSerialNumber, protocol.ParamKeySHA256} {
+		if _, ok := p.Parameters[k]; ok {
+			return bad("provisioning.parameters."+k, "is set by bootcert (%s), not in the configuration: remove it", paramSource[k])
+		}
+	}
 	if id.ThingName != "" && id.ThingName != p.SerialNumber {
 		return bad("identity.thing_name", "%q differs from provisioning.serial_number %q (the template names the thing by the serial number)", id.ThingName, p.SerialNumber)
 	}
 	return nil
+}
+
+// paramSource says who sets the template parameters bootcert owns.
+var paramSource = map[string]string{
+	protocol.ParamSerialNumber: "from provisioning.serial_number",
+	protocol.ParamKeySHA256:    "by the pre-provisioning hook from the device's new key",
 }
 
 func (c *Config) validateRest(bad func(key, format string, args ...any) error, missing func(key, what string) error) error {

@@ -49,6 +49,13 @@ func TestParse(t *testing.T) {
 		}},
 		{name: "ok/preprovisioned", repl: [2]string{`operational_key = "tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/op-{generation}.tpmkey"`, "mode = \"pre-provisioned\"\npreprovisioned_key = \"tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/factory-op.tpmkey\""}},
 		{name: "ok/verify", extra: "[verify]\nlocation_hosts = [\"bucket.s3.amazonaws.com\", \"127.0.0.1\"]\nissuer_sha256 = [\"" + strings.Repeat("ab", 32) + "\"]\n"},
+		{name: "ok/fleet-provisioning", repl: [2]string{base[strings.Index(base, "[identity]"):], "[identity]\nmode = \"fleet-provisioning\"\noperational_key = \"tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/op-{generation}.tpmkey\"\n[provisioning]\nclaim_key = \"file:/etc/bootcert/claim.key\"\nclaim_cert = \"/etc/bootcert/claim.pem\"\ntemplate = \"bootcert-fleet\"\nserial_number = \"gw-1\"\n[provisioning.parameters]\nEKPubSHA256 = \"ab\"\n"}, check: func(t *testing.T, c *Config) {
+			if got := c.Provisioning.Parameters; len(got) != 1 || got["EKPubSHA256"] != "ab" {
+				t.Errorf("provisioning.parameters = %v", got)
+			}
+		}},
+		{name: "fail/fleet-serial-parameter", repl: [2]string{base[strings.Index(base, "[identity]"):], "[identity]\nmode = \"fleet-provisioning\"\noperational_key = \"tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/op-{generation}.tpmkey\"\n[provisioning]\nclaim_key = \"file:/etc/bootcert/claim.key\"\nclaim_cert = \"/etc/bootcert/claim.pem\"\ntemplate = \"bootcert-fleet\"\nserial_number = \"gw-1\"\n[provisioning.parameters]\nSerialNumber = \"gw-2\"\n"}, key: "provisioning.parameters.SerialNumber"},
+		{name: "fail/fleet-key-parameter", repl: [2]string{base[strings.Index(base, "[identity]"):], "[identity]\nmode = \"fleet-provisioning\"\noperational_key = \"tpm:device=/dev/tpmrm0;blob=/var/lib/bootcert/keys/op-{generation}.tpmkey\"\n[provisioning]\nclaim_key = \"file:/etc/bootcert/claim.key\"\nclaim_cert = \"/etc/bootcert/claim.pem\"\ntemplate = \"bootcert-fleet\"\nserial_number = \"gw-1\"\nparameters.KeySHA256 = \"ab\"\n"}, key: "provisioning.parameters.KeySHA256"},
 		{name: "fail/unknown-key", extra: "[control]\nsockets = \"x\"\n", key: "control.sockets"},
 		{name: "fail/unknown-section-key", extra: "[logging]\nlevel = \"info\"\n", key: "logging"},
 		{name: "fail/missing-endpoint", repl: [2]string{`endpoint = "a1b2c3-ats.iot.us-east-1.amazonaws.com"`, ""}, key: "broker.endpoint"},

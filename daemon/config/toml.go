@@ -579,6 +579,12 @@ func (p *tomlParser) assign(v reflect.Value, prefix string, used map[string]bool
 			}
 			continue
 		}
+		if fv.Kind() == reflect.Map {
+			if err := p.assignMap(fv, key, used); err != nil {
+				return err
+			}
+			continue
+		}
 		if _, ok := p.tables[key]; ok {
 			p.line, p.last = p.tables[key], key
 			return p.fail("a value (%s = ...), not a table", key)
@@ -610,6 +616,46 @@ func tomlType(v any) string {
 		return "an array"
 	}
 	return fmt.Sprintf("%T", v)
+}
+
+// assignMap sets a map of strings (a [prefix] table of free-named string
+// keys, e.g. provisioning.parameters) from the values under prefix.
+func (p *tomlParser) assignMap(fv reflect.Value, prefix string, used map[string]bool) error {
+	if fv.Type().Key().Kind() != reflect.String || fv.Type().Elem().Kind() != reflect.String {
+		return fmt.Errorf("config: %s: unsupported map type %s", prefix, fv.Type())
+	}
+	if tv, ok := p.vals[prefix]; ok {
+		p.line, p.last = tv.line, prefix
+		return p.fail("a table ([%s]), not a value", prefix)
+	}
+	if _, ok := p.tables[prefix]; ok {
+		used[prefix] = true
+	}
+	keys := make([]string, 0)
+	for k := range p.vals {
+		if strings.HasPrefix(k, prefix+".") {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		tv := p.vals[k]
+		p.line, p.last = tv.line, k
+		name := strings.TrimPrefix(k, prefix+".")
+		if strings.Contains(name, ".") {
+			return p.fail("a string (%s = \"...\"), not a table", k[:len(prefix)+1+strings.Index(name, ".")])
+		}
+		str, ok := tv.v.(string)
+		if !ok {
+			return p.fail("want a string, not %s", tomlType(tv.v))
+		}
+		if fv.IsNil() {
+			fv.Set(reflect.MakeMap(fv.Type()))
+		}
+		fv.SetMapIndex(reflect.ValueOf(name), reflect.ValueOf(str))
+		used[k] = true
+	}
+	return nil
 }
 
 func (p *tomlParser) set(fv reflect.Value, v any) error {

@@ -34,6 +34,7 @@ func TestDecodeMatchesReference(t *testing.T) {
 	full.Verify = Verify{IssuerSHA256: []string{strings.Repeat("ab", 32)}, LocationHosts: []string{"a.example", "127.0.0.1"}}
 	full.Timeouts.Reply = Duration(1500 * time.Millisecond)
 	full.Fallback.Bootstrap = false
+	full.Provisioning.Parameters = map[string]string{"EKPubSHA256": "ab", "Site": "hall 2"}
 	var enc bytes.Buffer
 	if err := toml.NewEncoder(&enc).Encode(full); err != nil {
 		t.Fatal(err)
@@ -46,6 +47,7 @@ func TestDecodeMatchesReference(t *testing.T) {
 			"[verify]\nlocation_hosts = [\n  \"a\", # one\n  'b',\n\n]\nissuer_sha256 = []\n",
 		"dotted": "broker.endpoint = \"x\"\nbroker . port = 0o17\n[timeouts]\nconnect = \"2s\"\n[ log ]\nlevel = \"warn\"\n",
 		"binary": "[broker]\nport = 0b1010\n",
+		"map":    "[provisioning]\ntemplate = \"t\"\nparameters.Site = \"a\"\n[provisioning.parameters]\n\"Rack-No\" = \"7\"\n",
 	}
 	for name, text := range texts {
 		t.Run(name, func(t *testing.T) {
@@ -68,6 +70,8 @@ func TestDecodeMatchesReference(t *testing.T) {
 func TestDecodeErrors(t *testing.T) {
 	for _, tc := range []struct{ text, key, reason string }{
 		{"[broker]\nport = 1\nport = 2\n", "broker.port", "line 3: key defined twice (first on line 2)"},
+		{"[provisioning.parameters]\nA = 1\n", "provisioning.parameters.A", "line 2: want a string, not an integer"},
+		{"[provisioning]\nparameters = \"x\"\n", "provisioning.parameters", "a table ([provisioning.parameters]), not a value"},
 		{"[log]\n[log]\n", "log", "line 2: table [log] defined twice"},
 		{"[broker]\nport = \"8883\"\n", "broker.port", "line 2: want an integer, not a string"},
 		{"[fallback]\nbootstrap = 1\n", "fallback.bootstrap", "want true or false, not an integer"},
