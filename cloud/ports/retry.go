@@ -53,7 +53,9 @@ func (b Backoff) Do(ctx context.Context, what string, fn func() error) error {
 	start := b.Clock.Now()
 	deadline := start.Add(b.Budget)
 	if d, ok := ctx.Deadline(); ok {
-		deadline = d
+		// the context's deadline is wall-clock time: keep what is left of
+		// it, on b.Clock's time line (an injected clock in tests)
+		deadline = start.Add(time.Until(d))
 	}
 	deadline = deadline.Add(-b.Margin)
 	limit := b.Base

@@ -30,6 +30,24 @@ func TestBackoff(t *testing.T) {
 			t.Fatalf("err %v after %d calls", err, n)
 		}
 	})
+	t.Run("ok/context-deadline-on-an-injected-clock", func(t *testing.T) {
+		// the context's deadline is wall time; the clock is years away
+		// from it: the retries get what is left of the deadline
+		c := clock.NewFake(time.Now().AddDate(5, 0, 0))
+		fake.DriveClock(t, c, 10*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		n := 0
+		err := ports.Backoff{Clock: c}.Do(ctx, "op", func() error {
+			if n++; n < 3 {
+				return throttled
+			}
+			return nil
+		})
+		if err != nil || n != 3 {
+			t.Fatalf("err %v after %d calls", err, n)
+		}
+	})
 	t.Run("ok/other-errors-not-retried", func(t *testing.T) {
 		n := 0
 		boom := errors.New("boom")
