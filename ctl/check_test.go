@@ -290,15 +290,15 @@ func TestCheckOnlineWrongRoot(t *testing.T) {
 func TestCheckOnlineProxy(t *testing.T) {
 	e := newCheckEnv(t, "file:"+filepath.Join(t.TempDir(), "boot.pem"))
 	addr := tlsBroker(t, e.ca, nil)
-	_, port, _ := net.SplitHostPort(addr)
+	host, port, _ := net.SplitHostPort(addr)
 	fmt.Sscan(port, &e.cfg.Broker.Port)
-	e.cfg.Broker.Endpoint = "localhost"
+	e.cfg.Broker.Endpoint = host // a bare root may not resolve localhost
 	px := testproxy.Start(t, "gw:s3cret")
 	e.cfg.Broker.Proxy = "http://gw:s3cret@" + px.Addr()
 	rep, _ := e.run("--user", "root", "--online")
 	want(t, rep, "online", checkPass, "the broker accepts the bootstrap certificate", "")
-	if got := px.Targets(); len(got) != 1 || got[0] != "localhost:"+port {
-		t.Errorf("tunnelled to %v, want localhost:%s", got, port)
+	if got := px.Targets(); len(got) != 1 || got[0] != addr {
+		t.Errorf("tunnelled to %v, want %s", got, addr)
 	}
 	e.cfg.Broker.Proxy = "http://gw:wrong-pass@" + px.Addr()
 	rep, code := e.run("--user", "root", "--online")
