@@ -200,11 +200,26 @@ func (t *Trust) Lookup(ctx context.Context, thing string) (manifest.Entry, error
 }
 
 // CAs returns every trusted factory CA (the certificates of the CA object's
-// PEM bundle).
+// PEM bundle). No CA object is no factory CA trusted (nil, nil): a maker
+// that onboards only by claim (fleet provisioning) has none, and
+// bootcert-admin cloud setup without --ca-cert uploads none. Then
+// VerifyBootstrap refuses every certificate (ErrUntrusted: a JITR of a
+// factory certificate fails closed) and Revoked revokes nothing (an
+// AWS-issued certificate is checked as before). Only a missing object
+// (ports.ErrNotFound: S3's 404 NoSuchKey, which S3 answers only to a caller
+// allowed s3:ListBucket, else 403 AccessDenied,
+// https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html; every
+// function of cloud/template.yaml that reads trust/* has it) means none:
+// any other error is returned.
 func (t *Trust) CAs(ctx context.Context) ([]*x509.Certificate, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return load(ctx, t.Store, t.Settings.CAKey, &t.ca, ParseCABundle)
+	cas, err := load(ctx, t.Store, t.Settings.CAKey, &t.ca, ParseCABundle)
+	if errors.Is(err, ports.ErrNotFound) {
+		t.ca = cached[[]*x509.Certificate]{}
+		return nil, nil
+	}
+	return cas, err
 }
 
 // ParseCABundle parses a PEM bundle of factory CA certificates; each must be
@@ -398,6 +413,9 @@ func (t *Trust) VerifyBootstrap(ctx context.Context, cert *x509.Certificate, now
 	roots := x509.NewCertPool()
 	for _, ca := range cas {
 		roots.AddCert(ca)
+	}
+	if len(cas) == 0 {
+		return fmt.Errorf("%w: no factory CA is trusted (no CA object s3://%s/%s: a fleet set up without --ca-cert onboards by claim only)", ErrUntrusted, t.Settings.Bucket, t.Settings.CAKey)
 	}
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return fmt.Errorf("%w: %v (%d factory CAs trusted, s3://%s/%s)", ErrUntrusted, err, len(cas), t.Settings.Bucket, t.Settings.CAKey)

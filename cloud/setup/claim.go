@@ -44,31 +44,21 @@ type ClaimResult struct {
 // error (the policy is attached again, which AWS accepts).
 func Claim(ctx context.Context, iotc *iot.Client, o ClaimOptions) (ClaimResult, error) {
 	var res ClaimResult
-	if (o.CSRPEM == nil) == (o.CertPEM == nil) {
-		return res, errors.New("setup: claim certificate: give either a CSR (--claim-csr) or a certificate (--claim-cert)")
+	if err := o.validate(); err != nil {
+		return res, err
 	}
 	if o.Policy == "" {
 		o.Policy = DefaultClaimPolicy
 	}
 	res.Policy = o.Policy
 	if o.CSRPEM != nil {
-		b, _ := pem.Decode(o.CSRPEM)
-		if b == nil || b.Type != "CERTIFICATE REQUEST" {
-			return res, errors.New("setup: --claim-csr: not a PEM CERTIFICATE REQUEST")
-		}
-		if _, err := x509.ParseCertificateRequest(b.Bytes); err != nil {
-			return res, fmt.Errorf("setup: --claim-csr: %w", err)
-		}
 		out, err := iotc.CreateCertificateFromCsr(ctx, &iot.CreateCertificateFromCsrInput{CertificateSigningRequest: aws.String(string(o.CSRPEM)), SetAsActive: true})
 		if err != nil {
 			return res, fmt.Errorf("setup: CreateCertificateFromCsr for the claim certificate: %w", err)
 		}
 		res.CertificateID, res.CertificateARN, res.CertificatePEM, res.Created = aws.ToString(out.CertificateId), aws.ToString(out.CertificateArn), aws.ToString(out.CertificatePem), true
 	} else {
-		chain, err := protocol.ParseChain(o.CertPEM)
-		if err != nil {
-			return res, fmt.Errorf("setup: --claim-cert: %w", err)
-		}
+		chain, _ := protocol.ParseChain(o.CertPEM) // validated
 		leafPEM := string(protocol.EncodeChain(chain[:1]))
 		out, err := iotc.RegisterCertificateWithoutCA(ctx, &iot.RegisterCertificateWithoutCAInput{CertificatePem: aws.String(leafPEM), Status: types.CertificateStatusActive})
 		switch {
@@ -90,4 +80,25 @@ func Claim(ctx context.Context, iotc *iot.Client, o ClaimOptions) (ClaimResult, 
 		return res, fmt.Errorf("setup: attaching policy %s to the claim certificate: %w (deploy cloud/template.yaml first)", o.Policy, err)
 	}
 	return res, nil
+}
+
+// validate checks the claim options without touching anything.
+func (o ClaimOptions) validate() error {
+	if (o.CSRPEM == nil) == (o.CertPEM == nil) {
+		return errors.New("setup: claim certificate: give either a CSR (--claim-csr) or a certificate (--claim-cert)")
+	}
+	if o.CSRPEM != nil {
+		b, _ := pem.Decode(o.CSRPEM)
+		if b == nil || b.Type != "CERTIFICATE REQUEST" {
+			return errors.New("setup: --claim-csr: not a PEM CERTIFICATE REQUEST")
+		}
+		if _, err := x509.ParseCertificateRequest(b.Bytes); err != nil {
+			return fmt.Errorf("setup: --claim-csr: %w", err)
+		}
+		return nil
+	}
+	if _, err := protocol.ParseChain(o.CertPEM); err != nil {
+		return fmt.Errorf("setup: --claim-cert: %w", err)
+	}
+	return nil
 }

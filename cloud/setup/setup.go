@@ -1,9 +1,11 @@
 // Package setup does what CloudFormation cannot: it registers the factory
 // CA with AWS IoT (registration code, verification certificate,
 // auto-registration on), uploads the factory CA certificate, the allow list
-// and the CRL to the bucket, enables job execution events and creates the
-// continuous rotation job on the rotation group. Every step is idempotent:
-// running it again changes only what differs.
+// and the CRL to the bucket, enables job execution events, creates the
+// continuous rotation job on the rotation group and creates or registers
+// the claim certificate of onboarding by claim. A maker without a factory
+// CA (onboarding by claim only) gives no CA: the CA steps are skipped. Every
+// step is idempotent: running it again changes only what differs.
 package setup
 
 import (
@@ -36,13 +38,19 @@ type Options struct {
 	Bucket string
 	// CACert is the factory CA; CASigner its key (any keystore backend),
 	// needed only when the CA is not registered yet (verification
-	// certificate).
+	// certificate). CACert nil is a maker that onboards by claim only
+	// (Claim must be set): no CA is registered, the CA bundle in the bucket
+	// is left as it is (none: no factory CA trusted, fleet.Trust.CAs) and
+	// no CRL can be given.
 	CACert   *x509.Certificate
 	CASigner crypto.Signer
-	// AllowList (manifest CSV) and CRL (DER or PEM) are uploaded when
-	// non-nil, after validation.
+	// AllowList (manifest CSV) and CRL (DER or PEM, signed by CACert) are
+	// uploaded when non-nil, after validation.
 	AllowList []byte
 	CRL       []byte
+	// Claim, when set, creates or registers the claim certificate of
+	// onboarding by claim (Claim), after the job.
+	Claim *ClaimOptions
 	// Keys in the bucket; empty: the fleet defaults.
 	AllowListKey, CRLKey, CAKey string
 	JobID                       string // default bootcert-rotation
@@ -78,8 +86,11 @@ func code(err error) string {
 // Run performs the setup.
 func Run(ctx context.Context, iotc *iot.Client, s3c *s3.Client, o Options) (Result, error) {
 	var res Result
-	if o.CACert == nil {
-		return res, errors.New("setup: the factory CA certificate is required (--ca-cert)")
+	if o.CACert == nil && o.Claim == nil {
+		return res, errors.New("setup: give the factory CA (--ca-cert: devices onboard by JITR with a bootstrap certificate of that CA), a claim certificate (--claim-csr or --claim-cert: devices onboard by claim, fleet provisioning), or both")
+	}
+	if o.CACert == nil && o.CRL != nil {
+		return res, errors.New("setup: --crl needs --ca-cert: a CRL is verified against the factory CA that signed it, and a fleet without a factory CA has no CRL")
 	}
 	if o.Bucket == "" {
 		return res, errors.New("setup: the bucket is required (--bucket, the stack output BucketName)")
@@ -103,6 +114,11 @@ func Run(ctx context.Context, iotc *iot.Client, s3c *s3.Client, o Options) (Resu
 		o.Group = "bootcert-rotation"
 	}
 	// Validate inputs before touching anything.
+	if o.Claim != nil {
+		if err := o.Claim.validate(); err != nil {
+			return res, err
+		}
+	}
 	if o.AllowList != nil {
 		if _, err := manifest.Parse(bytes.NewReader(o.AllowList)); err != nil {
 			return res, fmt.Errorf("setup: allow list: %w", err)
@@ -117,13 +133,23 @@ func Run(ctx context.Context, iotc *iot.Client, s3c *s3.Client, o Options) (Resu
 			return res, fmt.Errorf("setup: CRL: %w", err)
 		}
 	}
-	if err := registerCA(ctx, iotc, o, &res); err != nil {
-		return res, err
-	}
-	// Several factory CAs can be trusted at once: the CA is added to the
-	// bundle and its CRL replaces only its own (trust.go).
-	caPEM, crlBody, err := mergeTrust(ctx, s3c, o)
-	if err != nil {
+	var caPEM, crlBody []byte
+	if o.CACert != nil {
+		if err := registerCA(ctx, iotc, o, &res); err != nil {
+			return res, err
+		}
+		// Several factory CAs can be trusted at once: the CA is added to
+		// the bundle and its CRL replaces only its own (trust.go).
+		var err error
+		if caPEM, crlBody, err = mergeTrust(ctx, s3c, o); err != nil {
+			return res, err
+		}
+	} else if err := ensureDenyList(ctx, s3c, o.Bucket); err != nil {
+		// Claim only: no CA object is uploaded. The functions read a
+		// missing one as no factory CA trusted (fleet.Trust.CAs), which
+		// is what an empty bundle would say; an object written for it
+		// would only have to be special-cased everywhere the bundle is
+		// merged or parsed.
 		return res, err
 	}
 	for _, up := range []struct {
@@ -148,6 +174,13 @@ func Run(ctx context.Context, iotc *iot.Client, s3c *s3.Client, o Options) (Resu
 	}
 	if err := createJob(ctx, iotc, o, &res); err != nil {
 		return res, err
+	}
+	if o.Claim != nil {
+		cr, err := Claim(ctx, iotc, *o.Claim)
+		if err != nil {
+			return res, err
+		}
+		res.Claim = &cr
 	}
 	return res, nil
 }

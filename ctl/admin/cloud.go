@@ -50,22 +50,33 @@ func newCloudSetupCmd() *cobra.Command {
 	var f cloudSetupFlags
 	var asJSON *bool
 	cmd := &cobra.Command{
-		Use:   "setup --bucket BUCKET --ca-cert ca.pem [--ca-key URI] [--allow-list manifest.csv] [--crl crl.pem]",
-		Short: "Register the factory CA, upload allow list and CRL, create the continuous rotation job",
+		Use:   "setup --bucket BUCKET {--ca-cert ca.pem [--ca-key URI] [--crl crl.pem] | --claim-csr claim.csr | --claim-cert claim.pem} [--claim-out FILE] [--allow-list manifest.csv]",
+		Short: "Register the factory CA and/or the claim certificate, upload allow list and CRL, create the continuous rotation job",
 		Long: `Idempotent; run it after "sam deploy" and again whenever the allow list or
-the CRL changes:
+the CRL changes. Give --ca-cert (devices onboard by JITR with a bootstrap
+certificate of your factory CA), a claim option (--claim-csr or --claim-cert:
+devices onboard by claim, AWS IoT fleet provisioning, for makers without a
+factory CA), or both:
 
-  1. registers the factory CA with AWS IoT (registration code, a verification
-     certificate signed by --ca-key, ACTIVE, auto-registration on), or turns an
-     already registered one ACTIVE with auto-registration;
-  2. uploads the CA certificate, the allow list (the factory manifest) and the
-     CRL to the stack's bucket (validated first: a bad file changes nothing);
+  1. with --ca-cert: registers the factory CA with AWS IoT (registration code,
+     a verification certificate signed by --ca-key, ACTIVE, auto-registration
+     on), or turns an already registered one ACTIVE with auto-registration;
+  2. uploads the allow list (the factory manifest) and, with --ca-cert, the CA
+     certificate and the CRL to the stack's bucket (validated first: a bad
+     file changes nothing);
   3. enables JOB_EXECUTION events (the reaper's input);
   4. creates the continuous job bootcert-rotation on the group bootcert-rotation;
   5. with --claim-csr or --claim-cert: the claim certificate of onboarding by
      claim (fleet provisioning, docs/protocol.md): AWS IoT issues it from your
      CSR (the claim key stays where you made it) or registers the one you
      bring, ACTIVE, with the policy bootcert-claim; --claim-out writes it.
+
+Without --ca-cert (a claim-only maker) no CA is registered or uploaded: the
+functions then trust no factory CA (a JITR is refused; AWS-issued
+certificates are checked as usual) and --crl is refused. To upload a new
+allow list later, run it again with --claim-cert and the claim certificate
+--claim-out wrote: registering it again changes nothing (--claim-csr would
+issue another claim certificate each time).
 
 AWS endpoints and credentials come from the standard AWS configuration
 (AWS_PROFILE, AWS_REGION, ...). --lab DIR points at a running bootcert-lab
@@ -74,6 +85,13 @@ AWS endpoints and credentials come from the standard AWS configuration
     --ca-cert /etc/bootcert/factory-ca/ca.pem \
     --ca-key 'pkcs11:token=factory;object=factory-ca?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/bootcert/hsm-pin' \
     --allow-list manifest.csv --crl /etc/bootcert/factory-ca/crl.pem
+
+  # a maker without a factory CA: onboarding by claim only
+  bootcert-admin cloud setup --bucket bootcert-123456789012-eu-west-1 \
+    --claim-csr claim.csr --claim-out claim-cert.pem --allow-list serials.csv
+  # later allow lists: the same claim certificate, registered again
+  bootcert-admin cloud setup --bucket bootcert-123456789012-eu-west-1 \
+    --claim-cert claim-cert.pem --allow-list serials.csv
 
   # against the lab
   bootcert-admin cloud setup --lab /tmp/lab --bucket bootcert-123456789012-us-east-1 \
@@ -87,8 +105,12 @@ AWS endpoints and credentials come from the standard AWS configuration
 			if *asJSON {
 				return cliout.WriteJSON(cmd.OutOrStdout(), res)
 			}
+			caID := res.CACertificateID
+			if caID == "" {
+				caID = "(none: no --ca-cert, onboarding by claim only)"
+			}
 			return cliout.WriteFields(cmd.OutOrStdout(),
-				"CA certificate ID", res.CACertificateID,
+				"CA certificate ID", caID,
 				"CA registered now", fmt.Sprint(res.CARegistered),
 				"uploaded", strings.Join(res.Uploaded, " "),
 				"job execution events", fmt.Sprint(res.EventsEnabled),
@@ -98,7 +120,7 @@ AWS endpoints and credentials come from the standard AWS configuration
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.bucket, "bucket", "", "the stack's bucket (output BucketName) (required)")
-	fl.StringVar(&f.caCert, "ca-cert", "", "factory CA certificate, PEM (required)")
+	fl.StringVar(&f.caCert, "ca-cert", "", "factory CA certificate, PEM (JITR onboarding; optional for a maker that onboards only by claim)")
 	fl.StringVar(&f.caKey, "ca-key", "", "factory CA key URI (pkcs11:, tpm:, file:), needed to register the CA the first time")
 	fl.StringVar(&f.allowList, "allow-list", "", "allow list to upload (factory manifest CSV)")
 	fl.StringVar(&f.crl, "crl", "", "CRL to upload (DER or PEM, signed by the factory CA)")
@@ -115,7 +137,6 @@ AWS endpoints and credentials come from the standard AWS configuration
 	fl.BoolVar(&f.skipEvents, "skip-event-config", false, "do not call UpdateEventConfigurations (JOB_EXECUTION events; the reaper needs them)")
 	asJSON = cliout.AddJSONFlag(cmd)
 	cmd.MarkFlagRequired("bucket")
-	cmd.MarkFlagRequired("ca-cert")
 	return cmd
 }
 
@@ -150,9 +171,26 @@ func runCloudSetup(ctx context.Context, f cloudSetupFlags) (setup.Result, error)
 			f.region = ep.Region
 		}
 	}
-	caCert, err := factory.ReadCertificate(f.caCert)
-	if err != nil {
-		return setup.Result{}, fmt.Errorf("--ca-cert: %w", err)
+	claim := f.claimCSR != "" || f.claimCert != ""
+	if f.claimOut != "" && !claim {
+		return setup.Result{}, fmt.Errorf("--claim-out needs --claim-csr or --claim-cert")
+	}
+	if f.caCert == "" {
+		switch {
+		case !claim:
+			return setup.Result{}, fmt.Errorf("give --ca-cert (JITR onboarding: devices with a bootstrap certificate of your factory CA), --claim-csr or --claim-cert (onboarding by claim, fleet provisioning: makers without a factory CA), or both")
+		case f.caKey != "":
+			return setup.Result{}, fmt.Errorf("--ca-key needs --ca-cert (the factory CA it is the key of)")
+		case f.crl != "":
+			return setup.Result{}, fmt.Errorf("--crl needs --ca-cert: a CRL is checked against the factory CA that signed it, and a claim-only fleet (no --ca-cert) has no factory CA")
+		}
+	}
+	var caCert *x509.Certificate
+	var err error
+	if f.caCert != "" {
+		if caCert, err = factory.ReadCertificate(f.caCert); err != nil {
+			return setup.Result{}, fmt.Errorf("--ca-cert: %w", err)
+		}
 	}
 	var signer crypto.Signer
 	if f.caKey != "" {
@@ -201,33 +239,25 @@ func runCloudSetup(ctx context.Context, f cloudSetupFlags) (setup.Result, error)
 	}
 	iotc := cloudaws.NewIoTClient(cfg, f.endpoint)
 	s3c := cloudaws.NewS3Client(cfg, f.s3Endpoint)
-	var co *setup.ClaimOptions
-	if f.claimCSR != "" || f.claimCert != "" {
-		co = &setup.ClaimOptions{}
+	if claim {
+		o.Claim = &setup.ClaimOptions{}
 		if f.claimCSR != "" {
-			if co.CSRPEM, err = os.ReadFile(f.claimCSR); err != nil {
+			if o.Claim.CSRPEM, err = os.ReadFile(f.claimCSR); err != nil {
 				return setup.Result{}, fmt.Errorf("--claim-csr: %w", err)
 			}
 		}
 		if f.claimCert != "" {
-			if co.CertPEM, err = os.ReadFile(f.claimCert); err != nil {
+			if o.Claim.CertPEM, err = os.ReadFile(f.claimCert); err != nil {
 				return setup.Result{}, fmt.Errorf("--claim-cert: %w", err)
 			}
 		}
-	} else if f.claimOut != "" {
-		return setup.Result{}, fmt.Errorf("--claim-out needs --claim-csr or --claim-cert")
 	}
 	res, err := setup.Run(ctx, iotc, s3c, o)
-	if err != nil || co == nil {
+	if err != nil || res.Claim == nil {
 		return res, err
 	}
-	cr, err := setup.Claim(ctx, iotc, *co)
-	if err != nil {
-		return res, err
-	}
-	res.Claim = &cr
 	if f.claimOut != "" {
-		if err := atomicfile.WriteFile(f.claimOut, []byte(cr.CertificatePEM), 0o644); err != nil {
+		if err := atomicfile.WriteFile(f.claimOut, []byte(res.Claim.CertificatePEM), 0o644); err != nil {
 			return res, fmt.Errorf("--claim-out: %w", err)
 		}
 	}

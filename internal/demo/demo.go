@@ -84,7 +84,9 @@ type Result struct {
 	JournalPhasesSeen []journal.Phase
 	// Scenario fleet-provisioning: the claim certificate, the certificate
 	// RegisterThing activated (generation 1), the hook's refusals and the
-	// thing's attributes at the end.
+	// thing's attributes at the end; the CA certificates registered in the
+	// lab (none: the scenario's maker has no factory CA).
+	CACertificates    int               `json:",omitempty"`
 	ClaimID           string            `json:",omitempty"`
 	ClaimStatus       string            `json:",omitempty"`
 	ProvisionedID     string            `json:",omitempty"`

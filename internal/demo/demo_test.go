@@ -67,6 +67,9 @@ func TestMakeDemo(t *testing.T) {
 				if st.Active.Generation != 2 || st.ConnectedWith != 2 || st.LastResult != "SUCCEEDED" || st.Connection != "connected" {
 					t.Errorf("status: generation %d, connected with %d (%s), last %s; want 2 (provisioned 1, rotated to 2)", st.Active.Generation, st.ConnectedWith, st.Connection, st.LastResult)
 				}
+				if res.CACertificates != 0 || !strings.Contains(text, "factory CAs registered: 0") {
+					t.Errorf("%d CA certificates registered, want none (claim-only setup, no --ca-cert)", res.CACertificates)
+				}
 				if res.JobStatus != "SUCCEEDED" || res.ClaimStatus != "ACTIVE" || res.HookRefusals < 1 || res.BootstrapID != "" {
 					t.Errorf("job %s, claim certificate %s, %d hook refusals, bootstrap %q", res.JobStatus, res.ClaimStatus, res.HookRefusals, res.BootstrapID)
 				}

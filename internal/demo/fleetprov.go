@@ -17,7 +17,9 @@ import (
 // shared by the batch; bootcertd makes its operational key in the TPM,
 // sends its CSR (CreateCertificateFromCsr) and registers itself with the
 // template bootcert-fleet (RegisterThing), whose pre-provisioning hook
-// admits only serial numbers on the allow list. The device starts before
+// admits only serial numbers on the allow list. The maker has no factory
+// CA: bootcert-admin cloud setup runs without --ca-cert (claim only: no CA
+// registered, no CA object in the bucket). The device starts before
 // its serial is on the allow list: the hook refuses it, the operator
 // uploads the allow list, the device's retry onboards; then the
 // continuous job rotates generation 1 to 2 like any device.
@@ -52,18 +54,13 @@ func (r *run) writeAllowList(serials ...string) (string, error) {
 // claimFactory makes the batch's claim key and CSR; the line records
 // serial numbers only.
 func (r *run) claimFactory(ctx context.Context) error {
-	// bootcert-admin cloud setup still registers a factory CA (--ca-cert is
-	// required); this device never uses it.
-	if _, err := r.ctl(ctx, "ca", "create", "--out", r.path("factory", "ca"), "--cn", "Demo Factory CA", "--key", r.caKey()); err != nil {
-		return err
-	}
 	if _, err := r.ctl(ctx, "key", "generate", r.claimKeyURI()); err != nil {
 		return err
 	}
 	if _, err := r.ctl(ctx, "key", "csr", "--cn", "bootcert demo claim batch 1", "--out", r.path("factory", "claim.csr"), r.claimKeyURI()); err != nil {
 		return err
 	}
-	r.n.say("claim key of batch 1 made (a file the line copies into every firmware image: %s), its CSR in %s; no factory station, no bootstrap certificate",
+	r.n.say("claim key of batch 1 made (a file the line copies into every firmware image: %s), its CSR in %s; no factory CA, no factory station, no bootstrap certificate",
 		r.path("device", "claim.key"), r.path("factory", "claim.csr"))
 	if _, err := r.writeAllowList(otherDevice); err != nil {
 		return err
@@ -72,18 +69,20 @@ func (r *run) claimFactory(ctx context.Context) error {
 	return nil
 }
 
-// claimSetup runs bootcert-admin cloud setup with --claim-csr: AWS IoT
-// issues the claim certificate (ACTIVE, policy bootcert-claim).
+// claimSetup runs bootcert-admin cloud setup with --claim-csr and no
+// --ca-cert (a maker without a factory CA): AWS IoT issues the claim
+// certificate (ACTIVE, policy bootcert-claim); no CA is registered.
 func (r *run) claimSetup(ctx context.Context) error {
 	out, err := r.admin(ctx, "cloud", "setup", "--json", "--lab", r.path("lab"), "--bucket", Bucket,
-		"--ca-cert", r.path("factory", "ca", "ca.pem"), "--ca-key", r.caKey(), "--allow-list", r.path("factory", "allow-list.csv"),
+		"--allow-list", r.path("factory", "allow-list.csv"),
 		"--claim-csr", r.path("factory", "claim.csr"), "--claim-out", r.path("device", "claim-cert.pem"))
 	if err != nil {
 		return err
 	}
 	var s struct {
-		JobID string `json:"jobId"`
-		Claim *struct {
+		JobID           string `json:"jobId"`
+		CACertificateID string `json:"caCertificateId"`
+		Claim           *struct {
 			CertificateID string `json:"certificateId"`
 			Policy        string `json:"policy"`
 		} `json:"claim"`
@@ -91,9 +90,12 @@ func (r *run) claimSetup(ctx context.Context) error {
 	if err := json.Unmarshal([]byte(out), &s); err != nil || s.Claim == nil || s.Claim.CertificateID == "" {
 		return fmt.Errorf("bootcert-admin cloud setup --claim-csr: no claim certificate in its output (%v): %s", err, out)
 	}
+	if s.CACertificateID != "" {
+		return fmt.Errorf("bootcert-admin cloud setup without --ca-cert registered CA %s", s.CACertificateID)
+	}
 	r.res.ClaimID = s.Claim.CertificateID
 	r.labW.setClaim(s.Claim.CertificateID)
-	r.n.say("bootcert-admin cloud setup --claim-csr: claim certificate %s issued ACTIVE with policy %s (only the fleet provisioning topics of bootcert-fleet), written into the image; allow list uploaded, continuous job %s created",
+	r.n.say("bootcert-admin cloud setup --claim-csr (no --ca-cert: claim only, no factory CA registered or trusted): claim certificate %s issued ACTIVE with policy %s (only the fleet provisioning topics of bootcert-fleet), written into the image; allow list uploaded, continuous job %s created",
 		short(s.Claim.CertificateID), s.Claim.Policy, s.JobID)
 	return nil
 }
@@ -126,11 +128,14 @@ func (r *run) fleetProvision(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Claim only: the run names the claim certificate --claim-out wrote;
+	// registering it again changes nothing (--claim-csr would issue
+	// another one).
 	if _, err := r.admin(ctx, "cloud", "setup", "--json", "--lab", r.path("lab"), "--bucket", Bucket,
-		"--ca-cert", r.path("factory", "ca", "ca.pem"), "--allow-list", p); err != nil {
+		"--claim-cert", r.path("device", "claim-cert.pem"), "--allow-list", p); err != nil {
 		return err
 	}
-	r.n.say("operator: %s added to the allow list, bootcert-admin cloud setup --allow-list uploaded it (the device keeps retrying meanwhile)", Thing)
+	r.n.say("operator: %s added to the allow list, bootcert-admin cloud setup --claim-cert (the same claim certificate, already registered) --allow-list uploaded it (the device keeps retrying meanwhile)", Thing)
 	if err := r.waitFor(ctx, "onboarding by claim (connected with generation 1)", func() (bool, error) {
 		s, err := r.status(ctx)
 		return err == nil && s.Active.Generation >= 1 && s.ConnectedWith >= 1, err
@@ -162,6 +167,11 @@ func (r *run) fleetFinish(ctx context.Context) error {
 		}
 	}
 	r.res.HookRefusals = r.labW.hookRefusals()
+	cas, err := r.api.ListCACertificates(ctx, &iot.ListCACertificatesInput{})
+	if err != nil {
+		return fmt.Errorf("ListCACertificates: %w", err)
+	}
+	r.res.CACertificates = len(cas.Certificates)
 	th, err := r.api.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(Thing)})
 	if err != nil {
 		return fmt.Errorf("DescribeThing %s: %w", Thing, err)
@@ -172,6 +182,7 @@ func (r *run) fleetFinish(ctx context.Context) error {
 
 func (r *run) fleetSummary(b *strings.Builder) {
 	res := r.res
+	fmt.Fprintf(b, "  factory CAs registered: %d (claim only)\n", res.CACertificates)
 	fmt.Fprintf(b, "  claim certificate %s: %s (stays ACTIVE for the next device of the batch)\n", short(res.ClaimID), res.ClaimStatus)
 	fmt.Fprintf(b, "  pre-provisioning hook refusals before the allow list had %s: %d\n", Thing, res.HookRefusals)
 	fmt.Fprintf(b, "  provisioned certificate %s (generation 1): %s after the rotation (retired by the reaper)\n", short(res.ProvisionedID), res.ProvisionedStatus)
@@ -186,6 +197,7 @@ func (r *run) fleetCheck(want func(bool, string, ...any)) {
 	want(res.JobStatus == "SUCCEEDED", "job execution %s, want SUCCEEDED", res.JobStatus)
 	want(res.ClaimStatus == "ACTIVE", "claim certificate %s, want ACTIVE", res.ClaimStatus)
 	want(res.HookRefusals >= 1, "the pre-provisioning hook refused nothing")
+	want(res.CACertificates == 0, "%d CA certificates registered, want none (a maker without a factory CA)", res.CACertificates)
 	want(res.ProvisionedID != "" && res.ProvisionedID != st.Active.CertificateID, "provisioned certificate %q, active %q", res.ProvisionedID, st.Active.CertificateID)
 	want(res.ProvisionedStatus == "INACTIVE" || res.ProvisionedStatus == "DELETED", "provisioned certificate %s after the rotation, want INACTIVE or DELETED (retired)", res.ProvisionedStatus)
 	want(res.ActiveCertStatus == "ACTIVE", "operational certificate %s, want ACTIVE", res.ActiveCertStatus)
