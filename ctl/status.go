@@ -108,6 +108,9 @@ func printStatus(w io.Writer, s control.Status) error {
 		kv = append(kv, "last rotation", "none")
 	}
 	kv = append(kv, "since start", countersLine(s.Counters))
+	if s.ClockWait != "" {
+		kv = append(kv, "clock", "waiting: "+s.ClockWait)
+	}
 	if s.LastError != "" {
 		kv = append(kv, "last error", s.LastError+" ("+fmtTime(s.LastErrorAt)+")")
 		if s.Advice != "" {

@@ -21,6 +21,7 @@ func main() {
 	cfgPath := flag.String("config", config.DefaultPath, "configuration file")
 	check := flag.String("check-config", "", "validate this configuration file and the files it names, then exit")
 	showVersion := flag.Bool("version", false, "print the version and exit")
+	pace := paceFlags()
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: bootcertd [--config FILE] | --check-config FILE\n\nbootcertd keeps the gateway connected to AWS IoT Core and rotates its\nhardware-held credentials. Status: bootcertctl status.\n\n")
 		flag.PrintDefaults()
@@ -28,6 +29,14 @@ func main() {
 	flag.Parse()
 	if *showVersion {
 		fmt.Println("bootcertd", version.String())
+		return
+	}
+	if *check != "" && pace.StateDir != "" {
+		// the unit's ExecStartPre: a broken file is retried on a growing delay
+		if err := pace.CheckConfig(context.Background(), *check); err != nil {
+			os.Exit(1)
+		}
+		fmt.Printf("%s: ok\n", *check)
 		return
 	}
 	if *check != "" {

@@ -45,6 +45,11 @@ type Status struct {
 	// safety net: certificate past its share of life or maximum age with
 	// no job) and the cloud's answer.
 	RotationRequest *RotationRequest `json:"rotationRequest,omitempty"`
+	// ClockWait says why bootcertd is waiting for the system clock (a
+	// gateway without a real-time clock boots in 1970): while it is set
+	// the daemon neither connects nor judges a certificate's validity,
+	// and it goes on by itself once the clock is plausible.
+	ClockWait string `json:"clockWait,omitempty"`
 	// Summary is the one-line state for systemd's STATUS=.
 	Summary string `json:"summary"`
 	// Counters are what happened since the daemon started: the figures an

@@ -117,6 +117,9 @@ type Config struct {
 	RequestAfterLife float64
 	MaxAge           time.Duration
 	RequestInterval  time.Duration
+	// ClockFloor is the earliest time the engine believes (plausible.go);
+	// zero is clock.Floor().
+	ClockFloor time.Time
 	// AttestationKey is the TPM attestation key's URI; "" uses
 	// keystore.DefaultAKURI(BootstrapKey) (where the factory enrols it).
 	AttestationKey string
@@ -269,6 +272,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	attempt, keyAttempt := 0, 0
 	for ctx.Err() == nil {
+		if e.waitForClock(ctx) {
+			return nil
+		}
 		next, done := e.connectOnce(ctx)
 		if done {
 			return nil
@@ -398,6 +404,13 @@ func (e *Engine) connectOnce(ctx context.Context) (next reconnect, done bool) {
 			return 0, true
 		}
 		keyOnly = false
+		if errors.Is(err, errClockWait) {
+			// the clock became implausible: wait for it (Run), then
+			// reconnect and go on from the journal
+			conn.Close(0)
+			e.setConn("disconnected", nil)
+			return reconnectNow, false
+		}
 		var ne *notEstablished
 		if errors.As(err, &ne) {
 			// closed or denied before the session was usable: for the

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -52,6 +53,8 @@ type rig struct {
 	timeFlies bool
 	// keys is the engine's keystore; nil is KeystoreKeys{}.
 	keys Keys
+	// log is the engine's logger; nil discards.
+	log *slog.Logger
 }
 
 func newRig(t *testing.T) *rig {
@@ -85,7 +88,7 @@ func (r *rig) start() {
 	if r.keys != nil {
 		keys = r.keys
 	}
-	eng, err := New(r.cfg, r.cloud, keys, r.fetch, r.clock, nil)
+	eng, err := New(r.cfg, r.cloud, keys, r.fetch, r.clock, r.log)
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -71,6 +71,10 @@ type fakeCloud struct {
 	// nil accepts and queues a job, as the cloud does
 	rotates     []protocol.RotateRequest
 	rotateReply func(req protocol.RotateRequest) (suffix string, payload []byte)
+	// onPublish sees every publish before the cloud acts on it (called
+	// without the lock); issueOpts shape the certificates it issues
+	onPublish func(topic string, payload []byte)
+	issueOpts []testca.Option
 }
 
 func (f *fakeCloud) rotateRequests() []protocol.RotateRequest {
@@ -265,6 +269,12 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 	f := c.cloud
 	t := f.thing
 	f.mu.Lock()
+	hook := f.onPublish
+	f.mu.Unlock()
+	if hook != nil {
+		hook(topic, payload)
+	}
+	f.mu.Lock()
 	refused := f.deniedPubs[topic]
 	f.mu.Unlock()
 	if refused {
@@ -379,7 +389,7 @@ func (c *fakeConn) Publish(ctx context.Context, topic string, payload []byte) er
 		cert, again := f.byCSR[req.CSR]
 		f.mu.Unlock()
 		if !again {
-			cert = f.ca.Issue(f.t, r.Subject.CommonName, r.PublicKey)
+			cert = f.ca.Issue(f.t, r.Subject.CommonName, r.PublicKey, f.issueOpts...)
 		}
 		id := protocol.CertificateID(cert.Raw)
 		f.mu.Lock()

@@ -99,6 +99,9 @@ func (e *Engine) nextGeneration() int {
 // begin starts a rotation for a job execution (idle -> key-staged).
 func (s *session) begin(ctx context.Context, x *protocol.JobExecution) error {
 	e := s.e
+	if err := s.clockOK(); err != nil {
+		return err // the job stays pending; start-next finds it again
+	}
 	e.setPending(x.JobID)
 	doc, err := protocol.ParseJobDocument(x.JobDocument)
 	if err != nil {
@@ -258,6 +261,12 @@ func (s *session) onGetReply(ctx context.Context, suffix string, payload []byte)
 	}
 	if a.ClientToken != j.ClientToken {
 		return nil
+	}
+	if err := s.clockOK(); err != nil {
+		// judged on a sane clock after the wait: the resumed session
+		// sends the journalled CSR again and the vendor answers with the
+		// same certificate
+		return err
 	}
 	e.lap("wait-get")
 	e.rot.replyTries = 0

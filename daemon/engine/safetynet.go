@@ -71,6 +71,9 @@ func (s *session) checkSafetyNet(ctx context.Context) error {
 	if !s.noJob || !idle(e.journal.Current().Phase) || s.cred.Generation == 0 || s.cred.Generation != e.activeGeneration() {
 		return nil
 	}
+	if err := s.clockOK(); err != nil {
+		return err
+	}
 	leaf := s.cred.Leaf()
 	due, why := e.rotationDue(leaf)
 	if due.IsZero() {

@@ -67,6 +67,7 @@ func (s *session) run(ctx context.Context) error {
 		select {
 		case <-e.beatC:
 			e.beatC = e.clock.After(BeatInterval)
+			err = s.clockOK()
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.conn.Done():

@@ -192,6 +192,12 @@ func (e *Engine) setPending(job string) {
 }
 
 func summary(s Status) string {
+	if s.ClockWait != "" {
+		if !idle(s.Phase) {
+			return "waiting for the system clock (rotation paused at " + string(s.Phase) + "): " + s.ClockWait
+		}
+		return "waiting for the system clock: " + s.ClockWait
+	}
 	switch s.Phase {
 	case journal.KeyStaged:
 		return "rotating: key staged"

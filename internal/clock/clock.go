@@ -122,3 +122,17 @@ func (f *Fake) WaitForWaiters(n int, timeout time.Duration) bool {
 		}
 	}
 }
+
+// Jump steps the wall clock by d (either way), as settimeofday, an NTP step
+// or an RTC read at boot does. Unlike Set it neither fires nor delays the
+// pending waiters: Go's timers run on the monotonic clock, so a wait that
+// had 3 s left still has 3 s left after the jump. Code that judges the wall
+// time (certificate validity) sees the jump at its next Now.
+func (f *Fake) Jump(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = f.now.Add(d)
+	for i := range f.waiters {
+		f.waiters[i].at = f.waiters[i].at.Add(d)
+	}
+}

@@ -250,7 +250,7 @@ func TestInstalledCheckConfig(t *testing.T) {
 	// the unit runs what the package installs, with the config it ships
 	unit := readFile(t, filepath.Join(root, "usr/lib/systemd/system/bootcertd.service"))
 	for _, want := range []string{
-		"ExecStartPre=/usr/bin/bootcertd --check-config /etc/bootcert/bootcertd.toml\n",
+		"ExecStartPre=/usr/bin/bootcertd --check-config /etc/bootcert/bootcertd.toml --failure-state /var/lib/bootcert\n",
 		"ExecStart=/usr/bin/bootcertd --config /etc/bootcert/bootcertd.toml\n",
 		"Documentation=file:///usr/share/doc/bootcert/README.md\n",
 	} {
