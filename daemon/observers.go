@@ -23,6 +23,7 @@ type observers struct {
 	exp      *identity.Exporter
 	textfile *metrics.Textfile
 	lockout  atomic.Pointer[control.Lockout]
+	reload   atomic.Pointer[control.Reload] // the last configuration reload (reload.go)
 	log      *slog.Logger
 	cfg      *config.Config
 	state    *credset.Store
@@ -73,6 +74,7 @@ func (o *observers) observe(s engine.Status) {
 // withLockout adds the last lockout reading to a status.
 func (o *observers) withLockout(s engine.Status) engine.Status {
 	s.Lockout = o.lockout.Load()
+	s.Reload = o.reload.Load()
 	return s
 }
 
@@ -104,8 +106,8 @@ func (o *observers) run(ctx context.Context) {
 				o.readLockout(ctx, s.Active.Generation, s.Active.Backend)
 			}
 		}
-		if o.textfile != nil && last.Thing != "" {
-			o.textfile.Update(o.withLockout(last))
+		if tf := o.currentTextfile(); tf != nil && last.Thing != "" {
+			tf.Update(o.withLockout(last))
 		}
 	}
 }

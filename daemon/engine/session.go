@@ -64,9 +64,13 @@ func (s *session) run(ctx context.Context) error {
 	for {
 		var err error
 		e.tick()
+		if e.applyReload() {
+			return errReconfigured
+		}
 		select {
 		case <-e.beatC:
 			e.beatC = e.clock.After(BeatInterval)
+		case <-e.reload.wake: // applied above, once no rotation runs
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.conn.Done():
