@@ -21,7 +21,8 @@ import (
 // the TPM lockout reading. None of them runs on the engine's goroutine.
 type observers struct {
 	exp      *identity.Exporter
-	textfile *metrics.Textfile
+	textfile *metrics.Textfile // guarded by tfMu (a reload moves it)
+	tfMu     sync.Mutex
 	lockout  atomic.Pointer[control.Lockout]
 	reload   atomic.Pointer[control.Reload] // the last configuration reload (reload.go)
 	log      *slog.Logger
@@ -106,8 +107,8 @@ func (o *observers) run(ctx context.Context) {
 				o.readLockout(ctx, s.Active.Generation, s.Active.Backend)
 			}
 		}
-		if tf := o.currentTextfile(); tf != nil && last.Thing != "" {
-			tf.Update(o.withLockout(last))
+		if last.Thing != "" {
+			o.writeTextfile(o.withLockout(last))
 		}
 	}
 }

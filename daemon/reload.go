@@ -425,16 +425,18 @@ func (o *observers) setTextfile(path string) {
 	if path != "" {
 		tf = metrics.NewTextfile(path, nil, o.log)
 	}
-	o.mu.Lock()
+	o.tfMu.Lock()
 	old := o.textfile
 	o.textfile = tf
-	latest := o.latest
-	o.mu.Unlock()
 	if old != nil {
 		if err := old.Remove(); err != nil {
 			o.log.Warn("removing the previous metrics textfile", "err", err)
 		}
 	}
+	o.tfMu.Unlock()
+	o.mu.Lock()
+	latest := o.latest
+	o.mu.Unlock()
 	if latest != nil {
 		select {
 		case o.wake <- struct{}{}:
@@ -443,9 +445,12 @@ func (o *observers) setTextfile(path string) {
 	}
 }
 
-// currentTextfile is the textfile to write (nil: none).
-func (o *observers) currentTextfile() *metrics.Textfile {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.textfile
+// writeTextfile writes the metrics textfile, if any (never while a reload
+// moves it).
+func (o *observers) writeTextfile(s engine.Status) {
+	o.tfMu.Lock()
+	defer o.tfMu.Unlock()
+	if o.textfile != nil {
+		o.textfile.Update(s)
+	}
 }
