@@ -59,6 +59,9 @@ func newReloadSlot() reloadSlot { return reloadSlot{wake: make(chan struct{}, 1)
 // rolled back or failed). A later call replaces settings not yet applied.
 func (e *Engine) Reconfigure(t Tunables) {
 	e.reload.mu.Lock()
+	if p := e.reload.pending; p != nil && p.Reconnect {
+		t.Reconnect = true // the replaced settings' connection change still needs it
+	}
 	e.reload.pending = &t
 	e.reload.mu.Unlock()
 	select {
