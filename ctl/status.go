@@ -126,7 +126,30 @@ func printStatus(w io.Writer, s control.Status) error {
 	if r := s.RotationRequest; r != nil {
 		kv = append(kv, "rotation request", rotationRequest(r))
 	}
+	if r := s.Reload; r != nil {
+		kv = append(kv, "config reload", reloadLine(r))
+	}
 	return writeFields(w, kv...)
+}
+
+// reloadLine is the last configuration reload (systemctl reload) in one
+// line: "refused at T: why", "applied at T (changed: k1, k2)", ...
+func reloadLine(r *control.Reload) string {
+	out := r.Result + " at " + fmtTime(r.At)
+	switch r.Result {
+	case control.ReloadRefused:
+		return out + ": " + r.Error + "; running with the configuration in force before"
+	case control.ReloadPending:
+		out += ", waits for the rotation in progress to end"
+	case control.ReloadApplied:
+		if !r.AppliedAt.IsZero() && !r.AppliedAt.Equal(r.At) {
+			out = "applied at " + fmtTime(r.AppliedAt) + " (asked at " + fmtTime(r.At) + ")"
+		}
+	}
+	if len(r.Changed) > 0 {
+		out += " (changed: " + strings.Join(r.Changed, ", ") + ")"
+	}
+	return out
 }
 
 // rotationRequest is the one-line view of the device's last rotation

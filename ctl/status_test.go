@@ -33,6 +33,8 @@ func TestStatusAndRotate(t *testing.T) {
 		Summary:  "operational, certificate expires 2027-11-26",
 		Counters: control.Counters{Fallbacks: 2}, LastFallback: "operational certificate (generation 1) refused", LastFallbackAt: time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC),
 		LastRefusal: "the broker refused the subscription to certificates/gw-1/get2/+", LastRefusalAt: time.Date(2027, 1, 2, 3, 4, 6, 0, time.UTC),
+		Reload: &control.Reload{At: time.Date(2027, 1, 4, 0, 0, 0, 0, time.UTC), File: "/etc/bootcert/bootcertd.toml", Result: control.ReloadRefused,
+			Error: "config /etc/bootcert/bootcertd.toml: state.dir changed: only a restart applies it (systemctl restart bootcertd); nothing was applied", Changed: []string{"state.dir"}},
 		RotationRequest: &control.RotationRequest{Reason: "age", Attempts: 2, SentAt: time.Date(2027, 1, 3, 0, 0, 0, 0, time.UTC), Answer: "rejected", Code: "THROTTLED", Message: "busy", NextAt: time.Date(2027, 1, 3, 2, 0, 0, 0, time.UTC)},
 	}}
 	srv, err := control.Listen(sock, fe, nil)
@@ -54,13 +56,14 @@ func TestStatusAndRotate(t *testing.T) {
 	for _, want := range []string{"gw-1", "operational, certificate expires 2027-11-26", "generation 2", "connected with generation 2", "2027-11-26T00:00:00Z", "(pkcs11)", "key attested:", "yes (TPM attestation verified by the cloud", "advice:", "check the network",
 		"fallbacks to bootstrap:", "2 since start, last 2027-01-02T03:04:05Z: operational certificate (generation 1) refused",
 		"last refusal:", "the broker refused the subscription to certificates/gw-1/get2/+ (2027-01-02T03:04:06Z)",
-		"rotation request:", "age, attempt 2 at 2027-01-03T00:00:00Z: rejected THROTTLED (busy); next at 2027-01-03T02:00:00Z"} {
+		"rotation request:", "age, attempt 2 at 2027-01-03T00:00:00Z: rejected THROTTLED (busy); next at 2027-01-03T02:00:00Z",
+		"config reload:", "refused at 2027-01-04T00:00:00Z: config /etc/bootcert/bootcertd.toml: state.dir changed: only a restart applies it (systemctl restart bootcertd); nothing was applied; running with the configuration in force before"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("status output lacks %q:\n%s", want, text)
 		}
 	}
 	var st control.Status
-	if err := json.Unmarshal([]byte(run("status", "--json", "--socket", sock)), &st); err != nil || st.Active.Generation != 2 {
+	if err := json.Unmarshal([]byte(run("status", "--json", "--socket", sock)), &st); err != nil || st.Active.Generation != 2 || st.Reload == nil || st.Reload.Result != control.ReloadRefused {
 		t.Errorf("status --json: %+v %v", st, err)
 	}
 	run("rotate", "--socket", sock)

@@ -40,6 +40,8 @@ type Checked struct {
 	Algorithm   keystore.Algorithm
 	// Proxy is broker.proxy (nil: direct).
 	Proxy *url.URL
+
+	reload *Reload // RunReloadable (reload.go); nil: SIGHUP not handled here
 }
 
 // Check validates a configuration and the files it names, without touching
@@ -129,17 +131,6 @@ func thingName(c *config.Config, leaf *x509.Certificate) (string, error) {
 	return cn, nil
 }
 
-// dialer adapts session.Dial to engine.Dialer.
-type dialer struct{ cfg session.Config }
-
-func (d dialer) Dial(ctx context.Context, c *engine.Credential) (engine.Conn, error) {
-	s, err := session.Dial(ctx, d.cfg, session.Credential{Chain: c.ChainDER(), Signer: c.Signer})
-	if err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
 // Run checks a configuration (Check) and runs bootcertd until ctx ends
 // (SIGTERM).
 func Run(ctx context.Context, c *config.Config, log *slog.Logger) error {
@@ -152,7 +143,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger) error {
 
 // Run runs bootcertd with a checked configuration until ctx ends (SIGTERM).
 func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
-	c, pool, chain, thing := ck.Config, ck.RootCAs, ck.Bootstrap, ck.Thing
+	c, chain, thing := ck.Config, ck.Bootstrap, ck.Thing
 	if err := os.MkdirAll(c.State.Dir, 0o700); err != nil {
 		return fmt.Errorf("state directory %s (state.dir): %w", c.State.Dir, err)
 	}
@@ -162,16 +153,8 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 			break
 		}
 	}
-	var alpn []string
-	if c.Broker.ALPN != "" {
-		alpn = []string{c.Broker.ALPN}
-	}
-	scfg := session.Config{Address: c.Address(), ServerName: c.Broker.Endpoint, RootCAs: pool, ALPN: alpn,
-		ClientID: thing, KeepAlive: c.Timeouts.KeepAlive.D(), Timeout: c.Timeouts.Connect.D(), Logger: log, Proxy: ck.Proxy}
-	var fetch engine.Fetcher
-	if len(c.Verify.LocationHosts) > 0 {
-		fetch = &locationFetcher{allowed: c.Verify.LocationHosts, roots: ck.LocationCAs, timeout: c.Timeouts.Reply.D(), proxy: ck.Proxy}
-	}
+	scfg := ck.sessionConfig(log)
+	fetch := newFetcher(ck.locationFetcher())
 	alg := ck.Algorithm
 	bootKey, fallback := c.Identity.BootstrapKey, c.Fallback.Bootstrap
 	if c.Identity.Mode == config.ModeFleetProvisioning {
@@ -192,7 +175,8 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 	if c.Identity.OperationalKey != "" {
 		ecfg.OperationalFn = c.OperationalKeyURI
 	}
-	eng, err := engine.New(ecfg, dialer{scfg}, engine.KeystoreKeys{}, fetch, clock.Real{}, log)
+	dial := newDialer(scfg)
+	eng, err := engine.New(ecfg, dial, engine.KeystoreKeys{}, fetch, clock.Real{}, log)
 	if err != nil {
 		return err
 	}
@@ -237,6 +221,7 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 	// READY once the engine runs; it does not wait for the network.
 	sd.SdNotify(false, sd.SdNotifyReady+"\nSTATUS=starting, thing "+thing)
 	log.Info("bootcertd started", "thing", thing, "endpoint", c.Address(), "state", c.State.Dir)
+	rl := ck.newReloader(log, eng, obs, dial, fetch)
 	var tick <-chan time.Time
 	iv, err := sd.SdWatchdogEnabled(false)
 	if err == nil && iv > 0 {
@@ -260,6 +245,8 @@ func (ck *Checked) Run(ctx context.Context, log *slog.Logger) error {
 			} else {
 				log.Error("engine unresponsive; not feeding the watchdog", "since", time.Since(eng.LastBeat()).Round(time.Second))
 			}
+		case <-rl.signals():
+			rl.reload()
 		case <-ctx.Done():
 			sd.SdNotify(false, sd.SdNotifyStopping)
 			log.Info("stopping")

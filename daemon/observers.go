@@ -21,8 +21,10 @@ import (
 // the TPM lockout reading. None of them runs on the engine's goroutine.
 type observers struct {
 	exp      *identity.Exporter
-	textfile *metrics.Textfile
+	textfile *metrics.Textfile // guarded by tfMu (a reload moves it)
+	tfMu     sync.Mutex
 	lockout  atomic.Pointer[control.Lockout]
+	reload   atomic.Pointer[control.Reload] // the last configuration reload (reload.go)
 	log      *slog.Logger
 	cfg      *config.Config
 	state    *credset.Store
@@ -73,6 +75,7 @@ func (o *observers) observe(s engine.Status) {
 // withLockout adds the last lockout reading to a status.
 func (o *observers) withLockout(s engine.Status) engine.Status {
 	s.Lockout = o.lockout.Load()
+	s.Reload = o.reload.Load()
 	return s
 }
 
@@ -104,8 +107,8 @@ func (o *observers) run(ctx context.Context) {
 				o.readLockout(ctx, s.Active.Generation, s.Active.Backend)
 			}
 		}
-		if o.textfile != nil && last.Thing != "" {
-			o.textfile.Update(o.withLockout(last))
+		if last.Thing != "" {
+			o.writeTextfile(o.withLockout(last))
 		}
 	}
 }

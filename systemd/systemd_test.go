@@ -35,6 +35,9 @@ func TestVerifyUnit(t *testing.T) {
 	}
 	// the unit's ExecStart must exist in the root
 	os.WriteFile(filepath.Join(root, "usr", "bin", "bootcertd"), []byte("#!/bin/sh\n"), 0o755)
+	// and ExecReload's /bin/kill (merged /usr, as on Debian 12 and RHEL 8)
+	os.WriteFile(filepath.Join(root, "usr", "bin", "kill"), []byte("#!/bin/sh\n"), 0o755)
+	os.Symlink("usr/bin", filepath.Join(root, "bin"))
 	cmd := exec.Command("systemd-analyze", "verify", "--root="+root, "/etc/systemd/system/bootcertd.service")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -63,6 +66,9 @@ func TestVerifyUnit(t *testing.T) {
 		t.Errorf("exposure level %v (want <= 2.0):\n%s", score, sec)
 	}
 	t.Logf("systemd-analyze security exposure: %.1f", score)
+	if !strings.Contains(string(unit), "\nExecReload=/bin/kill -HUP $MAINPID\n") {
+		t.Error("unit lacks ExecReload (systemctl reload sends SIGHUP: daemon/reload.go)")
+	}
 	for _, want := range []string{"Type=notify", "WatchdogSec=", "User=bootcert", "ProtectSystem=strict", "NoNewPrivileges=yes", "CapabilityBoundingSet=\n", "DeviceAllow=/dev/tpmrm0", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "SystemCallFilter=@system-service"} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %q", want)

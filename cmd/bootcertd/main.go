@@ -51,17 +51,21 @@ func main() {
 		fmt.Printf("%s: ok\n", *check)
 		return
 	}
+	// SIGHUP (systemctl reload) reloads the configuration; caught before
+	// anything else, since its default action would end the process
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
 	c, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bootcertd:", err)
 		os.Exit(1)
 	}
-	var level slog.Level
+	level := new(slog.LevelVar) // log.level, changed by a reload
 	level.UnmarshalText([]byte(c.Log.Level))
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := daemon.Run(ctx, c, log); err != nil {
+	if err := daemon.RunReloadable(ctx, c, log, daemon.Reload{Signals: hup, Level: level}); err != nil {
 		log.Error("bootcertd failed", "err", err)
 		os.Exit(1)
 	}

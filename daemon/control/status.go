@@ -61,6 +61,36 @@ type Status struct {
 	// Lockout is the TPM's dictionary-attack state behind the active key
 	// (absent for keys whose backend cannot report it).
 	Lockout *Lockout `json:"lockout,omitempty"`
+	// Reload is the outcome of the last configuration reload (SIGHUP,
+	// `systemctl reload bootcertd`); absent before the first.
+	Reload *Reload `json:"reload,omitempty"`
+}
+
+// Results of a configuration reload (Reload.Result).
+const (
+	// ReloadApplied: the new file is the running configuration.
+	ReloadApplied = "applied"
+	// ReloadPending: accepted; what the engine uses waits for the
+	// rotation in progress to end (the log level and the metrics
+	// textfile already changed).
+	ReloadPending = "pending"
+	// ReloadUnchanged: the file says what the daemon already runs with.
+	ReloadUnchanged = "unchanged"
+	// ReloadRefused: nothing applied (Error says why); the daemon keeps
+	// the configuration it runs with.
+	ReloadRefused = "refused"
+)
+
+// Reload is the outcome of a configuration reload.
+type Reload struct {
+	At     time.Time `json:"at"`
+	File   string    `json:"file"`
+	Result string    `json:"result"`
+	// Error names the file, the key and the problem of a refused reload.
+	Error string `json:"error,omitempty"`
+	// Changed are the keys the file changed (in a refused reload too).
+	Changed   []string  `json:"changed,omitempty"`
+	AppliedAt time.Time `json:"appliedAt,omitzero"`
 }
 
 // Counters count events since Since (the daemon's start). They only grow;

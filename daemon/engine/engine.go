@@ -168,6 +168,7 @@ type Engine struct {
 	// that arrives between connections waits here for the next one.
 	keygenDone chan keygenResult
 	bg         sync.WaitGroup // key generation in flight
+	reload     reloadSlot     // settings from a configuration reload (reload.go)
 }
 
 // rotation is what the engine holds in memory about the rotation in
@@ -245,7 +246,7 @@ func New(cfg Config, dial Dialer, keys Keys, fetch Fetcher, clk clock.Clock, log
 	}
 	e := &Engine{cfg: cfg, dial: dial, keys: keys, fetch: fetch, clock: clk, log: log, journal: j, store: s,
 		rotateNow: make(chan struct{}, 1), watchers: map[chan Status]struct{}{}, signers: map[string]crypto.Signer{},
-		keygenDone: make(chan keygenResult, 1)}
+		keygenDone: make(chan keygenResult, 1), reload: newReloadSlot()}
 	e.status = Status{Thing: cfg.Thing, Endpoint: cfg.Endpoint, Connection: "disconnected", ConnectedWith: -1, Counters: control.Counters{Since: clk.Now()}}
 	return e, nil
 }
@@ -301,6 +302,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	backoff:
 		for {
 			e.tick()
+			if e.applyReload() {
+				break backoff // new connection settings: try them now
+			}
 			select {
 			case <-ctx.Done():
 				return nil
@@ -308,6 +312,7 @@ func (e *Engine) Run(ctx context.Context) error {
 				break backoff
 			case <-e.rotateNow:
 				break backoff
+			case <-e.reload.wake:
 			case <-e.beatC:
 				e.beatC = e.clock.After(BeatInterval)
 			}

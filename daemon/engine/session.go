@@ -64,10 +64,14 @@ func (s *session) run(ctx context.Context) error {
 	for {
 		var err error
 		e.tick()
+		if e.applyReload() {
+			return errReconfigured
+		}
 		select {
 		case <-e.beatC:
 			e.beatC = e.clock.After(BeatInterval)
 			err = s.clockOK()
+		case <-e.reload.wake: // applied above, once no rotation runs
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.conn.Done():
