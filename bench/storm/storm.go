@@ -176,7 +176,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	} else {
 		il, err := lab.Start(ctx, lab.Config{DataDir: labDir, TemplatePath: o.Template, LimitsPath: limPath,
 			MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0",
-			WriteBehind: 200 * time.Millisecond, FunctionWorkers: o.FunctionWorkers,
+			WriteBehind: 200 * time.Millisecond, FunctionWorkers: o.FunctionWorkers, FunctionQueue: max(4096, 4*o.Devices),
 			Logger: slog.New(counter)})
 		if err != nil {
 			return nil, fmt.Errorf("starting the lab: %w", err)

@@ -201,9 +201,31 @@ func (v *Vendor) Handle(ctx context.Context, ev Event) (Reply, error) {
 	return Reply{Topic: topic, Payload: body}, nil
 }
 
+// bootDescribed is what checkDevice learnt of the thing's bootstrap
+// certificate when it is not the certificate used: Described when it
+// called DescribeCertificate for it, Cert empty when it no longer exists.
+// The ack reuses it instead of describing the same certificate again
+// (DescribeCertificate is the quota the storm runs out of first:
+// docs/cloud.md, "Quotas").
+type bootDescribed struct {
+	Described bool
+	Cert      ports.Certificate
+}
+
 // checkDevice runs the checks common to get and ack: client ID, allow list,
 // principal attached and ACTIVE, revocation, activation.
 func (v *Vendor) checkDevice(ctx context.Context, ev Event) (manifest.Entry, ports.Thing, ports.Certificate, error) {
+	entry, thing, cert, _, err := v.checkDeviceBoot(ctx, ev)
+	return entry, thing, cert, err
+}
+
+func (v *Vendor) checkDeviceBoot(ctx context.Context, ev Event) (manifest.Entry, ports.Thing, ports.Certificate, bootDescribed, error) {
+	var boot bootDescribed
+	entry, thing, cert, err := v.checkDeviceInto(ctx, ev, &boot)
+	return entry, thing, cert, boot, err
+}
+
+func (v *Vendor) checkDeviceInto(ctx context.Context, ev Event, boot *bootDescribed) (manifest.Entry, ports.Thing, ports.Certificate, error) {
 	var entry manifest.Entry
 	var thing ports.Thing
 	var cert ports.Certificate
@@ -266,11 +288,13 @@ func (v *Vendor) checkDevice(ctx context.Context, ev Event) (manifest.Entry, por
 		if id != cert.ID {
 			c, err = v.Registry.DescribeCertificate(ctx, id)
 			if errors.Is(err, ports.ErrNotFound) {
+				*boot = bootDescribed{Described: true}
 				continue
 			}
 			if err != nil {
 				return entry, thing, cert, err
 			}
+			*boot = bootDescribed{Described: true, Cert: c}
 			// Before the first commit a REVOKED bootstrap certificate means
 			// the device was refused; afterwards REVOKED may be the
 			// bootstrap-after-rotation setting, and only the CRL counts.
@@ -556,7 +580,7 @@ func (v *Vendor) ack(ctx context.Context, ev Event) (any, error) {
 	if ev.Principal != ev.CertificateID {
 		return nil, rej(protocol.NotAllowed, "the ack must come over the new certificate %s", ev.CertificateID)
 	}
-	_, thing, cert, err := v.checkDevice(ctx, ev)
+	_, thing, cert, boot, err := v.checkDeviceBoot(ctx, ev)
 	if err != nil {
 		return nil, err
 	}
@@ -606,7 +630,15 @@ func (v *Vendor) ack(ctx context.Context, ev Event) (any, error) {
 		return nil, err
 	}
 	if b := thing.Attributes[fleet.AttrBootstrap]; b != "" && b != cert.ID && v.Settings.BootstrapAfterRotation != "KEEP" {
-		bc, err := v.Registry.DescribeCertificate(ctx, b)
+		// checkDevice described it moments ago (it is not the
+		// certificate used); describe it only if it did not.
+		bc, err := boot.Cert, error(nil)
+		switch {
+		case !boot.Described:
+			bc, err = v.Registry.DescribeCertificate(ctx, b)
+		case bc.ID == "":
+			err = fmt.Errorf("bootstrap certificate %s: %w", b, ports.ErrNotFound)
+		}
 		switch {
 		case errors.Is(err, ports.ErrNotFound):
 		case err != nil:

@@ -402,3 +402,45 @@ func TestConcurrentGetLoserDeletesItsCertificate(t *testing.T) {
 		t.Errorf("certificates besides the bootstrap one: %v, want only %s", ids, a.CertificateID)
 	}
 }
+
+// describeCounter counts DescribeCertificate calls (the API the storm
+// runs out of first, docs/cloud.md "Quotas").
+type describeCounter struct {
+	certvendor.Registry
+	n int
+}
+
+func (c *describeCounter) DescribeCertificate(ctx context.Context, id string) (ports.Certificate, error) {
+	c.n++
+	return c.Registry.DescribeCertificate(ctx, id)
+}
+
+// A rotation costs three DescribeCertificate calls: the get describes the
+// certificate used (the bootstrap one), the ack the new one and the
+// bootstrap certificate once (its CRL check and the bootstrap-after-
+// rotation step share the description).
+func TestDescribeCertificateCalls(t *testing.T) {
+	r := newRig(t, map[string]string{fleet.EnvBootstrapAfterRotation: "INACTIVE"}, nil)
+	v := r.b.Vendor()
+	cnt := &describeCounter{Registry: v.Registry}
+	v.Registry = cnt
+	rep, err := v.Handle(context.Background(), certvendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: r.dev.CertID, ClientID: r.dev.ID, JobID: job, ClientToken: "t", CSR: string(testpki.CSR(t, r.dev.ID, nil))})
+	var acc protocol.GetAccepted
+	if err != nil || json.Unmarshal(rep.Payload, &acc) != nil || acc.CertificateID == "" {
+		t.Fatalf("get: %s %v", rep.Payload, err)
+	}
+	if cnt.n != 1 {
+		t.Errorf("get: %d DescribeCertificate calls, want 1", cnt.n)
+	}
+	cnt.n = 0
+	rep, err = v.Handle(context.Background(), certvendor.Event{ThingName: r.dev.ID, Operation: "ack", Principal: acc.CertificateID, ClientID: r.dev.ID, JobID: job, ClientToken: "a", CertificateID: acc.CertificateID})
+	if err != nil || !strings.HasSuffix(rep.Topic, "/ack/accepted") {
+		t.Fatalf("ack: %s %s %v", rep.Topic, rep.Payload, err)
+	}
+	if cnt.n != 2 {
+		t.Errorf("ack: %d DescribeCertificate calls, want 2", cnt.n)
+	}
+	if got := r.b.Reg.Status(r.dev.CertID); got != ports.StatusInactive {
+		t.Errorf("bootstrap certificate %s after the ack, want INACTIVE", got)
+	}
+}
