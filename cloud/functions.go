@@ -64,6 +64,12 @@ type Deps struct {
 	Endpoints Endpoints
 	Clock     clock.Clock  // nil: clock.Real
 	Logger    *slog.Logger // nil: slog.Default()
+	// Pacer, when not nil, paces every control-plane call of the
+	// function (the lab passes one sized from its limits and shared by
+	// all its functions: one process, one account). Nil: Build makes one
+	// per function from ports.DefaultQuotas times the environment's
+	// API_QUOTA_SHARE (ports.QuotaShareFromEnv), or none without it.
+	Pacer *ports.Pacer
 }
 
 // ErrUnknownFunction is returned by Build for a logical ID it does not know.
@@ -86,8 +92,20 @@ func Build(ctx context.Context, logicalID string, getenv func(string) string, de
 		log = slog.Default()
 	}
 	log = log.With("function", logicalID)
+	pacer := deps.Pacer
+	if pacer == nil {
+		share, err := ports.QuotaShareFromEnv(getenv)
+		if err != nil {
+			return nil, fmt.Errorf("building %s: %w", logicalID, err)
+		}
+		if share > 0 {
+			pacer = ports.NewPacer(clk, ports.SharedRates(share))
+		}
+	}
 	raw := cloudaws.NewRegistry(deps.AWS, deps.Endpoints.IoT)
-	reg := ports.RetryingRegistry(raw, ports.Backoff{Clock: clk})
+	// Paced inside the retries: a retry waits for its turn too, so the
+	// process never calls an API above its share of the quota.
+	reg := ports.RetryingRegistry(ports.PacedRegistry(raw, pacer), ports.Backoff{Clock: clk})
 	store := cloudaws.NewStore(deps.AWS, settings.Bucket, deps.Endpoints.S3)
 	dataEP := deps.Endpoints.IoTData
 	if dataEP == "" {
@@ -144,7 +162,7 @@ func Build(ctx context.Context, logicalID string, getenv func(string) string, de
 		if err != nil {
 			return nil, fmt.Errorf("building %s: %w", logicalID, err)
 		}
-		h := &renewal.Renewal{Registry: reg, Jobs: ports.RetryingJobCreator(raw, ports.Backoff{Clock: clk}), Store: store, Publisher: pub,
+		h := &renewal.Renewal{Registry: reg, Jobs: ports.RetryingJobCreator(ports.PacedJobCreator(raw, pacer), ports.Backoff{Clock: clk}), Store: store, Publisher: pub,
 			Trust: trust, Settings: settings, Config: cfg, Clock: clk, Log: log}
 		return func(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
 			return marshal(h.HandleEvent(ctx, event))

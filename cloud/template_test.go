@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/awslabs/goformation/v7"
+
+	"github.com/bootcert/bootcert/cloud/ports"
 	"gopkg.in/yaml.v3"
 )
 
@@ -118,5 +120,36 @@ func TestTemplateReferences(t *testing.T) {
 	}
 	if n == 0 {
 		t.Errorf("policies do not use the thing-name policy variable")
+	}
+}
+
+// TestQuotaShares: the functions that pace themselves (API_QUOTA_SHARE)
+// have reserved concurrency, and all their execution environments together
+// never pace above an API's quota (sum of concurrency × share ≤ 1).
+func TestQuotaShares(t *testing.T) {
+	tpl, err := goformation.Open(templatePath)
+	if err != nil {
+		t.Fatalf("goformation: %v", err)
+	}
+	total := 0.0
+	for _, id := range []string{Activator, Vendor, Renewal} {
+		f, err := tpl.GetServerlessFunctionWithName(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := f.Environment.Variables[ports.EnvQuotaShare]
+		share, err := ports.QuotaShareFromEnv(func(string) string { return v })
+		if err != nil || share == 0 {
+			t.Errorf("%s: %s %q: %v", id, ports.EnvQuotaShare, v, err)
+			continue
+		}
+		if f.ReservedConcurrentExecutions == nil || *f.ReservedConcurrentExecutions < 1 {
+			t.Errorf("%s paces itself without reserved concurrency", id)
+			continue
+		}
+		total += float64(*f.ReservedConcurrentExecutions) * share
+	}
+	if total > 1 || total < 0.95 {
+		t.Errorf("the environments together pace at %.3f of each quota, want 0.95-1", total)
 	}
 }

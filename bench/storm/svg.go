@@ -38,6 +38,24 @@ func (r *Result) SVG(w io.Writer) {
 	}
 	fmt.Fprintf(&b, `<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="%s"/>`+"\n", strings.Join(pts, " "))
 	fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#1f77b4">devices committed</text>`+"\n", left+8, top+14)
+	// the binding API's work done: its accepted calls so far, in devices'
+	// worth (calls ÷ calls per device). Against the bound line it shows
+	// whether the API ran at its quota the whole time (parallel) or idled.
+	if secs, c := r.PerSecond[r.BoundAPI], r.Calls[r.BoundAPI]; len(secs) > 0 && c != nil && c.OK > 0 {
+		perDev := float64(c.OK) / float64(max(r.Devices, 1))
+		last := 0
+		for sec := range secs {
+			last = max(last, sec)
+		}
+		pts := []string{fmt.Sprintf("%.1f,%.1f", x(0), yc(0))}
+		sum := 0
+		for sec := 0; sec <= last; sec++ {
+			sum += secs[sec]
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(float64(sec+1)), yc(int(float64(sum)/perDev))))
+		}
+		fmt.Fprintf(&b, `<polyline fill="none" stroke="#2ca02c" stroke-width="2" points="%s"/>`+"\n", strings.Join(pts, " "))
+		fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#2ca02c">%s calls so far, in devices' worth (%.2f per device)</text>`+"\n", left+8, top+28, r.BoundAPI, perDev)
+	}
 	// throttles per API per second
 	apis := map[string]bool{}
 	peak := 1

@@ -201,9 +201,31 @@ func (v *Vendor) Handle(ctx context.Context, ev Event) (Reply, error) {
 	return Reply{Topic: topic, Payload: body}, nil
 }
 
+// bootDescribed is what checkDevice learnt of the thing's bootstrap
+// certificate when it is not the certificate used: Described when it
+// called DescribeCertificate for it, Cert empty when it no longer exists.
+// The ack reuses it instead of describing the same certificate again
+// (DescribeCertificate is the quota the storm runs out of first:
+// docs/cloud.md, "Quotas").
+type bootDescribed struct {
+	Described bool
+	Cert      ports.Certificate
+}
+
 // checkDevice runs the checks common to get and ack: client ID, allow list,
 // principal attached and ACTIVE, revocation, activation.
 func (v *Vendor) checkDevice(ctx context.Context, ev Event) (manifest.Entry, ports.Thing, ports.Certificate, error) {
+	entry, thing, cert, _, err := v.checkDeviceBoot(ctx, ev)
+	return entry, thing, cert, err
+}
+
+func (v *Vendor) checkDeviceBoot(ctx context.Context, ev Event) (manifest.Entry, ports.Thing, ports.Certificate, bootDescribed, error) {
+	var boot bootDescribed
+	entry, thing, cert, err := v.checkDeviceInto(ctx, ev, &boot)
+	return entry, thing, cert, boot, err
+}
+
+func (v *Vendor) checkDeviceInto(ctx context.Context, ev Event, boot *bootDescribed) (manifest.Entry, ports.Thing, ports.Certificate, error) {
 	var entry manifest.Entry
 	var thing ports.Thing
 	var cert ports.Certificate
@@ -266,11 +288,13 @@ func (v *Vendor) checkDevice(ctx context.Context, ev Event) (manifest.Entry, por
 		if id != cert.ID {
 			c, err = v.Registry.DescribeCertificate(ctx, id)
 			if errors.Is(err, ports.ErrNotFound) {
+				*boot = bootDescribed{Described: true}
 				continue
 			}
 			if err != nil {
 				return entry, thing, cert, err
 			}
+			*boot = bootDescribed{Described: true, Cert: c}
 			// Before the first commit a REVOKED bootstrap certificate means
 			// the device was refused; afterwards REVOKED may be the
 			// bootstrap-after-rotation setting, and only the CRL counts.
@@ -323,6 +347,9 @@ func (v *Vendor) rotationPending(ctx context.Context, ev Event) error {
 }
 
 func (v *Vendor) get(ctx context.Context, ev Event) (any, error) {
+	if acc, ok := v.repeatGet(ctx, ev); ok {
+		return acc, nil
+	}
 	entry, _, _, err := v.checkDevice(ctx, ev)
 	if err != nil {
 		return nil, err
@@ -368,11 +395,11 @@ func (v *Vendor) get(ctx context.Context, ev Event) (any, error) {
 		}
 		// Concurrent requests activate the same certificate: whoever writes
 		// the record, it names this one.
-		if err := v.record(ctx, recKey, ev, csrDER, cert.ID); err != nil && !errors.Is(err, ports.ErrExists) {
+		if err := v.record(ctx, recKey, ev, csrDER, cert.ID, false); err != nil && !errors.Is(err, ports.ErrExists) {
 			return nil, err
 		}
 	default:
-		cert, found, err = v.issue(ctx, recKey, ev, csrDER)
+		cert, found, err = v.issue(ctx, recKey, ev, csrDER, attested)
 		if err != nil {
 			return nil, err
 		}
@@ -445,12 +472,16 @@ func (v *Vendor) recorded(ctx context.Context, recKey string) (ports.Certificate
 
 // record writes the issuance record if there is none (conditional write:
 // of concurrent writers exactly one succeeds, the others get ErrExists).
-func (v *Vendor) record(ctx context.Context, recKey string, ev Event, csrDER []byte, certID string) error {
+func (v *Vendor) record(ctx context.Context, recKey string, ev Event, csrDER []byte, certID string, attested bool) error {
 	rec, err := json.Marshal(fleet.Issuance{Thing: ev.ThingName, JobID: ev.JobID, CSRSHA256: fleet.CSRSHA256(csrDER), CertificateID: certID, IssuedAt: v.Clock.Now().UTC().Format(time.RFC3339)})
 	if err != nil {
 		return fmt.Errorf("encoding issuance record %s: %w", recKey, err)
 	}
-	if err := v.Store.PutIfAbsent(ctx, recKey, rec, map[string]string{fleet.MetaCertificateID: certID}); err != nil {
+	meta := map[string]string{fleet.MetaCertificateID: certID, metaPrincipal: ev.Principal}
+	if attested {
+		meta[metaAttested] = "true"
+	}
+	if err := v.Store.PutIfAbsent(ctx, recKey, rec, meta); err != nil {
 		return fmt.Errorf("writing issuance record s3://%s/%s: %w", v.Settings.Bucket, recKey, err)
 	}
 	return nil
@@ -462,12 +493,12 @@ func (v *Vendor) record(ctx context.Context, recKey string, ev Event, csrDER []b
 // record write succeeds. The loser deletes its certificate (not yet
 // attached to anything, so no device can use it) and answers with the
 // winner's (found is then true).
-func (v *Vendor) issue(ctx context.Context, recKey string, ev Event, csrDER []byte) (c ports.Certificate, found bool, err error) {
+func (v *Vendor) issue(ctx context.Context, recKey string, ev Event, csrDER []byte, attested bool) (c ports.Certificate, found bool, err error) {
 	c, err = v.Registry.CreateCertificateFromCSR(ctx, fleet.CSRPEM(csrDER), true)
 	if err != nil {
 		return c, false, err
 	}
-	werr := v.record(ctx, recKey, ev, csrDER, c.ID)
+	werr := v.record(ctx, recKey, ev, csrDER, c.ID, attested)
 	if werr == nil {
 		return c, false, nil
 	}
@@ -556,7 +587,11 @@ func (v *Vendor) ack(ctx context.Context, ev Event) (any, error) {
 	if ev.Principal != ev.CertificateID {
 		return nil, rej(protocol.NotAllowed, "the ack must come over the new certificate %s", ev.CertificateID)
 	}
-	_, thing, cert, err := v.checkDevice(ctx, ev)
+	if v.repeatAck(ctx, ev) {
+		v.Log.Info("rotation already committed: repeated ack", "thing", ev.ThingName, "jobId", ev.JobID, "certificateId", ev.CertificateID)
+		return protocol.AckAccepted{ClientToken: ev.ClientToken, CertificateID: ev.CertificateID}, nil
+	}
+	_, thing, cert, boot, err := v.checkDeviceBoot(ctx, ev)
 	if err != nil {
 		return nil, err
 	}
@@ -601,12 +636,19 @@ func (v *Vendor) ack(ctx context.Context, ev Event) (any, error) {
 		}
 	}
 	// Idempotent follow-ups, repeated on every ack so that a crash after
-	// the commit record converges.
-	if err := v.Registry.RemoveThingFromGroup(ctx, v.Settings.RotationGroup, ev.ThingName); err != nil && !errors.Is(err, ports.ErrNotFound) {
-		return nil, err
-	}
+	// the commit record converges. Leaving the rotation group comes last:
+	// repeatAck takes a thing out of the group as the sign that all of
+	// them are done.
 	if b := thing.Attributes[fleet.AttrBootstrap]; b != "" && b != cert.ID && v.Settings.BootstrapAfterRotation != "KEEP" {
-		bc, err := v.Registry.DescribeCertificate(ctx, b)
+		// checkDevice described it moments ago (it is not the
+		// certificate used); describe it only if it did not.
+		bc, err := boot.Cert, error(nil)
+		switch {
+		case !boot.Described:
+			bc, err = v.Registry.DescribeCertificate(ctx, b)
+		case bc.ID == "":
+			err = fmt.Errorf("bootstrap certificate %s: %w", b, ports.ErrNotFound)
+		}
 		switch {
 		case errors.Is(err, ports.ErrNotFound):
 		case err != nil:
@@ -617,6 +659,93 @@ func (v *Vendor) ack(ctx context.Context, ev Event) (any, error) {
 			}
 		}
 	}
+	if err := v.Registry.RemoveThingFromGroup(ctx, v.Settings.RotationGroup, ev.ThingName); err != nil && !errors.Is(err, ports.ErrNotFound) {
+		return nil, err
+	}
 	v.Log.Info("rotation committed", "thing", ev.ThingName, "jobId", ev.JobID, "certificateId", cert.ID)
 	return protocol.AckAccepted{ClientToken: ev.ClientToken, CertificateID: cert.ID}, nil
+}
+
+// Metadata of an issuance record (besides fleet.MetaCertificateID): the
+// certificate the request came over, and whether its key was attested.
+const (
+	metaPrincipal = "principal"
+	metaAttested  = "attested"
+)
+
+// repeatGet answers a get that was answered already: same thing, job, CSR
+// and principal, within PresignTTL of the issuance, its certificate
+// delivered (the package is written after the policy and the thing are
+// attached). A device asks again when the answer is late (its reply
+// timeout, 30 s by default): in a storm the requests wait in the
+// function's queue longer than that, and every repeat that went through
+// the checks again cost two DescribeCertificate calls, the quota the storm
+// runs out of first (docs/cloud.md, "Quotas"). The repeat gets the same
+// answer from S3 alone; every check ran when the record was written, for
+// this principal, and the ack runs them all again before the commit.
+// Anything else (no record, another principal, older, no package) takes
+// the full path.
+func (v *Vendor) repeatGet(ctx context.Context, ev Event) (protocol.GetAccepted, bool) {
+	if ev.CSR == "" || ev.JobID == "" || ev.ClientID != ev.ThingName || !protocol.ValidCertificateID(ev.Principal) {
+		return protocol.GetAccepted{}, false
+	}
+	entry, err := v.Trust.Lookup(ctx, ev.ThingName)
+	if err != nil {
+		return protocol.GetAccepted{}, false
+	}
+	req, err := fleet.CheckCSR([]byte(ev.CSR), ev.ThingName)
+	if err != nil {
+		return protocol.GetAccepted{}, false
+	}
+	// The attestation is checked again (S3 records only): a key seen in
+	// another rotation is refused on the full path.
+	if _, err := v.checkAttestation(ctx, ev, entry, req); err != nil {
+		return protocol.GetAccepted{}, false
+	}
+	obj, err := v.Store.Get(ctx, fleet.IssuanceKey(ev.ThingName, ev.JobID, req.Raw), "")
+	if err != nil || obj.Metadata[metaPrincipal] != ev.Principal {
+		return protocol.GetAccepted{}, false
+	}
+	var rec fleet.Issuance
+	if json.Unmarshal(obj.Body, &rec) != nil || !protocol.ValidCertificateID(rec.CertificateID) || rec.CertificateID != obj.Metadata[fleet.MetaCertificateID] {
+		return protocol.GetAccepted{}, false
+	}
+	at, err := time.Parse(time.RFC3339, rec.IssuedAt)
+	if err != nil || v.Clock.Now().Sub(at) > v.Settings.PresignTTL {
+		return protocol.GetAccepted{}, false
+	}
+	pkgKey := fleet.PackageKey(ev.ThingName, rec.CertificateID)
+	pkg, err := v.Store.Get(ctx, pkgKey, "")
+	if err != nil || pkg.Metadata[fleet.MetaCertificateID] != rec.CertificateID {
+		return protocol.GetAccepted{}, false
+	}
+	loc, err := v.Store.Presign(ctx, pkgKey, v.Settings.PresignTTL)
+	if err != nil {
+		return protocol.GetAccepted{}, false
+	}
+	v.Log.Info("certificate issued", "thing", ev.ThingName, "jobId", ev.JobID, "certificateId", rec.CertificateID, "retry", true, "repeat", true)
+	return protocol.GetAccepted{ClientToken: ev.ClientToken, CertificateID: rec.CertificateID, CertificatePEM: string(pkg.Body),
+		Location: loc, Attested: obj.Metadata[metaAttested] == "true"}, true
+}
+
+// repeatAck says whether an ack (over its own new certificate, checked by
+// the caller) is for a rotation already committed with all its follow-ups:
+// the thing's operational certificate is this one and the thing has left
+// the rotation group (the last follow-up). It costs DescribeThing and
+// ListThingGroupsForThing (350 and 100/s by default) instead of the checks'
+// DescribeCertificate and ListThingPrincipals (10/s each). The answer
+// changes nothing.
+func (v *Vendor) repeatAck(ctx context.Context, ev Event) bool {
+	if ev.ClientID != ev.ThingName || ev.JobID == "" {
+		return false
+	}
+	if _, err := v.Trust.Lookup(ctx, ev.ThingName); err != nil {
+		return false
+	}
+	thing, err := v.Registry.DescribeThing(ctx, ev.ThingName)
+	if err != nil || thing.Attributes[fleet.AttrOperational] != ev.CertificateID {
+		return false
+	}
+	groups, err := v.Registry.ListThingGroupsForThing(ctx, ev.ThingName)
+	return err == nil && !slices.Contains(groups, v.Settings.RotationGroup)
 }

@@ -402,3 +402,75 @@ func TestConcurrentGetLoserDeletesItsCertificate(t *testing.T) {
 		t.Errorf("certificates besides the bootstrap one: %v, want only %s", ids, a.CertificateID)
 	}
 }
+
+// describeCounter counts DescribeCertificate calls (the API the storm
+// runs out of first, docs/cloud.md "Quotas").
+type describeCounter struct {
+	certvendor.Registry
+	n int
+}
+
+func (c *describeCounter) DescribeCertificate(ctx context.Context, id string) (ports.Certificate, error) {
+	c.n++
+	return c.Registry.DescribeCertificate(ctx, id)
+}
+
+// A rotation costs three DescribeCertificate calls: the get describes the
+// certificate used (the bootstrap one), the ack the new one and the
+// bootstrap certificate once (its CRL check and the bootstrap-after-
+// rotation step share the description).
+func TestDescribeCertificateCalls(t *testing.T) {
+	r := newRig(t, map[string]string{fleet.EnvBootstrapAfterRotation: "INACTIVE"}, nil)
+	v := r.b.Vendor()
+	cnt := &describeCounter{Registry: v.Registry}
+	v.Registry = cnt
+	lastCSR := string(testpki.CSR(t, r.dev.ID, nil))
+	rep, err := v.Handle(context.Background(), certvendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: r.dev.CertID, ClientID: r.dev.ID, JobID: job, ClientToken: "t", CSR: lastCSR})
+	var acc protocol.GetAccepted
+	if err != nil || json.Unmarshal(rep.Payload, &acc) != nil || acc.CertificateID == "" {
+		t.Fatalf("get: %s %v", rep.Payload, err)
+	}
+	if cnt.n != 1 {
+		t.Errorf("get: %d DescribeCertificate calls, want 1", cnt.n)
+	}
+	// The device asks again (its reply timeout): same answer, from S3,
+	// no DescribeCertificate.
+	cnt.n = 0
+	csrEv := certvendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: r.dev.CertID, ClientID: r.dev.ID, JobID: job, ClientToken: "t2"}
+	rep, err = v.Handle(context.Background(), func() certvendor.Event { e := csrEv; e.CSR = lastCSR; return e }())
+	var acc2 protocol.GetAccepted
+	if err != nil || json.Unmarshal(rep.Payload, &acc2) != nil || acc2.CertificateID != acc.CertificateID || acc2.CertificatePEM != acc.CertificatePEM || acc2.Location == "" || acc2.ClientToken != "t2" {
+		t.Fatalf("repeated get: %s %v", rep.Payload, err)
+	}
+	if cnt.n != 0 {
+		t.Errorf("repeated get: %d DescribeCertificate calls, want 0", cnt.n)
+	}
+	cnt.n = 0
+	rep, err = v.Handle(context.Background(), certvendor.Event{ThingName: r.dev.ID, Operation: "ack", Principal: acc.CertificateID, ClientID: r.dev.ID, JobID: job, ClientToken: "a", CertificateID: acc.CertificateID})
+	if err != nil || !strings.HasSuffix(rep.Topic, "/ack/accepted") {
+		t.Fatalf("ack: %s %s %v", rep.Topic, rep.Payload, err)
+	}
+	if cnt.n != 2 {
+		t.Errorf("ack: %d DescribeCertificate calls, want 2", cnt.n)
+	}
+	if got := r.b.Reg.Status(r.dev.CertID); got != ports.StatusInactive {
+		t.Errorf("bootstrap certificate %s after the ack, want INACTIVE", got)
+	}
+	// A repeated ack: accepted, no DescribeCertificate.
+	cnt.n = 0
+	rep, err = v.Handle(context.Background(), certvendor.Event{ThingName: r.dev.ID, Operation: "ack", Principal: acc.CertificateID, ClientID: r.dev.ID, JobID: job, ClientToken: "a2", CertificateID: acc.CertificateID})
+	if err != nil || !strings.HasSuffix(rep.Topic, "/ack/accepted") {
+		t.Fatalf("repeated ack: %s %s %v", rep.Topic, rep.Payload, err)
+	}
+	if cnt.n != 0 {
+		t.Errorf("repeated ack: %d DescribeCertificate calls, want 0", cnt.n)
+	}
+	// The same CSR over another certificate is not a repeat: the full
+	// checks refuse it (that certificate is not attached to the thing).
+	other := r.b.CA.Issue(t, r.dev.ID, r.b.Clock.Now())
+	r.b.Reg.AddCertificate(other.DER, ports.StatusActive)
+	rep, err = v.Handle(context.Background(), certvendor.Event{ThingName: r.dev.ID, Operation: "get", Principal: other.CertID, ClientID: r.dev.ID, JobID: job, ClientToken: "t3", CSR: lastCSR})
+	if err != nil || !strings.HasSuffix(rep.Topic, "/get/rejected") || !strings.Contains(string(rep.Payload), string(protocol.NotAllowed)) {
+		t.Fatalf("same CSR over another certificate: %s %s %v", rep.Topic, rep.Payload, err)
+	}
+}

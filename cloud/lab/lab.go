@@ -57,6 +57,11 @@ type Config struct {
 
 	// FunctionWorkers bounds concurrent asynchronous invocations (default 8).
 	FunctionWorkers int
+	// FunctionQueue bounds queued asynchronous invocations (default
+	// 4096); beyond it an invocation is dropped, so a fleet storm needs
+	// room for one event per device (Lambda's own asynchronous queue
+	// keeps events up to six hours).
+	FunctionQueue int
 	// FunctionTimeout bounds one invocation (default 30s).
 	FunctionTimeout time.Duration
 
@@ -101,6 +106,7 @@ type Lab struct {
 	rules     *ruleEngine
 	faults    *faults
 	endpoints Endpoints
+	limits    limits.Limits // the quotas the API and broker enforce
 
 	servers []*http.Server
 	stop    context.CancelFunc
@@ -166,6 +172,7 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 		return nil, fmt.Errorf("lab: --limits: %w", err)
 	}
 	limiter := limits.NewLimiter(lim, cfg.Clock)
+	l.limits = lim
 
 	// Listeners first, so that the endpoints are known to the functions.
 	mqttLn, err := net.Listen("tcp", cfg.MQTTAddr)
@@ -188,7 +195,11 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 		ServerCA: filepath.Join(cfg.DataDir, pki.ServerCAFile), Region: cfg.Region, Account: cfg.AccountID,
 	}
 
-	l.invoker = newInvoker(cfg.Logger, cfg.FunctionWorkers, 4096, cfg.FunctionTimeout)
+	queue := cfg.FunctionQueue
+	if queue <= 0 {
+		queue = 4096
+	}
+	l.invoker = newInvoker(cfg.Logger, cfg.FunctionWorkers, queue, cfg.FunctionTimeout)
 	l.rules = &ruleEngine{log: cfg.Logger.With("component", "rules"), inv: l.invoker}
 
 	var limiterForBroker broker.ConnectLimiter

@@ -17,6 +17,7 @@ import (
 	"github.com/bootcert/bootcert/cloud/lab/registry"
 	"github.com/bootcert/bootcert/cloud/lab/rules"
 	"github.com/bootcert/bootcert/cloud/lab/template"
+	"github.com/bootcert/bootcert/cloud/ports"
 )
 
 // loadTemplate applies the template like a stack deployment would, without
@@ -80,6 +81,11 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 		},
 		Clock:  l.cfg.Clock,
 		Logger: l.log.With("component", "function"),
+		// One pacer for every function: the lab is one process and one
+		// account, so the functions share each API's quota exactly
+		// (in AWS each execution environment paces at its share,
+		// API_QUOTA_SHARE in the template). Without limits it never waits.
+		Pacer: l.functionPacer(),
 	}
 	for _, f := range t.Functions {
 		for _, e := range f.Events {
@@ -221,4 +227,17 @@ func (l *Lab) FunctionCredentials(logicalID string) (accessKeyID, secretAccessKe
 		return "", "", false
 	}
 	return p.AccessKeyID, p.SecretAccessKey, true
+}
+
+// functionPacer paces the functions' control-plane calls at the lab's own
+// API limits (ports.Pacer), so that they wait for their turn instead of
+// being throttled and retrying.
+func (l *Lab) functionPacer() *ports.Pacer {
+	rates := map[string]float64{}
+	for op := range ports.DefaultQuotas {
+		if r := l.limits.APIRate(op); r > 0 {
+			rates[op] = r
+		}
+	}
+	return ports.NewPacer(l.cfg.Clock, rates)
 }

@@ -213,7 +213,7 @@ func (r *Registry) addCertLocked(op string, c *x509.Certificate, caID, status, m
 		CACertificateID: caID, CertificateMode: mode, OwnedBy: r.account, CreationDate: now, LastModifiedDate: now,
 		NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(), Subject: c.Subject.String(), GenerationID: newUUID()}
 	r.st.Certs[id] = cert
-	r.touch()
+	r.touchRec(recCert, id)
 	r.emit(CertificateRegistered{CAID: caID, CertID: id, Status: status, Time: now, JITR: op == "JITR"})
 	r.logDecision(op, id, "registered", "status", status, "ca", caID, "subject", cert.Subject)
 	return cert, nil
@@ -397,7 +397,7 @@ func (r *Registry) UpdateCertificate(id, newStatus string) error {
 		}
 		c.Status = newStatus
 		c.LastModifiedDate = now
-		r.touch()
+		r.touchRec(recCert, id)
 		r.emit(CertificateStatusChanged{ID: id, Old: old, New: newStatus, Time: now})
 		r.logDecision("UpdateCertificate", id, "status changed", "old", old, "new", newStatus)
 		return nil

@@ -316,7 +316,7 @@ func (r *Registry) createExecLocked(j *Job, thing string, now time.Time) {
 	e := &JobExecution{JobID: j.ID, ThingName: thing, ThingARN: r.ThingARN(thing), Status: protocol.JobQueued,
 		QueuedAt: now, LastUpdatedAt: now, VersionNumber: 1, ExecutionNumber: num}
 	byJob[j.ID] = append(execs, e)
-	r.touch()
+	r.touchRec(recExecs, thing)
 	r.logDecision("QueueJobExecution", j.ID+"/"+thing, "queued", "executionNumber", num)
 	r.emit(JobExecutionChanged{Exec: copyExec(e), Job: copyJob(j), OldStatus: ""})
 }
@@ -337,7 +337,10 @@ func (r *Registry) setStatusLocked(j *Job, e *JobExecution, status protocol.JobS
 		e.StepTimeoutAt, e.InProgressTimeoutAt = time.Time{}, time.Time{}
 	}
 	r.trackTimeout(e)
-	r.touch()
+	// The execution's record, and the job's: maybeCompleteLocked and
+	// abortLocked below may change it.
+	r.touchRec(recExecs, e.ThingName)
+	r.touchRec(recJob, j.ID)
 	r.logDecision("JobExecution", j.ID+"/"+e.ThingName, "status "+string(status), "old", old, "version", e.VersionNumber, "executionNumber", e.ExecutionNumber)
 	r.emit(JobExecutionChanged{Exec: copyExec(e), Job: copyJob(j), OldStatus: old})
 	if status.Terminal() {

@@ -4,8 +4,10 @@
 // semantics of the control-plane operations (used by cloud/lab/api) and of
 // the Jobs data plane (used by the broker's MQTT Jobs topics), emits events
 // for the broker (certificate registered or changed status, job execution
-// changed, group membership changed), and persists everything in one JSON
-// file, DIR/registry.json, written atomically after every mutation.
+// changed, group membership changed), and persists everything in
+// DIR/registry.json (the whole state, written atomically) and
+// DIR/registry.journal (the records each later write changed, appended and
+// synced; folded into registry.json when it outgrows it: journal.go).
 //
 // Where the lab mimics an AWS behaviour, the comment cites the AWS page.
 package registry
@@ -124,7 +126,9 @@ type Listener func(Event)
 
 // state is what registry.json holds.
 type state struct {
-	Version          int                        `json:"version"`
+	Version int `json:"version"`
+	// Seq is the last journal batch this file holds (journal.go).
+	Seq              uint64                     `json:"journalSeq,omitempty"`
 	RegistrationCode string                     `json:"registrationCode"`
 	CAs              map[string]*CACertificate  `json:"caCertificates"`
 	Certs            map[string]*Certificate    `json:"certificates"`
@@ -219,6 +223,8 @@ type Registry struct {
 	timed     map[*JobExecution]bool     // IN_PROGRESS executions with a timeout
 	byPrinc   map[string]map[string]bool // principal ARN -> things (index of st.ThingPrincipals)
 	changed   bool
+	dirty     map[recKey]bool // records changed since the last write (journal.go)
+	dirtyAll  bool            // a change no record describes: rewrite registry.json
 	events    []Event
 	seq       uint64 // mutations so far
 	listeners []Listener
@@ -227,6 +233,11 @@ type Registry struct {
 	persisted uint64 // mutations persisted
 	writes    uint64
 	writeErr  error // last write-behind error
+
+	journal     *os.File // registry.journal, appended (journal.go)
+	journalSize int64
+	snapSize    int64 // bytes of registry.json when last written
+	jseq        uint64
 
 	kick     chan struct{} // write-behind: there is something to write
 	pause    time.Duration // write-behind: least time between writes
@@ -266,6 +277,15 @@ func Open(cfg Config) (*Registry, error) {
 			}
 			st.fill()
 			r.st = st
+			r.snapSize = int64(len(data))
+		}
+		size, err := replayJournal(filepath.Join(cfg.Dir, JournalName), r.st)
+		if err != nil {
+			return nil, err
+		}
+		r.journalSize, r.jseq = size, r.st.Seq
+		if err := r.openJournal(cfg.Dir); err != nil {
+			return nil, err
 		}
 	}
 	r.timed = map[*JobExecution]bool{}
@@ -413,7 +433,10 @@ func (r *Registry) do(fn func(now time.Time) error) error {
 }
 
 func (r *Registry) emit(e Event) { r.events = append(r.events, e) }
-func (r *Registry) touch()       { r.changed = true }
+
+// touch marks a change that no record key describes: the next write is
+// the whole registry.json. Hot paths use touchRec (journal.go).
+func (r *Registry) touch() { r.changed, r.dirtyAll = true, true }
 
 // persist writes the state if mutation seq is not on disk yet.
 func (r *Registry) persist(seq uint64) error {
@@ -426,14 +449,58 @@ func (r *Registry) persist(seq uint64) error {
 		return nil // a concurrent caller's write included this change
 	}
 	r.mu.Lock()
-	data, err := json.Marshal(r.st)
 	cur := r.seq
+	r.jseq++
+	jseq := r.jseq
+	if !r.dirtyAll && r.journal != nil && r.journalSize < max(compactMin, r.snapSize) {
+		// Only the records that changed, appended to the journal.
+		b := journalBatch{Seq: jseq}
+		var err error
+		for k := range r.dirty {
+			var v json.RawMessage
+			if v, err = r.recValueLocked(k); err != nil {
+				break
+			}
+			b.Recs = append(b.Recs, journalRec{Kind: k.kind, Key: k.key, Value: v})
+		}
+		r.dirty = nil
+		if err != nil {
+			r.dirtyAll = true
+			r.mu.Unlock()
+			return fmt.Errorf("saving lab registry: %w", err)
+		}
+		r.mu.Unlock()
+		if err := r.appendJournal(b); err != nil {
+			r.mu.Lock()
+			r.dirtyAll = true // the next write is registry.json
+			r.mu.Unlock()
+			return fmt.Errorf("saving lab registry journal: %w", err)
+		}
+		r.persisted = cur
+		r.writes++
+		return nil
+	}
+	r.st.Seq = jseq
+	data, err := json.Marshal(r.st)
+	r.dirty, r.dirtyAll = nil, false
 	r.mu.Unlock()
-	if err != nil {
+	fail := func(err error) error {
+		r.mu.Lock()
+		r.dirtyAll = true
+		r.mu.Unlock()
 		return fmt.Errorf("saving lab registry: %w", err)
 	}
+	if err != nil {
+		return fail(err)
+	}
 	if err := atomicfile.WriteFile(r.path, data, 0o600); err != nil {
-		return fmt.Errorf("saving lab registry: %w", err)
+		return fail(err)
+	}
+	// registry.json now holds every journalled batch (Seq): a crash
+	// before the journal is emptied replays none of them.
+	r.snapSize = int64(len(data))
+	if err := r.resetJournal(); err != nil {
+		return fail(err)
 	}
 	r.persisted = cur
 	r.writes++
@@ -444,11 +511,17 @@ func (r *Registry) write() error {
 	if r.path == "" {
 		return nil
 	}
+	r.jseq++
+	r.st.Seq = r.jseq
 	data, err := json.Marshal(r.st)
 	if err != nil {
 		return err
 	}
 	if err := atomicfile.WriteFile(r.path, data, 0o600); err != nil {
+		return fmt.Errorf("saving lab registry: %w", err)
+	}
+	r.snapSize = int64(len(data))
+	if err := r.resetJournal(); err != nil {
 		return fmt.Errorf("saving lab registry: %w", err)
 	}
 	r.writes++

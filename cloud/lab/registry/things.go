@@ -91,7 +91,7 @@ func (r *Registry) CreateThing(name, typeName string, attrs map[string]string) (
 			t.Attributes = map[string]string{}
 		}
 		r.st.Things[name] = t
-		r.touch()
+		r.touchRec(recThing, name)
 		r.logDecision("CreateThing", name, "created", "type", typeName)
 		out = copyThing(t)
 		return nil
@@ -175,7 +175,7 @@ func (r *Registry) UpdateThing(in UpdateThingInput) (Thing, error) {
 		}
 		t.TypeName, t.Attributes = typeName, attrs
 		t.Version++
-		r.touch()
+		r.touchRec(recThing, in.Name)
 		r.logDecision("UpdateThing", in.Name, "updated", "version", t.Version)
 		out = copyThing(t)
 		return nil
@@ -340,7 +340,7 @@ func (r *Registry) AddThingToThingGroup(group, thing string) error {
 			return invalid("thing "+thing, "thing is in %d thing groups already, the maximum", n)
 		}
 		addToSet(r.st.Members, group, thing)
-		r.touch()
+		r.touchRec(recMembers, group)
 		r.logDecision("AddThingToThingGroup", thing, "joined", "group", group)
 		r.emit(ThingGroupMembershipChanged{Group: group, Thing: thing, Added: true})
 		for _, id := range slices.Sorted(maps.Keys(r.st.Jobs)) {
@@ -369,7 +369,7 @@ func (r *Registry) RemoveThingFromThingGroup(group, thing string) error {
 		if !removeFromSet(r.st.Members, group, thing) {
 			return nil
 		}
-		r.touch()
+		r.touchRec(recMembers, group)
 		r.logDecision("RemoveThingFromThingGroup", thing, "left", "group", group)
 		r.emit(ThingGroupMembershipChanged{Group: group, Thing: thing, Added: false})
 		r.dropUntargetedLocked(thing, now)
@@ -489,10 +489,11 @@ func (r *Registry) AttachThingPrincipal(thing, principal string, typ ...string) 
 				}
 			}
 			r.st.Exclusive[principal] = thing
+			r.touchRec(recExclusive, principal)
 		}
 		if addToSet(r.st.ThingPrincipals, thing, principal) {
 			addToSet(r.byPrinc, principal, thing)
-			r.touch()
+			r.touchRec(recThingPrincipals, thing)
 			r.logDecision("AttachThingPrincipal", thing, "attached", "principal", principal)
 		}
 		return nil
@@ -599,7 +600,7 @@ func (r *Registry) AttachPolicy(name, target string) error {
 			return notFound("target", target)
 		}
 		if addToSet(r.st.PolicyTargets, name, target) {
-			r.touch()
+			r.touchRec(recPolicyTargets, name)
 			r.logDecision("AttachPolicy", name, "attached", "target", target)
 		}
 		return nil
