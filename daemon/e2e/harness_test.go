@@ -100,11 +100,11 @@ type cloudOpts struct {
 	params    map[string]string
 }
 
-func newCloudWith(t testing.TB, o cloudOpts) *cloudEnv {
-	t.Helper()
-	c := &cloudEnv{t: t, dir: t.TempDir(), data: t.TempDir(), functions: o.functions, params: o.params}
-	c.start()
-	ctx := context.Background()
+// trustFactoryCA finds the template's bucket, registers a new factory CA
+// (verification certificate, auto-registration on) and uploads it with an
+// empty allow list.
+func (c *cloudEnv) trustFactoryCA(ctx context.Context) {
+	t := c.t
 	tmpl, err := template.Load(templatePath(), template.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -126,6 +126,14 @@ func newCloudWith(t testing.TB, o cloudOpts) *cloudEnv {
 	}
 	c.put("trust/factory-ca.pem", c.ca.PEM)
 	c.put("trust/allow-list.csv", []byte("device_id,bootstrap_sha256,final_csr\n"))
+}
+
+func newCloudWith(t testing.TB, o cloudOpts) *cloudEnv {
+	t.Helper()
+	c := &cloudEnv{t: t, dir: t.TempDir(), data: t.TempDir(), functions: o.functions, params: o.params}
+	c.start()
+	ctx := context.Background()
+	c.trustFactoryCA(ctx)
 	doc, _ := json.Marshal(protocol.DefaultJobDocument())
 	if o.doc != "" {
 		doc = []byte(o.doc)

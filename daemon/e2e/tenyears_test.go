@@ -31,7 +31,6 @@ import (
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/daemon/session"
 	"github.com/bootcert/bootcert/internal/clock"
-	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/internal/testkit"
 	"github.com/bootcert/bootcert/keystore"
 	"github.com/bootcert/bootcert/keystore/tpm"
@@ -67,27 +66,7 @@ func newCloudOn(t *testing.T, clk clock.Clock, o cloudOpts) *cloudEnv {
 	c.api = iot.NewFromConfig(lab.ClientConfig(l.ServerCAPEM(), "us-east-1"), func(o *iot.Options) { o.BaseEndpoint = aws.String(l.Endpoints().API) })
 	c.s3 = s3.NewFromConfig(lab.ClientConfig(l.ServerCAPEM(), "us-east-1"), func(o *s3.Options) { o.BaseEndpoint = aws.String(l.Endpoints().S3); o.UsePathStyle = true })
 	ctx := context.Background()
-	tmpl, err := template.Load(templatePath(), template.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, b := range tmpl.Buckets {
-		c.bucket = b
-	}
-	c.ca = testca.New(t, "factory CA")
-	code, err := c.api.GetRegistrationCode(ctx, &iot.GetRegistrationCodeInput{})
-	if err != nil {
-		t.Fatalf("GetRegistrationCode: %v", err)
-	}
-	ver := c.ca.NewLeaf(t, aws.ToString(code.RegistrationCode))
-	if _, err := c.api.RegisterCACertificate(ctx, &iot.RegisterCACertificateInput{
-		CaCertificate: aws.String(string(c.ca.PEM)), VerificationCertificate: aws.String(string(ver.CertPEM)),
-		SetAsActive: true, AllowAutoRegistration: true,
-	}); err != nil {
-		t.Fatalf("RegisterCACertificate: %v", err)
-	}
-	c.put("trust/factory-ca.pem", c.ca.PEM)
-	c.put("trust/allow-list.csv", []byte("device_id,bootstrap_sha256,final_csr\n"))
+	c.trustFactoryCA(ctx)
 	doc, _ := json.Marshal(protocol.DefaultJobDocument())
 	if _, err := c.api.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("bootcert-rotation"), Document: aws.String(string(doc)),
 		Targets: []string{acct + "thinggroup/bootcert-rotation"}, TargetSelection: types.TargetSelectionContinuous}); err != nil {
