@@ -167,7 +167,7 @@ func TestJavaScriptIdentitySDK(t *testing.T) {
 		t.Errorf("shape the SDK's model does not allow: %s", e)
 	}
 	for _, name := range []string{"connect", "createCertificateFromCsr", "registerThing", "createCertificateFromCsr hookRefusedNotAllowed",
-		"createCertificateFromCsr hookRefusedReplayedSerial", "createCertificateFromCsr hookRefusedOthersName"} {
+		"createCertificateFromCsr hookRefusedReplayedSerial", "createCertificateFromCsr hookRefusedOthersName", "connect v1"} {
 		if s, ok := res.Steps[name]; !ok || !s.OK {
 			t.Fatalf("%s: %+v (modeled error %s)\nstderr: %s", name, s, s.ModeledError, stderr.String())
 		}

@@ -219,12 +219,18 @@ func TestReload(t *testing.T) {
 				t.Errorf("refusal %q does not name %q", st.Reload.Error, want)
 			}
 		}
+		// the daemon's log reaches the test through a pipe: the status
+		// can say refused before the line has arrived
 		var lines []string
-		for _, l := range strings.Split(d.Log()[mark:], "\n") {
-			if strings.Contains(l, "configuration reload refused") {
-				lines = append(lines, l)
+		testkit.Poll(10*time.Second, func() bool {
+			lines = nil
+			for _, l := range strings.Split(d.Log()[mark:], "\n") {
+				if strings.Contains(l, "configuration reload refused") {
+					lines = append(lines, l)
+				}
 			}
-		}
+			return len(lines) > 0
+		})
 		if len(lines) != 1 || !strings.Contains(lines[0], "level=ERROR") || !strings.Contains(lines[0], d.cfgPath) || !strings.Contains(lines[0], "backoff.initial") {
 			t.Errorf("want one error line naming the file and the key, got %q", lines)
 		}

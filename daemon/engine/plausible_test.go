@@ -16,6 +16,7 @@ import (
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/internal/testca"
+	"github.com/bootcert/bootcert/internal/testkit"
 	"github.com/bootcert/bootcert/keystore"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -264,8 +265,15 @@ func TestClockJumpMidRotation(t *testing.T) {
 				// certificate (notBefore an hour ago) is not yet valid on
 				// the device's clock; everything else commits
 				wantFail := d < 0 && (point == "key-staged" || point == "get-awaited")
-				ups := r.cloud.jobUpdates()
-				last := ups[len(ups)-1]
+				// the journal records the result before the update is
+				// published: wait for the cloud to have the final one
+				var ups []string
+				var last string
+				testkit.Poll(30*time.Second, func() bool {
+					ups = r.cloud.jobUpdates()
+					last = ups[len(ups)-1]
+					return strings.HasPrefix(last, "rot-1 FAILED") || strings.HasPrefix(last, "rot-1 SUCCEEDED")
+				})
 				if wantFail {
 					if s.LastResult != protocol.JobFailed || !strings.Contains(s.LastReason, "not valid before") || s.Active.Generation != 0 || !strings.HasPrefix(last, "rot-1 FAILED") {
 						t.Fatalf("want FAILED with nothing switched; status %+v, updates %v", s, ups)
