@@ -28,6 +28,7 @@ import (
 	"github.com/bootcert/bootcert/daemon/credset"
 	"github.com/bootcert/bootcert/daemon/journal"
 	"github.com/bootcert/bootcert/daemon/proxy"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/keystore"
 	"github.com/bootcert/bootcert/protocol"
 )
@@ -258,14 +259,13 @@ func (c *checker) checkUser() {
 	c.userOK = true
 }
 
-// plausibleAfter: a clock before this is wrong (no RTC, no time sync yet).
-var plausibleAfter = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-
 func (c *checker) checkClock() {
 	now := c.now.UTC().Format(time.RFC3339)
 	fix := "set the time: enable NTP (timedatectl set-ntp true; systemd-timesyncd or chrony) and check the network to the time servers; gateways without an RTC boot in 1970"
-	if c.now.Before(plausibleAfter) {
-		c.add("clock", checkFail, "the system clock says "+now+": not plausible", fix)
+	// the daemon's own floor (clock.Floor: compiled in, raised by the
+	// build's commit time): what bootcertd waits on, check reports
+	if f := clock.Floor(); c.now.Before(f) {
+		c.add("clock", checkFail, fmt.Sprintf("the system clock says %s, before %s: not plausible (bootcertd waits until the clock is set)", now, f.UTC().Format(time.RFC3339)), fix)
 		return
 	}
 	if len(c.boot) > 0 && c.now.Before(c.boot[0].NotBefore) {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/bootcert/bootcert/daemon/config"
 	"github.com/bootcert/bootcert/daemon/credset"
+	"github.com/bootcert/bootcert/internal/clock"
 	"github.com/bootcert/bootcert/internal/testca"
 	"github.com/bootcert/bootcert/internal/testenv"
 	"github.com/bootcert/bootcert/internal/testproxy"
@@ -164,8 +165,20 @@ func TestCheckClock1970(t *testing.T) {
 	if code != ExitCheckFailures {
 		t.Errorf("exit %d", code)
 	}
-	want(t, rep, "clock", checkFail, "1970-01-01T00:00:42Z: not plausible", "timedatectl set-ntp true")
+	want(t, rep, "clock", checkFail, "1970-01-01T00:00:42Z, before "+clock.Floor().Format(time.RFC3339)+": not plausible", "timedatectl set-ntp true")
 	want(t, rep, "certificate", checkFail, "not valid before", "check the clock")
+}
+
+// TestCheckClockBeforeFloor: a clock that looks recent but is before the
+// daemon's floor (an RTC that kept the factory's date, systemd's build
+// time) is what bootcertd waits on, so check fails it too.
+func TestCheckClockBeforeFloor(t *testing.T) {
+	e := newCheckEnv(t, "file:"+filepath.Join(t.TempDir(), "boot.pem"))
+	at := clock.Floor().Add(-24 * time.Hour)
+	checkNow = func() time.Time { return at }
+	defer func() { checkNow = time.Now }()
+	rep, _ := e.run("--user", "root")
+	want(t, rep, "clock", checkFail, at.UTC().Format(time.RFC3339)+", before", "timedatectl set-ntp true")
 }
 
 func TestCheckCertificateNearExpiry(t *testing.T) {
