@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"debug/buildinfo"
 	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,14 +15,59 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/spf13/cobra"
+
+	"github.com/bootcert/bootcert/internal/gendocs"
 	"github.com/bootcert/bootcert/internal/testenv"
 )
+
+// testArches are the architectures the tests build and inspect: in make
+// test the build machine's own (amd64: what make test installs builds it);
+// under make test-packages (BOOTCERT_TEST_PACKAGES=1, which installs the
+// cross compilers) also arm64 and armhf.
+func testArches() []string {
+	if os.Getenv("BOOTCERT_TEST_PACKAGES") == "1" {
+		return []string{"amd64", "arm64", "armhf"}
+	}
+	return []string{"amd64"}
+}
+
+var rpmArches = map[string]string{"amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7hl"}
 
 const testVersion = "0.1.0"
 
 // the files each package holds: path -> mode as dpkg-deb -c and rpm -qplv
 // print it (owner root:root)
 var wantFiles = map[string]map[string]string{gateway: gatewayFiles, admin: adminFiles}
+
+func init() {
+	// every package: its copyright file, and a man page per command and the
+	// completions of each cobra tool (internal/gendocs)
+	for name, pkg := range gendocs.Packages() {
+		wantFiles[name]["/usr/share/doc/"+name+"/copyright"] = "-rw-r--r--"
+		for i, tool := range pkg.Tools {
+			for _, c := range commandPaths(tool.Root) {
+				wantFiles[name]["/"+gendocs.ManDir+"/man"+tool.Section+"/"+strings.ReplaceAll(c, " ", "-")+"."+tool.Section+".gz"] = "-rw-r--r--"
+			}
+			if pkg.Completions[i] {
+				n := tool.Root.Name()
+				for _, f := range []string{gendocs.BashDir + "/" + n, gendocs.ZshDir + "/_" + n, gendocs.FishDir + "/" + n + ".fish"} {
+					wantFiles[name]["/"+f] = "-rw-r--r--"
+				}
+			}
+		}
+	}
+}
+
+func commandPaths(c *cobra.Command) []string {
+	out := []string{c.CommandPath()}
+	for _, sub := range c.Commands() {
+		if sub.IsAvailableCommand() && !sub.IsAdditionalHelpTopicCommand() {
+			out = append(out, commandPaths(sub)...)
+		}
+	}
+	return out
+}
 
 // the two packages make packages builds
 const (
@@ -66,14 +112,14 @@ func packages(t *testing.T, name, arch, ext string) string {
 			return
 		}
 		cmd := exec.Command("make", "-s", "--no-print-directory", "-C", "../..", "packages",
-			"DIST="+buildDir, "VERSION="+testVersion, "ARCHES=amd64 arm64")
+			"DIST="+buildDir, "VERSION="+testVersion, "ARCHES="+strings.Join(testArches(), " "))
 		buildOut, buildErr = cmd.CombinedOutput()
 	})
 	if buildErr != nil {
 		t.Fatalf("build.sh: %v\n%s", buildErr, buildOut)
 	}
 	if ext == "rpm" { // rpm's own file name convention and architecture names
-		return filepath.Join(buildDir, name+"-"+testVersion+"-1."+map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[arch]+".rpm")
+		return filepath.Join(buildDir, name+"-"+testVersion+"-1."+rpmArches[arch]+".rpm")
 	}
 	return filepath.Join(buildDir, name+"_"+testVersion+"_"+arch+"."+ext)
 }
@@ -98,14 +144,68 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-// cgoArch tells whether build.sh builds arch with cgo (linking libc; the
-// release tag nosimulator leaves libcrypto out): only the build machine's own
-// architecture; others are static.
-func cgoArch(arch string) bool { return arch == runtime.GOARCH }
+// glibcFloor is the newest GLIBC_x.y version the binaries need (their
+// version-needs entries, what objdump -T shows per symbol).
+func glibcFloor(t *testing.T, bins ...string) string {
+	t.Helper()
+	var floor string
+	for _, b := range bins {
+		f, err := elf.Open(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		syms, err := f.ImportedSymbols()
+		f.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		for _, s := range syms {
+			if v, ok := strings.CutPrefix(s.Version, "GLIBC_"); ok && versionLess(floor, v) {
+				floor = v
+			}
+		}
+	}
+	if floor == "" {
+		t.Fatalf("%v: no GLIBC_ symbol versions (a cgo build links libc)", bins)
+	}
+	return floor
+}
+
+// versionLess compares dotted numeric versions ("" is the least).
+func versionLess(a, b string) bool {
+	if a == "" {
+		return b != ""
+	}
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(as) || i < len(bs); i++ {
+		var x, y int
+		if i < len(as) {
+			fmt.Sscan(as[i], &x)
+		}
+		if i < len(bs) {
+			fmt.Sscan(bs[i], &y)
+		}
+		if x != y {
+			return x < y
+		}
+	}
+	return false
+}
+
+func TestVersionLess(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		less bool
+	}{{"", "2.2.5", true}, {"2.3", "2.3.2", true}, {"2.3.2", "2.17", true}, {"2.17", "2.4", false}, {"2.4", "2.4", false}} {
+		if got := versionLess(c.a, c.b); got != c.less {
+			t.Errorf("versionLess(%q, %q) = %v", c.a, c.b, got)
+		}
+	}
+}
 
 func TestDeb(t *testing.T) {
 	testenv.Require(t, "dpkg-deb")
-	for _, arch := range []string{"amd64", "arm64"} {
+	for _, arch := range testArches() {
 		t.Run(arch, func(t *testing.T) {
 			deb := packages(t, gateway, arch, "deb")
 			field := func(f string) string { return strings.TrimSpace(run(t, "dpkg-deb", "-f", deb, f)) }
@@ -114,8 +214,13 @@ func TestDeb(t *testing.T) {
 					t.Errorf("%s: %q, want %q", f, got, want)
 				}
 			}
-			checkDeps(t, arch, "Depends", strings.Split(field("Depends"), ", "),
-				[]string{"libc6"}, "systemd-sysusers", "systemd-tmpfiles")
+			root := t.TempDir()
+			run(t, "dpkg-deb", "-x", deb, root)
+			floor := glibcFloor(t, filepath.Join(root, "usr/bin/bootcertd"), filepath.Join(root, "usr/bin/bootcertctl"))
+			t.Logf("%s: the binaries need glibc >= %s", arch, floor)
+			checkDeps(t, "Depends", strings.Split(field("Depends"), ", "),
+				"libc6 (>= "+floor+")", "systemd-sysusers", "systemd-tmpfiles")
+			checkCopyright(t, root, gateway)
 			// mode owner/group size date time ./path
 			checkFiles(t, gateway, run(t, "dpkg-deb", "-c", deb), 6, func(f []string) (string, string) {
 				return strings.TrimPrefix(f[5], "."), f[1]
@@ -137,8 +242,6 @@ func TestDeb(t *testing.T) {
 				}
 			}
 
-			root := t.TempDir()
-			run(t, "dpkg-deb", "-x", deb, root)
 			checkBinaries(t, root, arch, "bootcertd", "bootcertctl")
 		})
 		t.Run(admin+"/"+arch, func(t *testing.T) {
@@ -149,8 +252,12 @@ func TestDeb(t *testing.T) {
 					t.Errorf("%s: %q, want %q", f, got, want)
 				}
 			}
+			root := t.TempDir()
+			run(t, "dpkg-deb", "-x", deb, root)
 			// the binary's libraries only: no systemd, no user, no bootcert
-			checkDeps(t, arch, "Depends", nonEmpty(strings.Split(field("Depends"), ", ")), []string{"libc6"})
+			floor := glibcFloor(t, filepath.Join(root, "usr/bin/bootcert-admin"))
+			checkDeps(t, "Depends", nonEmpty(strings.Split(field("Depends"), ", ")), "libc6 (>= "+floor+")")
+			checkCopyright(t, root, admin)
 			checkFiles(t, admin, run(t, "dpkg-deb", "-c", deb), 6, func(f []string) (string, string) {
 				return strings.TrimPrefix(f[5], "."), f[1]
 			})
@@ -161,8 +268,6 @@ func TestDeb(t *testing.T) {
 					t.Errorf("the admin package has %s; it installs one binary and its docs", s)
 				}
 			}
-			root := t.TempDir()
-			run(t, "dpkg-deb", "-x", deb, root)
 			checkBinaries(t, root, arch, "bootcert-admin")
 		})
 	}
@@ -180,15 +285,25 @@ func nonEmpty(ss []string) []string {
 
 func TestRPM(t *testing.T) {
 	testenv.Require(t, "rpm")
-	for arch, rpmArch := range map[string]string{"amd64": "x86_64", "arm64": "aarch64"} {
+	for _, arch := range testArches() {
+		rpmArch := rpmArches[arch]
+		bits := "(64bit)"
+		if arch == "armhf" {
+			bits = ""
+		}
 		t.Run(arch, func(t *testing.T) {
 			rpm := packages(t, gateway, arch, "rpm")
 			info := run(t, "rpm", "-qp", "--qf", "%{NAME} %{VERSION} %{RELEASE} %{ARCH}", rpm)
 			if want := "bootcert " + testVersion + " 1 " + rpmArch; info != want {
 				t.Errorf("rpm %q, want %q", info, want)
 			}
-			checkDeps(t, arch, "Requires", strings.Split(strings.TrimSpace(run(t, "rpm", "-qpR", rpm)), "\n"),
-				[]string{"libc.so.6()(64bit)"}, "/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles")
+			if got := run(t, "rpm", "-qp", "--qf", "%{LICENSE}", rpm); got != "Apache-2.0" {
+				t.Errorf("rpm License: %q, want Apache-2.0", got)
+			}
+			floor := glibcFloor(t, rpmBinaries(t, rpm, "bootcertd", "bootcertctl")...)
+			checkDeps(t, "Requires", strings.Split(strings.TrimSpace(run(t, "rpm", "-qpR", rpm)), "\n"),
+				"libc.so.6(GLIBC_"+floor+")"+bits, "libdl.so.2()"+bits, "libpthread.so.0()"+bits, "libresolv.so.2()"+bits,
+				"/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles")
 			// mode links owner group size month day time path
 			checkFiles(t, gateway, run(t, "rpm", "-qplv", rpm), 9, func(f []string) (string, string) {
 				return f[8], f[2] + "/" + f[3]
@@ -217,7 +332,9 @@ func TestRPM(t *testing.T) {
 					reqs = append(reqs, r)
 				}
 			}
-			checkDeps(t, arch, "Requires", nonEmpty(reqs), []string{"libc.so.6()(64bit)"})
+			floor := glibcFloor(t, rpmBinaries(t, rpm, "bootcert-admin")...)
+			checkDeps(t, "Requires", nonEmpty(reqs),
+				"libc.so.6(GLIBC_"+floor+")"+bits, "libdl.so.2()"+bits, "libpthread.so.0()"+bits, "libresolv.so.2()"+bits)
 			checkFiles(t, admin, run(t, "rpm", "-qplv", rpm), 9, func(f []string) (string, string) {
 				return f[8], f[2] + "/" + f[3]
 			})
@@ -316,16 +433,65 @@ func TestGatewayShipsNoAWSSDK(t *testing.T) {
 	}
 }
 
-// checkDeps compares a package's dependencies with the wanted ones: the
-// cgo build's shared libraries first, then the others.
-func checkDeps(t *testing.T, arch, what string, got, cgoLibs []string, others ...string) {
+// checkDeps compares a package's dependencies with the wanted ones, in
+// order: the shared libraries (libc with the glibc floor), then the others.
+func checkDeps(t *testing.T, what string, got []string, want ...string) {
 	t.Helper()
-	want := others
-	if cgoArch(arch) {
-		want = append(slices.Clone(cgoLibs), others...)
-	}
 	if !slices.Equal(got, want) {
 		t.Errorf("%s %q, want %q", what, got, want)
+	}
+}
+
+// rpmBinaries unpacks an rpm (rpm2cpio | cpio, or rpm2archive) and returns
+// the paths of the named /usr/bin binaries.
+func rpmBinaries(t *testing.T, rpm string, bins ...string) []string {
+	t.Helper()
+	testenv.Require(t, "rpm2cpio", "cpio")
+	dir := t.TempDir()
+	cmd := exec.Command("sh", "-c", `rpm2cpio "$1" | cpio -idm --quiet --no-absolute-filenames`, "sh", rpm)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("unpacking %s: %v\n%s", rpm, err, out)
+	}
+	var paths []string
+	for _, b := range bins {
+		paths = append(paths, filepath.Join(dir, "usr/bin", b))
+	}
+	return paths
+}
+
+// checkCopyright checks /usr/share/doc/<pkg>/copyright: Debian's
+// machine-readable format, License: Apache-2.0, and LICENSE's full text.
+func checkCopyright(t *testing.T, root, pkg string) {
+	t.Helper()
+	c := readFile(t, filepath.Join(root, "usr/share/doc", pkg, "copyright"))
+	for _, want := range []string{
+		"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n",
+		"Upstream-Name: " + pkg + "\n",
+		"Files: *\nCopyright: bootcert contributors\nLicense: Apache-2.0\n",
+	} {
+		if !strings.Contains(c, want) {
+			t.Errorf("%s copyright lacks %q", pkg, want)
+		}
+	}
+	_, text, ok := strings.Cut(c, "\nLicense: Apache-2.0\n\nLicense: Apache-2.0\n")
+	if !ok {
+		t.Fatalf("%s copyright has no stand-alone License: Apache-2.0 paragraph:\n%s", pkg, c)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSuffix(text, "\n"), "\n") {
+		l = strings.TrimPrefix(l, " ")
+		if l == "." {
+			l = ""
+		}
+		lines = append(lines, l)
+	}
+	license := readFile(t, "../../LICENSE")
+	if got := strings.Join(lines, "\n") + "\n"; strings.Join(strings.Fields(got), " ") != strings.Join(strings.Fields(license), " ") {
+		t.Errorf("%s copyright: the license text differs from LICENSE", pkg)
+	}
+	if !strings.Contains(license, "Apache License\n                           Version 2.0, January 2004") {
+		t.Errorf("LICENSE is not the Apache License 2.0")
 	}
 }
 
@@ -376,11 +542,11 @@ func checkScripts(t *testing.T, got map[string]string) {
 	}
 }
 
-// checkBinaries checks the unpacked binaries' machine, and that the other
-// architecture's are static (CGO_ENABLED=0).
+// checkBinaries checks the unpacked binaries' machine, that they are
+// stripped and built with cgo (every architecture: Debian's cross compilers).
 func checkBinaries(t *testing.T, root, arch string, bins ...string) {
 	t.Helper()
-	machine := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}[arch]
+	machine := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64, "armhf": elf.EM_ARM}[arch]
 	for _, b := range bins {
 		f, err := elf.Open(filepath.Join(root, "usr/bin", b))
 		if err != nil {
@@ -393,8 +559,8 @@ func checkBinaries(t *testing.T, root, arch string, bins ...string) {
 		if f.Section(".symtab") != nil {
 			t.Errorf("%s: not stripped (has .symtab)", b)
 		}
-		if cgoArch(arch) != (len(libs) > 0) {
-			t.Errorf("%s: links %q; want shared libraries only on the cgo build (%s)", b, libs, runtime.GOARCH)
+		if !slices.Contains(libs, "libc.so.6") {
+			t.Errorf("%s: links %q; want the cgo build (libc.so.6: PKCS#11 dlopens its module)", b, libs)
 		}
 		f.Close()
 	}
