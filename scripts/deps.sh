@@ -5,14 +5,16 @@
 #   scripts/deps.sh packages   also what make test-packages needs: Debian's
 #                              C cross compilers for arm64 and armhf (cgo
 #                              builds, so PKCS#11 works there), qemu-user-static
-#                              (runs them), apt-utils (apt-ftparchive: the
-#                              signed apt repository), gnupg and xz-utils
+#                              (runs them), xz-utils and the Debian archive
+#                              keyring (the Debian 11 sysroot's download)
+# gnupg and apt-utils (apt-ftparchive) sign the packages (packaging/release/sign.sh).
 set -euo pipefail
 # libc6-dev: cgo needs the C headers; gcc with --no-install-recommends does not bring them.
 pkgs=(swtpm swtpm-tools tpm2-tools tpm2-openssl softhsm2 opensc libtpm2-pkcs11-1 libtpm2-pkcs11-tools
-      mosquitto mosquitto-clients openssl curl libssl-dev gcc libc6-dev rpm cpio debootstrap systemd-container)
+      mosquitto mosquitto-clients openssl curl libssl-dev gcc libc6-dev rpm cpio debootstrap systemd-container
+      gnupg apt-utils)
 if [ "${1:-}" = packages ]; then
-  pkgs+=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user-static apt-utils gnupg xz-utils debian-archive-keyring)
+  pkgs+=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user-static xz-utils debian-archive-keyring)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

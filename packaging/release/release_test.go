@@ -2,6 +2,7 @@ package release
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"debug/buildinfo"
 	"debug/elf"
 	"fmt"
@@ -573,4 +574,113 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestSign signs the amd64 packages with a throwaway key (a temporary
+// GNUPGHOME) by sign.sh: rpm -K passes with the public key imported, fails
+// without it and on a changed package; the apt repository's InRelease and
+// Release.gpg verify with the exported keyring, not after a change, and
+// Release lists the Packages index apt will fetch by its SHA256.
+func TestSign(t *testing.T) {
+	testenv.Require(t, "gpg", "gpgv", "gpgconf", "rpm", "rpmsign", "apt-ftparchive")
+	dist := t.TempDir()
+	for _, p := range []string{packages(t, gateway, "amd64", "deb"), packages(t, gateway, "amd64", "rpm")} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dist, filepath.Base(p)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	home := newSigningKey(t)
+	env := append(os.Environ(), "GNUPGHOME="+home, "BOOTCERT_SIGN_KEY="+signingKeyEmail)
+	cmd := exec.Command("./sign.sh", dist)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sign.sh: %v\n%s", err, out)
+	}
+	rpm := filepath.Join(dist, filepath.Base(packages(t, gateway, "amd64", "rpm")))
+	rpmK := func(db string, pkg string) (string, error) {
+		out, err := exec.Command("rpm", "--dbpath", db, "-K", pkg).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := rpmK(t.TempDir(), rpm); err == nil || !strings.Contains(out, "SIGNATURES NOT OK") {
+		t.Errorf("rpm -K without the key: %v %s, want SIGNATURES NOT OK", err, out)
+	}
+	db := t.TempDir()
+	run(t, "rpm", "--dbpath", db, "--import", filepath.Join(dist, "RPM-GPG-KEY-bootcert"))
+	if out, err := rpmK(db, rpm); err != nil || !strings.Contains(out, "digests signatures OK") {
+		t.Errorf("rpm -K with the key imported: %v %s", err, out)
+	}
+	b, _ := os.ReadFile(rpm)
+	b[len(b)-100] ^= 0xff // in the payload
+	tampered := filepath.Join(t.TempDir(), "tampered.rpm")
+	os.WriteFile(tampered, b, 0o644)
+	if out, err := rpmK(db, tampered); err == nil {
+		t.Errorf("rpm -K passed a changed package: %s", out)
+	}
+
+	apt := filepath.Join(dist, "apt")
+	keyring := filepath.Join(apt, "bootcert-archive-keyring.gpg")
+	rel := filepath.Join(apt, "dists/stable")
+	if out, err := exec.Command("gpgv", "--keyring", keyring, filepath.Join(rel, "InRelease")).CombinedOutput(); err != nil {
+		t.Errorf("gpgv InRelease: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("gpgv", "--keyring", keyring, filepath.Join(rel, "Release.gpg"), filepath.Join(rel, "Release")).CombinedOutput(); err != nil {
+		t.Errorf("gpgv Release.gpg Release: %v\n%s", err, out)
+	}
+	release := readFile(t, filepath.Join(rel, "Release"))
+	pkgs, err := os.ReadFile(filepath.Join(rel, "main/binary-amd64/Packages"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := fmt.Sprintf("%x", sha256.Sum256(pkgs)); !regexp.MustCompile(`(?m)^ ` + sum + ` +\d+ main/binary-amd64/Packages$`).MatchString(release) {
+		t.Errorf("Release does not list main/binary-amd64/Packages by its SHA256 %s:\n%s", sum, release)
+	}
+	if !strings.Contains(string(pkgs), "Filename: pool/main/bootcert_"+testVersion+"_amd64.deb\n") {
+		t.Errorf("Packages lacks the .deb:\n%s", pkgs)
+	}
+	changed := filepath.Join(t.TempDir(), "Release")
+	os.WriteFile(changed, []byte(strings.Replace(release, "Suite: stable", "Suite: stabIe", 1)), 0o644)
+	if out, err := exec.Command("gpgv", "--keyring", keyring, filepath.Join(rel, "Release.gpg"), changed).CombinedOutput(); err == nil {
+		t.Errorf("gpgv verified a changed Release:\n%s", out)
+	}
+	other := newSigningKey(t)
+	otherRing := filepath.Join(t.TempDir(), "other.gpg")
+	cmd = exec.Command("gpg", "--batch", "--export", "-o", otherRing, signingKeyEmail)
+	cmd.Env = append(os.Environ(), "GNUPGHOME="+other)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("exporting the other key: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("gpgv", "--keyring", otherRing, filepath.Join(rel, "InRelease")).CombinedOutput(); err == nil {
+		t.Errorf("InRelease verified with another key:\n%s", out)
+	}
+}
+
+// signingKeyEmail names the throwaway release key newSigningKey makes.
+const signingKeyEmail = "release-test@bootcert.invalid"
+
+// newSigningKey makes a throwaway RSA signing key without passphrase in a
+// new GNUPGHOME and returns the directory; the gpg-agent it starts is
+// stopped at the end of the test.
+func newSigningKey(t *testing.T) string {
+	t.Helper()
+	home, err := os.MkdirTemp("", "gpg-") // short: gpg-agent's socket path has a length limit
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd := exec.Command("gpgconf", "--kill", "all")
+		cmd.Env = append(os.Environ(), "GNUPGHOME="+home)
+		cmd.Run()
+		os.RemoveAll(home)
+	})
+	os.Chmod(home, 0o700)
+	cmd := exec.Command("gpg", "--batch", "--passphrase", "", "--quick-gen-key", "bootcert release test <"+signingKeyEmail+">", "rsa3072", "sign", "never")
+	cmd.Env = append(os.Environ(), "GNUPGHOME="+home)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("gpg --quick-gen-key: %v\n%s", err, out)
+	}
+	return home
 }
