@@ -20,6 +20,7 @@
 # under the ignored dist/, removed by make clean): debian12-minbase-systemd-amd64
 # (shared with install-test.sh), debian12-softhsm-<arch>, debian11-softhsm-amd64.
 set -euo pipefail
+shopt -s inherit_errexit # a failure inside $(...) ends the script
 cd "$(dirname "$0")/../.."
 cache=$(realpath -m "${BOOTCERT_PKG_CACHE:-dist/cache}")
 ARCHES=${ARCHES:-amd64 arm64 armhf}
@@ -31,14 +32,14 @@ passed=0 summary=()
 cleanup() {
   local m
   for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[i]}" 2>/dev/null || true; done
-  if [ -n "$gnupghome" ]; then GNUPGHOME=$gnupghome gpgconf --kill all 2>/dev/null || true; fi
+  if [ -n "$gnupghome" ]; then GNUPGHOME=$gnupghome gpgconf --kill all 2>/dev/null || true; rm -rf "$gnupghome"; fi
   rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 
 fail() { echo "arch-test: FAIL: $*" >&2; exit 1; }
 ok() { echo "arch-test: ok: $*"; passed=$((passed + 1)); }
-step() { echo "arch-test: --- $*"; }
+step() { echo "arch-test: --- $*" >&2; } # stderr: also from inside $(...)
 
 [ "$(id -u)" -eq 0 ] || fail "needs root (debootstrap, chroot, mount)"
 for p in debootstrap dpkg-deb gpg gpgv rpm rpmsign apt-ftparchive openssl qemu-aarch64-static qemu-arm-static aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc; do
@@ -82,6 +83,7 @@ summary+=("build+sign ($ARCHES): $(($(date +%s) - ts)) s")
 # (SETUP runs in the fresh root, chrooted, /proc mounted, then is cached too)
 withproc() { mount -t proc proc "$1/proc"; mounts+=("$1/proc"); }
 unmount_last() { umount "${mounts[-1]}"; unset 'mounts[-1]'; }
+unmount_all() { while [ ${#mounts[@]} -gt 0 ]; do unmount_last; done; }
 base() { # NAME SUITE URL INCLUDE
   local tarball=$cache/$1.tar.gz
   if [ ! -s "$tarball" ]; then
@@ -135,7 +137,13 @@ inroot() {
 # softhsm2-util, a key generated in it by bootcertctl, a CSR signed by it
 pkcs11_key() {
   local R=$1 a=$2 what=$3 out
+  # the token store on a tmpfs: a 32-bit softhsm2 (armhf, built without
+  # large file support) cannot readdir() an ext4 directory from a 64-bit
+  # kernel (EOVERFLOW on the 64-bit hash cookies) and cannot find the token
+  # it has just made; on a real 32-bit kernel the cookies fit
   mkdir -p "$R/var/tmp/tokens"
+  mount -t tmpfs -o size=16m,mode=0700 tmpfs "$R/var/tmp/tokens"
+  mounts+=("$R/var/tmp/tokens")
   printf 'directories.tokendir = /var/tmp/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' >"$R/var/tmp/softhsm2.conf"
   printf '1234\n' >"$R/var/tmp/pin" && chmod 600 "$R/var/tmp/pin"
   inroot "$R" "$a" /usr/bin/softhsm2-util --init-token --free --label gw --pin 1234 --so-pin 5678 >"$work/softhsm.log" 2>&1 ||
@@ -205,7 +213,7 @@ for a in $ARCHES; do
   [ -s "$R/usr/share/man/man8/bootcertd.8.gz" ] && [ -s "$R/usr/share/bash-completion/completions/bootcertctl" ] || fail "$a: man page or completion missing"
   versions "$R" "$a" "Debian 12 $a"
   pkcs11_key "$R" "$a" "Debian 12 $a"
-  unmount_last
+  unmount_all
   rm -rf --one-file-system "$R"
   summary+=("Debian 12 $a: $(($(date +%s) - ts)) s")
 done
@@ -225,7 +233,7 @@ if [[ " $ARCHES " == *" amd64 "* ]]; then
   ok "Debian 11 amd64: dpkg -i bootcert_0.1.0_amd64.deb (glibc $(chroot "$R" dpkg-query -W -f='${Version}' libc6)), user and state directory made"
   versions "$R" amd64 "Debian 11 amd64"
   pkcs11_key "$R" amd64 "Debian 11 amd64"
-  unmount_last
+  unmount_all
   summary+=("Debian 11 amd64: $(($(date +%s) - ts)) s")
 fi
 
