@@ -17,8 +17,9 @@
 #   3. the amd64 package in a Debian 11 root: dpkg -i, --version, the same
 #      PKCS#11 key test with Debian 11's SoftHSM2.
 # Roots are cached as tarballs in $BOOTCERT_PKG_CACHE (default dist/cache:
-# under the ignored dist/, removed by make clean): debian12-minbase-systemd-amd64
-# (shared with install-test.sh), debian12-softhsm-<arch>, debian11-softhsm-amd64.
+# under the ignored dist/, removed by make clean): debian12-minbase-systemd-procps-amd64
+# (shared with install-test.sh), debian12-softhsm-<arch> (made from it),
+# debian11-softhsm-amd64. Delete a tarball to refresh it.
 set -euo pipefail
 shopt -s inherit_errexit # a failure inside $(...) ends the script
 cd "$(dirname "$0")/../.."
@@ -170,7 +171,7 @@ versions() { # ROOT ARCH WHAT
   ok "$3: bootcertd --version, bootcertctl --version: 0.1.0"
 }
 
-base12=$(base debian12-minbase-systemd-amd64 bookworm "$url12" systemd)
+base12=$(base debian12-minbase-systemd-procps-amd64 bookworm "$url12" systemd,procps)
 
 # --- 2. Debian 12, each architecture, from the signed apt repository
 tampered_checked=no
@@ -222,7 +223,7 @@ done
 if [[ " $ARCHES " == *" amd64 "* ]]; then
   ts=$(date +%s)
   step "Debian 11, amd64: dpkg -i, run"
-  tb=$(base debian11-softhsm-amd64 bullseye "$url11" systemd,softhsm2)
+  tb=$(base debian11-softhsm-amd64 bullseye "$url11" systemd,procps,softhsm2)
   R=$work/d11
   mkdir -p "$R" && tar -C "$R" -xzf "$tb"
   withproc "$R"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install test of the bootcert packages (make test-packages). Downloads a
-# minimal Debian 12 once (debootstrap --variant=minbase plus systemd, from
+# minimal Debian 12 once (debootstrap --variant=minbase plus systemd and procps, from
 # the mirror in this machine's apt sources; cached as a tarball
 # in $BOOTCERT_PKG_CACHE, default dist/cache), then, each in a fresh copy:
 #   1. deb, no systemd running (chroot): install, user/group/modes/conffiles,
@@ -63,8 +63,8 @@ adminDeb=$work/pkgs/bootcert-admin_0.1.0_$arch.deb adminRpm=$work/pkgs/bootcert-
 [ -s "$adminDeb" ] && [ -s "$adminRpm" ] || fail "make packages did not build the bootcert-admin packages"
 
 # --- Debian 12 root, cached
-include=systemd
-tarball=$cache/debian12-minbase-$include-$arch.tar.gz
+include=systemd,procps # procps: /bin/kill, the unit's ExecReload
+tarball=$cache/debian12-minbase-${include//,/-}-$arch.tar.gz
 if [ ! -s "$tarball" ]; then
   step "debootstrap $suite (minbase + $include); cached in $tarball"
   mkdir -p "$cache"

@@ -220,7 +220,7 @@ func TestDeb(t *testing.T) {
 			floor := glibcFloor(t, filepath.Join(root, "usr/bin/bootcertd"), filepath.Join(root, "usr/bin/bootcertctl"))
 			t.Logf("%s: the binaries need glibc >= %s", arch, floor)
 			checkDeps(t, "Depends", strings.Split(field("Depends"), ", "),
-				"libc6 (>= "+floor+")", "systemd-sysusers | systemd (>= 247)", "systemd-tmpfiles | systemd (>= 247)")
+				"libc6 (>= "+floor+")", "systemd-sysusers | systemd (>= 247)", "systemd-tmpfiles | systemd (>= 247)", "procps")
 			checkCopyright(t, root, gateway)
 			// mode owner/group size date time ./path
 			checkFiles(t, gateway, run(t, "dpkg-deb", "-c", deb), 6, func(f []string) (string, string) {
@@ -304,7 +304,7 @@ func TestRPM(t *testing.T) {
 			floor := glibcFloor(t, rpmBinaries(t, rpm, "bootcertd", "bootcertctl")...)
 			checkDeps(t, "Requires", strings.Split(strings.TrimSpace(run(t, "rpm", "-qpR", rpm)), "\n"),
 				"libc.so.6(GLIBC_"+floor+")"+bits, "libdl.so.2()"+bits, "libpthread.so.0()"+bits, "libresolv.so.2()"+bits,
-				"/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles")
+				"/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles", "/usr/bin/kill")
 			// mode links owner group size month day time path
 			checkFiles(t, gateway, run(t, "rpm", "-qplv", rpm), 9, func(f []string) (string, string) {
 				return f[8], f[2] + "/" + f[3]
