@@ -130,7 +130,7 @@ in_root "$R" dpkg -i "/var/tmp/$(basename "$adminDeb")" >"$work/dpkg.log" 2>&1 |
 expect_mode "$R" /usr/bin/bootcert-admin "755 root:root"
 [ -f "$R/usr/share/doc/bootcert-admin/cloud.md" ] || fail "bootcert-admin: docs/cloud.md not installed"
 out=$(in_root "$R" bootcert-admin --version 2>&1) || fail "bootcert-admin --version: $out"
-[ "$out" = "bootcert-admin version 0.1.0" ] || fail "bootcert-admin --version printed: $out"
+[ "$out" = "bootcert-admin 0.1.0" ] || fail "bootcert-admin --version printed: $out"
 out=$(in_root "$R" bootcert-admin --help 2>&1) || fail "bootcert-admin --help: $out"
 grep -q 'cloud' <<<"$out" || fail "bootcert-admin --help does not list the cloud commands: $out"
 in_root "$R" dpkg -r bootcert-admin >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; fail "dpkg -r bootcert-admin"; }
@@ -249,7 +249,7 @@ rpmq -i --nodeps "$adminRpm" >"$work/rpm.log" || true
 rpmq -q bootcert-admin >/dev/null || { cat "$work/rpm.log" >&2; fail "rpm -i bootcert-admin"; }
 expect_mode "$P" /usr/bin/bootcert-admin "755 root:root"
 out=$(in_root "$P" bootcert-admin --version 2>&1) || fail "rpm: bootcert-admin --version: $out"
-[ "$out" = "bootcert-admin version 0.1.0" ] || fail "rpm: bootcert-admin --version printed: $out"
+[ "$out" = "bootcert-admin 0.1.0" ] || fail "rpm: bootcert-admin --version printed: $out"
 rpmq -e bootcert-admin >"$work/rpm.log" || true
 [ -e "$P/usr/bin/bootcert-admin" ] && fail "rpm -e bootcert-admin left the binary"
 ok "bootcert-admin .rpm: installs, runs (--version 0.1.0), erases"
