@@ -214,7 +214,7 @@ N systemctl is-active -q bootcertd.service && fail "bootcertd running after inst
 ok "booted: unit loaded, disabled, inactive; postinst printed the next steps"
 N systemctl start bootcertd.service >/dev/null 2>&1 && fail "bootcertd started on the example config"
 N systemctl stop bootcertd.service 2>/dev/null || true
-N journalctl -u bootcertd.service --no-pager 2>/dev/null | grep -q 'bootcertd: reading CA file /etc/bootcert/AmazonRootCA1.pem' ||
+N journalctl -u bootcertd.service --no-pager 2>/dev/null | grep -q 'problem="reading CA file /etc/bootcert/AmazonRootCA1.pem: open /etc/bootcert/AmazonRootCA1.pem: no such file' ||
   { N journalctl -u bootcertd.service --no-pager >&2; fail "ExecStartPre did not name the missing root CA"; }
 ok "start on the example config fails in ExecStartPre (sandboxed, as bootcert) naming the missing root CA"
 N systemctl enable bootcertd.service >/dev/null 2>&1
