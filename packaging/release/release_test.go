@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -658,6 +659,55 @@ func TestSign(t *testing.T) {
 	}
 }
 
+// TestSignPassphrase signs with a passphrase-protected key, the passphrase
+// read from BOOTCERT_SIGN_PASSPHRASE_FILE (gpg's loopback pinentry, for
+// rpmsign too); without the file, signing fails instead of hanging on a
+// pinentry.
+func TestSignPassphrase(t *testing.T) {
+	testenv.Require(t, "gpg", "gpgconf", "rpm", "rpmsign", "apt-ftparchive")
+	dist := t.TempDir()
+	src := packages(t, gateway, "amd64", "rpm")
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rpm := filepath.Join(dist, filepath.Base(src))
+	os.WriteFile(rpm, b, 0o644)
+	home := newSigningKeyWith(t, "correct horse")
+	pass := filepath.Join(t.TempDir(), "pass")
+	os.WriteFile(pass, []byte("correct horse\n"), 0o600)
+	sign := func(extra ...string) ([]byte, error) {
+		cmd := exec.Command("./sign.sh", dist)
+		cmd.Env = append(append(os.Environ(), "GNUPGHOME="+home, "BOOTCERT_SIGN_KEY="+signingKeyEmail), extra...)
+		cmd.Stdin = nil
+		done := make(chan struct{})
+		var out []byte
+		var err error
+		go func() { out, err = cmd.CombinedOutput(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Fatalf("sign.sh hung (waiting for a passphrase?)\n%s", out)
+		}
+		return out, err
+	}
+	if out, err := sign(); err == nil {
+		t.Errorf("sign.sh signed with a protected key and no passphrase:\n%s", out)
+	}
+	if out, err := sign("BOOTCERT_SIGN_PASSPHRASE_FILE=" + pass); err != nil {
+		t.Fatalf("sign.sh with the passphrase file: %v\n%s", err, out)
+	} else if strings.Contains(string(out), "correct horse") {
+		t.Errorf("sign.sh printed the passphrase:\n%s", out)
+	}
+	db := t.TempDir()
+	run(t, "rpm", "--dbpath", db, "--import", filepath.Join(dist, "RPM-GPG-KEY-bootcert"))
+	if out, err := exec.Command("rpm", "--dbpath", db, "-K", rpm).CombinedOutput(); err != nil || !strings.Contains(string(out), "digests signatures OK") {
+		t.Errorf("rpm -K after signing with the protected key: %v %s", err, out)
+	}
+}
+
 // signingKeyEmail names the throwaway release key newSigningKey makes.
 const signingKeyEmail = "release-test@bootcert.invalid"
 
@@ -665,6 +715,12 @@ const signingKeyEmail = "release-test@bootcert.invalid"
 // new GNUPGHOME and returns the directory; the gpg-agent it starts is
 // stopped at the end of the test.
 func newSigningKey(t *testing.T) string {
+	t.Helper()
+	return newSigningKeyWith(t, "")
+}
+
+// newSigningKeyWith is newSigningKey with a passphrase ("" for none).
+func newSigningKeyWith(t *testing.T, passphrase string) string {
 	t.Helper()
 	home, err := os.MkdirTemp("", "gpg-") // short: gpg-agent's socket path has a length limit
 	if err != nil {
@@ -677,7 +733,7 @@ func newSigningKey(t *testing.T) string {
 		os.RemoveAll(home)
 	})
 	os.Chmod(home, 0o700)
-	cmd := exec.Command("gpg", "--batch", "--passphrase", "", "--quick-gen-key", "bootcert release test <"+signingKeyEmail+">", "rsa3072", "sign", "never")
+	cmd := exec.Command("gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", passphrase, "--quick-gen-key", "bootcert release test <"+signingKeyEmail+">", "rsa3072", "sign", "never")
 	cmd.Env = append(os.Environ(), "GNUPGHOME="+home)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("gpg --quick-gen-key: %v\n%s", err, out)
