@@ -38,7 +38,7 @@ debs=("$dist"/*.deb) rpms=("$dist"/*.rpm)
 # rpm: rpmsign calls gpg with %__gpg_sign_cmd; the passphrase options go there
 if [ ${#rpms[@]} -gt 0 ]; then
   signcmd='%{__gpg} gpg --no-verbose --no-armor --batch --no-secmem-warning'
-  [ -n "${BOOTCERT_SIGN_PASSPHRASE_FILE:-}" ] && signcmd+=" --pinentry-mode loopback --passphrase-file $BOOTCERT_SIGN_PASSPHRASE_FILE"
+  [ -n "${BOOTCERT_SIGN_PASSPHRASE_FILE:-}" ] && signcmd+=" --pinentry-mode loopback --passphrase-file \"$BOOTCERT_SIGN_PASSPHRASE_FILE\""
   signcmd+=' %{?_gpg_digest_algo:--digest-algo %{_gpg_digest_algo}} -u "%{_gpg_name}" -sbo %{__signature_filename} %{__plaintext_filename}'
   log=$(mktemp)
   if ! rpmsign --define "__gpg $(command -v gpg)" --define "_gpg_name $fpr" --define "__gpg_sign_cmd $signcmd" --addsign "${rpms[@]}" >"$log" 2>&1; then
