@@ -16,13 +16,17 @@ RELEASE_FLAGS   := -trimpath -tags nosimulator
 RELEASE_GCFLAGS := -gcflags=all=-l
 RELEASE_LDFLAGS := -s -w
 
-.PHONY: all deps build sizes test test-compat test-go vet bench bench-daemon bench-fleet bench-storm bench-factory bench-lab factory-demo demo lambdas packages test-packages test-fresh clean
+.PHONY: all deps deps-packages build sizes test test-compat test-go vet bench bench-daemon bench-fleet bench-storm bench-factory bench-lab factory-demo demo lambdas packages test-packages test-fresh clean
 
 all: build
 
 ## deps: install the Debian packages tests and demo need (only missing ones)
 deps:
 	@./scripts/deps.sh
+
+## deps-packages: deps plus what make test-packages needs: Debian's arm64 and armhf cross compilers, qemu-user-static
+deps-packages:
+	@./scripts/deps.sh packages
 
 ## build: the four binaries into bin/: bootcertd, bootcertctl (the gateway's package), bootcert-admin (the account tool, its own package), bootcert-lab
 build:
@@ -97,15 +101,18 @@ lambdas:
 	@./scripts/lambdas.sh dist/lambda
 	@ls -l dist/lambda/*/*.zip
 
-## packages: $(DIST)/bootcert_<version>_<arch>.deb and bootcert-<version>-1.<rpmarch>.rpm (the gateway: bootcertd, bootcertctl), bootcert-admin_<version>_<arch>.deb and bootcert-admin-<version>-1.<rpmarch>.rpm (the account tool) with the RELEASE_* flags: amd64 (cgo: TPM + PKCS#11), arm64 (CGO_ENABLED=0: TPM only); VERSION=x.y.z overrides git describe, ARCHES=amd64 builds one
+## packages: $(DIST)/bootcert_<version>_<arch>.deb and bootcert-<version>-1.<rpmarch>.rpm (the gateway: bootcertd, bootcertctl), bootcert-admin_<version>_<arch>.deb and bootcert-admin-<version>-1.<rpmarch>.rpm (the account tool) with the RELEASE_* flags for amd64, arm64, armhf (cgo: TPM + PKCS#11; Debian's cross compilers from make deps-packages, against Debian 11's libc: scripts/sysroot.sh downloads it once into dist/cache); with man pages, completions, copyright; Depends: libc6 (>= the glibc the binaries need); VERSION=x.y.z overrides git describe, ARCHES=amd64 builds one
+## sign the result: BOOTCERT_SIGN_KEY=<key> [GNUPGHOME=dir] packaging/release/sign.sh $(DIST) (rpm --addsign, signed apt repository in $(DIST)/apt; docs/operators.md)
 DIST ?= dist
 packages:
 	@RELEASE_CGO='$(RELEASE_CGO)' RELEASE_FLAGS='$(RELEASE_FLAGS)' RELEASE_GCFLAGS='$(RELEASE_GCFLAGS)' \
 	  RELEASE_LDFLAGS='$(RELEASE_LDFLAGS)' GO='$(GO)' ./packaging/release/build.sh $(DIST)
 
-## test-packages: install test (downloads): the .deb in a debootstrapped Debian 12 (install, upgrade, remove), the .rpm with rpm --root
-test-packages: deps
+## test-packages: package tests (downloads; not part of make test; roots cached in dist/cache): release_test.go for amd64, arm64, armhf; install-test.sh (the .deb in a debootstrapped Debian 12: install, upgrade, remove; the .rpm with rpm --root); arch-test.sh (signed packages: rpm -K, apt from the signed repository into Debian 12 for each architecture, arm64 and armhf under qemu-user, bootcertd/bootcertctl --version and a PKCS#11 key in that architecture's SoftHSM2; the amd64 .deb in Debian 11)
+test-packages: deps deps-packages
+	BOOTCERT_TEST_PACKAGES=1 CI=true $(GO) test $(GOTEST_FLAGS) ./packaging/release ./internal/gendocs
 	@./packaging/release/install-test.sh
+	@./packaging/release/arch-test.sh
 
 ## test-fresh: make test (CI=true) in a bare Debian 12 root (debootstrap minbase + git, make, ca-certificates, and this Go); downloads, so not part of make test
 test-fresh: deps

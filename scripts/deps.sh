@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
 # Installs the Debian packages bootcert's tests, demo and packaging need,
 # only those that are missing. Safe to run again.
+#   scripts/deps.sh            what make test and make demo need
+#   scripts/deps.sh packages   also what make test-packages needs: Debian's
+#                              C cross compilers for arm64 and armhf (cgo
+#                              builds, so PKCS#11 works there), qemu-user-static
+#                              (runs them)
+# gnupg and apt-utils (apt-ftparchive) sign the packages (packaging/release/sign.sh);
+# xz-utils and debian-archive-keyring check and unpack the Debian 11 libc that
+# make packages builds against (scripts/sysroot.sh; make test builds the amd64 packages).
 set -euo pipefail
 # libc6-dev: cgo needs the C headers; gcc with --no-install-recommends does not bring them.
 pkgs=(swtpm swtpm-tools tpm2-tools tpm2-openssl softhsm2 opensc libtpm2-pkcs11-1 libtpm2-pkcs11-tools
-      mosquitto mosquitto-clients openssl curl libssl-dev gcc libc6-dev rpm debootstrap systemd-container)
+      mosquitto mosquitto-clients openssl curl libssl-dev gcc libc6-dev rpm cpio debootstrap systemd-container
+      gnupg apt-utils xz-utils debian-archive-keyring)
+if [ "${1:-}" = packages ]; then
+  pkgs+=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user-static)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

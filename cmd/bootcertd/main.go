@@ -12,35 +12,33 @@ import (
 	"syscall"
 
 	"github.com/bootcert/bootcert/daemon"
+	"github.com/bootcert/bootcert/daemon/cli"
 	"github.com/bootcert/bootcert/daemon/config"
 	"github.com/bootcert/bootcert/internal/version"
 	_ "github.com/bootcert/bootcert/keystore/all"
 )
 
 func main() {
-	cfgPath := flag.String("config", config.DefaultPath, "configuration file")
-	check := flag.String("check-config", "", "validate this configuration file and the files it names, then exit")
-	showVersion := flag.Bool("version", false, "print the version and exit")
-	pace := paceFlags()
+	o := cli.Register(flag.CommandLine)
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: bootcertd [--config FILE] | --check-config FILE\n\nbootcertd keeps the gateway connected to AWS IoT Core and rotates its\nhardware-held credentials. Status: bootcertctl status.\n\n")
+		fmt.Fprintf(os.Stderr, "usage: %s\n\n%s\n\n", cli.Synopsis, cli.Description)
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if *showVersion {
+	if o.Version {
 		fmt.Println("bootcertd", version.String())
 		return
 	}
-	if *check != "" && pace.StateDir != "" {
+	if o.Check != "" && o.Pace.StateDir != "" {
 		// the unit's ExecStartPre: a broken file is retried on a growing delay
-		if err := pace.CheckConfig(context.Background(), *check); err != nil {
+		if err := o.Pace.CheckConfig(context.Background(), o.Check); err != nil {
 			os.Exit(1)
 		}
-		fmt.Printf("%s: ok\n", *check)
+		fmt.Printf("%s: ok\n", o.Check)
 		return
 	}
-	if *check != "" {
-		c, err := config.Load(*check)
+	if o.Check != "" {
+		c, err := config.Load(o.Check)
 		if err == nil {
 			_, err = daemon.Check(c)
 		}
@@ -48,14 +46,14 @@ func main() {
 			fmt.Fprintln(os.Stderr, "bootcertd:", err)
 			os.Exit(1)
 		}
-		fmt.Printf("%s: ok\n", *check)
+		fmt.Printf("%s: ok\n", o.Check)
 		return
 	}
 	// SIGHUP (systemctl reload) reloads the configuration; caught before
 	// anything else, since its default action would end the process
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	c, err := config.Load(*cfgPath)
+	c, err := config.Load(o.Config)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bootcertd:", err)
 		os.Exit(1)

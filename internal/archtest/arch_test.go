@@ -13,9 +13,10 @@ import (
 
 const module = "github.com/bootcert/bootcert"
 
-// releaseBuild is one way packaging/release/build.sh (make packages) builds
-// the shipped binaries: the build machine's architecture with cgo and the
-// Makefile's RELEASE_FLAGS tag, others static.
+// releaseBuild is one way the shipped binaries are built: with cgo and the
+// Makefile's RELEASE_FLAGS tag, as packaging/release/build.sh (make
+// packages) builds every architecture, and the static CGO_ENABLED=0 build
+// of another architecture (a build without a C cross compiler).
 type releaseBuild struct {
 	name string
 	env  []string

@@ -2,8 +2,8 @@
 // on the real import graph (go list), so that a forbidden import fails
 // `go test ./...` instead of being found in a review:
 //
-//   - bootcertd, as released (cgo, tag nosimulator; and the static
-//     CGO_ENABLED=0 build of the other architecture), links no cloud code,
+//   - bootcertd, as released (cgo, tag nosimulator; and a static
+//     CGO_ENABLED=0 build of another architecture), links no cloud code,
 //     no AWS SDK, no MQTT broker (mochi), no cobra, no TPM simulator, no
 //     BurntSushi/toml (daemon/config decodes its TOML itself),
 //     and (by its symbol table) not net/http's client: Transport, HTTP/2,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install test of the bootcert packages (make test-packages). Downloads a
-# minimal Debian 12 once (debootstrap --variant=minbase plus systemd, from
+# minimal Debian 12 once (debootstrap --variant=minbase plus systemd and procps, from
 # the mirror in this machine's apt sources; cached as a tarball
 # in $BOOTCERT_PKG_CACHE, default dist/cache), then, each in a fresh copy:
 #   1. deb, no systemd running (chroot): install, user/group/modes/conffiles,
@@ -63,8 +63,8 @@ adminDeb=$work/pkgs/bootcert-admin_0.1.0_$arch.deb adminRpm=$work/pkgs/bootcert-
 [ -s "$adminDeb" ] && [ -s "$adminRpm" ] || fail "make packages did not build the bootcert-admin packages"
 
 # --- Debian 12 root, cached
-include=systemd
-tarball=$cache/debian12-minbase-$include-$arch.tar.gz
+include=systemd,procps # procps: /bin/kill, the unit's ExecReload
+tarball=$cache/debian12-minbase-${include//,/-}-$arch.tar.gz
 if [ ! -s "$tarball" ]; then
   step "debootstrap $suite (minbase + $include); cached in $tarball"
   mkdir -p "$cache"
@@ -130,7 +130,7 @@ in_root "$R" dpkg -i "/var/tmp/$(basename "$adminDeb")" >"$work/dpkg.log" 2>&1 |
 expect_mode "$R" /usr/bin/bootcert-admin "755 root:root"
 [ -f "$R/usr/share/doc/bootcert-admin/cloud.md" ] || fail "bootcert-admin: docs/cloud.md not installed"
 out=$(in_root "$R" bootcert-admin --version 2>&1) || fail "bootcert-admin --version: $out"
-[ "$out" = "bootcert-admin version 0.1.0" ] || fail "bootcert-admin --version printed: $out"
+[ "$out" = "bootcert-admin 0.1.0" ] || fail "bootcert-admin --version printed: $out"
 out=$(in_root "$R" bootcert-admin --help 2>&1) || fail "bootcert-admin --help: $out"
 grep -q 'cloud' <<<"$out" || fail "bootcert-admin --help does not list the cloud commands: $out"
 in_root "$R" dpkg -r bootcert-admin >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; fail "dpkg -r bootcert-admin"; }
@@ -214,7 +214,7 @@ N systemctl is-active -q bootcertd.service && fail "bootcertd running after inst
 ok "booted: unit loaded, disabled, inactive; postinst printed the next steps"
 N systemctl start bootcertd.service >/dev/null 2>&1 && fail "bootcertd started on the example config"
 N systemctl stop bootcertd.service 2>/dev/null || true
-N journalctl -u bootcertd.service --no-pager 2>/dev/null | grep -q 'bootcertd: reading CA file /etc/bootcert/AmazonRootCA1.pem' ||
+N journalctl -u bootcertd.service --no-pager 2>/dev/null | grep -q 'problem="reading CA file /etc/bootcert/AmazonRootCA1.pem: open /etc/bootcert/AmazonRootCA1.pem: no such file' ||
   { N journalctl -u bootcertd.service --no-pager >&2; fail "ExecStartPre did not name the missing root CA"; }
 ok "start on the example config fails in ExecStartPre (sandboxed, as bootcert) naming the missing root CA"
 N systemctl enable bootcertd.service >/dev/null 2>&1
@@ -249,7 +249,7 @@ rpmq -i --nodeps "$adminRpm" >"$work/rpm.log" || true
 rpmq -q bootcert-admin >/dev/null || { cat "$work/rpm.log" >&2; fail "rpm -i bootcert-admin"; }
 expect_mode "$P" /usr/bin/bootcert-admin "755 root:root"
 out=$(in_root "$P" bootcert-admin --version 2>&1) || fail "rpm: bootcert-admin --version: $out"
-[ "$out" = "bootcert-admin version 0.1.0" ] || fail "rpm: bootcert-admin --version printed: $out"
+[ "$out" = "bootcert-admin 0.1.0" ] || fail "rpm: bootcert-admin --version printed: $out"
 rpmq -e bootcert-admin >"$work/rpm.log" || true
 [ -e "$P/usr/bin/bootcert-admin" ] && fail "rpm -e bootcert-admin left the binary"
 ok "bootcert-admin .rpm: installs, runs (--version 0.1.0), erases"

@@ -2,8 +2,10 @@ package release
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"debug/buildinfo"
 	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,15 +15,61 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/spf13/cobra"
+
+	"github.com/bootcert/bootcert/internal/gendocs"
 	"github.com/bootcert/bootcert/internal/testenv"
 )
+
+// testArches are the architectures the tests build and inspect: in make
+// test the build machine's own (amd64: what make test installs builds it);
+// under make test-packages (BOOTCERT_TEST_PACKAGES=1, which installs the
+// cross compilers) also arm64 and armhf.
+func testArches() []string {
+	if os.Getenv("BOOTCERT_TEST_PACKAGES") == "1" {
+		return []string{"amd64", "arm64", "armhf"}
+	}
+	return []string{"amd64"}
+}
+
+var rpmArches = map[string]string{"amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7hl"}
 
 const testVersion = "0.1.0"
 
 // the files each package holds: path -> mode as dpkg-deb -c and rpm -qplv
 // print it (owner root:root)
 var wantFiles = map[string]map[string]string{gateway: gatewayFiles, admin: adminFiles}
+
+func init() {
+	// every package: its copyright file, and a man page per command and the
+	// completions of each cobra tool (internal/gendocs)
+	for name, pkg := range gendocs.Packages() {
+		wantFiles[name]["/usr/share/doc/"+name+"/copyright"] = "-rw-r--r--"
+		for i, tool := range pkg.Tools {
+			for _, c := range commandPaths(tool.Root) {
+				wantFiles[name]["/"+gendocs.ManDir+"/man"+tool.Section+"/"+strings.ReplaceAll(c, " ", "-")+"."+tool.Section+".gz"] = "-rw-r--r--"
+			}
+			if pkg.Completions[i] {
+				n := tool.Root.Name()
+				for _, f := range []string{gendocs.BashDir + "/" + n, gendocs.ZshDir + "/_" + n, gendocs.FishDir + "/" + n + ".fish"} {
+					wantFiles[name]["/"+f] = "-rw-r--r--"
+				}
+			}
+		}
+	}
+}
+
+func commandPaths(c *cobra.Command) []string {
+	out := []string{c.CommandPath()}
+	for _, sub := range c.Commands() {
+		if sub.IsAvailableCommand() && !sub.IsAdditionalHelpTopicCommand() {
+			out = append(out, commandPaths(sub)...)
+		}
+	}
+	return out
+}
 
 // the two packages make packages builds
 const (
@@ -66,14 +114,14 @@ func packages(t *testing.T, name, arch, ext string) string {
 			return
 		}
 		cmd := exec.Command("make", "-s", "--no-print-directory", "-C", "../..", "packages",
-			"DIST="+buildDir, "VERSION="+testVersion, "ARCHES=amd64 arm64")
+			"DIST="+buildDir, "VERSION="+testVersion, "ARCHES="+strings.Join(testArches(), " "))
 		buildOut, buildErr = cmd.CombinedOutput()
 	})
 	if buildErr != nil {
 		t.Fatalf("build.sh: %v\n%s", buildErr, buildOut)
 	}
 	if ext == "rpm" { // rpm's own file name convention and architecture names
-		return filepath.Join(buildDir, name+"-"+testVersion+"-1."+map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[arch]+".rpm")
+		return filepath.Join(buildDir, name+"-"+testVersion+"-1."+rpmArches[arch]+".rpm")
 	}
 	return filepath.Join(buildDir, name+"_"+testVersion+"_"+arch+"."+ext)
 }
@@ -98,14 +146,68 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-// cgoArch tells whether build.sh builds arch with cgo (linking libc; the
-// release tag nosimulator leaves libcrypto out): only the build machine's own
-// architecture; others are static.
-func cgoArch(arch string) bool { return arch == runtime.GOARCH }
+// glibcFloor is the newest GLIBC_x.y version the binaries need (their
+// version-needs entries, what objdump -T shows per symbol).
+func glibcFloor(t *testing.T, bins ...string) string {
+	t.Helper()
+	var floor string
+	for _, b := range bins {
+		f, err := elf.Open(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		syms, err := f.ImportedSymbols()
+		f.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		for _, s := range syms {
+			if v, ok := strings.CutPrefix(s.Version, "GLIBC_"); ok && versionLess(floor, v) {
+				floor = v
+			}
+		}
+	}
+	if floor == "" {
+		t.Fatalf("%v: no GLIBC_ symbol versions (a cgo build links libc)", bins)
+	}
+	return floor
+}
+
+// versionLess compares dotted numeric versions ("" is the least).
+func versionLess(a, b string) bool {
+	if a == "" {
+		return b != ""
+	}
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(as) || i < len(bs); i++ {
+		var x, y int
+		if i < len(as) {
+			fmt.Sscan(as[i], &x)
+		}
+		if i < len(bs) {
+			fmt.Sscan(bs[i], &y)
+		}
+		if x != y {
+			return x < y
+		}
+	}
+	return false
+}
+
+func TestVersionLess(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		less bool
+	}{{"", "2.2.5", true}, {"2.3", "2.3.2", true}, {"2.3.2", "2.17", true}, {"2.17", "2.4", false}, {"2.4", "2.4", false}} {
+		if got := versionLess(c.a, c.b); got != c.less {
+			t.Errorf("versionLess(%q, %q) = %v", c.a, c.b, got)
+		}
+	}
+}
 
 func TestDeb(t *testing.T) {
 	testenv.Require(t, "dpkg-deb")
-	for _, arch := range []string{"amd64", "arm64"} {
+	for _, arch := range testArches() {
 		t.Run(arch, func(t *testing.T) {
 			deb := packages(t, gateway, arch, "deb")
 			field := func(f string) string { return strings.TrimSpace(run(t, "dpkg-deb", "-f", deb, f)) }
@@ -114,8 +216,13 @@ func TestDeb(t *testing.T) {
 					t.Errorf("%s: %q, want %q", f, got, want)
 				}
 			}
-			checkDeps(t, arch, "Depends", strings.Split(field("Depends"), ", "),
-				[]string{"libc6"}, "systemd-sysusers", "systemd-tmpfiles")
+			root := t.TempDir()
+			run(t, "dpkg-deb", "-x", deb, root)
+			floor := glibcFloor(t, filepath.Join(root, "usr/bin/bootcertd"), filepath.Join(root, "usr/bin/bootcertctl"))
+			t.Logf("%s: the binaries need glibc >= %s", arch, floor)
+			checkDeps(t, "Depends", strings.Split(field("Depends"), ", "),
+				"libc6 (>= "+floor+")", "systemd-sysusers | systemd (>= 247)", "systemd-tmpfiles | systemd (>= 247)", "procps")
+			checkCopyright(t, root, gateway)
 			// mode owner/group size date time ./path
 			checkFiles(t, gateway, run(t, "dpkg-deb", "-c", deb), 6, func(f []string) (string, string) {
 				return strings.TrimPrefix(f[5], "."), f[1]
@@ -137,8 +244,6 @@ func TestDeb(t *testing.T) {
 				}
 			}
 
-			root := t.TempDir()
-			run(t, "dpkg-deb", "-x", deb, root)
 			checkBinaries(t, root, arch, "bootcertd", "bootcertctl")
 		})
 		t.Run(admin+"/"+arch, func(t *testing.T) {
@@ -149,8 +254,12 @@ func TestDeb(t *testing.T) {
 					t.Errorf("%s: %q, want %q", f, got, want)
 				}
 			}
+			root := t.TempDir()
+			run(t, "dpkg-deb", "-x", deb, root)
 			// the binary's libraries only: no systemd, no user, no bootcert
-			checkDeps(t, arch, "Depends", nonEmpty(strings.Split(field("Depends"), ", ")), []string{"libc6"})
+			floor := glibcFloor(t, filepath.Join(root, "usr/bin/bootcert-admin"))
+			checkDeps(t, "Depends", nonEmpty(strings.Split(field("Depends"), ", ")), "libc6 (>= "+floor+")")
+			checkCopyright(t, root, admin)
 			checkFiles(t, admin, run(t, "dpkg-deb", "-c", deb), 6, func(f []string) (string, string) {
 				return strings.TrimPrefix(f[5], "."), f[1]
 			})
@@ -161,8 +270,6 @@ func TestDeb(t *testing.T) {
 					t.Errorf("the admin package has %s; it installs one binary and its docs", s)
 				}
 			}
-			root := t.TempDir()
-			run(t, "dpkg-deb", "-x", deb, root)
 			checkBinaries(t, root, arch, "bootcert-admin")
 		})
 	}
@@ -180,15 +287,25 @@ func nonEmpty(ss []string) []string {
 
 func TestRPM(t *testing.T) {
 	testenv.Require(t, "rpm")
-	for arch, rpmArch := range map[string]string{"amd64": "x86_64", "arm64": "aarch64"} {
+	for _, arch := range testArches() {
+		rpmArch := rpmArches[arch]
+		bits := "(64bit)"
+		if arch == "armhf" {
+			bits = ""
+		}
 		t.Run(arch, func(t *testing.T) {
 			rpm := packages(t, gateway, arch, "rpm")
 			info := run(t, "rpm", "-qp", "--qf", "%{NAME} %{VERSION} %{RELEASE} %{ARCH}", rpm)
 			if want := "bootcert " + testVersion + " 1 " + rpmArch; info != want {
 				t.Errorf("rpm %q, want %q", info, want)
 			}
-			checkDeps(t, arch, "Requires", strings.Split(strings.TrimSpace(run(t, "rpm", "-qpR", rpm)), "\n"),
-				[]string{"libc.so.6()(64bit)"}, "/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles")
+			if got := run(t, "rpm", "-qp", "--qf", "%{LICENSE}", rpm); got != "Apache-2.0" {
+				t.Errorf("rpm License: %q, want Apache-2.0", got)
+			}
+			floor := glibcFloor(t, rpmBinaries(t, rpm, "bootcertd", "bootcertctl")...)
+			checkDeps(t, "Requires", strings.Split(strings.TrimSpace(run(t, "rpm", "-qpR", rpm)), "\n"),
+				"libc.so.6(GLIBC_"+floor+")"+bits, "libdl.so.2()"+bits, "libpthread.so.0()"+bits, "libresolv.so.2()"+bits,
+				"/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles", "/usr/bin/kill")
 			// mode links owner group size month day time path
 			checkFiles(t, gateway, run(t, "rpm", "-qplv", rpm), 9, func(f []string) (string, string) {
 				return f[8], f[2] + "/" + f[3]
@@ -217,7 +334,9 @@ func TestRPM(t *testing.T) {
 					reqs = append(reqs, r)
 				}
 			}
-			checkDeps(t, arch, "Requires", nonEmpty(reqs), []string{"libc.so.6()(64bit)"})
+			floor := glibcFloor(t, rpmBinaries(t, rpm, "bootcert-admin")...)
+			checkDeps(t, "Requires", nonEmpty(reqs),
+				"libc.so.6(GLIBC_"+floor+")"+bits, "libdl.so.2()"+bits, "libpthread.so.0()"+bits, "libresolv.so.2()"+bits)
 			checkFiles(t, admin, run(t, "rpm", "-qplv", rpm), 9, func(f []string) (string, string) {
 				return f[8], f[2] + "/" + f[3]
 			})
@@ -316,16 +435,65 @@ func TestGatewayShipsNoAWSSDK(t *testing.T) {
 	}
 }
 
-// checkDeps compares a package's dependencies with the wanted ones: the
-// cgo build's shared libraries first, then the others.
-func checkDeps(t *testing.T, arch, what string, got, cgoLibs []string, others ...string) {
+// checkDeps compares a package's dependencies with the wanted ones, in
+// order: the shared libraries (libc with the glibc floor), then the others.
+func checkDeps(t *testing.T, what string, got []string, want ...string) {
 	t.Helper()
-	want := others
-	if cgoArch(arch) {
-		want = append(slices.Clone(cgoLibs), others...)
-	}
 	if !slices.Equal(got, want) {
 		t.Errorf("%s %q, want %q", what, got, want)
+	}
+}
+
+// rpmBinaries unpacks an rpm (rpm2cpio | cpio, or rpm2archive) and returns
+// the paths of the named /usr/bin binaries.
+func rpmBinaries(t *testing.T, rpm string, bins ...string) []string {
+	t.Helper()
+	testenv.Require(t, "rpm2cpio", "cpio")
+	dir := t.TempDir()
+	cmd := exec.Command("sh", "-c", `rpm2cpio "$1" | cpio -idm --quiet --no-absolute-filenames`, "sh", rpm)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("unpacking %s: %v\n%s", rpm, err, out)
+	}
+	var paths []string
+	for _, b := range bins {
+		paths = append(paths, filepath.Join(dir, "usr/bin", b))
+	}
+	return paths
+}
+
+// checkCopyright checks /usr/share/doc/<pkg>/copyright: Debian's
+// machine-readable format, License: Apache-2.0, and LICENSE's full text.
+func checkCopyright(t *testing.T, root, pkg string) {
+	t.Helper()
+	c := readFile(t, filepath.Join(root, "usr/share/doc", pkg, "copyright"))
+	for _, want := range []string{
+		"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n",
+		"Upstream-Name: " + pkg + "\n",
+		"Files: *\nCopyright: bootcert contributors\nLicense: Apache-2.0\n",
+	} {
+		if !strings.Contains(c, want) {
+			t.Errorf("%s copyright lacks %q", pkg, want)
+		}
+	}
+	_, text, ok := strings.Cut(c, "\nLicense: Apache-2.0\n\nLicense: Apache-2.0\n")
+	if !ok {
+		t.Fatalf("%s copyright has no stand-alone License: Apache-2.0 paragraph:\n%s", pkg, c)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSuffix(text, "\n"), "\n") {
+		l = strings.TrimPrefix(l, " ")
+		if l == "." {
+			l = ""
+		}
+		lines = append(lines, l)
+	}
+	license := readFile(t, "../../LICENSE")
+	if got := strings.Join(lines, "\n") + "\n"; strings.Join(strings.Fields(got), " ") != strings.Join(strings.Fields(license), " ") {
+		t.Errorf("%s copyright: the license text differs from LICENSE", pkg)
+	}
+	if !strings.Contains(license, "Apache License\n                           Version 2.0, January 2004") {
+		t.Errorf("LICENSE is not the Apache License 2.0")
 	}
 }
 
@@ -376,11 +544,11 @@ func checkScripts(t *testing.T, got map[string]string) {
 	}
 }
 
-// checkBinaries checks the unpacked binaries' machine, and that the other
-// architecture's are static (CGO_ENABLED=0).
+// checkBinaries checks the unpacked binaries' machine, that they are
+// stripped and built with cgo (every architecture: Debian's cross compilers).
 func checkBinaries(t *testing.T, root, arch string, bins ...string) {
 	t.Helper()
-	machine := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}[arch]
+	machine := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64, "armhf": elf.EM_ARM}[arch]
 	for _, b := range bins {
 		f, err := elf.Open(filepath.Join(root, "usr/bin", b))
 		if err != nil {
@@ -393,8 +561,8 @@ func checkBinaries(t *testing.T, root, arch string, bins ...string) {
 		if f.Section(".symtab") != nil {
 			t.Errorf("%s: not stripped (has .symtab)", b)
 		}
-		if cgoArch(arch) != (len(libs) > 0) {
-			t.Errorf("%s: links %q; want shared libraries only on the cgo build (%s)", b, libs, runtime.GOARCH)
+		if !slices.Contains(libs, "libc.so.6") {
+			t.Errorf("%s: links %q; want the cgo build (libc.so.6: PKCS#11 dlopens its module)", b, libs)
 		}
 		f.Close()
 	}
@@ -407,4 +575,168 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestSign signs the amd64 packages with a throwaway key (a temporary
+// GNUPGHOME) by sign.sh: rpm -K passes with the public key imported, fails
+// without it and on a changed package; the apt repository's InRelease and
+// Release.gpg verify with the exported keyring, not after a change, and
+// Release lists the Packages index apt will fetch by its SHA256.
+func TestSign(t *testing.T) {
+	testenv.Require(t, "gpg", "gpgv", "gpgconf", "rpm", "rpmsign", "apt-ftparchive")
+	dist := t.TempDir()
+	for _, p := range []string{packages(t, gateway, "amd64", "deb"), packages(t, gateway, "amd64", "rpm")} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dist, filepath.Base(p)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	home := newSigningKey(t)
+	env := append(os.Environ(), "GNUPGHOME="+home, "BOOTCERT_SIGN_KEY="+signingKeyEmail)
+	cmd := exec.Command("./sign.sh", dist)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sign.sh: %v\n%s", err, out)
+	}
+	rpm := filepath.Join(dist, filepath.Base(packages(t, gateway, "amd64", "rpm")))
+	rpmK := func(db string, pkg string) (string, error) {
+		out, err := exec.Command("rpm", "--dbpath", db, "-K", pkg).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := rpmK(t.TempDir(), rpm); err == nil || !strings.Contains(out, "SIGNATURES NOT OK") {
+		t.Errorf("rpm -K without the key: %v %s, want SIGNATURES NOT OK", err, out)
+	}
+	db := t.TempDir()
+	run(t, "rpm", "--dbpath", db, "--import", filepath.Join(dist, "RPM-GPG-KEY-bootcert"))
+	if out, err := rpmK(db, rpm); err != nil || !strings.Contains(out, "digests signatures OK") {
+		t.Errorf("rpm -K with the key imported: %v %s", err, out)
+	}
+	b, _ := os.ReadFile(rpm)
+	b[len(b)-100] ^= 0xff // in the payload
+	tampered := filepath.Join(t.TempDir(), "tampered.rpm")
+	os.WriteFile(tampered, b, 0o644)
+	if out, err := rpmK(db, tampered); err == nil {
+		t.Errorf("rpm -K passed a changed package: %s", out)
+	}
+
+	apt := filepath.Join(dist, "apt")
+	keyring := filepath.Join(apt, "bootcert-archive-keyring.gpg")
+	rel := filepath.Join(apt, "dists/stable")
+	if out, err := exec.Command("gpgv", "--keyring", keyring, filepath.Join(rel, "InRelease")).CombinedOutput(); err != nil {
+		t.Errorf("gpgv InRelease: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("gpgv", "--keyring", keyring, filepath.Join(rel, "Release.gpg"), filepath.Join(rel, "Release")).CombinedOutput(); err != nil {
+		t.Errorf("gpgv Release.gpg Release: %v\n%s", err, out)
+	}
+	release := readFile(t, filepath.Join(rel, "Release"))
+	pkgs, err := os.ReadFile(filepath.Join(rel, "main/binary-amd64/Packages"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := fmt.Sprintf("%x", sha256.Sum256(pkgs)); !regexp.MustCompile(`(?m)^ ` + sum + ` +\d+ main/binary-amd64/Packages$`).MatchString(release) {
+		t.Errorf("Release does not list main/binary-amd64/Packages by its SHA256 %s:\n%s", sum, release)
+	}
+	if !strings.Contains(string(pkgs), "Filename: pool/main/bootcert_"+testVersion+"_amd64.deb\n") {
+		t.Errorf("Packages lacks the .deb:\n%s", pkgs)
+	}
+	changed := filepath.Join(t.TempDir(), "Release")
+	os.WriteFile(changed, []byte(strings.Replace(release, "Suite: stable", "Suite: stabIe", 1)), 0o644)
+	if out, err := exec.Command("gpgv", "--keyring", keyring, filepath.Join(rel, "Release.gpg"), changed).CombinedOutput(); err == nil {
+		t.Errorf("gpgv verified a changed Release:\n%s", out)
+	}
+	other := newSigningKey(t)
+	otherRing := filepath.Join(t.TempDir(), "other.gpg")
+	cmd = exec.Command("gpg", "--batch", "--export", "-o", otherRing, signingKeyEmail)
+	cmd.Env = append(os.Environ(), "GNUPGHOME="+other)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("exporting the other key: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("gpgv", "--keyring", otherRing, filepath.Join(rel, "InRelease")).CombinedOutput(); err == nil {
+		t.Errorf("InRelease verified with another key:\n%s", out)
+	}
+}
+
+// TestSignPassphrase signs with a passphrase-protected key, the passphrase
+// read from BOOTCERT_SIGN_PASSPHRASE_FILE (gpg's loopback pinentry, for
+// rpmsign too); without the file, signing fails instead of hanging on a
+// pinentry.
+func TestSignPassphrase(t *testing.T) {
+	testenv.Require(t, "gpg", "gpgconf", "rpm", "rpmsign", "apt-ftparchive")
+	dist := t.TempDir()
+	src := packages(t, gateway, "amd64", "rpm")
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rpm := filepath.Join(dist, filepath.Base(src))
+	os.WriteFile(rpm, b, 0o644)
+	home := newSigningKeyWith(t, "correct horse")
+	pass := filepath.Join(t.TempDir(), "pass")
+	os.WriteFile(pass, []byte("correct horse\n"), 0o600)
+	sign := func(extra ...string) ([]byte, error) {
+		cmd := exec.Command("./sign.sh", dist)
+		cmd.Env = append(append(os.Environ(), "GNUPGHOME="+home, "BOOTCERT_SIGN_KEY="+signingKeyEmail), extra...)
+		cmd.Stdin = nil
+		done := make(chan struct{})
+		var out []byte
+		var err error
+		go func() { out, err = cmd.CombinedOutput(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Fatalf("sign.sh hung (waiting for a passphrase?)\n%s", out)
+		}
+		return out, err
+	}
+	if out, err := sign(); err == nil {
+		t.Errorf("sign.sh signed with a protected key and no passphrase:\n%s", out)
+	}
+	if out, err := sign("BOOTCERT_SIGN_PASSPHRASE_FILE=" + pass); err != nil {
+		t.Fatalf("sign.sh with the passphrase file: %v\n%s", err, out)
+	} else if strings.Contains(string(out), "correct horse") {
+		t.Errorf("sign.sh printed the passphrase:\n%s", out)
+	}
+	db := t.TempDir()
+	run(t, "rpm", "--dbpath", db, "--import", filepath.Join(dist, "RPM-GPG-KEY-bootcert"))
+	if out, err := exec.Command("rpm", "--dbpath", db, "-K", rpm).CombinedOutput(); err != nil || !strings.Contains(string(out), "digests signatures OK") {
+		t.Errorf("rpm -K after signing with the protected key: %v %s", err, out)
+	}
+}
+
+// signingKeyEmail names the throwaway release key newSigningKey makes.
+const signingKeyEmail = "release-test@bootcert.invalid"
+
+// newSigningKey makes a throwaway RSA signing key without passphrase in a
+// new GNUPGHOME and returns the directory; the gpg-agent it starts is
+// stopped at the end of the test.
+func newSigningKey(t *testing.T) string {
+	t.Helper()
+	return newSigningKeyWith(t, "")
+}
+
+// newSigningKeyWith is newSigningKey with a passphrase ("" for none).
+func newSigningKeyWith(t *testing.T, passphrase string) string {
+	t.Helper()
+	home, err := os.MkdirTemp("", "gpg-") // short: gpg-agent's socket path has a length limit
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd := exec.Command("gpgconf", "--kill", "all")
+		cmd.Env = append(os.Environ(), "GNUPGHOME="+home)
+		cmd.Run()
+		os.RemoveAll(home)
+	})
+	os.Chmod(home, 0o700)
+	cmd := exec.Command("gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", passphrase, "--quick-gen-key", "bootcert release test <"+signingKeyEmail+">", "rsa3072", "sign", "never")
+	cmd.Env = append(os.Environ(), "GNUPGHOME="+home)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("gpg --quick-gen-key: %v\n%s", err, out)
+	}
+	return home
 }
