@@ -34,9 +34,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -86,6 +88,11 @@ type Options struct {
 	LabBinary string
 	// Progress, if not nil, gets a line every few seconds.
 	Progress io.Writer
+	// StopWait bounds each step of the shutdown after the storm (the
+	// devices' engines, the lab); 0 means one minute. A step that takes
+	// longer is left running: its goroutines are written to a file
+	// (Result.GoroutineDump) and the figures are reported anyway.
+	StopWait time.Duration
 }
 
 // Result is what a storm measured.
@@ -117,6 +124,13 @@ type Result struct {
 	// The lab's own, when it ran as a separate process (LabBinary).
 	LabCPU             time.Duration
 	LabRSS, LabPeakRSS int64
+
+	// The shutdown: how long the devices' engines took to return after
+	// the storm was cancelled, how many had not returned by StopWait, and
+	// the goroutine dump written then.
+	StopTime      time.Duration
+	Unstopped     int
+	GoroutineDump string
 }
 
 // OpCount counts one operation's calls.
@@ -144,6 +158,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 10 * time.Minute
+	}
+	if o.StopWait == 0 {
+		o.StopWait = time.Minute
 	}
 	dir := o.Dir
 	if dir == "" {
@@ -184,7 +201,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}
 		l = il
 	}
-	defer l.Close()
+	defer func() {
+		if !bounded(o.StopWait, l.Close) {
+			path, _ := dumpGoroutines("lab-close")
+			if o.Progress != nil {
+				fmt.Fprintf(o.Progress, "closing the lab took longer than %s; left running (goroutines: %s)\n", o.StopWait, path)
+			}
+		}
+	}()
 	ca, caKey, err := setupCloud(ctx, l, o.Template)
 	if err != nil {
 		return nil, err
@@ -203,14 +227,17 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	runCtx, cancel := context.WithTimeout(ctx, o.Timeout+o.Window)
 	defer cancel()
 	var wg sync.WaitGroup
+	var running atomic.Int64
 	for i, d := range devs {
 		at := time.Duration(0)
 		if o.Devices > 1 {
 			at = o.Window * time.Duration(i) / time.Duration(o.Devices-1)
 		}
 		wg.Add(1)
+		running.Add(1)
 		go func() {
 			defer wg.Done()
+			defer running.Add(-1)
 			d.run(runCtx, start.Add(at))
 		}()
 	}
@@ -275,7 +302,25 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	res.HeapPeak = heapPeak
 	res.MaxRSS = maxRSS()
 	cancel()
-	wg.Wait()
+	stopStart := time.Now()
+	stopped := make(chan struct{})
+	go func() { wg.Wait(); close(stopped) }()
+	for waited := false; !waited; {
+		select {
+		case <-stopped:
+			waited = true
+		case <-time.After(5 * time.Second):
+			if time.Since(stopStart) >= o.StopWait {
+				res.Unstopped = int(running.Load())
+				res.GoroutineDump, _ = dumpGoroutines("devices-stop")
+				waited = true
+			}
+			if o.Progress != nil {
+				fmt.Fprintf(o.Progress, "stopping: %d of %d engines still running after %s\n", running.Load(), o.Devices, time.Since(stopStart).Round(time.Second))
+			}
+		}
+	}
+	res.StopTime = time.Since(stopStart)
 	sort.Slice(res.PerDevice, func(i, j int) bool { return res.PerDevice[i] < res.PerDevice[j] })
 
 	res.Calls, res.MaxWindow, res.PerSecond = counter.snapshot()
@@ -298,7 +343,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			res.Bound, res.BoundAPI = b, op
 		}
 	}
-	res.CertsIssued, err = certsIssued(ctx, l, devs)
+	cctx, ccancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer ccancel()
+	res.CertsIssued, err = certsIssued(cctx, l, devs)
 	if err != nil {
 		return res, err
 	}
@@ -391,6 +438,11 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "| CPU (%s) | %s over %s wall (%.0f %% of one core) |\n", what,
 		r.CPU.Round(10*time.Millisecond), r.Wall.Round(10*time.Millisecond), 100*r.CPU.Seconds()/r.Wall.Seconds())
 	fmt.Fprintf(w, "| memory (this process) | max RSS %d MiB, peak Go heap %d MiB |\n", r.MaxRSS>>20, r.HeapPeak>>20)
+	stop := fmt.Sprintf("%s", r.StopTime.Round(10*time.Millisecond))
+	if r.Unstopped > 0 {
+		stop += fmt.Sprintf("; %d engines had not returned (goroutines: %s)", r.Unstopped, r.GoroutineDump)
+	}
+	fmt.Fprintf(w, "| stopping the devices' engines | %s |\n", stop)
 	fmt.Fprintf(w, "\n| operation | rate /s | accepted | throttled | other errors | per device | bound | max in 1 s |\n|---|---|---|---|---|---|---|---|\n")
 	ops := make([]string, 0, len(r.Calls))
 	for op := range r.Calls {
@@ -694,6 +746,33 @@ func (s *slowSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([
 func (s *slowSigner) Close() error {
 	keystore.CloseSigner(s.Signer)
 	return nil
+}
+
+// bounded runs f and reports whether it returned within d (if not, it
+// is left running).
+func bounded(d time.Duration, f func() error) bool {
+	done := make(chan struct{})
+	go func() { f(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// dumpGoroutines writes every goroutine's stack (grouped, pprof debug=1)
+// to a file in the temporary directory and returns its path.
+func dumpGoroutines(what string) (string, error) {
+	f, err := os.CreateTemp("", "bench-storm-"+what+"-*.txt")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if err := pprof.Lookup("goroutine").WriteTo(f, 1); err != nil {
+		return f.Name(), err
+	}
+	return f.Name(), f.Close()
 }
 
 func cpuTime() time.Duration {
