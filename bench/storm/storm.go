@@ -88,6 +88,13 @@ type Options struct {
 	LabBinary string
 	// Progress, if not nil, gets a line every few seconds.
 	Progress io.Writer
+	// ScaleDevices divides the devices' own waits (reply timeout, the
+	// reconnect and retry backoff) by Scale too, so that a time-scaled
+	// run is the unscaled storm replayed faster: without it a device's
+	// 5-minute backoff cap weighs three times as much against a ×3
+	// quota as it would against the real one. The simulated TPM
+	// latencies are not scaled (they are the device's, in parallel).
+	ScaleDevices bool
 	// StopWait bounds each step of the shutdown after the storm (the
 	// devices' engines, the lab); 0 means one minute. A step that takes
 	// longer is left running: its goroutines are written to a file
@@ -104,6 +111,8 @@ type Result struct {
 	Scale     float64
 	Window    time.Duration
 	Workers   int // the lab's function concurrency
+	// ScaleDevices: the devices' waits were divided by Scale.
+	ScaleDevices bool
 
 	Elapsed     time.Duration   // first power-on until the last commit (or the timeout)
 	PerDevice   []time.Duration // power-on to operational, committed devices
@@ -217,7 +226,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Devices: o.Devices, Scale: o.Scale, Window: o.Window, Workers: o.FunctionWorkers, Calls: map[string]*OpCount{}, Rates: map[string]float64{},
+	res := &Result{Devices: o.Devices, Scale: o.Scale, Window: o.Window, Workers: o.FunctionWorkers, ScaleDevices: o.ScaleDevices, Calls: map[string]*OpCount{}, Rates: map[string]float64{},
 		CertsIssued: map[string]int{}, MaxWindow: map[string]float64{}, LoadAvg: loadavg()}
 	counter.reset()
 	cpu0 := cpuTime()
@@ -408,7 +417,11 @@ func (r *Result) Percentile(p float64) time.Duration {
 
 // Print writes the figures as a table.
 func (r *Result) Print(w io.Writer) {
-	fmt.Fprintf(w, "storm: %d devices powered on within %s, aws-default quotas x%g, %d function workers\n", r.Devices, r.Window, r.Scale, r.Workers)
+	dev := "devices' reply timeout and backoff unscaled"
+	if r.ScaleDevices {
+		dev = fmt.Sprintf("devices' reply timeout and backoff /%g", r.Scale)
+	}
+	fmt.Fprintf(w, "storm: %d devices powered on within %s, aws-default quotas x%g (%s)\n", r.Devices, r.Window, r.Scale, dev)
 	fmt.Fprintf(w, "load average before: %s\n", r.LoadAvg)
 	fmt.Fprintf(w, "| figure | value |\n|---|---|\n")
 	fmt.Fprintf(w, "| committed | %d of %d |\n", r.Committed, r.Devices)
@@ -608,6 +621,13 @@ func makeDevices(ctx context.Context, l labHandle, dir string, o Options, ca *x5
 	allow := []string{strings.Join(manifest.Header[:3], ",")}
 	var devs []*device
 	rot := config.DefaultRotation()
+	// the devices' waits, time-scaled with the quotas (ScaleDevices)
+	dscale := func(d time.Duration) time.Duration {
+		if o.ScaleDevices && o.Scale > 0 {
+			return time.Duration(float64(d) / o.Scale)
+		}
+		return d
+	}
 	for i := range o.Devices {
 		thing := fmt.Sprintf("storm-%05d", i)
 		ddir := filepath.Join(dir, "devices", thing)
@@ -633,7 +653,7 @@ func makeDevices(ctx context.Context, l labHandle, dir string, o Options, ca *x5
 		d.ecfg = engine.Config{Thing: thing, Endpoint: d.scfg.Address, BootstrapKey: bootURI, Bootstrap: []*x509.Certificate{boot},
 			OperationalFn: func(gen int) string { return fmt.Sprintf("file:%s/op-%d.pem", opDir, gen) },
 			Algorithm:     keystore.ECDSAP256, StateDir: filepath.Join(ddir, "state"),
-			ReplyTimeout: 30 * time.Second, Backoff: engine.Backoff{Initial: time.Second, Max: 5 * time.Minute},
+			ReplyTimeout: dscale(30 * time.Second), Backoff: engine.Backoff{Initial: dscale(time.Second), Max: dscale(5 * time.Minute)},
 			RollbackRefusals: 3, RollbackWindow: 10 * time.Minute, FallbackToBoot: true, ShutdownQuiesce: time.Second,
 			PhaseSessions: rot.PhaseSessions, StableAfter: time.Minute, RequestInterval: rot.RequestInterval.D()}
 		devs = append(devs, d)
