@@ -79,8 +79,10 @@ type Options struct {
 	// Dir holds the lab's data and the devices' state; "" makes a
 	// temporary directory removed afterwards.
 	Dir string
-	// FunctionWorkers is the lab's concurrency of function invocations
-	// (its stand-in for Lambda concurrency); 0 means 16.
+	// FunctionWorkers is the in-process lab's concurrency of a function
+	// without reserved concurrency in the template, and of republish
+	// actions (activator, vendor and renewal run at their
+	// ReservedConcurrentExecutions); 0 means 16.
 	FunctionWorkers int
 	// LabBinary, when set, runs the lab as that bootcert-lab binary
 	// (serve, its default of 8 function workers) instead of in this
@@ -354,7 +356,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	cctx, ccancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer ccancel()
-	res.CertsIssued, err = certsIssued(cctx, l, devs)
+	res.CertsIssued, err = certsIssued(cctx, l, devs, o.Progress)
 	if err != nil {
 		return res, err
 	}
@@ -575,14 +577,19 @@ func issue(ca *x509.Certificate, caKey crypto.Signer, cn string, pub crypto.Publ
 
 // certsIssued counts, per thing, the certificates attached to it other
 // than its bootstrap certificate.
-func certsIssued(ctx context.Context, l labHandle, devs []*device) (map[string]int, error) {
-	if out, err := certsIssuedFromState(ctx, l, devs); err == nil {
+func certsIssued(ctx context.Context, l labHandle, devs []*device, progress io.Writer) (map[string]int, error) {
+	out, err := certsIssuedFromState(ctx, l, devs)
+	if err == nil {
 		return out, nil
+	}
+	// The fallback runs at the storm's own ListThingPrincipals rate.
+	if progress != nil {
+		fmt.Fprintf(progress, "counting certificates with ListThingPrincipals per thing (GET /lab/state: %v)\n", err)
 	}
 	cfg := lab.ClientConfig(l.ServerCAPEM(), "us-east-1")
 	cfg.RetryMaxAttempts = 50
 	api := iot.NewFromConfig(cfg, func(o *iot.Options) { o.BaseEndpoint = aws.String(l.Endpoints().API) })
-	out := map[string]int{}
+	out = map[string]int{}
 	for _, d := range devs {
 		if _, ok := d.doneAt(); !ok {
 			continue
@@ -828,7 +835,7 @@ func loadavg() string {
 // the storm's own rate (10,000 things at 30/s take over five minutes).
 func certsIssuedFromState(ctx context.Context, l labHandle, devs []*device) (map[string]int, error) {
 	cfg := lab.ClientConfig(l.ServerCAPEM(), "us-east-1")
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.Endpoints().API+"/lab/state", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.Endpoints().API+"/lab/state?pem=false", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -840,21 +847,25 @@ func certsIssuedFromState(ctx context.Context, l labHandle, devs []*device) (map
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET /lab/state: %s", resp.Status)
 	}
+	// the registry's snapshot is the "registry" section
+	// (cloud/lab/api serveState, registry.Snapshot)
 	var st struct {
-		ThingPrincipals map[string][]string `json:"thingPrincipals"`
+		Registry struct {
+			ThingPrincipals map[string][]string `json:"thingPrincipals"`
+		} `json:"registry"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		return nil, fmt.Errorf("GET /lab/state: %w", err)
 	}
-	if st.ThingPrincipals == nil {
-		return nil, errors.New("GET /lab/state: no thingPrincipals")
+	if st.Registry.ThingPrincipals == nil {
+		return nil, errors.New("GET /lab/state: no registry.thingPrincipals")
 	}
 	out := map[string]int{}
 	for _, d := range devs {
 		if _, ok := d.doneAt(); !ok {
 			continue
 		}
-		for _, arn := range st.ThingPrincipals[d.thing] {
+		for _, arn := range st.Registry.ThingPrincipals[d.thing] {
 			if !strings.HasSuffix(arn, "/"+d.bootID) {
 				out[d.thing]++
 			}
