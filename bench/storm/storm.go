@@ -453,7 +453,7 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "| CPU (%s) | %s over %s wall (%.0f %% of one core) |\n", what,
 		r.CPU.Round(10*time.Millisecond), r.Wall.Round(10*time.Millisecond), 100*r.CPU.Seconds()/r.Wall.Seconds())
 	fmt.Fprintf(w, "| memory (this process) | max RSS %d MiB, peak Go heap %d MiB |\n", r.MaxRSS>>20, r.HeapPeak>>20)
-	stop := fmt.Sprintf("%s", r.StopTime.Round(10*time.Millisecond))
+	stop := r.StopTime.Round(10 * time.Millisecond).String()
 	if r.Unstopped > 0 {
 		stop += fmt.Sprintf("; %d engines had not returned (goroutines: %s)", r.Unstopped, r.GoroutineDump)
 	}
