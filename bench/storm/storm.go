@@ -34,9 +34,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -77,8 +79,10 @@ type Options struct {
 	// Dir holds the lab's data and the devices' state; "" makes a
 	// temporary directory removed afterwards.
 	Dir string
-	// FunctionWorkers is the lab's concurrency of function invocations
-	// (its stand-in for Lambda concurrency); 0 means 16.
+	// FunctionWorkers is the in-process lab's concurrency of a function
+	// without reserved concurrency in the template, and of republish
+	// actions (activator, vendor and renewal run at their
+	// ReservedConcurrentExecutions); 0 means 16.
 	FunctionWorkers int
 	// LabBinary, when set, runs the lab as that bootcert-lab binary
 	// (serve, its default of 8 function workers) instead of in this
@@ -86,6 +90,18 @@ type Options struct {
 	LabBinary string
 	// Progress, if not nil, gets a line every few seconds.
 	Progress io.Writer
+	// ScaleDevices divides the devices' own waits (reply timeout, the
+	// reconnect and retry backoff) by Scale too, so that a time-scaled
+	// run is the unscaled storm replayed faster: without it a device's
+	// 5-minute backoff cap weighs three times as much against a ×3
+	// quota as it would against the real one. The simulated TPM
+	// latencies are not scaled (they are the device's, in parallel).
+	ScaleDevices bool
+	// StopWait bounds each step of the shutdown after the storm (the
+	// devices' engines, the lab); 0 means one minute. A step that takes
+	// longer is left running: its goroutines are written to a file
+	// (Result.GoroutineDump) and the figures are reported anyway.
+	StopWait time.Duration
 }
 
 // Result is what a storm measured.
@@ -97,6 +113,8 @@ type Result struct {
 	Scale     float64
 	Window    time.Duration
 	Workers   int // the lab's function concurrency
+	// ScaleDevices: the devices' waits were divided by Scale.
+	ScaleDevices bool
 
 	Elapsed     time.Duration   // first power-on until the last commit (or the timeout)
 	PerDevice   []time.Duration // power-on to operational, committed devices
@@ -117,6 +135,13 @@ type Result struct {
 	// The lab's own, when it ran as a separate process (LabBinary).
 	LabCPU             time.Duration
 	LabRSS, LabPeakRSS int64
+
+	// The shutdown: how long the devices' engines took to return after
+	// the storm was cancelled, how many had not returned by StopWait, and
+	// the goroutine dump written then.
+	StopTime      time.Duration
+	Unstopped     int
+	GoroutineDump string
 }
 
 // OpCount counts one operation's calls.
@@ -144,6 +169,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 10 * time.Minute
+	}
+	if o.StopWait == 0 {
+		o.StopWait = time.Minute
 	}
 	dir := o.Dir
 	if dir == "" {
@@ -184,7 +212,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}
 		l = il
 	}
-	defer l.Close()
+	defer func() {
+		if !bounded(o.StopWait, l.Close) {
+			path, _ := dumpGoroutines("lab-close")
+			if o.Progress != nil {
+				fmt.Fprintf(o.Progress, "closing the lab took longer than %s; left running (goroutines: %s)\n", o.StopWait, path)
+			}
+		}
+	}()
 	ca, caKey, err := setupCloud(ctx, l, o.Template)
 	if err != nil {
 		return nil, err
@@ -193,7 +228,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Devices: o.Devices, Scale: o.Scale, Window: o.Window, Workers: o.FunctionWorkers, Calls: map[string]*OpCount{}, Rates: map[string]float64{},
+	res := &Result{Devices: o.Devices, Scale: o.Scale, Window: o.Window, Workers: o.FunctionWorkers, ScaleDevices: o.ScaleDevices, Calls: map[string]*OpCount{}, Rates: map[string]float64{},
 		CertsIssued: map[string]int{}, MaxWindow: map[string]float64{}, LoadAvg: loadavg()}
 	counter.reset()
 	cpu0 := cpuTime()
@@ -203,14 +238,17 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	runCtx, cancel := context.WithTimeout(ctx, o.Timeout+o.Window)
 	defer cancel()
 	var wg sync.WaitGroup
+	var running atomic.Int64
 	for i, d := range devs {
 		at := time.Duration(0)
 		if o.Devices > 1 {
 			at = o.Window * time.Duration(i) / time.Duration(o.Devices-1)
 		}
 		wg.Add(1)
+		running.Add(1)
 		go func() {
 			defer wg.Done()
+			defer running.Add(-1)
 			d.run(runCtx, start.Add(at))
 		}()
 	}
@@ -275,7 +313,25 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	res.HeapPeak = heapPeak
 	res.MaxRSS = maxRSS()
 	cancel()
-	wg.Wait()
+	stopStart := time.Now()
+	stopped := make(chan struct{})
+	go func() { wg.Wait(); close(stopped) }()
+	for waited := false; !waited; {
+		select {
+		case <-stopped:
+			waited = true
+		case <-time.After(5 * time.Second):
+			if time.Since(stopStart) >= o.StopWait {
+				res.Unstopped = int(running.Load())
+				res.GoroutineDump, _ = dumpGoroutines("devices-stop")
+				waited = true
+			}
+			if o.Progress != nil {
+				fmt.Fprintf(o.Progress, "stopping: %d of %d engines still running after %s\n", running.Load(), o.Devices, time.Since(stopStart).Round(time.Second))
+			}
+		}
+	}
+	res.StopTime = time.Since(stopStart)
 	sort.Slice(res.PerDevice, func(i, j int) bool { return res.PerDevice[i] < res.PerDevice[j] })
 
 	res.Calls, res.MaxWindow, res.PerSecond = counter.snapshot()
@@ -298,7 +354,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			res.Bound, res.BoundAPI = b, op
 		}
 	}
-	res.CertsIssued, err = certsIssued(ctx, l, devs)
+	cctx, ccancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer ccancel()
+	res.CertsIssued, err = certsIssued(cctx, l, devs, o.Progress)
 	if err != nil {
 		return res, err
 	}
@@ -361,7 +419,11 @@ func (r *Result) Percentile(p float64) time.Duration {
 
 // Print writes the figures as a table.
 func (r *Result) Print(w io.Writer) {
-	fmt.Fprintf(w, "storm: %d devices powered on within %s, aws-default quotas x%g, %d function workers\n", r.Devices, r.Window, r.Scale, r.Workers)
+	dev := "devices' reply timeout and backoff unscaled"
+	if r.ScaleDevices {
+		dev = fmt.Sprintf("devices' reply timeout and backoff /%g", r.Scale)
+	}
+	fmt.Fprintf(w, "storm: %d devices powered on within %s, aws-default quotas x%g (%s)\n", r.Devices, r.Window, r.Scale, dev)
 	fmt.Fprintf(w, "load average before: %s\n", r.LoadAvg)
 	fmt.Fprintf(w, "| figure | value |\n|---|---|\n")
 	fmt.Fprintf(w, "| committed | %d of %d |\n", r.Committed, r.Devices)
@@ -391,6 +453,11 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "| CPU (%s) | %s over %s wall (%.0f %% of one core) |\n", what,
 		r.CPU.Round(10*time.Millisecond), r.Wall.Round(10*time.Millisecond), 100*r.CPU.Seconds()/r.Wall.Seconds())
 	fmt.Fprintf(w, "| memory (this process) | max RSS %d MiB, peak Go heap %d MiB |\n", r.MaxRSS>>20, r.HeapPeak>>20)
+	stop := r.StopTime.Round(10 * time.Millisecond).String()
+	if r.Unstopped > 0 {
+		stop += fmt.Sprintf("; %d engines had not returned (goroutines: %s)", r.Unstopped, r.GoroutineDump)
+	}
+	fmt.Fprintf(w, "| stopping the devices' engines | %s |\n", stop)
 	fmt.Fprintf(w, "\n| operation | rate /s | accepted | throttled | other errors | per device | bound | max in 1 s |\n|---|---|---|---|---|---|---|---|\n")
 	ops := make([]string, 0, len(r.Calls))
 	for op := range r.Calls {
@@ -510,14 +577,19 @@ func issue(ca *x509.Certificate, caKey crypto.Signer, cn string, pub crypto.Publ
 
 // certsIssued counts, per thing, the certificates attached to it other
 // than its bootstrap certificate.
-func certsIssued(ctx context.Context, l labHandle, devs []*device) (map[string]int, error) {
-	if out, err := certsIssuedFromState(ctx, l, devs); err == nil {
+func certsIssued(ctx context.Context, l labHandle, devs []*device, progress io.Writer) (map[string]int, error) {
+	out, err := certsIssuedFromState(ctx, l, devs)
+	if err == nil {
 		return out, nil
+	}
+	// The fallback runs at the storm's own ListThingPrincipals rate.
+	if progress != nil {
+		fmt.Fprintf(progress, "counting certificates with ListThingPrincipals per thing (GET /lab/state: %v)\n", err)
 	}
 	cfg := lab.ClientConfig(l.ServerCAPEM(), "us-east-1")
 	cfg.RetryMaxAttempts = 50
 	api := iot.NewFromConfig(cfg, func(o *iot.Options) { o.BaseEndpoint = aws.String(l.Endpoints().API) })
-	out := map[string]int{}
+	out = map[string]int{}
 	for _, d := range devs {
 		if _, ok := d.doneAt(); !ok {
 			continue
@@ -556,6 +628,13 @@ func makeDevices(ctx context.Context, l labHandle, dir string, o Options, ca *x5
 	allow := []string{strings.Join(manifest.Header[:3], ",")}
 	var devs []*device
 	rot := config.DefaultRotation()
+	// the devices' waits, time-scaled with the quotas (ScaleDevices)
+	dscale := func(d time.Duration) time.Duration {
+		if o.ScaleDevices && o.Scale > 0 {
+			return time.Duration(float64(d) / o.Scale)
+		}
+		return d
+	}
 	for i := range o.Devices {
 		thing := fmt.Sprintf("storm-%05d", i)
 		ddir := filepath.Join(dir, "devices", thing)
@@ -581,7 +660,7 @@ func makeDevices(ctx context.Context, l labHandle, dir string, o Options, ca *x5
 		d.ecfg = engine.Config{Thing: thing, Endpoint: d.scfg.Address, BootstrapKey: bootURI, Bootstrap: []*x509.Certificate{boot},
 			OperationalFn: func(gen int) string { return fmt.Sprintf("file:%s/op-%d.pem", opDir, gen) },
 			Algorithm:     keystore.ECDSAP256, StateDir: filepath.Join(ddir, "state"),
-			ReplyTimeout: 30 * time.Second, Backoff: engine.Backoff{Initial: time.Second, Max: 5 * time.Minute},
+			ReplyTimeout: dscale(30 * time.Second), Backoff: engine.Backoff{Initial: dscale(time.Second), Max: dscale(5 * time.Minute)},
 			RollbackRefusals: 3, RollbackWindow: 10 * time.Minute, FallbackToBoot: true, ShutdownQuiesce: time.Second,
 			PhaseSessions: rot.PhaseSessions, StableAfter: time.Minute, RequestInterval: rot.RequestInterval.D()}
 		devs = append(devs, d)
@@ -696,6 +775,33 @@ func (s *slowSigner) Close() error {
 	return nil
 }
 
+// bounded runs f and reports whether it returned within d (if not, it
+// is left running).
+func bounded(d time.Duration, f func() error) bool {
+	done := make(chan struct{})
+	go func() { f(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// dumpGoroutines writes every goroutine's stack (grouped, pprof debug=1)
+// to a file in the temporary directory and returns its path.
+func dumpGoroutines(what string) (string, error) {
+	f, err := os.CreateTemp("", "bench-storm-"+what+"-*.txt")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if err := pprof.Lookup("goroutine").WriteTo(f, 1); err != nil {
+		return f.Name(), err
+	}
+	return f.Name(), f.Close()
+}
+
 func cpuTime() time.Duration {
 	var self, kids syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &self)
@@ -729,7 +835,7 @@ func loadavg() string {
 // the storm's own rate (10,000 things at 30/s take over five minutes).
 func certsIssuedFromState(ctx context.Context, l labHandle, devs []*device) (map[string]int, error) {
 	cfg := lab.ClientConfig(l.ServerCAPEM(), "us-east-1")
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.Endpoints().API+"/lab/state", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.Endpoints().API+"/lab/state?pem=false", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -741,21 +847,25 @@ func certsIssuedFromState(ctx context.Context, l labHandle, devs []*device) (map
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET /lab/state: %s", resp.Status)
 	}
+	// the registry's snapshot is the "registry" section
+	// (cloud/lab/api serveState, registry.Snapshot)
 	var st struct {
-		ThingPrincipals map[string][]string `json:"thingPrincipals"`
+		Registry struct {
+			ThingPrincipals map[string][]string `json:"thingPrincipals"`
+		} `json:"registry"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		return nil, fmt.Errorf("GET /lab/state: %w", err)
 	}
-	if st.ThingPrincipals == nil {
-		return nil, errors.New("GET /lab/state: no thingPrincipals")
+	if st.Registry.ThingPrincipals == nil {
+		return nil, errors.New("GET /lab/state: no registry.thingPrincipals")
 	}
 	out := map[string]int{}
 	for _, d := range devs {
 		if _, ok := d.doneAt(); !ok {
 			continue
 		}
-		for _, arn := range st.ThingPrincipals[d.thing] {
+		for _, arn := range st.Registry.ThingPrincipals[d.thing] {
 			if !strings.HasSuffix(arn, "/"+d.bootID) {
 				out[d.thing]++
 			}

@@ -55,12 +55,15 @@ type Config struct {
 	Region    string // default us-east-1
 	AccountID string // default 123456789012
 
-	// FunctionWorkers bounds concurrent asynchronous invocations (default 8).
+	// FunctionWorkers is the concurrency of a function without reserved
+	// concurrency in the template (ReservedConcurrentExecutions sets the
+	// others) and of the republish actions (default 8). Every function
+	// has its own queue and workers.
 	FunctionWorkers int
-	// FunctionQueue bounds queued asynchronous invocations (default
-	// 4096); beyond it an invocation is dropped, so a fleet storm needs
-	// room for one event per device (Lambda's own asynchronous queue
-	// keeps events up to six hours).
+	// FunctionQueue bounds the queued asynchronous invocations of each
+	// function (default 65536); beyond it an invocation is dropped, so a
+	// fleet storm needs room for one event per device (Lambda's own
+	// asynchronous queue keeps events up to six hours).
 	FunctionQueue int
 	// FunctionTimeout bounds one invocation (default 30s).
 	FunctionTimeout time.Duration
@@ -197,9 +200,9 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 
 	queue := cfg.FunctionQueue
 	if queue <= 0 {
-		queue = 4096
+		queue = 1 << 16
 	}
-	l.invoker = newInvoker(cfg.Logger, cfg.FunctionWorkers, queue, cfg.FunctionTimeout)
+	l.invoker = newInvoker(cfg.Logger, cfg.Clock, cfg.FunctionWorkers, queue, cfg.FunctionTimeout)
 	l.rules = &ruleEngine{log: cfg.Logger.With("component", "rules"), inv: l.invoker}
 
 	var limiterForBroker broker.ConnectLimiter

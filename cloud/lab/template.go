@@ -97,6 +97,10 @@ func (l *Lab) loadTemplate(ctx context.Context) error {
 		if f.Timeout > 0 {
 			l.invoker.setTimeout(f.LogicalID, time.Duration(f.Timeout)*time.Second)
 		}
+		if f.ReservedConcurrency > 0 {
+			l.invoker.setConcurrency(f.LogicalID, f.ReservedConcurrency)
+		}
+		l.invoker.setAsyncConfig(f.LogicalID, f.MaxRetryAttempts, time.Duration(f.MaxEventAge)*time.Second)
 		if l.cfg.Functions[f.LogicalID] != nil {
 			log.Info("function from Config.Functions", "function", f.LogicalID)
 			continue

@@ -192,9 +192,16 @@ func (s *session) asked(what string) {
 func (s *session) answered() { s.unanswered, s.docPublish = 0, "" }
 
 // retryDelay is how long to wait for a reply before asking again: the reply
-// timeout plus a jittered, growing backoff (no fixed retry intervals).
+// timeout plus a jittered backoff that starts at the reply timeout and
+// doubles up to Backoff.Max (no fixed retry intervals). Starting the backoff
+// at the reply timeout, not at Backoff.Initial, matters in a fleet storm:
+// a request that waits minutes in the cloud's queue would otherwise be
+// asked again about every reply timeout, and each repeat is one more event
+// in the same queue (bench/README.md, "Per-function queues").
 func (e *Engine) retryDelay() time.Duration {
-	d := e.cfg.ReplyTimeout + e.cfg.Backoff.Delay(e.rot.replyTries)
+	b := e.cfg.Backoff
+	b.Initial = min(max(b.Initial, e.cfg.ReplyTimeout), b.Max)
+	d := e.cfg.ReplyTimeout + b.Delay(e.rot.replyTries)
 	e.rot.replyTries++
 	return d
 }

@@ -40,7 +40,7 @@ func extractFunctions(cf *cloudformation.Template, r *resolver) (out []Function,
 	}
 	fnByName = map[string]string{}
 	for id, f := range cf.GetAllServerlessFunctionResources() {
-		fn := Function{LogicalID: id, Name: r.physicalName(id), Env: map[string]string{}}
+		fn := Function{LogicalID: id, Name: r.physicalName(id), Env: map[string]string{}, MaxRetryAttempts: -1}
 		fn.ARN = r.lambdaARN(fn.Name)
 		if g != nil {
 			fn.Handler = deref(g.Handler)
@@ -78,6 +78,17 @@ func extractFunctions(cf *cloudformation.Template, r *resolver) (out []Function,
 		if f.Environment != nil {
 			for k, v := range f.Environment.Variables {
 				fn.Env[k] = v
+			}
+		}
+		if f.ReservedConcurrentExecutions != nil {
+			fn.ReservedConcurrency = *f.ReservedConcurrentExecutions
+		}
+		if c := f.EventInvokeConfig; c != nil {
+			if c.MaximumRetryAttempts != nil {
+				fn.MaxRetryAttempts = *c.MaximumRetryAttempts
+			}
+			if c.MaximumEventAgeInSeconds != nil {
+				fn.MaxEventAge = *c.MaximumEventAgeInSeconds
 			}
 		}
 		if len(fn.Architectures) == 0 {

@@ -140,8 +140,18 @@ type Function struct {
 	Architectures []string
 	Timeout       int
 	MemorySize    int
-	Env           map[string]string
-	Events        []Event // SAM event sources, sorted by name
+	// ReservedConcurrency is ReservedConcurrentExecutions (0: not set):
+	// the most instances of the function that run at once
+	// (https://docs.aws.amazon.com/lambda/latest/dg/configuration-concurrency.html).
+	ReservedConcurrency int
+	// MaxRetryAttempts and MaxEventAge are EventInvokeConfig's
+	// MaximumRetryAttempts and MaximumEventAgeInSeconds; -1 and 0 when
+	// not set (AWS's defaults, 2 and 6 hours, apply:
+	// https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html).
+	MaxRetryAttempts int
+	MaxEventAge      int // seconds
+	Env              map[string]string
+	Events           []Event // SAM event sources, sorted by name
 	// RoleARN is the function's execution role (SAM's implicit
 	// <LogicalId>Role) and Policies the IAM policies SAM attaches to it
 	// (inline documents and expanded SAM policy templates).

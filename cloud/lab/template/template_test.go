@@ -105,6 +105,25 @@ func TestLoadLabTemplate(t *testing.T) {
 // The bootstrap policy as the lab loads it: connect only as the attached
 // thing's own name; publish to its jobs topics and certificates/{thing}/get
 // and /ack; subscribe to and receive their replies; nothing else.
+// TestReservedConcurrency: the real template's concurrency (set from the
+// quota table, see its comments) reaches the lab; no EventInvokeConfig, so
+// AWS's asynchronous retry defaults apply.
+func TestReservedConcurrency(t *testing.T) {
+	tp, err := Load("../../template.yaml", Options{})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	fns := map[string]Function{}
+	for _, f := range tp.Functions {
+		fns[f.LogicalID] = f
+	}
+	for id, want := range map[string]int{"ActivatorFunction": 3, "VendorFunction": 9, "RenewalFunction": 1} {
+		if f := fns[id]; f.ReservedConcurrency != want || f.MaxRetryAttempts != -1 || f.MaxEventAge != 0 {
+			t.Errorf("%s: ReservedConcurrency %d MaxRetryAttempts %d MaxEventAge %d, want %d, -1, 0", id, f.ReservedConcurrency, f.MaxRetryAttempts, f.MaxEventAge, want)
+		}
+	}
+}
+
 func TestBootstrapPolicyEvaluates(t *testing.T) {
 	tp := load(t, Options{})
 	var named []policy.Named

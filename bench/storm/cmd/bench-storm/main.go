@@ -27,6 +27,7 @@ func main() {
 	flag.StringVar(&o.Template, "template", "cloud/template.yaml", "the SAM template the lab runs")
 	flag.StringVar(&o.Dir, "dir", "", "lab and device state (default: a temporary directory, removed)")
 	flag.IntVar(&o.FunctionWorkers, "function-workers", 16, "the lab's concurrent function invocations (its Lambda concurrency)")
+	flag.BoolVar(&o.ScaleDevices, "scale-devices", true, "divide the devices' reply timeout and backoff by -scale too (the unscaled storm replayed faster)")
 	svg := flag.String("svg", "", "also draw the run (devices committed over time against the bound, throttles per API) to this SVG file")
 	labBin := flag.String("lab", "", `run the lab as this bootcert-lab binary ("build": go build ./cmd/bootcert-lab) so its CPU and memory are its own; default: in this process`)
 	quiet := flag.Bool("quiet", false, "no progress lines")
