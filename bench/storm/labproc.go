@@ -52,6 +52,9 @@ func (p *labProc) Close() error {
 func startLabProc(ctx context.Context, bin, dataDir, tmpl, limitsPath string, c *counter) (*labProc, error) {
 	cmd := exec.Command(bin, "serve", "--data", dataDir, "--mqtt", "127.0.0.1:0", "--api", "127.0.0.1:0", "--s3", "127.0.0.1:0",
 		"--template", tmpl, "--limits", limitsPath)
+	// a harness killed mid-run (SIGKILL, a timeout) takes its lab along:
+	// an orphaned lab kept a core busy for the next run
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
