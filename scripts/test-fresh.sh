@@ -52,6 +52,10 @@ mkdir -p "$R/usr/local"
 cp -a "$goroot" "$R/usr/local/go"
 cp /etc/ssl/certs/ca-certificates.crt "$R/etc/ssl/certs/ca-certificates.crt"
 cp -L /etc/resolv.conf "$R/etc/resolv.conf"
+# debootstrap writes no /etc/hosts; every installed Debian (installer, cloud
+# images) has one, and tests name the loopback "localhost" (Go's resolver
+# reads /etc/hosts, and without it asks DNS, which does not know localhost).
+printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$R/etc/hosts"
 
 # The working tree (tracked and untracked, not ignored), as CI's clone would see it.
 mkdir -p "$R/src/bootcert"
