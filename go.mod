@@ -25,6 +25,7 @@ require (
 	github.com/prometheus/common v0.32.1
 	github.com/spf13/cobra v1.10.2
 	go.etcd.io/bbolt v1.3.11
+	gopkg.in/mgo.v2 v2.0.0-20180705113604-9856a29383ce
 	gopkg.in/yaml.v3 v3.0.1
 )
 
@@ -61,5 +62,4 @@ require (
 	golang.org/x/sys v0.36.0 // indirect
 	golang.org/x/tools v0.17.0 // indirect
 	google.golang.org/protobuf v1.33.0 // indirect
-	gopkg.in/mgo.v2 v2.0.0-20180705113604-9856a29383ce // indirect
 )

@@ -58,7 +58,7 @@ type Config struct {
 // Store is the lab's S3.
 type Store struct {
 	db      *bolt.DB
-	backend *s3bolt.Backend
+	backend *boltBackend
 	fake    *gofakes3.GoFakeS3
 	clock   clock.Clock
 	log     *slog.Logger
@@ -101,7 +101,7 @@ func Open(cfg Config) (*Store, error) {
 	if _, real := cfg.Clock.(clock.Real); !real {
 		skew = 0
 	}
-	backend := s3bolt.New(db, s3bolt.WithTimeSource(ts))
+	backend := &boltBackend{Backend: s3bolt.New(db, s3bolt.WithTimeSource(ts)), db: db}
 	s := &Store{db: db, backend: backend, clock: cfg.Clock, log: cfg.Logger, creds: cfg.Credentials, keys: cfg.Principals, region: cfg.Region, skew: skew,
 		fake: gofakes3.New(backend, gofakes3.WithTimeSource(ts), gofakes3.WithTimeSkewLimit(skew),
 			gofakes3.WithLogger(gofakes3.DiscardLog()))}
